@@ -1,0 +1,226 @@
+//! Basic Auth verification against htpasswd entries, with a cache of successes.
+//!
+//! A bcrypt or argon2 check deliberately costs milliseconds, which would dominate the
+//! decision path. Successful verifications are cached under an HMAC of (user, password) keyed
+//! with a random per-process secret, so the cache never holds a password or an offline-
+//! crackable fast hash of one. The cache belongs to one loaded config and is dropped with it,
+//! so a changed or removed user is never honoured from the cache after a reload.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use argon2::PasswordVerifier as _;
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+use crate::htpasswd::{self, Entry, Scheme};
+
+/// How long a successful verification is reused.
+pub const CACHE_TTL: Duration = Duration::from_secs(60);
+/// At most this many cached successes per policy; beyond it, expired entries are dropped and,
+/// if still full, the whole cache is cleared (cheap, and only costs re-verification).
+pub const CACHE_CAPACITY: usize = 10_000;
+
+/// The result of a check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BasicOutcome {
+    Valid,
+    Invalid,
+}
+
+/// Verifies one password against one stored hash. Pure CPU; run it off the async runtime.
+pub fn verify_hash(entry: &Entry, password: &str) -> bool {
+    match entry.scheme {
+        Scheme::Bcrypt => bcrypt::verify(password, &entry.hash).unwrap_or(false),
+        Scheme::Sha512Crypt => sha_crypt::ShaCrypt::default()
+            .verify_password(password.as_bytes(), entry.hash.as_str())
+            .is_ok(),
+        Scheme::Argon2id => argon2::Argon2::default()
+            .verify_password(password.as_bytes(), entry.hash.as_str())
+            .is_ok(),
+    }
+}
+
+/// The users of one policy.
+pub struct BasicVerifier {
+    users: HashMap<String, Entry>,
+    /// A hash for unknown users, so that "no such user" costs the same as a wrong password.
+    decoy: Entry,
+    cache_key: [u8; 32],
+    cache: Mutex<HashMap<[u8; 32], Instant>>,
+}
+
+impl std::fmt::Debug for BasicVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BasicVerifier")
+            .field("users", &self.users.len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BasicError {
+    #[error("{0}")]
+    Htpasswd(String),
+    #[error("user {user:?}: the stored {scheme:?} hash cannot be read by the verifier")]
+    Unreadable { user: String, scheme: Scheme },
+}
+
+impl BasicVerifier {
+    pub fn new(htpasswd_text: &str) -> Result<Self, BasicError> {
+        let entries = htpasswd::parse(htpasswd_text).map_err(|errs| {
+            BasicError::Htpasswd(
+                errs.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })?;
+        // Check at load time that every hash is readable by its verifier, so a malformed
+        // hash is a refused config rather than a user who can never log in.
+        for e in &entries {
+            let readable = match e.scheme {
+                Scheme::Bcrypt => e.hash.parse::<bcrypt::HashParts>().is_ok(),
+                Scheme::Sha512Crypt => sha_crypt::PasswordHashRef::new(&e.hash).is_ok(),
+                Scheme::Argon2id => argon2::PasswordHash::new(&e.hash).is_ok(),
+            };
+            if !readable {
+                return Err(BasicError::Unreadable {
+                    user: e.user.clone(),
+                    scheme: e.scheme,
+                });
+            }
+        }
+        let decoy = entries
+            .first()
+            .map(|e| Entry {
+                user: String::new(),
+                ..e.clone()
+            })
+            .ok_or_else(|| BasicError::Htpasswd("the htpasswd file holds no users".into()))?;
+        let mut cache_key = [0u8; 32];
+        rand::fill(&mut cache_key);
+        Ok(BasicVerifier {
+            users: entries.into_iter().map(|e| (e.user.clone(), e)).collect(),
+            decoy,
+            cache_key,
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn cache_slot(&self, user: &str, password: &str) -> [u8; 32] {
+        // HMAC accepts keys of any length, so `new_from_slice` cannot fail here.
+        let mut mac = match Hmac::<Sha256>::new_from_slice(&self.cache_key) {
+            Ok(m) => m,
+            Err(_) => return [0u8; 32],
+        };
+        mac.update(&(user.len() as u64).to_be_bytes());
+        mac.update(user.as_bytes());
+        mac.update(password.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Looks the credentials up in the cache of successes.
+    pub fn cached(&self, user: &str, password: &str) -> bool {
+        let slot = self.cache_slot(user, password);
+        let now = Instant::now();
+        let Ok(cache) = self.cache.lock() else {
+            return false;
+        };
+        // Constant-time comparison of the stored slot, not just a map hit: the map lookup
+        // compares hashes of an HMAC, which leaks nothing useful, but keep the bar high.
+        cache
+            .get_key_value(&slot)
+            .is_some_and(|(k, exp)| bool::from(k.ct_eq(&slot)) && *exp > now)
+    }
+
+    fn remember(&self, user: &str, password: &str) {
+        let slot = self.cache_slot(user, password);
+        let now = Instant::now();
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= CACHE_CAPACITY {
+                cache.retain(|_, exp| *exp > now);
+                if cache.len() >= CACHE_CAPACITY {
+                    cache.clear();
+                }
+            }
+            cache.insert(slot, now + CACHE_TTL);
+        }
+    }
+
+    /// Full verification (slow for bcrypt/argon2): call from a blocking thread.
+    pub fn verify_uncached(&self, user: &str, password: &str) -> BasicOutcome {
+        let ok = match self.users.get(user) {
+            Some(entry) => verify_hash(entry, password),
+            None => {
+                let _ = verify_hash(&self.decoy, password);
+                false
+            }
+        };
+        if ok {
+            self.remember(user, password);
+            BasicOutcome::Valid
+        } else {
+            BasicOutcome::Invalid
+        }
+    }
+
+    pub fn user_count(&self) -> usize {
+        self.users.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bcrypt_line(user: &str, pw: &str) -> String {
+        format!("{user}:{}", bcrypt::hash(pw, 4).unwrap())
+    }
+
+    const SHA512: &str = "bob:$6$saltsalt$TVLlQcbpFVof5W3Yz4DTP6gRstiNuHwwTt6GLc1E5n0U0aDehy0S5knV8wiOQSpT0Y77vwPZN.Pq.H91p5hVO1";
+
+    fn argon_line(user: &str, pw: &str) -> String {
+        use argon2::PasswordHasher;
+        let h = argon2::Argon2::default().hash_password(pw.as_bytes()).unwrap();
+        format!("{user}:{h}")
+    }
+
+    #[test]
+    fn every_accepted_scheme_verifies() {
+        let text = format!("{}\n{SHA512}\n{}\n", bcrypt_line("alice", "wonder"), argon_line("carol", "c4r0l"));
+        let v = BasicVerifier::new(&text).unwrap();
+        assert_eq!(v.user_count(), 3);
+        assert_eq!(v.verify_uncached("alice", "wonder"), BasicOutcome::Valid);
+        assert_eq!(v.verify_uncached("alice", "Wonder"), BasicOutcome::Invalid);
+        assert_eq!(v.verify_uncached("bob", "secret"), BasicOutcome::Valid);
+        assert_eq!(v.verify_uncached("bob", "secret "), BasicOutcome::Invalid);
+        assert_eq!(v.verify_uncached("carol", "c4r0l"), BasicOutcome::Valid);
+        assert_eq!(v.verify_uncached("carol", ""), BasicOutcome::Invalid);
+        assert_eq!(v.verify_uncached("mallory", "wonder"), BasicOutcome::Invalid);
+    }
+
+    #[test]
+    fn only_successes_are_cached_and_only_for_the_same_password() {
+        let v = BasicVerifier::new(&bcrypt_line("alice", "wonder")).unwrap();
+        assert!(!v.cached("alice", "wonder"));
+        assert_eq!(v.verify_uncached("alice", "nope"), BasicOutcome::Invalid);
+        assert!(!v.cached("alice", "nope"));
+        assert_eq!(v.verify_uncached("alice", "wonder"), BasicOutcome::Valid);
+        assert!(v.cached("alice", "wonder"));
+        assert!(!v.cached("alice", "wonder2"));
+        // ("al", "icewonder") must not collide with ("alice", "wonder").
+        assert!(!v.cached("al", "icewonder"));
+        // A new verifier (a reload) starts with an empty cache.
+        let v2 = BasicVerifier::new(&bcrypt_line("alice", "other")).unwrap();
+        assert!(!v2.cached("alice", "wonder"));
+    }
+
+    #[test]
+    fn unreadable_hashes_refuse_the_config() {
+        let bad = "alice:$argon2id$v=19$m=19456,t=2,p=1$!!$!!";
+        assert!(BasicVerifier::new(bad).is_err());
+    }
+}

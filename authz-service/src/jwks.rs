@@ -1,0 +1,439 @@
+//! JSON Web Key Sets: parsing, fetching over HTTPS, caching and refreshing.
+//!
+//! A [`JwksSource`] holds the last good key set. It is refreshed in the background every
+//! `refreshInterval`; when a token names a key id the set does not have, it is refetched at
+//! once, but at most once per [`JwksOptions::min_refetch_interval`], so that a flood of tokens
+//! with random `kid`s cannot turn fhirguard into a load generator against the IdP. A failed
+//! fetch never throws away the keys we have: they stay in force, and the failure shows in the
+//! `fhirguard_jwks_stale` gauge and the log.
+//!
+//! Sources live in a [`JwksRegistry`] keyed by what defines them (URI, TLS trust), so a config
+//! reload that keeps a provider keeps its keys instead of refetching (and failing closed when
+//! the IdP happens to be down during the reload).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, PublicKeyUse};
+use jsonwebtoken::{DecodingKey, Algorithm as JwtAlg};
+use sha2::{Digest, Sha256};
+
+use crate::config::{JwksConfig, TlsConfig};
+use crate::metrics::{Metrics, SourceLabels, SourceResultLabels};
+
+/// A JWKS document above this size is refused: real ones are a few kilobytes.
+const MAX_JWKS_BYTES: usize = 512 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JwksError {
+    #[error("JWKS is not valid JSON: {0}")]
+    Json(String),
+    #[error("JWKS holds no usable public signing key")]
+    NoUsableKeys,
+    #[error("JWKS fetch failed: {0}")]
+    Fetch(String),
+    #[error("JWKS endpoint answered HTTP {0}")]
+    Status(u16),
+    #[error("JWKS document is larger than {MAX_JWKS_BYTES} bytes")]
+    TooLarge,
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// The family of a key, which decides which algorithms may use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyFamily {
+    Rsa,
+    Ec,
+    Ed,
+}
+
+impl KeyFamily {
+    pub fn of(alg: JwtAlg) -> Option<KeyFamily> {
+        match alg {
+            JwtAlg::RS256 | JwtAlg::RS384 | JwtAlg::RS512 | JwtAlg::PS256 | JwtAlg::PS384 | JwtAlg::PS512 => {
+                Some(KeyFamily::Rsa)
+            }
+            JwtAlg::ES256 | JwtAlg::ES384 => Some(KeyFamily::Ec),
+            JwtAlg::EdDSA => Some(KeyFamily::Ed),
+            // HMAC: never with keys from a JWKS.
+            _ => None,
+        }
+    }
+}
+
+pub struct Key {
+    pub kid: Option<String>,
+    /// The key's own `alg`, when the JWKS states one.
+    pub alg: Option<JwtAlg>,
+    pub family: KeyFamily,
+    pub key: DecodingKey,
+}
+
+/// A parsed set of verification keys.
+pub struct KeySet {
+    pub keys: Vec<Key>,
+    /// Keys in the document that were skipped (encryption keys, symmetric keys, unknown types).
+    pub skipped: usize,
+}
+
+impl KeySet {
+    /// Keys that may verify a token with this algorithm and key id.
+    pub fn candidates<'a>(&'a self, alg: JwtAlg, kid: Option<&'a str>) -> impl Iterator<Item = &'a Key> + 'a {
+        let family = KeyFamily::of(alg);
+        self.keys.iter().filter(move |k| {
+            Some(k.family) == family
+                && k.alg.is_none_or(|a| a == alg)
+                && match kid {
+                    Some(kid) => k.kid.as_deref() == Some(kid),
+                    None => true,
+                }
+        })
+    }
+}
+
+/// Parses a JWKS document, keeping only public signature keys of supported families.
+pub fn parse_jwks(doc: &[u8]) -> Result<KeySet, JwksError> {
+    let value: serde_json::Value = serde_json::from_slice(doc).map_err(|e| JwksError::Json(e.to_string()))?;
+    let raw_keys = value
+        .get("keys")
+        .and_then(|k| k.as_array())
+        .ok_or_else(|| JwksError::Json("no \"keys\" array".into()))?;
+    let mut keys = Vec::new();
+    let mut skipped = 0;
+    for raw in raw_keys {
+        // Private or symmetric material must never be used (or be there at all).
+        if raw.get("d").is_some() || raw.get("k").is_some() {
+            skipped += 1;
+            continue;
+        }
+        let Ok(jwk) = serde_json::from_value::<Jwk>(raw.clone()) else {
+            skipped += 1;
+            continue;
+        };
+        if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption) | Some(PublicKeyUse::Other(_))) {
+            skipped += 1;
+            continue;
+        }
+        let family = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => KeyFamily::Rsa,
+            AlgorithmParameters::EllipticCurve(_) => KeyFamily::Ec,
+            AlgorithmParameters::OctetKeyPair(_) => KeyFamily::Ed,
+            _ => {
+                skipped += 1;
+                continue;
+            }
+        };
+        let alg = match jwk.common.key_algorithm {
+            Some(ka) => match ka.to_string().parse::<JwtAlg>() {
+                Ok(a) if KeyFamily::of(a) == Some(family) => Some(a),
+                _ => {
+                    skipped += 1;
+                    continue;
+                }
+            },
+            None => None,
+        };
+        let Ok(key) = DecodingKey::from_jwk(&jwk) else {
+            skipped += 1;
+            continue;
+        };
+        keys.push(Key {
+            kid: jwk.common.key_id.clone(),
+            alg,
+            family,
+            key,
+        });
+    }
+    if keys.is_empty() {
+        return Err(JwksError::NoUsableKeys);
+    }
+    Ok(KeySet { keys, skipped })
+}
+
+/// Tunables shared by every source.
+#[derive(Debug, Clone, Copy)]
+pub struct JwksOptions {
+    /// Minimum time between two refetches caused by unknown key ids.
+    pub min_refetch_interval: Duration,
+    /// First retry delay after a failed background refresh (doubles up to the interval).
+    pub retry_after_failure: Duration,
+}
+
+impl Default for JwksOptions {
+    fn default() -> Self {
+        JwksOptions {
+            min_refetch_interval: Duration::from_secs(30),
+            retry_after_failure: Duration::from_secs(5),
+        }
+    }
+}
+
+enum Origin {
+    Static,
+    Remote { uri: String, client: reqwest::Client, refresh: Duration },
+}
+
+/// One provider's keys.
+pub struct JwksSource {
+    label: String,
+    origin: Origin,
+    keys: ArcSwapOption<KeySet>,
+    /// Single flight: concurrent misses wait for one fetch instead of starting many.
+    fetch_lock: tokio::sync::Mutex<()>,
+    last_refetch: Mutex<Option<Instant>>,
+    options: JwksOptions,
+    metrics: Arc<Metrics>,
+}
+
+/// Why no key set is available at all.
+#[derive(Debug, thiserror::Error)]
+#[error("no signing keys are available for {source_label}: {reason}")]
+pub struct KeysUnavailable {
+    pub source_label: String,
+    pub reason: String,
+}
+
+impl JwksSource {
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The current keys, fetching them first if none were ever loaded.
+    pub async fn keys(&self) -> Result<Arc<KeySet>, KeysUnavailable> {
+        if let Some(k) = self.keys.load_full() {
+            return Ok(k);
+        }
+        let _guard = self.fetch_lock.lock().await;
+        if let Some(k) = self.keys.load_full() {
+            return Ok(k);
+        }
+        self.fetch_now().await.map_err(|e| KeysUnavailable {
+            source_label: self.label.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Refetches because a token names an unknown key id, unless that happened recently.
+    /// Returns the new set when a fetch took place and succeeded.
+    pub async fn refetch_for_unknown_kid(&self) -> Option<Arc<KeySet>> {
+        if matches!(self.origin, Origin::Static) {
+            return None;
+        }
+        {
+            let mut last = self.last_refetch.lock().ok()?;
+            let now = Instant::now();
+            if last.is_some_and(|t| now.duration_since(t) < self.options.min_refetch_interval) {
+                return None;
+            }
+            *last = Some(now);
+        }
+        let _guard = self.fetch_lock.lock().await;
+        self.fetch_now().await.ok()
+    }
+
+    async fn fetch_now(&self) -> Result<Arc<KeySet>, JwksError> {
+        let Origin::Remote { uri, client, .. } = &self.origin else {
+            return self.keys.load_full().ok_or(JwksError::NoUsableKeys);
+        };
+        let result = fetch(client, uri).await;
+        let labels = SourceResultLabels {
+            source: self.label.clone(),
+            result: if result.is_ok() { "success" } else { "failure" },
+        };
+        self.metrics.jwks_fetches.get_or_create(&labels).inc();
+        let stale = self.metrics.jwks_stale.get_or_create(&SourceLabels {
+            source: self.label.clone(),
+        });
+        match result {
+            Ok(set) => {
+                let set = Arc::new(set);
+                tracing::info!(source = %self.label, keys = set.keys.len(), skipped = set.skipped, "JWKS loaded");
+                self.keys.store(Some(set.clone()));
+                stale.set(0);
+                Ok(set)
+            }
+            Err(e) => {
+                let have = self.keys.load().is_some();
+                tracing::warn!(source = %self.label, error = %e, keeping_last_good = have, "JWKS fetch failed");
+                stale.set(i64::from(have));
+                Err(e)
+            }
+        }
+    }
+
+    fn refresh_interval(&self) -> Option<Duration> {
+        match &self.origin {
+            Origin::Remote { refresh, .. } => Some(*refresh),
+            Origin::Static => None,
+        }
+    }
+}
+
+async fn fetch(client: &reqwest::Client, uri: &str) -> Result<KeySet, JwksError> {
+    let resp = client
+        .get(uri)
+        .header("accept", "application/jwk-set+json, application/json")
+        .send()
+        .await
+        .map_err(|e| JwksError::Fetch(error_chain(&e)))?;
+    if !resp.status().is_success() {
+        return Err(JwksError::Status(resp.status().as_u16()));
+    }
+    if resp.content_length().is_some_and(|l| l > MAX_JWKS_BYTES as u64) {
+        return Err(JwksError::TooLarge);
+    }
+    let body = resp.bytes().await.map_err(|e| JwksError::Fetch(error_chain(&e)))?;
+    if body.len() > MAX_JWKS_BYTES {
+        return Err(JwksError::TooLarge);
+    }
+    parse_jwks(&body)
+}
+
+/// reqwest's top-level message hides the cause (certificate errors in particular).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Shares sources between config generations.
+pub struct JwksRegistry {
+    sources: Mutex<HashMap<[u8; 32], Weak<JwksSource>>>,
+    options: JwksOptions,
+    metrics: Arc<Metrics>,
+}
+
+impl JwksRegistry {
+    pub fn new(options: JwksOptions, metrics: Arc<Metrics>) -> Self {
+        JwksRegistry {
+            sources: Mutex::new(HashMap::new()),
+            options,
+            metrics,
+        }
+    }
+
+    /// The source for a provider's JWKS setting, reusing a live one with the same definition.
+    /// A new remote source gets a background refresher that ends when the source is dropped.
+    pub fn source(&self, label: &str, jwks: &JwksConfig, dir: &Path) -> Result<Arc<JwksSource>, JwksError> {
+        if let Some(doc) = &jwks.document {
+            let set = parse_jwks(doc.as_bytes())?;
+            return Ok(Arc::new(JwksSource {
+                label: label.to_string(),
+                origin: Origin::Static,
+                keys: ArcSwapOption::from_pointee(set),
+                fetch_lock: tokio::sync::Mutex::new(()),
+                last_refetch: Mutex::new(None),
+                options: self.options,
+                metrics: self.metrics.clone(),
+            }));
+        }
+        let uri = jwks.uri.clone().unwrap_or_default();
+        let ca = match (&jwks.tls.ca_file, jwks.tls.mode) {
+            (Some(f), crate::config::TlsMode::CustomBundle) => std::fs::read(dir.join(f)).unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        let id = source_id(&uri, &jwks.tls, &ca, jwks.refresh_interval_seconds);
+        let mut sources = self.sources.lock().map_err(|_| JwksError::Fetch("registry lock poisoned".into()))?;
+        sources.retain(|_, w| w.strong_count() > 0);
+        if let Some(existing) = sources.get(&id).and_then(Weak::upgrade) {
+            return Ok(existing);
+        }
+        let client = crate::tls::http_client(&jwks.tls, dir)?;
+        let source = Arc::new(JwksSource {
+            label: label.to_string(),
+            origin: Origin::Remote {
+                uri,
+                client,
+                refresh: Duration::from_secs(jwks.refresh_interval_seconds.max(1)),
+            },
+            keys: ArcSwapOption::empty(),
+            fetch_lock: tokio::sync::Mutex::new(()),
+            last_refetch: Mutex::new(None),
+            options: self.options,
+            metrics: self.metrics.clone(),
+        });
+        sources.insert(id, Arc::downgrade(&source));
+        spawn_refresher(Arc::downgrade(&source), self.options);
+        Ok(source)
+    }
+}
+
+fn source_id(uri: &str, tls: &TlsConfig, ca: &[u8], refresh: u64) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(uri.as_bytes());
+    h.update([0]);
+    h.update(format!("{:?}", tls.mode).as_bytes());
+    h.update([0]);
+    h.update(ca);
+    h.update(refresh.to_be_bytes());
+    h.finalize().into()
+}
+
+/// Fetches at once, then every refresh interval; after a failure it retries sooner, with
+/// doubling delays, until it succeeds. Ends when the source is no longer used.
+fn spawn_refresher(weak: Weak<JwksSource>, options: JwksOptions) {
+    tokio::spawn(async move {
+        let mut delay = Duration::ZERO;
+        let mut retry = options.retry_after_failure;
+        loop {
+            tokio::time::sleep(delay).await;
+            let Some(source) = weak.upgrade() else { return };
+            let Some(interval) = source.refresh_interval() else { return };
+            let ok = {
+                let _guard = source.fetch_lock.lock().await;
+                source.fetch_now().await.is_ok()
+            };
+            delay = if ok {
+                retry = options.retry_after_failure;
+                interval
+            } else {
+                let d = retry.min(interval);
+                retry = (retry * 2).min(interval);
+                d
+            };
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RSA_JWK: &str = r#"{"kty":"RSA","kid":"r1","alg":"RS256","use":"sig","n":"sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw","e":"AQAB"}"#;
+
+    #[test]
+    fn keeps_only_public_signature_keys() {
+        let doc = format!(
+            r#"{{"keys":[{RSA_JWK},
+            {{"kty":"oct","k":"c2VjcmV0","kid":"h"}},
+            {{"kty":"RSA","use":"enc","kid":"e","n":"sXch","e":"AQAB"}},
+            {{"kty":"RSA","kid":"p","n":"sXch","e":"AQAB","d":"private"}},
+            {{"kty":"RSA","kid":"mismatch","alg":"ES256","n":"sXch","e":"AQAB"}},
+            {{"kty":"weird"}}]}}"#
+        );
+        let set = parse_jwks(doc.as_bytes()).unwrap();
+        assert_eq!(set.keys.len(), 1);
+        assert_eq!(set.skipped, 5);
+        assert_eq!(set.candidates(JwtAlg::RS256, Some("r1")).count(), 1);
+        assert_eq!(set.candidates(JwtAlg::RS256, Some("r2")).count(), 0);
+        assert_eq!(set.candidates(JwtAlg::ES256, Some("r1")).count(), 0, "family must match");
+        assert_eq!(set.candidates(JwtAlg::RS384, Some("r1")).count(), 0, "the key's alg must match");
+        assert_eq!(set.candidates(JwtAlg::HS256, None).count(), 0, "never HMAC");
+    }
+
+    #[test]
+    fn a_document_without_usable_keys_is_an_error() {
+        assert!(matches!(parse_jwks(br#"{"keys":[]}"#), Err(JwksError::NoUsableKeys)));
+        assert!(matches!(parse_jwks(b"nope"), Err(JwksError::Json(_))));
+        assert!(matches!(parse_jwks(br#"{"keys":[{"kty":"oct","k":"eA"}]}"#), Err(JwksError::NoUsableKeys)));
+    }
+}

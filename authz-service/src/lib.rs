@@ -1,0 +1,40 @@
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+//! fhirguard's data plane: the Envoy ext_authz service for FHIR APIs.
+//!
+//! Layers, from pure to I/O:
+//! - [`config`], [`htpasswd`]: the compiled-config format and its validation (no server
+//!   dependencies; the operator uses only these).
+//! - [`fhir`], [`smart`], [`policy`], [`answer`]: the pure decision core. Plain values in, a
+//!   [`policy::Decision`] out.
+//! - behind the `server` feature: credential verification with caches ([`basic`], [`jwt`]),
+//!   key fetching ([`jwks`]), TLS trust ([`tls`]), the loaded runtime state and hot reload
+//!   ([`state`], [`reload`]), the Envoy adapter ([`envoy`]), metrics and the HTTP port.
+
+pub mod answer;
+pub mod config;
+pub mod fhir;
+pub mod htpasswd;
+pub mod policy;
+pub mod smart;
+
+
+#[cfg(feature = "server")]
+pub mod basic;
+#[cfg(feature = "server")]
+pub mod envoy;
+#[cfg(feature = "server")]
+pub mod http;
+#[cfg(feature = "server")]
+pub mod jwks;
+#[cfg(feature = "server")]
+pub mod jwt;
+#[cfg(feature = "server")]
+pub mod metrics;
+#[cfg(feature = "server")]
+pub mod reload;
+#[cfg(feature = "server")]
+pub mod service;
+#[cfg(feature = "server")]
+pub mod state;
+#[cfg(feature = "server")]
+pub mod tls;

@@ -1,0 +1,159 @@
+//! `fhirguard-authz`: the Envoy ext_authz gRPC service.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use fhirguard_authz::{envoy, http, jwks::JwksOptions, metrics::Metrics, reload, service::Service, state};
+
+#[derive(Parser)]
+#[command(name = "fhirguard-authz", version, about = "Envoy ext_authz service for FHIR APIs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve Check over gRPC, with /healthz, /readyz and /metrics on the HTTP port.
+    Serve {
+        #[arg(long, env = "FHIRGUARD_CONFIG_DIR")]
+        config_dir: PathBuf,
+        #[arg(long, default_value = "0.0.0.0:9001", env = "FHIRGUARD_GRPC_ADDR")]
+        grpc_addr: SocketAddr,
+        #[arg(long, default_value = "0.0.0.0:9090", env = "FHIRGUARD_HTTP_ADDR")]
+        http_addr: SocketAddr,
+        /// Re-read the config directory at least this often (seconds), besides file events.
+        #[arg(long, default_value_t = 10)]
+        poll_seconds: u64,
+        /// Minimum seconds between two JWKS refetches caused by unknown key ids.
+        #[arg(long, default_value_t = 30)]
+        jwks_min_refetch_seconds: u64,
+        /// Log format: json or text.
+        #[arg(long, default_value = "json", env = "FHIRGUARD_LOG_FORMAT")]
+        log_format: String,
+    },
+    /// Validate a config directory and exit (0 when valid).
+    Validate {
+        #[arg(long)]
+        config_dir: PathBuf,
+    },
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "text" {
+        builder.init();
+    } else {
+        builder.json().flatten_event(true).init();
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    // Only ring is compiled in; installing it explicitly keeps any library that calls
+    // `ClientConfig::builder()` from panicking should a second provider ever sneak in.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Validate { config_dir } => {
+            let (config, _) = state::read_dir(&config_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+            // Building verifies every hash and key document too; no network is touched
+            // because remote JWKS are fetched lazily by a runtime we never start.
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async {
+                let service = Service::new(Arc::new(Metrics::new()), JwksOptions::default());
+                let generation = config.generation;
+                let policies = config.policies.len();
+                let connections = config.connections.len();
+                reload::reload_now(&service, &config_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+                println!("valid: generation {generation}, {policies} policies, {connections} connections");
+                Ok::<_, anyhow::Error>(())
+            })
+        }
+        Command::Serve {
+            config_dir,
+            grpc_addr,
+            http_addr,
+            poll_seconds,
+            jwks_min_refetch_seconds,
+            log_format,
+        } => {
+            init_logging(&log_format);
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(serve(config_dir, grpc_addr, http_addr, poll_seconds, jwks_min_refetch_seconds))
+        }
+    }
+}
+
+async fn serve(
+    config_dir: PathBuf,
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    poll_seconds: u64,
+    jwks_min_refetch_seconds: u64,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let jwks = JwksOptions {
+        min_refetch_interval: Duration::from_secs(jwks_min_refetch_seconds),
+        ..JwksOptions::default()
+    };
+    let service = Arc::new(Service::new(metrics, jwks));
+    if let Err(e) = reload::reload_now(&service, &config_dir) {
+        // Not fatal: the directory may be filled later. Until then every Check is UNAVAILABLE
+        // and /readyz says not ready.
+        tracing::error!(error = %e, "no valid config at start; not ready");
+    }
+    let _watch = reload::watch(service.clone(), config_dir.clone(), Duration::from_secs(poll_seconds.max(1)));
+
+    let shutdown = async {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing a SIGTERM handler at start-up");
+            tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutting down");
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+
+    let http_listener = tokio::net::TcpListener::bind(http_addr)
+        .await
+        .with_context(|| format!("binding the HTTP port {http_addr}"))?;
+    let mut http_stop = stop_rx.clone();
+    let http_task = tokio::spawn(
+        axum::serve(http_listener, http::router(service.clone()))
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.changed().await;
+            })
+            .into_future(),
+    );
+
+    let incoming = tonic::transport::server::TcpIncoming::bind(grpc_addr)
+        .map_err(|e| anyhow::anyhow!("binding the gRPC port {grpc_addr}: {e}"))?
+        .with_nodelay(Some(true));
+    tracing::info!(%grpc_addr, %http_addr, config_dir = %state::display_dir(&config_dir).display(), "serving");
+    let mut grpc_stop = stop_rx.clone();
+    let grpc = tonic::transport::Server::builder()
+        .add_service(envoy::EnvoyAuthz::new(service.clone()).into_server())
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = grpc_stop.changed().await;
+        });
+    let grpc_task = tokio::spawn(grpc);
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    // In-flight Checks finish; Envoy retries elsewhere for new ones.
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        let _ = grpc_task.await;
+        let _ = http_task.await;
+    })
+    .await;
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! Prometheus metrics. Every label is bounded: policy names come from the config, reasons and
+//! results are enums, JWKS sources are the configured providers.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// `namespace/name`, or `none` when no policy matched.
+    pub policy: String,
+    /// `allow`, `deny` or `unavailable`.
+    pub result: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    /// `namespace/name/provider` of the first policy that uses this key source.
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceResultLabels {
+    pub source: String,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    pub cache: &'static str,
+    pub result: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub decisions: Family<DecisionLabels, Counter>,
+    pub check_duration: Histogram,
+    pub config_generation: Gauge,
+    pub config_reloads: Family<ResultLabels, Counter>,
+    pub jwks_fetches: Family<SourceResultLabels, Counter>,
+    pub jwks_stale: Family<SourceLabels, Gauge>,
+    pub cache: Family<CacheLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("fhirguard");
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register("decisions", "Check decisions by policy, result and reason", decisions.clone());
+        // 10 µs .. ~5 s: cached decisions sit at the bottom, bcrypt checks and key fetches above.
+        let check_duration = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(1e-5, 2.5, 15));
+        registry.register("check_duration_seconds", "Time to decide one Check", check_duration.clone());
+        let config_generation = Gauge::default();
+        registry.register("config_generation", "Generation of the config in force", config_generation.clone());
+        let config_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register("config_reloads", "Config loads by result (success, invalid)", config_reloads.clone());
+        let jwks_fetches = Family::<SourceResultLabels, Counter>::default();
+        registry.register("jwks_fetches", "JWKS fetches by source and result", jwks_fetches.clone());
+        let jwks_stale = Family::<SourceLabels, Gauge>::default();
+        registry.register(
+            "jwks_stale",
+            "1 while the last JWKS fetch failed and the last good key set is still in use",
+            jwks_stale.clone(),
+        );
+        let cache = Family::<CacheLabels, Counter>::default();
+        registry.register("cache_lookups", "Credential cache lookups by cache (basic, token) and result (hit, miss)", cache.clone());
+        Metrics {
+            registry,
+            decisions,
+            check_duration,
+            config_generation,
+            config_reloads,
+            jwks_fetches,
+            jwks_stale,
+            cache,
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn cache_lookup(&self, cache: &'static str, hit: bool) {
+        self.cache
+            .get_or_create(&CacheLabels {
+                cache,
+                result: if hit { "hit" } else { "miss" },
+            })
+            .inc();
+    }
+}

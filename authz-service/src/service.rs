@@ -1,0 +1,171 @@
+//! Deciding one Check: the pure core around credential verification, plus metrics and the
+//! decision log. Knows nothing about Envoy's message types.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwapOption;
+
+use crate::jwks::{JwksOptions, JwksRegistry};
+use crate::jwt::TokenError;
+use crate::metrics::{DecisionLabels, Metrics};
+use crate::policy::{self, Decision, DenyReason, Identity, Request};
+use crate::state::Runtime;
+
+/// What the service says about one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Decided(Decision),
+    /// No decision can be made (no config yet, keys unobtainable, internal fault). Envoy turns
+    /// this into 503; it is never an allow.
+    Unavailable(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub decision_id: String,
+    pub outcome: Outcome,
+}
+
+pub struct Service {
+    runtime: ArcSwapOption<Runtime>,
+    pub metrics: Arc<Metrics>,
+    pub registry: JwksRegistry,
+}
+
+fn new_decision_id() -> String {
+    let mut b = [0u8; 16];
+    rand::fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn token_reason(e: &TokenError) -> DenyReason {
+    match e {
+        TokenError::Expired => DenyReason::ExpiredToken,
+        TokenError::UnknownKey => DenyReason::UnknownSigningKey,
+        _ => DenyReason::InvalidToken,
+    }
+}
+
+impl Service {
+    pub fn new(metrics: Arc<Metrics>, jwks: JwksOptions) -> Self {
+        Service {
+            runtime: ArcSwapOption::empty(),
+            registry: JwksRegistry::new(jwks, metrics.clone()),
+            metrics,
+        }
+    }
+
+    pub fn runtime(&self) -> Option<Arc<Runtime>> {
+        self.runtime.load_full()
+    }
+
+    /// Swaps in a new runtime (already validated and built).
+    pub fn install(&self, rt: Runtime) {
+        self.metrics.config_generation.set(rt.config.generation as i64);
+        self.runtime.store(Some(Arc::new(rt)));
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.runtime.load().is_some()
+    }
+
+    pub async fn check(&self, req: &Request<'_>) -> Answer {
+        let started = Instant::now();
+        let decision_id = new_decision_id();
+        let outcome = match self.runtime.load_full() {
+            None => Outcome::Unavailable("no valid configuration has been loaded yet".into()),
+            Some(rt) => self.decide(&rt, req).await,
+        };
+        let elapsed = started.elapsed();
+        self.metrics.check_duration.observe(elapsed.as_secs_f64());
+        let (policy, result, reason, status) = match &outcome {
+            Outcome::Decided(Decision::Allow(a)) => (a.policy.clone(), "allow", a.reason.as_str(), 200),
+            Outcome::Decided(d @ Decision::Deny(x)) => (
+                x.policy.clone().unwrap_or_else(|| "none".into()),
+                "deny",
+                d.reason_label(),
+                x.status,
+            ),
+            Outcome::Unavailable(_) => ("none".into(), "unavailable", "cannot_decide", 503),
+        };
+        self.metrics
+            .decisions
+            .get_or_create(&DecisionLabels {
+                policy: policy.clone(),
+                result,
+                reason,
+            })
+            .inc();
+        // One line per decision. Never the path or query (they can carry patient ids), never
+        // credentials; the interaction and the refusing rule are enough to act on.
+        match &outcome {
+            Outcome::Decided(Decision::Allow(a)) => tracing::info!(
+                target: "fhirguard::decision",
+                decision_id = %decision_id, policy = %policy, result, reason, status,
+                method = req.method, interaction = a.interaction.as_deref().unwrap_or("-"),
+                subject = a.subject.as_deref().unwrap_or("-"),
+                micros = elapsed.as_micros() as u64,
+                "decision"
+            ),
+            Outcome::Decided(Decision::Deny(d)) => tracing::info!(
+                target: "fhirguard::decision",
+                decision_id = %decision_id, policy = %policy, result, reason, status,
+                method = req.method, rule = %d.diagnostics,
+                micros = elapsed.as_micros() as u64,
+                "decision"
+            ),
+            Outcome::Unavailable(why) => tracing::warn!(
+                target: "fhirguard::decision",
+                decision_id = %decision_id, result, reason, status, method = req.method, why = %why,
+                "decision"
+            ),
+        }
+        Answer { decision_id, outcome }
+    }
+
+    async fn decide(&self, rt: &Runtime, req: &Request<'_>) -> Outcome {
+        let pending = match policy::prepare(&rt.config.policies, req) {
+            Ok(p) => p,
+            Err(d) => return Outcome::Decided(d),
+        };
+        let p = &rt.config.policies[pending.policy_index];
+        let Some(prt) = rt.policies.get(pending.policy_index) else {
+            return Outcome::Unavailable("policy runtime missing".into());
+        };
+        let mut identity = Identity::default();
+        if let Some(cred) = &pending.basic {
+            let Some(verifier) = &prt.basic else {
+                return Outcome::Decided(policy::unauthorized(p, DenyReason::UnsupportedScheme, None, "this policy does not accept Basic credentials"));
+            };
+            let hit = verifier.cached(&cred.user, &cred.password);
+            self.metrics.cache_lookup("basic", hit);
+            let valid = hit || {
+                let v = verifier.clone();
+                let (user, password) = (cred.user.clone(), cred.password.clone());
+                // bcrypt/argon2 take milliseconds of CPU: keep them off the async workers.
+                match tokio::task::spawn_blocking(move || v.verify_uncached(&user, &password)).await {
+                    Ok(outcome) => outcome == crate::basic::BasicOutcome::Valid,
+                    Err(e) => return Outcome::Unavailable(format!("password check failed: {e}")),
+                }
+            };
+            if !valid {
+                return Outcome::Decided(policy::unauthorized(p, DenyReason::InvalidBasic, None, "invalid username or password"));
+            }
+            identity.basic_user = Some(cred.user.clone());
+        }
+        if let Some(bearer) = &pending.bearer {
+            let Some(verifier) = &prt.jwt else {
+                return Outcome::Decided(policy::unauthorized(p, DenyReason::UnsupportedScheme, None, "this policy does not accept bearer tokens"));
+            };
+            match verifier.verify(&bearer.token).await {
+                Ok(t) => identity.token = Some(t),
+                Err(TokenError::KeysUnavailable(e)) => return Outcome::Unavailable(e.to_string()),
+                Err(e) => {
+                    return Outcome::Decided(policy::unauthorized(p, token_reason(&e), Some("invalid_token"), e.to_string()));
+                }
+            }
+        }
+        Outcome::Decided(policy::authorize(p, &pending, &identity))
+    }
+}

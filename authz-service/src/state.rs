@@ -1,0 +1,139 @@
+//! A loaded config: the compiled config plus everything built from it (password verifiers,
+//! token verifiers with their key sources). Built off to the side and swapped in whole.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use crate::basic::BasicVerifier;
+use crate::config::{CONFIG_FILE, CompiledConfig, ConfigError, Problem};
+use crate::jwks::JwksRegistry;
+use crate::jwt::{JwtVerifier, Provider};
+use crate::metrics::Metrics;
+
+/// What one policy needs at decision time, index-aligned with `config.policies`.
+pub struct PolicyRuntime {
+    pub basic: Option<Arc<BasicVerifier>>,
+    pub jwt: Option<JwtVerifier>,
+}
+
+pub struct Runtime {
+    pub config: CompiledConfig,
+    pub policies: Vec<PolicyRuntime>,
+    /// Digest of every file the config was built from; a reload with the same digest is skipped.
+    pub digest: [u8; 32],
+}
+
+/// Reads and validates a config directory without building verifiers (for `validate` and
+/// as the first step of a load).
+pub fn read_dir(dir: &Path) -> Result<(CompiledConfig, [u8; 32]), ConfigError> {
+    let path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let config = CompiledConfig::from_json(&text).map_err(|source| ConfigError::Parse {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let mut problems = config.validate();
+    let mut digest = Sha256::new();
+    digest.update(text.as_bytes());
+    for file in config.ca_files() {
+        match std::fs::read(dir.join(file)) {
+            Ok(pem) => {
+                if let Err(e) = crate::tls::roots_from_pem(file, &pem) {
+                    problems.push(Problem {
+                        object: "config".into(),
+                        field: format!("files[{file}]"),
+                        message: e.to_string(),
+                    });
+                }
+                digest.update(file.as_bytes());
+                digest.update(&pem);
+            }
+            Err(e) => problems.push(Problem {
+                object: "config".into(),
+                field: format!("files[{file}]"),
+                message: format!("the CA bundle named by the config cannot be read: {e}"),
+            }),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(ConfigError::Invalid(problems));
+    }
+    Ok((config, digest.finalize().into()))
+}
+
+impl Runtime {
+    /// Builds the runtime for a validated config.
+    pub fn build(
+        config: CompiledConfig,
+        digest: [u8; 32],
+        dir: &Path,
+        registry: &JwksRegistry,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Runtime, ConfigError> {
+        let mut problems = Vec::new();
+        let mut policies = Vec::with_capacity(config.policies.len());
+        for p in &config.policies {
+            let id = format!("{}/{}", p.namespace, p.name);
+            let basic = match &p.authentication.basic {
+                None => None,
+                Some(b) => match BasicVerifier::new(&b.htpasswd) {
+                    Ok(v) => Some(Arc::new(v)),
+                    Err(e) => {
+                        problems.push(Problem {
+                            object: id.clone(),
+                            field: "authentication.basic.htpasswdSecretRef".into(),
+                            message: e.to_string(),
+                        });
+                        None
+                    }
+                },
+            };
+            let jwt = match &p.authentication.jwt {
+                None => None,
+                Some(j) => {
+                    let mut providers = Vec::new();
+                    for (i, pc) in j.providers.iter().enumerate() {
+                        let label = format!("{id}/{}", pc.name);
+                        match registry.source(&label, &pc.jwks, dir) {
+                            Ok(source) => providers.push(Provider::new(pc.clone(), source)),
+                            Err(e) => problems.push(Problem {
+                                object: id.clone(),
+                                field: format!("authentication.jwt.providers[{i}].jwks"),
+                                message: e.to_string(),
+                            }),
+                        }
+                    }
+                    Some(JwtVerifier::new(providers, metrics.clone()))
+                }
+            };
+            if p.unauthenticated_access {
+                tracing::warn!(policy = %id, "unauthenticatedAccess is on: every request to this policy is allowed without credentials");
+            }
+            policies.push(PolicyRuntime { basic, jwt });
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems));
+        }
+        Ok(Runtime {
+            config,
+            policies,
+            digest,
+        })
+    }
+}
+
+/// Loads a directory: read, validate, build.
+pub fn load(dir: &Path, registry: &JwksRegistry, metrics: &Arc<Metrics>) -> Result<Runtime, ConfigError> {
+    let (config, digest) = read_dir(dir)?;
+    Runtime::build(config, digest, dir, registry, metrics)
+}
+
+/// Where the config lives, for logs.
+pub fn display_dir(dir: &Path) -> PathBuf {
+    std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
+}
