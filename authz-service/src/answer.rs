@@ -72,14 +72,25 @@ mod tests {
             policy: Some("a/b".into()),
             status: 401,
             reason: DenyReason::MissingCredentials,
-            www_authenticate: vec![r#"Bearer realm="fhir""#.into(), r#"Basic realm="fhir""#.into()],
+            www_authenticate: vec![
+                r#"Bearer realm="fhir""#.into(),
+                r#"Basic realm="fhir""#.into(),
+            ],
             diagnostics: "credentials are required".into(),
         };
         let a = denied(&d, "abc");
         assert_eq!(a.status, 401);
-        let www: Vec<_> = a.headers.iter().filter(|(k, _)| k == "www-authenticate").map(|(_, v)| v.as_str()).collect();
+        let www: Vec<_> = a
+            .headers
+            .iter()
+            .filter(|(k, _)| k == "www-authenticate")
+            .map(|(_, v)| v.as_str())
+            .collect();
         assert_eq!(www, vec![r#"Bearer realm="fhir""#, r#"Basic realm="fhir""#]);
-        assert!(a.headers.contains(&("x-fhirguard-decision-id".into(), "abc".into())));
+        assert!(
+            a.headers
+                .contains(&("x-fhirguard-decision-id".into(), "abc".into()))
+        );
         let body: serde_json::Value = serde_json::from_str(&a.body).unwrap();
         assert_eq!(body["resourceType"], "OperationOutcome");
         assert_eq!(body["issue"][0]["code"], "login");

@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
 use argon2::PasswordVerifier as _;
+use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
@@ -184,13 +184,19 @@ mod tests {
 
     fn argon_line(user: &str, pw: &str) -> String {
         use argon2::PasswordHasher;
-        let h = argon2::Argon2::default().hash_password(pw.as_bytes()).unwrap();
+        let h = argon2::Argon2::default()
+            .hash_password(pw.as_bytes())
+            .unwrap();
         format!("{user}:{h}")
     }
 
     #[test]
     fn every_accepted_scheme_verifies() {
-        let text = format!("{}\n{SHA512}\n{}\n", bcrypt_line("alice", "wonder"), argon_line("carol", "c4r0l"));
+        let text = format!(
+            "{}\n{SHA512}\n{}\n",
+            bcrypt_line("alice", "wonder"),
+            argon_line("carol", "c4r0l")
+        );
         let v = BasicVerifier::new(&text).unwrap();
         assert_eq!(v.user_count(), 3);
         assert_eq!(v.verify_uncached("alice", "wonder"), BasicOutcome::Valid);
@@ -199,7 +205,10 @@ mod tests {
         assert_eq!(v.verify_uncached("bob", "secret "), BasicOutcome::Invalid);
         assert_eq!(v.verify_uncached("carol", "c4r0l"), BasicOutcome::Valid);
         assert_eq!(v.verify_uncached("carol", ""), BasicOutcome::Invalid);
-        assert_eq!(v.verify_uncached("mallory", "wonder"), BasicOutcome::Invalid);
+        assert_eq!(
+            v.verify_uncached("mallory", "wonder"),
+            BasicOutcome::Invalid
+        );
     }
 
     #[test]

@@ -62,7 +62,10 @@ pub struct PolicyConfig {
 
 /// The public paths a policy gets when it names none.
 pub fn default_public_paths() -> Vec<String> {
-    vec!["/metadata".into(), "/.well-known/smart-configuration".into()]
+    vec![
+        "/metadata".into(),
+        "/.well-known/smart-configuration".into(),
+    ]
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -504,7 +507,11 @@ impl CompiledConfig {
         for c in &self.connections {
             let id = format!("{}/{}", c.namespace, c.name);
             if !seen.insert(id.clone()) {
-                v.push(&id, "metadata.name", "two connections have this name".into());
+                v.push(
+                    &id,
+                    "metadata.name",
+                    "two connections have this name".into(),
+                );
             }
             validate_object_name(&mut v, &id, &c.namespace, &c.name);
             validate_connection(&mut v, &id, c);
@@ -711,7 +718,11 @@ fn validate_jwt(v: &mut Validator, id: &str, jwt: &JwtConfig) {
             );
         }
         if p.algorithms.is_empty() {
-            v.push(id, &f("algorithms"), "must list at least one algorithm".into());
+            v.push(
+                id,
+                &f("algorithms"),
+                "must list at least one algorithm".into(),
+            );
         }
         if p.clock_skew_seconds > 600 {
             v.push(id, &f("clockSkew"), "must be at most 10m".into());
@@ -723,7 +734,11 @@ fn validate_jwt(v: &mut Validator, id: &str, jwt: &JwtConfig) {
             ("subject", &p.claims.subject),
         ] {
             if value.is_empty() {
-                v.push(id, &f(&format!("claims.{name}")), "must not be empty".into());
+                v.push(
+                    id,
+                    &f(&format!("claims.{name}")),
+                    "must not be empty".into(),
+                );
             }
         }
         match (&p.jwks.uri, &p.jwks.document) {
@@ -822,7 +837,11 @@ fn validate_connection(v: &mut Validator, id: &str, c: &ConnectionConfig) {
                 v.push(id, "url", "must not carry credentials in the URL".into());
             }
         }
-        Ok(_) => v.push(id, "url", format!("{:?} must be an http(s) URL with a host", c.url)),
+        Ok(_) => v.push(
+            id,
+            "url",
+            format!("{:?} must be an http(s) URL with a host", c.url),
+        ),
         Err(e) => v.push(id, "url", format!("{:?} is not a URL: {e}", c.url)),
     }
     match (&c.auth.basic, &c.auth.oauth) {
@@ -848,7 +867,11 @@ fn validate_connection(v: &mut Validator, id: &str, c: &ConnectionConfig) {
                 v.push(id, "auth.oauth.clientId", "must not be empty".into());
             }
             if o.client_secret.is_empty() {
-                v.push(id, "auth.oauth.clientSecretRef", "the secret is empty".into());
+                v.push(
+                    id,
+                    "auth.oauth.clientSecretRef",
+                    "the secret is empty".into(),
+                );
             }
         }
         (None, None) => {}
@@ -974,7 +997,14 @@ mod tests {
 
     #[test]
     fn base_path_tricks_are_refused() {
-        for bad in ["fhir", "/fhir/", "/fhir//r4", "/fhir/../r4", "/fhir/%2e", "/fhir?x"] {
+        for bad in [
+            "fhir",
+            "/fhir/",
+            "/fhir//r4",
+            "/fhir/../r4",
+            "/fhir/%2e",
+            "/fhir?x",
+        ] {
             let mut p = policy("ehr");
             p.base_path = bad.into();
             assert_eq!(fields(&with_policy(p)), vec!["match.basePath"], "{bad}");

@@ -5,13 +5,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use envoy_types::ext_authz::v3::pb::{
-    Authorization, AuthorizationServer, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
-    HeaderValue, HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse, QueryParameter,
+    Authorization, AuthorizationServer, CheckRequest, CheckResponse, DeniedHttpResponse,
+    HeaderAppendAction, HeaderValue, HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
+    QueryParameter,
 };
 use envoy_types::pb::google::rpc;
 use tonic::{Request as GrpcRequest, Response, Status};
 
-use crate::answer::{self, DECISION_ID_HEADER, HEADER_PREFIX, PATIENT_HEADER, SCOPES_HEADER, SUBJECT_HEADER};
+use crate::answer::{
+    self, DECISION_ID_HEADER, HEADER_PREFIX, PATIENT_HEADER, SCOPES_HEADER, SUBJECT_HEADER,
+};
 use crate::fhir::Body;
 use crate::policy::{Decision, Request};
 use crate::service::{Outcome, Service};
@@ -41,7 +44,9 @@ impl EnvoyAuthz {
 
 /// Lower-cased request headers, from `headers` or, when Envoy runs with
 /// `encode_raw_headers: true`, from `header_map` (which then holds the values as bytes).
-fn collect_headers(http: &envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest) -> HashMap<String, String> {
+fn collect_headers(
+    http: &envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest,
+) -> HashMap<String, String> {
     let mut out: HashMap<String, String> = http
         .headers
         .iter()
@@ -88,7 +93,11 @@ fn status(code: i32, message: &str) -> Option<rpc::Status> {
 }
 
 /// Turns a decision into Envoy's answer.
-pub fn to_check_response(decision_id: &str, decision: &Decision, incoming: &HashMap<String, String>) -> CheckResponse {
+pub fn to_check_response(
+    decision_id: &str,
+    decision: &Decision,
+    incoming: &HashMap<String, String>,
+) -> CheckResponse {
     match decision {
         Decision::Allow(a) => {
             let overwrite = HeaderAppendAction::OverwriteIfExistsOrAdd;
@@ -119,7 +128,11 @@ pub fn to_check_response(decision_id: &str, decision: &Decision, incoming: &Hash
                 http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
                     headers,
                     headers_to_remove,
-                    response_headers_to_add: vec![header(DECISION_ID_HEADER, decision_id, overwrite)],
+                    response_headers_to_add: vec![header(
+                        DECISION_ID_HEADER,
+                        decision_id,
+                        overwrite,
+                    )],
                     query_parameters_to_remove: a.remove_query.clone(),
                     query_parameters_to_set: a
                         .set_query
@@ -148,11 +161,17 @@ pub fn to_check_response(decision_id: &str, decision: &Decision, incoming: &Hash
                     header(k, v, action)
                 })
                 .collect();
-            let code = if d.status == 401 { GRPC_UNAUTHENTICATED } else { GRPC_PERMISSION_DENIED };
+            let code = if d.status == 401 {
+                GRPC_UNAUTHENTICATED
+            } else {
+                GRPC_PERMISSION_DENIED
+            };
             CheckResponse {
                 status: status(code, d.reason.as_str()),
                 http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
-                    status: Some(HttpStatus { code: i32::from(d.status) }),
+                    status: Some(HttpStatus {
+                        code: i32::from(d.status),
+                    }),
                     headers,
                     body: ans.body,
                 })),
@@ -164,18 +183,25 @@ pub fn to_check_response(decision_id: &str, decision: &Decision, incoming: &Hash
 
 #[tonic::async_trait]
 impl Authorization for EnvoyAuthz {
-    async fn check(&self, request: GrpcRequest<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+    async fn check(
+        &self,
+        request: GrpcRequest<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
         let req = request.into_inner();
         let attrs = req.attributes.unwrap_or_default();
         let Some(http) = attrs.request.and_then(|r| r.http) else {
-            return Err(Status::invalid_argument("CheckRequest without an HTTP request"));
+            return Err(Status::invalid_argument(
+                "CheckRequest without an HTTP request",
+            ));
         };
         let headers = collect_headers(&http);
         let ext = &attrs.context_extensions;
         if ext.contains_key(CONNECTION_EXTENSION) {
             // Outbound credential injection is not built yet; refuse rather than pass the
             // request on without the credentials it was meant to carry.
-            return Err(Status::unavailable("outbound connections are not supported by this version"));
+            return Err(Status::unavailable(
+                "outbound connections are not supported by this version",
+            ));
         }
         // Envoy marks a body it cut at max_request_bytes; a partial body must not be judged.
         let partial = headers
@@ -186,7 +212,9 @@ impl Authorization for EnvoyAuthz {
         } else {
             http.body.as_bytes()
         };
-        let content_length = headers.get("content-length").and_then(|v| v.trim().parse::<usize>().ok());
+        let content_length = headers
+            .get("content-length")
+            .and_then(|v| v.trim().parse::<usize>().ok());
         let body_sent = !body_bytes.is_empty() || content_length == Some(0);
         let body = (body_sent && !partial).then(|| Body {
             bytes: body_bytes,
@@ -208,7 +236,11 @@ impl Authorization for EnvoyAuthz {
         };
         let answer = self.service.check(&r).await;
         match answer.outcome {
-            Outcome::Decided(d) => Ok(Response::new(to_check_response(&answer.decision_id, &d, &headers))),
+            Outcome::Decided(d) => Ok(Response::new(to_check_response(
+                &answer.decision_id,
+                &d,
+                &headers,
+            ))),
             Outcome::Unavailable(why) => Err(Status::unavailable(format!(
                 "fhirguard cannot decide (decision {}): {why}",
                 answer.decision_id

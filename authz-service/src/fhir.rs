@@ -341,16 +341,22 @@ fn operation_writes(method: &str, name: &str) -> bool {
 
 fn is_form(content_type: Option<&str>) -> bool {
     content_type.is_some_and(|ct| {
-        ct.split(';')
-            .next()
-            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+        ct.split(';').next().is_some_and(|m| {
+            m.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
     })
 }
 
 fn is_json(content_type: Option<&str>) -> bool {
     // A missing content type is parsed as JSON and refused if it is not: never an allow.
     content_type.is_none_or(|ct| {
-        let m = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let m = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         m == "application/fhir+json" || m == "application/json" || m == "application/json+fhir"
     })
 }
@@ -389,9 +395,7 @@ pub fn classify(req: HttpRequest<'_>) -> Result<FhirRequest, RequestError> {
         ["metadata"] if is_read_method => FhirRequest::new(Interaction::Capabilities),
         ["_history"] if is_read_method => FhirRequest::new(Interaction::HistorySystem),
         ["_search"] if method == "POST" => search_post(Interaction::SearchSystem, req)?,
-        [op] if operation_name(op).is_some() => {
-            operation(Interaction::OperationSystem, method, op)
-        }
+        [op] if operation_name(op).is_some() => operation(Interaction::OperationSystem, method, op),
         [t] if is_resource_type(t) => {
             let mut r = match method {
                 "GET" | "HEAD" => FhirRequest::new(Interaction::SearchType),
@@ -410,9 +414,7 @@ pub fn classify(req: HttpRequest<'_>) -> Result<FhirRequest, RequestError> {
                 "PATCH" if has_query => FhirRequest::new(Interaction::ConditionalPatch),
                 "DELETE" if has_query => FhirRequest::new(Interaction::ConditionalDelete),
                 _ => {
-                    return not_fhir(&format!(
-                        "on a resource type without search criteria ({t})"
-                    ));
+                    return not_fhir(&format!("on a resource type without search criteria ({t})"));
                 }
             };
             r.resource_type = Some(t.to_string());
@@ -461,7 +463,9 @@ pub fn classify(req: HttpRequest<'_>) -> Result<FhirRequest, RequestError> {
             r
         }
         [ct, id, target] | [ct, id, target, "_search"]
-            if is_resource_type(ct) && is_id(id) && (is_resource_type(target) || *target == "*") =>
+            if is_resource_type(ct)
+                && is_id(id)
+                && (is_resource_type(target) || *target == "*") =>
         {
             let via_post = segs.len() == 4;
             let mut r = if via_post && method == "POST" {
@@ -499,15 +503,24 @@ pub fn classify(req: HttpRequest<'_>) -> Result<FhirRequest, RequestError> {
         );
     if matches!(
         out.interaction,
-        Interaction::Create | Interaction::ConditionalCreate | Interaction::Update | Interaction::ConditionalUpdate
+        Interaction::Create
+            | Interaction::ConditionalCreate
+            | Interaction::Update
+            | Interaction::ConditionalUpdate
     ) && let Some(body) = req.body
         && is_json(body.content_type)
     {
         // Creates and updates are classified without their body; the body is parsed for the
         // authorizer when it is JSON, and a JSON body that does not parse is refused.
         let resource = parse_json_body(body)?;
-        if resource.get("resourceType").and_then(|t| t.as_str()).is_none() {
-            return Err(RequestError::Body("the body is not a FHIR resource (no resourceType)".into()));
+        if resource
+            .get("resourceType")
+            .and_then(|t| t.as_str())
+            .is_none()
+        {
+            return Err(RequestError::Body(
+                "the body is not a FHIR resource (no resourceType)".into(),
+            ));
         }
         out.resource = Some(resource);
     }
@@ -529,7 +542,10 @@ fn operation(interaction: Interaction, method: &str, op: &str) -> FhirRequest {
     r
 }
 
-fn search_post(interaction: Interaction, req: HttpRequest<'_>) -> Result<FhirRequest, RequestError> {
+fn search_post(
+    interaction: Interaction,
+    req: HttpRequest<'_>,
+) -> Result<FhirRequest, RequestError> {
     let mut r = FhirRequest::new(interaction);
     match req.body {
         Some(body) if body.bytes.is_empty() => {}
@@ -662,8 +678,16 @@ mod tests {
     }
 
     /// (method, path relative to the base, interaction, type, id, writes)
+    type Case = (
+        &'static str,
+        &'static str,
+        Interaction,
+        Option<&'static str>,
+        Option<&'static str>,
+        bool,
+    );
     #[rustfmt::skip]
-    const CASES: &[(&str, &str, Interaction, Option<&str>, Option<&str>, bool)] = &[
+    const CASES: &[Case] = &[
         ("GET", "/Patient/123", Read, Some("Patient"), Some("123"), false),
         ("HEAD", "/Patient/123", Read, Some("Patient"), Some("123"), false),
         ("GET", "/Observation/a-b.c", Read, Some("Observation"), Some("a-b.c"), false),
@@ -766,8 +790,13 @@ mod tests {
 
     #[test]
     fn query_parameters_are_decoded() {
-        let r = classify_str("GET", "/Observation?subject=Patient%2F1&code=a+b&code=c", None, None)
-            .unwrap();
+        let r = classify_str(
+            "GET",
+            "/Observation?subject=Patient%2F1&code=a+b&code=c",
+            None,
+            None,
+        )
+        .unwrap();
         assert_eq!(
             r.params,
             vec![
@@ -781,20 +810,42 @@ mod tests {
     #[test]
     fn post_search_reads_the_form_body() {
         let form = "application/x-www-form-urlencoded; charset=utf-8";
-        let r = classify_str("POST", "/Observation/_search?_count=5", Some((form, "subject=Patient%2F9")), None)
-            .unwrap();
+        let r = classify_str(
+            "POST",
+            "/Observation/_search?_count=5",
+            Some((form, "subject=Patient%2F9")),
+            None,
+        )
+        .unwrap();
         assert_eq!(r.interaction, SearchType);
         assert!(!r.writes && r.params_complete);
-        assert_eq!(r.params, vec![("_count".into(), "5".into()), ("subject".into(), "Patient/9".into())]);
+        assert_eq!(
+            r.params,
+            vec![
+                ("_count".into(), "5".into()),
+                ("subject".into(), "Patient/9".into())
+            ]
+        );
 
         let r = classify_str("POST", "/_search", None, None).unwrap();
         assert_eq!(r.interaction, SearchSystem);
         assert!(!r.params_complete, "no body: parameters unknown");
 
-        let e = classify_str("POST", "/Observation/_search", Some(("application/json", "{}")), None);
+        let e = classify_str(
+            "POST",
+            "/Observation/_search",
+            Some(("application/json", "{}")),
+            None,
+        );
         assert_eq!(e.unwrap_err().http_status(), 400);
 
-        let r = classify_str("POST", "/Patient/1/Observation/_search", Some((form, "code=x")), None).unwrap();
+        let r = classify_str(
+            "POST",
+            "/Patient/1/Observation/_search",
+            Some((form, "code=x")),
+            None,
+        )
+        .unwrap();
         assert_eq!(r.interaction, SearchCompartment);
         assert_eq!(r.compartment, Some(("Patient".into(), "1".into())));
     }
@@ -810,12 +861,24 @@ mod tests {
     #[test]
     fn create_bodies_are_parsed_when_json() {
         let j = "application/fhir+json";
-        let r = classify_str("POST", "/Observation", Some((j, r#"{"resourceType":"Observation"}"#)), None).unwrap();
+        let r = classify_str(
+            "POST",
+            "/Observation",
+            Some((j, r#"{"resourceType":"Observation"}"#)),
+            None,
+        )
+        .unwrap();
         assert_eq!(r.resource.unwrap()["resourceType"], "Observation");
         let e = classify_str("PUT", "/Observation/1", Some((j, "{not json")), None).unwrap_err();
         assert_eq!(e.http_status(), 400);
         // XML is passed through unparsed: Basic authorisation does not need it.
-        let r = classify_str("POST", "/Observation", Some(("application/fhir+xml", "<x/>")), None).unwrap();
+        let r = classify_str(
+            "POST",
+            "/Observation",
+            Some(("application/fhir+xml", "<x/>")),
+            None,
+        )
+        .unwrap();
         assert!(r.resource.is_none());
     }
 
@@ -833,8 +896,14 @@ mod tests {
         assert!(r.writes);
         let got: Vec<_> = r.entries.iter().map(|e| e.interaction).collect();
         assert_eq!(got, vec![Read, Create, ConditionalCreate, SearchType]);
-        assert_eq!(r.entries[3].params, vec![("subject".into(), "Patient/1".into())]);
-        assert_eq!(resource_types(&r).into_iter().collect::<Vec<_>>(), vec!["Observation", "Patient"]);
+        assert_eq!(
+            r.entries[3].params,
+            vec![("subject".into(), "Patient/1".into())]
+        );
+        assert_eq!(
+            resource_types(&r).into_iter().collect::<Vec<_>>(),
+            vec!["Observation", "Patient"]
+        );
 
         let batch = r#"{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"GET","url":"Patient/1"}}]}"#;
         let r = classify_str("POST", "/", Some(("application/json", batch)), None).unwrap();
@@ -861,7 +930,12 @@ mod tests {
             let e = classify_str("POST", "/", Some(("application/fhir+json", b)), None);
             assert!(e.is_err(), "{b} was accepted: {e:?}");
         }
-        let e = classify_str("POST", "/", Some(("application/fhir+xml", "<Bundle/>")), None);
+        let e = classify_str(
+            "POST",
+            "/",
+            Some(("application/fhir+xml", "<Bundle/>")),
+            None,
+        );
         assert!(e.is_err());
     }
 

@@ -69,7 +69,10 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, Vec<LineError>> {
             continue;
         };
         if user.is_empty() || user.trim() != user || user.chars().any(char::is_control) {
-            errors.push(err(None, "has an empty user name or one with spaces around it"));
+            errors.push(err(
+                None,
+                "has an empty user name or one with spaces around it",
+            ));
             continue;
         }
         match scheme_of(hash) {
@@ -160,7 +163,8 @@ mod tests {
 
     const BCRYPT: &str = "$2y$05$3bPgAOMbkZ3UxBYuvB/T2.7xI0ag4VDj9gkOHkRyz0.p5Rz8Ru.Ia";
     const SHA512: &str = "$6$saltsalt$TVLlQcbpFVof5W3Yz4DTP6gRstiNuHwwTt6GLc1E5n0U0aDehy0S5knV8wiOQSpT0Y77vwPZN.Pq.H91p5hVO1";
-    const ARGON: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$Vs1uXDo3a7Lz3ir3yIMPJhTjQ5UojvNnUSG4M9SeZsw";
+    const ARGON: &str =
+        "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$Vs1uXDo3a7Lz3ir3yIMPJhTjQ5UojvNnUSG4M9SeZsw";
 
     #[test]
     fn accepted_schemes() {
@@ -194,7 +198,10 @@ mod tests {
             assert!(msg.contains(want), "{line}: {msg}");
             assert!(msg.starts_with("htpasswd line 1"), "{msg}");
             let hash = line.split_once(':').map(|x| x.1).unwrap_or("");
-            assert!(hash.is_empty() || !msg.contains(hash), "{msg} leaks the hash");
+            assert!(
+                hash.is_empty() || !msg.contains(hash),
+                "{msg} leaks the hash"
+            );
         }
     }
 

@@ -21,14 +21,23 @@ pub fn router(service: Arc<Service>) -> Router {
 
 async fn readyz(State(s): State<Arc<Service>>) -> impl IntoResponse {
     match s.runtime() {
-        Some(rt) => (StatusCode::OK, format!("ready: config generation {}\n", rt.config.generation)),
-        None => (StatusCode::SERVICE_UNAVAILABLE, "not ready: no valid config loaded\n".to_string()),
+        Some(rt) => (
+            StatusCode::OK,
+            format!("ready: config generation {}\n", rt.config.generation),
+        ),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no valid config loaded\n".to_string(),
+        ),
     }
 }
 
 async fn metrics(State(s): State<Arc<Service>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         s.metrics.encode(),
     )
 }

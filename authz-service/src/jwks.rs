@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, PublicKeyUse};
-use jsonwebtoken::{DecodingKey, Algorithm as JwtAlg};
+use jsonwebtoken::{Algorithm as JwtAlg, DecodingKey};
 use sha2::{Digest, Sha256};
 
 use crate::config::{JwksConfig, TlsConfig};
@@ -54,9 +54,12 @@ pub enum KeyFamily {
 impl KeyFamily {
     pub fn of(alg: JwtAlg) -> Option<KeyFamily> {
         match alg {
-            JwtAlg::RS256 | JwtAlg::RS384 | JwtAlg::RS512 | JwtAlg::PS256 | JwtAlg::PS384 | JwtAlg::PS512 => {
-                Some(KeyFamily::Rsa)
-            }
+            JwtAlg::RS256
+            | JwtAlg::RS384
+            | JwtAlg::RS512
+            | JwtAlg::PS256
+            | JwtAlg::PS384
+            | JwtAlg::PS512 => Some(KeyFamily::Rsa),
             JwtAlg::ES256 | JwtAlg::ES384 => Some(KeyFamily::Ec),
             JwtAlg::EdDSA => Some(KeyFamily::Ed),
             // HMAC: never with keys from a JWKS.
@@ -82,7 +85,11 @@ pub struct KeySet {
 
 impl KeySet {
     /// Keys that may verify a token with this algorithm and key id.
-    pub fn candidates<'a>(&'a self, alg: JwtAlg, kid: Option<&'a str>) -> impl Iterator<Item = &'a Key> + 'a {
+    pub fn candidates<'a>(
+        &'a self,
+        alg: JwtAlg,
+        kid: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a Key> + 'a {
         let family = KeyFamily::of(alg);
         self.keys.iter().filter(move |k| {
             Some(k.family) == family
@@ -97,7 +104,8 @@ impl KeySet {
 
 /// Parses a JWKS document, keeping only public signature keys of supported families.
 pub fn parse_jwks(doc: &[u8]) -> Result<KeySet, JwksError> {
-    let value: serde_json::Value = serde_json::from_slice(doc).map_err(|e| JwksError::Json(e.to_string()))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(doc).map_err(|e| JwksError::Json(e.to_string()))?;
     let raw_keys = value
         .get("keys")
         .and_then(|k| k.as_array())
@@ -114,7 +122,10 @@ pub fn parse_jwks(doc: &[u8]) -> Result<KeySet, JwksError> {
             skipped += 1;
             continue;
         };
-        if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption) | Some(PublicKeyUse::Other(_))) {
+        if matches!(
+            jwk.common.public_key_use,
+            Some(PublicKeyUse::Encryption) | Some(PublicKeyUse::Other(_))
+        ) {
             skipped += 1;
             continue;
         }
@@ -174,7 +185,11 @@ impl Default for JwksOptions {
 
 enum Origin {
     Static,
-    Remote { uri: String, client: reqwest::Client, refresh: Duration },
+    Remote {
+        uri: String,
+        client: reqwest::Client,
+        refresh: Duration,
+    },
 }
 
 /// One provider's keys.
@@ -283,10 +298,16 @@ async fn fetch(client: &reqwest::Client, uri: &str) -> Result<KeySet, JwksError>
     if !resp.status().is_success() {
         return Err(JwksError::Status(resp.status().as_u16()));
     }
-    if resp.content_length().is_some_and(|l| l > MAX_JWKS_BYTES as u64) {
+    if resp
+        .content_length()
+        .is_some_and(|l| l > MAX_JWKS_BYTES as u64)
+    {
         return Err(JwksError::TooLarge);
     }
-    let body = resp.bytes().await.map_err(|e| JwksError::Fetch(error_chain(&e)))?;
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| JwksError::Fetch(error_chain(&e)))?;
     if body.len() > MAX_JWKS_BYTES {
         return Err(JwksError::TooLarge);
     }
@@ -323,7 +344,12 @@ impl JwksRegistry {
 
     /// The source for a provider's JWKS setting, reusing a live one with the same definition.
     /// A new remote source gets a background refresher that ends when the source is dropped.
-    pub fn source(&self, label: &str, jwks: &JwksConfig, dir: &Path) -> Result<Arc<JwksSource>, JwksError> {
+    pub fn source(
+        &self,
+        label: &str,
+        jwks: &JwksConfig,
+        dir: &Path,
+    ) -> Result<Arc<JwksSource>, JwksError> {
         if let Some(doc) = &jwks.document {
             let set = parse_jwks(doc.as_bytes())?;
             return Ok(Arc::new(JwksSource {
@@ -338,11 +364,16 @@ impl JwksRegistry {
         }
         let uri = jwks.uri.clone().unwrap_or_default();
         let ca = match (&jwks.tls.ca_file, jwks.tls.mode) {
-            (Some(f), crate::config::TlsMode::CustomBundle) => std::fs::read(dir.join(f)).unwrap_or_default(),
+            (Some(f), crate::config::TlsMode::CustomBundle) => {
+                std::fs::read(dir.join(f)).unwrap_or_default()
+            }
             _ => Vec::new(),
         };
         let id = source_id(&uri, &jwks.tls, &ca, jwks.refresh_interval_seconds);
-        let mut sources = self.sources.lock().map_err(|_| JwksError::Fetch("registry lock poisoned".into()))?;
+        let mut sources = self
+            .sources
+            .lock()
+            .map_err(|_| JwksError::Fetch("registry lock poisoned".into()))?;
         sources.retain(|_, w| w.strong_count() > 0);
         if let Some(existing) = sources.get(&id).and_then(Weak::upgrade) {
             return Ok(existing);
@@ -387,7 +418,9 @@ fn spawn_refresher(weak: Weak<JwksSource>, options: JwksOptions) {
         loop {
             tokio::time::sleep(delay).await;
             let Some(source) = weak.upgrade() else { return };
-            let Some(interval) = source.refresh_interval() else { return };
+            let Some(interval) = source.refresh_interval() else {
+                return;
+            };
             let ok = {
                 let _guard = source.fetch_lock.lock().await;
                 source.fetch_now().await.is_ok()
@@ -425,15 +458,29 @@ mod tests {
         assert_eq!(set.skipped, 5);
         assert_eq!(set.candidates(JwtAlg::RS256, Some("r1")).count(), 1);
         assert_eq!(set.candidates(JwtAlg::RS256, Some("r2")).count(), 0);
-        assert_eq!(set.candidates(JwtAlg::ES256, Some("r1")).count(), 0, "family must match");
-        assert_eq!(set.candidates(JwtAlg::RS384, Some("r1")).count(), 0, "the key's alg must match");
+        assert_eq!(
+            set.candidates(JwtAlg::ES256, Some("r1")).count(),
+            0,
+            "family must match"
+        );
+        assert_eq!(
+            set.candidates(JwtAlg::RS384, Some("r1")).count(),
+            0,
+            "the key's alg must match"
+        );
         assert_eq!(set.candidates(JwtAlg::HS256, None).count(), 0, "never HMAC");
     }
 
     #[test]
     fn a_document_without_usable_keys_is_an_error() {
-        assert!(matches!(parse_jwks(br#"{"keys":[]}"#), Err(JwksError::NoUsableKeys)));
+        assert!(matches!(
+            parse_jwks(br#"{"keys":[]}"#),
+            Err(JwksError::NoUsableKeys)
+        ));
         assert!(matches!(parse_jwks(b"nope"), Err(JwksError::Json(_))));
-        assert!(matches!(parse_jwks(br#"{"keys":[{"kty":"oct","k":"eA"}]}"#), Err(JwksError::NoUsableKeys)));
+        assert!(matches!(
+            parse_jwks(br#"{"keys":[{"kty":"oct","k":"eA"}]}"#),
+            Err(JwksError::NoUsableKeys)
+        ));
     }
 }

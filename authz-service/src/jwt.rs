@@ -111,7 +111,12 @@ fn check_header(token: &str) -> Result<(), TokenError> {
         .map_err(|_| TokenError::Malformed)?;
     let header: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(&raw).map_err(|_| TokenError::Malformed)?;
-    for (member, name) in [("jku", "jku"), ("x5u", "x5u"), ("jwk", "an embedded jwk"), ("x5c", "an x5c chain")] {
+    for (member, name) in [
+        ("jku", "jku"),
+        ("x5u", "x5u"),
+        ("jwk", "an embedded jwk"),
+        ("x5c", "an x5c chain"),
+    ] {
         if header.contains_key(member) {
             return Err(TokenError::ForbiddenHeader(name));
         }
@@ -129,14 +134,25 @@ fn claim_str<'a>(claims: &'a serde_json::Value, name: &str) -> Option<&'a str> {
 
 /// Reads the scope claim as a space-separated string or an array of strings; falls back to
 /// `scp` when the configured claim is absent (some IdPs use it).
-fn read_scopes(claims: &serde_json::Value, names: &ClaimNames) -> Result<(smart::ScopeSet, String), TokenError> {
+fn read_scopes(
+    claims: &serde_json::Value,
+    names: &ClaimNames,
+) -> Result<(smart::ScopeSet, String), TokenError> {
     let value = claims.get(&names.scope).or_else(|| claims.get("scp"));
     let tokens: Vec<String> = match value {
         None => Vec::new(),
-        Some(serde_json::Value::String(s)) => s.split(' ').filter(|t| !t.is_empty()).map(str::to_string).collect(),
+        Some(serde_json::Value::String(s)) => s
+            .split(' ')
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .collect(),
         Some(serde_json::Value::Array(items)) => items
             .iter()
-            .map(|i| i.as_str().map(str::to_string).ok_or_else(|| TokenError::Claim(names.scope.clone())))
+            .map(|i| {
+                i.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| TokenError::Claim(names.scope.clone()))
+            })
             .collect::<Result<_, _>>()?,
         Some(_) => return Err(TokenError::Claim(names.scope.clone())),
     };
@@ -144,7 +160,10 @@ fn read_scopes(claims: &serde_json::Value, names: &ClaimNames) -> Result<(smart:
     Ok((set, tokens.join(" ")))
 }
 
-fn identity_from_claims(provider: &ProviderConfig, claims: &serde_json::Value) -> Result<TokenIdentity, TokenError> {
+fn identity_from_claims(
+    provider: &ProviderConfig,
+    claims: &serde_json::Value,
+) -> Result<TokenIdentity, TokenError> {
     let names = &provider.claims;
     let subject = claim_str(claims, &names.subject)
         .filter(|s| !s.is_empty())
@@ -223,7 +242,11 @@ impl JwtVerifier {
         let unverified: serde_json::Value = token
             .split('.')
             .nth(1)
-            .and_then(|p| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok())
+            .and_then(|p| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(p)
+                    .ok()
+            })
             .and_then(|raw| serde_json::from_slice(&raw).ok())
             .ok_or(TokenError::Malformed)?;
         let iss = claim_str(&unverified, "iss").ok_or(TokenError::UnknownIssuer)?;
@@ -258,7 +281,11 @@ impl JwtVerifier {
                 Ok(data) => {
                     let identity = identity_from_claims(&provider.config, &data.claims)?;
                     let exp = data.claims.get("exp").and_then(|e| e.as_u64()).unwrap_or(0);
-                    self.remember(token, &identity, exp.saturating_add(provider.config.clock_skew_seconds));
+                    self.remember(
+                        token,
+                        &identity,
+                        exp.saturating_add(provider.config.clock_skew_seconds),
+                    );
                     return Ok(identity);
                 }
                 Err(e) => {

@@ -1,4 +1,7 @@
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 //! fhirguard's data plane: the Envoy ext_authz service for FHIR APIs.
 //!
 //! Layers, from pure to I/O:
@@ -16,7 +19,6 @@ pub mod fhir;
 pub mod htpasswd;
 pub mod policy;
 pub mod smart;
-
 
 #[cfg(feature = "server")]
 pub mod basic;

@@ -7,10 +7,16 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use fhirguard_authz::{envoy, http, jwks::JwksOptions, metrics::Metrics, reload, service::Service, state};
+use fhirguard_authz::{
+    envoy, http, jwks::JwksOptions, metrics::Metrics, reload, service::Service, state,
+};
 
 #[derive(Parser)]
-#[command(name = "fhirguard-authz", version, about = "Envoy ext_authz service for FHIR APIs")]
+#[command(
+    name = "fhirguard-authz",
+    version,
+    about = "Envoy ext_authz service for FHIR APIs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -46,7 +52,9 @@ enum Command {
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "text" {
         builder.init();
     } else {
@@ -64,14 +72,18 @@ fn main() -> anyhow::Result<()> {
             let (config, _) = state::read_dir(&config_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
             // Building verifies every hash and key document too; no network is touched
             // because remote JWKS are fetched lazily by a runtime we never start.
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(async {
                 let service = Service::new(Arc::new(Metrics::new()), JwksOptions::default());
                 let generation = config.generation;
                 let policies = config.policies.len();
                 let connections = config.connections.len();
                 reload::reload_now(&service, &config_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
-                println!("valid: generation {generation}, {policies} policies, {connections} connections");
+                println!(
+                    "valid: generation {generation}, {policies} policies, {connections} connections"
+                );
                 Ok::<_, anyhow::Error>(())
             })
         }
@@ -84,8 +96,16 @@ fn main() -> anyhow::Result<()> {
             log_format,
         } => {
             init_logging(&log_format);
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            rt.block_on(serve(config_dir, grpc_addr, http_addr, poll_seconds, jwks_min_refetch_seconds))
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(serve(
+                config_dir,
+                grpc_addr,
+                http_addr,
+                poll_seconds,
+                jwks_min_refetch_seconds,
+            ))
         }
     }
 }
@@ -108,14 +128,19 @@ async fn serve(
         // and /readyz says not ready.
         tracing::error!(error = %e, "no valid config at start; not ready");
     }
-    let _watch = reload::watch(service.clone(), config_dir.clone(), Duration::from_secs(poll_seconds.max(1)));
+    let _watch = reload::watch(
+        service.clone(),
+        config_dir.clone(),
+        Duration::from_secs(poll_seconds.max(1)),
+    );
 
     let shutdown = async {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("installing a SIGTERM handler at start-up");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("installing a SIGTERM handler at start-up");
             tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
         }
         #[cfg(not(unix))]

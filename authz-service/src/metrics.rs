@@ -61,16 +61,38 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("fhirguard");
         let decisions = Family::<DecisionLabels, Counter>::default();
-        registry.register("decisions", "Check decisions by policy, result and reason", decisions.clone());
+        registry.register(
+            "decisions",
+            "Check decisions by policy, result and reason",
+            decisions.clone(),
+        );
         // 10 µs .. ~5 s: cached decisions sit at the bottom, bcrypt checks and key fetches above.
-        let check_duration = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(1e-5, 2.5, 15));
-        registry.register("check_duration_seconds", "Time to decide one Check", check_duration.clone());
+        let check_duration = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(1e-5, 2.5, 15),
+        );
+        registry.register(
+            "check_duration_seconds",
+            "Time to decide one Check",
+            check_duration.clone(),
+        );
         let config_generation = Gauge::default();
-        registry.register("config_generation", "Generation of the config in force", config_generation.clone());
+        registry.register(
+            "config_generation",
+            "Generation of the config in force",
+            config_generation.clone(),
+        );
         let config_reloads = Family::<ResultLabels, Counter>::default();
-        registry.register("config_reloads", "Config loads by result (success, invalid)", config_reloads.clone());
+        registry.register(
+            "config_reloads",
+            "Config loads by result (success, invalid)",
+            config_reloads.clone(),
+        );
         let jwks_fetches = Family::<SourceResultLabels, Counter>::default();
-        registry.register("jwks_fetches", "JWKS fetches by source and result", jwks_fetches.clone());
+        registry.register(
+            "jwks_fetches",
+            "JWKS fetches by source and result",
+            jwks_fetches.clone(),
+        );
         let jwks_stale = Family::<SourceLabels, Gauge>::default();
         registry.register(
             "jwks_stale",
@@ -78,7 +100,11 @@ impl Metrics {
             jwks_stale.clone(),
         );
         let cache = Family::<CacheLabels, Counter>::default();
-        registry.register("cache_lookups", "Credential cache lookups by cache (basic, token) and result (hit, miss)", cache.clone());
+        registry.register(
+            "cache_lookups",
+            "Credential cache lookups by cache (basic, token) and result (hit, miss)",
+            cache.clone(),
+        );
         Metrics {
             registry,
             decisions,

@@ -275,7 +275,13 @@ fn challenges(p: &PolicyConfig) -> Vec<String> {
     out
 }
 
-fn deny(policy: Option<&PolicyConfig>, status: u16, reason: DenyReason, www: Vec<String>, diagnostics: impl Into<String>) -> Decision {
+fn deny(
+    policy: Option<&PolicyConfig>,
+    status: u16,
+    reason: DenyReason,
+    www: Vec<String>,
+    diagnostics: impl Into<String>,
+) -> Decision {
     Decision::Deny(Deny {
         policy: policy.map(policy_id),
         status,
@@ -286,7 +292,12 @@ fn deny(policy: Option<&PolicyConfig>, status: u16, reason: DenyReason, www: Vec
 }
 
 /// A 401 whose challenges offer every scheme the policy accepts.
-pub fn unauthorized(p: &PolicyConfig, reason: DenyReason, token_error: Option<&str>, diagnostics: impl Into<String>) -> Decision {
+pub fn unauthorized(
+    p: &PolicyConfig,
+    reason: DenyReason,
+    token_error: Option<&str>,
+    diagnostics: impl Into<String>,
+) -> Decision {
     let diagnostics = diagnostics.into();
     let mut www = challenges(p);
     if let Some(err) = token_error {
@@ -303,10 +314,18 @@ pub fn unauthorized(p: &PolicyConfig, reason: DenyReason, token_error: Option<&s
 }
 
 fn request_error(p: Option<&PolicyConfig>, e: &RequestError) -> Decision {
-    deny(p, e.http_status(), DenyReason::MalformedRequest, vec![], e.to_string())
+    deny(
+        p,
+        e.http_status(),
+        DenyReason::MalformedRequest,
+        vec![],
+        e.to_string(),
+    )
 }
 
 /// Step 1. `Err` carries the final decision when no verification is needed.
+// A refusal is the common, cheap path here; returning it by value (one move) beats boxing it.
+#[allow(clippy::result_large_err)]
 pub fn prepare(policies: &[PolicyConfig], req: &Request<'_>) -> Result<Pending, Decision> {
     let (raw_path, raw_query) = fhir::split_path(req.path);
     let segments = fhir::normalize_path(raw_path).map_err(|e| request_error(None, &e))?;
@@ -325,14 +344,17 @@ pub fn prepare(policies: &[PolicyConfig], req: &Request<'_>) -> Result<Pending, 
             403,
             DenyReason::NoPolicy,
             vec![],
-            format!("the path is outside the policy's basePath {:?}", p.base_path),
+            format!(
+                "the path is outside the policy's basePath {:?}",
+                p.base_path
+            ),
         ));
     }
     let rel = &segments[base.len()..];
 
     if matches!(req.method, "GET" | "HEAD") {
         let rel_path = format!("/{}", rel.join("/"));
-        if p.public_paths.iter().any(|pp| *pp == rel_path) {
+        if p.public_paths.contains(&rel_path) {
             return Err(Decision::Allow(Allow {
                 policy: policy_id(p),
                 reason: AllowReason::PublicPath,
@@ -382,7 +404,12 @@ pub fn prepare(policies: &[PolicyConfig], req: &Request<'_>) -> Result<Pending, 
         && jwt.is_some_and(|j| j.token_sources.contains(&TokenSource::Header));
 
     let bad_request = |msg: &str| {
-        let mut d = unauthorized(p, DenyReason::MalformedCredentials, Some("invalid_request"), msg);
+        let mut d = unauthorized(
+            p,
+            DenyReason::MalformedCredentials,
+            Some("invalid_request"),
+            msg,
+        );
         if let Decision::Deny(d) = &mut d {
             d.status = 400;
         }
@@ -395,7 +422,9 @@ pub fn prepare(policies: &[PolicyConfig], req: &Request<'_>) -> Result<Pending, 
         None => None,
         Some(_) if !query_allowed => {
             // Refused rather than ignored: passing it on would leak the token to the server's logs.
-            return Err(bad_request("this policy does not accept tokens in the access_token query parameter"));
+            return Err(bad_request(
+                "this policy does not accept tokens in the access_token query parameter",
+            ));
         }
         Some(raw) => {
             let token = percent_encoding::percent_decode_str(raw)
@@ -410,7 +439,9 @@ pub fn prepare(policies: &[PolicyConfig], req: &Request<'_>) -> Result<Pending, 
     };
     if header_bearer.is_some() && query_bearer.is_some() {
         // RFC 6750 §2: a client must not use more than one method to send the token.
-        return Err(bad_request("a token was sent both in the Authorization header and in the query"));
+        return Err(bad_request(
+            "a token was sent both in the Authorization header and in the query",
+        ));
     }
     if header_bearer.is_some() && !header_allowed {
         let why = if auth.combine == Combine::AllOf {
@@ -421,20 +452,37 @@ pub fn prepare(policies: &[PolicyConfig], req: &Request<'_>) -> Result<Pending, 
         return Err(unauthorized(p, DenyReason::UnsupportedScheme, None, why));
     }
     if basic.is_some() && auth.basic.is_none() {
-        return Err(unauthorized(p, DenyReason::UnsupportedScheme, None, "this policy does not accept Basic credentials"));
+        return Err(unauthorized(
+            p,
+            DenyReason::UnsupportedScheme,
+            None,
+            "this policy does not accept Basic credentials",
+        ));
     }
     let bearer = header_bearer.or(query_bearer);
     match auth.combine {
         Combine::AnyOf if basic.is_none() && bearer.is_none() => {
-            return Err(unauthorized(p, DenyReason::MissingCredentials, None, "credentials are required"));
+            return Err(unauthorized(
+                p,
+                DenyReason::MissingCredentials,
+                None,
+                "credentials are required",
+            ));
         }
         Combine::AllOf if basic.is_none() || bearer.is_none() => {
             let missing = match (basic.is_none(), bearer.is_none()) {
-                (true, true) => "Basic credentials and a bearer token (access_token query parameter) are",
+                (true, true) => {
+                    "Basic credentials and a bearer token (access_token query parameter) are"
+                }
                 (true, false) => "Basic credentials are",
                 _ => "a bearer token in the access_token query parameter is",
             };
-            return Err(unauthorized(p, DenyReason::MissingCredentials, None, format!("{missing} required")));
+            return Err(unauthorized(
+                p,
+                DenyReason::MissingCredentials,
+                None,
+                format!("{missing} required"),
+            ));
         }
         _ => {}
     }
@@ -448,6 +496,7 @@ pub fn prepare(policies: &[PolicyConfig], req: &Request<'_>) -> Result<Pending, 
 
 type Parsed = (Option<BasicCredential>, Option<BearerCredential>);
 
+#[allow(clippy::result_large_err)]
 fn parse_authorization(p: &PolicyConfig, header: Option<&str>) -> Result<Parsed, Decision> {
     let Some(h) = header else {
         return Ok((None, None));
@@ -455,7 +504,14 @@ fn parse_authorization(p: &PolicyConfig, header: Option<&str>) -> Result<Parsed,
     let (scheme, value) = h.trim().split_once(' ').unwrap_or((h.trim(), ""));
     let value = value.trim();
     if scheme.eq_ignore_ascii_case("basic") {
-        let malformed = || unauthorized(p, DenyReason::MalformedCredentials, None, "malformed Basic credentials");
+        let malformed = || {
+            unauthorized(
+                p,
+                DenyReason::MalformedCredentials,
+                None,
+                "malformed Basic credentials",
+            )
+        };
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(value)
             .map_err(|_| malformed())?;
@@ -473,7 +529,12 @@ fn parse_authorization(p: &PolicyConfig, header: Option<&str>) -> Result<Parsed,
         ))
     } else if scheme.eq_ignore_ascii_case("bearer") {
         if value.is_empty() || value.contains(' ') {
-            return Err(unauthorized(p, DenyReason::MalformedCredentials, Some("invalid_request"), "malformed bearer token"));
+            return Err(unauthorized(
+                p,
+                DenyReason::MalformedCredentials,
+                Some("invalid_request"),
+                "malformed bearer token",
+            ));
         }
         Ok((
             None,

@@ -38,12 +38,20 @@ pub fn reload_now(service: &Service, dir: &Path) -> Result<ReloadOutcome, Config
             let generation = rt.config.generation;
             let policies = rt.config.policies.len();
             service.install(rt);
-            service.metrics.config_reloads.get_or_create(&ResultLabels { result: "success" }).inc();
+            service
+                .metrics
+                .config_reloads
+                .get_or_create(&ResultLabels { result: "success" })
+                .inc();
             tracing::info!(generation, policies, dir = %dir.display(), "config loaded");
             Ok(ReloadOutcome::Loaded { generation })
         }
         Err(e) => {
-            service.metrics.config_reloads.get_or_create(&ResultLabels { result: "invalid" }).inc();
+            service
+                .metrics
+                .config_reloads
+                .get_or_create(&ResultLabels { result: "invalid" })
+                .inc();
             let keeping = service.runtime().map(|rt| rt.config.generation);
             tracing::error!(error = %e, keeping_generation = ?keeping, "config refused; the last good config stays in force");
             Err(e)

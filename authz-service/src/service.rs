@@ -62,7 +62,9 @@ impl Service {
 
     /// Swaps in a new runtime (already validated and built).
     pub fn install(&self, rt: Runtime) {
-        self.metrics.config_generation.set(rt.config.generation as i64);
+        self.metrics
+            .config_generation
+            .set(rt.config.generation as i64);
         self.runtime.store(Some(Arc::new(rt)));
     }
 
@@ -80,7 +82,9 @@ impl Service {
         let elapsed = started.elapsed();
         self.metrics.check_duration.observe(elapsed.as_secs_f64());
         let (policy, result, reason, status) = match &outcome {
-            Outcome::Decided(Decision::Allow(a)) => (a.policy.clone(), "allow", a.reason.as_str(), 200),
+            Outcome::Decided(Decision::Allow(a)) => {
+                (a.policy.clone(), "allow", a.reason.as_str(), 200)
+            }
             Outcome::Decided(d @ Decision::Deny(x)) => (
                 x.policy.clone().unwrap_or_else(|| "none".into()),
                 "deny",
@@ -121,7 +125,10 @@ impl Service {
                 "decision"
             ),
         }
-        Answer { decision_id, outcome }
+        Answer {
+            decision_id,
+            outcome,
+        }
     }
 
     async fn decide(&self, rt: &Runtime, req: &Request<'_>) -> Outcome {
@@ -136,7 +143,12 @@ impl Service {
         let mut identity = Identity::default();
         if let Some(cred) = &pending.basic {
             let Some(verifier) = &prt.basic else {
-                return Outcome::Decided(policy::unauthorized(p, DenyReason::UnsupportedScheme, None, "this policy does not accept Basic credentials"));
+                return Outcome::Decided(policy::unauthorized(
+                    p,
+                    DenyReason::UnsupportedScheme,
+                    None,
+                    "this policy does not accept Basic credentials",
+                ));
             };
             let hit = verifier.cached(&cred.user, &cred.password);
             self.metrics.cache_lookup("basic", hit);
@@ -144,25 +156,41 @@ impl Service {
                 let v = verifier.clone();
                 let (user, password) = (cred.user.clone(), cred.password.clone());
                 // bcrypt/argon2 take milliseconds of CPU: keep them off the async workers.
-                match tokio::task::spawn_blocking(move || v.verify_uncached(&user, &password)).await {
+                match tokio::task::spawn_blocking(move || v.verify_uncached(&user, &password)).await
+                {
                     Ok(outcome) => outcome == crate::basic::BasicOutcome::Valid,
                     Err(e) => return Outcome::Unavailable(format!("password check failed: {e}")),
                 }
             };
             if !valid {
-                return Outcome::Decided(policy::unauthorized(p, DenyReason::InvalidBasic, None, "invalid username or password"));
+                return Outcome::Decided(policy::unauthorized(
+                    p,
+                    DenyReason::InvalidBasic,
+                    None,
+                    "invalid username or password",
+                ));
             }
             identity.basic_user = Some(cred.user.clone());
         }
         if let Some(bearer) = &pending.bearer {
             let Some(verifier) = &prt.jwt else {
-                return Outcome::Decided(policy::unauthorized(p, DenyReason::UnsupportedScheme, None, "this policy does not accept bearer tokens"));
+                return Outcome::Decided(policy::unauthorized(
+                    p,
+                    DenyReason::UnsupportedScheme,
+                    None,
+                    "this policy does not accept bearer tokens",
+                ));
             };
             match verifier.verify(&bearer.token).await {
                 Ok(t) => identity.token = Some(t),
                 Err(TokenError::KeysUnavailable(e)) => return Outcome::Unavailable(e.to_string()),
                 Err(e) => {
-                    return Outcome::Decided(policy::unauthorized(p, token_reason(&e), Some("invalid_token"), e.to_string()));
+                    return Outcome::Decided(policy::unauthorized(
+                        p,
+                        token_reason(&e),
+                        Some("invalid_token"),
+                        e.to_string(),
+                    ));
                 }
             }
         }

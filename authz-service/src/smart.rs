@@ -51,11 +51,17 @@ impl Perms {
 
     /// `cruds` order, only the letters present.
     pub fn letters(self) -> String {
-        [(Perms::C, 'c'), (Perms::R, 'r'), (Perms::U, 'u'), (Perms::D, 'd'), (Perms::S, 's')]
-            .iter()
-            .filter(|(p, _)| self.contains(*p))
-            .map(|(_, c)| *c)
-            .collect()
+        [
+            (Perms::C, 'c'),
+            (Perms::R, 'r'),
+            (Perms::U, 'u'),
+            (Perms::D, 'd'),
+            (Perms::S, 's'),
+        ]
+        .iter()
+        .filter(|(p, _)| self.contains(*p))
+        .map(|(_, c)| *c)
+        .collect()
     }
 
     fn parse(s: &str) -> Option<Perms> {
@@ -188,8 +194,15 @@ pub fn context_patient_id(claim: &str) -> Option<&str> {
 }
 
 /// Decides whether `scopes` allow `req`. `patient` is the token's patient context id.
-pub fn authorize(scopes: &ScopeSet, patient: Option<&str>, req: &FhirRequest) -> Result<(), ScopeDenial> {
-    if matches!(req.interaction, Interaction::Batch | Interaction::Transaction) {
+pub fn authorize(
+    scopes: &ScopeSet,
+    patient: Option<&str>,
+    req: &FhirRequest,
+) -> Result<(), ScopeDenial> {
+    if matches!(
+        req.interaction,
+        Interaction::Batch | Interaction::Transaction
+    ) {
         // Every entry must pass on its own; a bundle is refused whole if one entry is.
         for (i, e) in req.entries.iter().enumerate() {
             authorize(scopes, patient, e).map_err(|d| ScopeDenial {
@@ -240,11 +253,7 @@ pub fn authorize(scopes: &ScopeSet, patient: Option<&str>, req: &FhirRequest) ->
         }
     }
     let context = if patient.is_some() { "patient" } else { "user" };
-    let needed = format!(
-        "{context}/{}.{}",
-        type_name.unwrap_or("*"),
-        perm.letters()
-    );
+    let needed = format!("{context}/{}.{}", type_name.unwrap_or("*"), perm.letters());
     Err(ScopeDenial {
         rule: patient_refusal.unwrap_or_else(|| {
             format!(
@@ -290,9 +299,11 @@ fn needed_permission(req: &FhirRequest) -> Result<Perms, String> {
         }
         Capabilities => Perms::R,
         BundleUninspected => {
-            return Err("the bundle's body was not sent to fhirguard, so its entries cannot be \
+            return Err(
+                "the bundle's body was not sent to fhirguard, so its entries cannot be \
                         checked (enable with_request_body on this route)"
-                .into());
+                    .into(),
+            );
         }
         Batch | Transaction => Perms::R,
     };
@@ -357,35 +368,90 @@ mod tests {
     #[test]
     fn grammar() {
         let ok = [
-            ("patient/Observation.rs", Context::Patient, Some("Observation"), "rs"),
+            (
+                "patient/Observation.rs",
+                Context::Patient,
+                Some("Observation"),
+                "rs",
+            ),
             ("user/*.cruds", Context::User, None, "cruds"),
-            ("system/Patient.read", Context::System, Some("Patient"), "rs"),
+            (
+                "system/Patient.read",
+                Context::System,
+                Some("Patient"),
+                "rs",
+            ),
             ("user/Patient.write", Context::User, Some("Patient"), "cud"),
             ("user/*.*", Context::User, None, "cruds"),
-            ("patient/Condition.c", Context::Patient, Some("Condition"), "c"),
-            ("patient/Condition.cud", Context::Patient, Some("Condition"), "cud"),
+            (
+                "patient/Condition.c",
+                Context::Patient,
+                Some("Condition"),
+                "c",
+            ),
+            (
+                "patient/Condition.cud",
+                Context::Patient,
+                Some("Condition"),
+                "cud",
+            ),
         ];
         for (t, ctx, rt, letters) in ok {
             let s = parse_scope(t).unwrap_or_else(|| panic!("{t}"));
-            assert_eq!((s.context, s.resource_type.as_deref(), s.perms.letters().as_str()), (ctx, rt, letters), "{t}");
+            assert_eq!(
+                (
+                    s.context,
+                    s.resource_type.as_deref(),
+                    s.perms.letters().as_str()
+                ),
+                (ctx, rt, letters),
+                "{t}"
+            );
         }
         let bad = [
-            "patient/Observation.sr", "patient/Observation.rr", "patient/Observation.x",
-            "patient/Observation.", "Patient/Observation.rs", "group/Observation.rs",
-            "patient/observation.rs", "patient/Observation.READ", "patient/Observation.reads",
-            "patient/Observation", "patient/.rs", "patient/Observation.rs?", "user/*.rs extra",
+            "patient/Observation.sr",
+            "patient/Observation.rr",
+            "patient/Observation.x",
+            "patient/Observation.",
+            "Patient/Observation.rs",
+            "group/Observation.rs",
+            "patient/observation.rs",
+            "patient/Observation.READ",
+            "patient/Observation.reads",
+            "patient/Observation",
+            "patient/.rs",
+            "patient/Observation.rs?",
+            "user/*.rs extra",
         ];
         for t in bad {
             assert!(parse_scope(t).is_none(), "{t} parsed");
         }
-        let set = parse_scopes("openid fhirUser launch/patient patient/Observation.rs bogus user/Patient.sr".split(' '));
+        let set = parse_scopes(
+            "openid fhirUser launch/patient patient/Observation.rs bogus user/Patient.sr"
+                .split(' '),
+        );
         assert_eq!(set.scopes.len(), 1);
         assert_eq!(set.ignored, vec!["bogus", "user/Patient.sr"]);
-        assert_eq!(parse_scope("patient/Observation.rs?category=laboratory").unwrap().query.as_deref(), Some("category=laboratory"));
+        assert_eq!(
+            parse_scope("patient/Observation.rs?category=laboratory")
+                .unwrap()
+                .query
+                .as_deref(),
+            Some("category=laboratory")
+        );
     }
 
-    fn check(scopes: &str, patient: Option<&str>, method: &str, path: &str) -> Result<(), ScopeDenial> {
-        authorize(&parse_scopes(scopes.split(' ')), patient, &req(method, path))
+    fn check(
+        scopes: &str,
+        patient: Option<&str>,
+        method: &str,
+        path: &str,
+    ) -> Result<(), ScopeDenial> {
+        authorize(
+            &parse_scopes(scopes.split(' ')),
+            patient,
+            &req(method, path),
+        )
     }
 
     #[test]
@@ -406,14 +472,25 @@ mod tests {
         assert!(check("user/Observation.u", None, "PUT", "/Observation/1").is_ok());
         assert!(check("user/Observation.u", None, "PATCH", "/Observation/1").is_ok());
         assert!(check("user/Observation.d", None, "DELETE", "/Observation/1").is_ok());
-        assert!(check("user/Observation.d", None, "DELETE", "/Observation?code=x").is_err(), "conditional needs s too");
+        assert!(
+            check("user/Observation.d", None, "DELETE", "/Observation?code=x").is_err(),
+            "conditional needs s too"
+        );
         assert!(check("user/Observation.ds", None, "DELETE", "/Observation?code=x").is_ok());
         assert!(check("user/Observation.write", None, "PUT", "/Observation/1").is_ok());
     }
 
     #[test]
     fn system_level_needs_a_wildcard() {
-        assert!(check("user/Observation.rs user/Patient.rs", None, "GET", "/?_type=Patient").is_err());
+        assert!(
+            check(
+                "user/Observation.rs user/Patient.rs",
+                None,
+                "GET",
+                "/?_type=Patient"
+            )
+            .is_err()
+        );
         assert!(check("user/*.s", None, "GET", "/?_type=Patient").is_ok());
         assert!(check("system/*.rs", None, "GET", "/_history").is_ok());
     }
@@ -427,8 +504,24 @@ mod tests {
         assert!(check("patient/Patient.rs", Some("7"), "GET", "/Patient?_id=7").is_ok());
         assert!(check("patient/Patient.rs", Some("7"), "GET", "/Patient?_id=7,8").is_err());
         assert!(check("patient/Patient.rs", Some("7"), "GET", "/Patient?name=x").is_err());
-        assert!(check("patient/Observation.rs", Some("7"), "GET", "/Patient/7/Observation").is_ok());
-        assert!(check("patient/Observation.rs", Some("7"), "GET", "/Patient/8/Observation").is_err());
+        assert!(
+            check(
+                "patient/Observation.rs",
+                Some("7"),
+                "GET",
+                "/Patient/7/Observation"
+            )
+            .is_ok()
+        );
+        assert!(
+            check(
+                "patient/Observation.rs",
+                Some("7"),
+                "GET",
+                "/Patient/8/Observation"
+            )
+            .is_err()
+        );
         // Not provable from the request: refused until a compartment check exists.
         assert!(check("patient/Observation.rs", Some("7"), "GET", "/Observation/1").is_err());
         // A patient claim never narrows user scopes.
@@ -439,14 +532,36 @@ mod tests {
     fn denials_name_a_scope_that_would_allow() {
         let d = check("user/Patient.rs", None, "GET", "/Observation?code=x").unwrap_err();
         assert_eq!(d.needed, "user/Observation.s");
-        let d = check("patient/Observation.r", Some("7"), "GET", "/Patient/7/Observation").unwrap_err();
+        let d = check(
+            "patient/Observation.r",
+            Some("7"),
+            "GET",
+            "/Patient/7/Observation",
+        )
+        .unwrap_err();
         assert_eq!(d.needed, "patient/Observation.s");
     }
 
     #[test]
     fn granular_and_malformed_scopes_grant_nothing() {
-        assert!(check("user/Observation.rs?category=laboratory", None, "GET", "/Observation?category=laboratory").is_err());
+        assert!(
+            check(
+                "user/Observation.rs?category=laboratory",
+                None,
+                "GET",
+                "/Observation?category=laboratory"
+            )
+            .is_err()
+        );
         assert!(check("user/Observation.sr", None, "GET", "/Observation/1").is_err());
-        assert!(check("openid fhirUser offline_access", None, "GET", "/Observation/1").is_err());
+        assert!(
+            check(
+                "openid fhirUser offline_access",
+                None,
+                "GET",
+                "/Observation/1"
+            )
+            .is_err()
+        );
     }
 }

@@ -128,7 +128,11 @@ impl Runtime {
 }
 
 /// Loads a directory: read, validate, build.
-pub fn load(dir: &Path, registry: &JwksRegistry, metrics: &Arc<Metrics>) -> Result<Runtime, ConfigError> {
+pub fn load(
+    dir: &Path,
+    registry: &JwksRegistry,
+    metrics: &Arc<Metrics>,
+) -> Result<Runtime, ConfigError> {
     let (config, digest) = read_dir(dir)?;
     Runtime::build(config, digest, dir, registry, metrics)
 }

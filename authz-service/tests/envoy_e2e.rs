@@ -25,14 +25,20 @@ fn envoy_bin() -> Option<PathBuf> {
         return Some(p);
     }
     if std::env::var("FHIRGUARD_REQUIRE_ENVOY").as_deref() == Ok("1") {
-        panic!("Envoy is required (FHIRGUARD_REQUIRE_ENVOY=1) but neither ENVOY_BIN nor .venv/bin/envoy exists");
+        panic!(
+            "Envoy is required (FHIRGUARD_REQUIRE_ENVOY=1) but neither ENVOY_BIN nor .venv/bin/envoy exists"
+        );
     }
     eprintln!("SKIPPED: no Envoy binary (set ENVOY_BIN or run scripts/setup-envoy.sh)");
     None
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Envoy {
@@ -137,13 +143,25 @@ static_resources:
     std::fs::write(&cfg, yaml).unwrap();
     let log = std::fs::File::create(dir.path().join("envoy.log")).unwrap();
     let child = Command::new(bin)
-        .args(["-c", cfg.to_str().unwrap(), "--concurrency", "1", "--log-level", "warn", "--base-id"])
+        .args([
+            "-c",
+            cfg.to_str().unwrap(),
+            "--concurrency",
+            "1",
+            "--log-level",
+            "warn",
+            "--base-id",
+        ])
         .arg(format!("{}", port))
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .expect("starting envoy");
-    let envoy = Envoy { child, port, _dir: dir };
+    let envoy = Envoy {
+        child,
+        port,
+        _dir: dir,
+    };
     let client = reqwest::Client::new();
     eventually("envoy ready", Duration::from_secs(30), async || {
         client
@@ -178,7 +196,11 @@ impl Stack {
         (status, headers, resp.text().await.unwrap())
     }
 
-    async fn get(&self, path: &str, auth: Option<&str>) -> (u16, reqwest::header::HeaderMap, String) {
+    async fn get(
+        &self,
+        path: &str,
+        auth: Option<&str>,
+    ) -> (u16, reqwest::header::HeaderMap, String) {
         let mut r = self.http.get(self.url(path));
         if let Some(a) = auth {
             r = r.header("authorization", a);
@@ -197,7 +219,15 @@ async fn stack(bin: &PathBuf) -> Stack {
     let svc = start_service(dir.path(), Duration::from_secs(1)).await;
     let upstream = start_echo_upstream().await;
     let envoy = start_envoy(bin, svc.grpc, upstream).await;
-    Stack { pki, key, jwks, dir, svc, envoy, http: reqwest::Client::new() }
+    Stack {
+        pki,
+        key,
+        jwks,
+        dir,
+        svc,
+        envoy,
+        http: reqwest::Client::new(),
+    }
 }
 
 fn echo(body: &str) -> serde_json::Value {
@@ -219,48 +249,92 @@ async fn requests_through_real_envoy() {
     // No credentials: 401, both challenges, an OperationOutcome and a decision id.
     let (st, h, body) = s.get("/fhir/r4/Patient/1", None).await;
     assert_eq!(st, 401);
-    let www: Vec<_> = h.get_all("www-authenticate").iter().map(|v| v.to_str().unwrap()).collect();
+    let www: Vec<_> = h
+        .get_all("www-authenticate")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
     assert_eq!(www, vec![r#"Bearer realm="fhir""#, r#"Basic realm="fhir""#]);
     assert_eq!(h["content-type"], "application/fhir+json");
     assert!(h.contains_key("x-fhirguard-decision-id"));
     assert_eq!(echo(&body)["resourceType"], "OperationOutcome");
 
     // Basic: the upstream sees who it is, and forged identity headers are gone.
-    let r = s.http.get(s.url("/fhir/r4/Patient/1")).header("authorization", &alice).header("x-fhirguard-subject", "root").header("x-fhirguard-patient", "p0");
+    let r = s
+        .http
+        .get(s.url("/fhir/r4/Patient/1"))
+        .header("authorization", &alice)
+        .header("x-fhirguard-subject", "root")
+        .header("x-fhirguard-patient", "p0");
     let (st, h, body) = s.send(r).await;
     assert_eq!(st, 200, "{body}");
     let up = echo(&body);
     assert_eq!(up["headers"]["x-fhirguard-subject"], "alice");
-    assert!(up["headers"].get("x-fhirguard-patient").is_none(), "forged header reached upstream: {up}");
-    assert_eq!(up["headers"]["x-fhirguard-decision-id"], h["x-fhirguard-decision-id"].to_str().unwrap());
+    assert!(
+        up["headers"].get("x-fhirguard-patient").is_none(),
+        "forged header reached upstream: {up}"
+    );
+    assert_eq!(
+        up["headers"]["x-fhirguard-decision-id"],
+        h["x-fhirguard-decision-id"].to_str().unwrap()
+    );
 
-    let (st, _, _) = s.get("/fhir/r4/Patient/1", Some(&basic("alice", "nope"))).await;
+    let (st, _, _) = s
+        .get("/fhir/r4/Patient/1", Some(&basic("alice", "nope")))
+        .await;
     assert_eq!(st, 401);
 
     // Read vs ReadWrite.
     let (st, _, _) = s.get("/fhir/r4/Observation?code=x", Some(&bob)).await;
     assert_eq!(st, 200);
-    let (st, _, body) = s.send(s.http.delete(s.url("/fhir/r4/Patient/1")).header("authorization", &bob)).await;
+    let (st, _, body) = s
+        .send(
+            s.http
+                .delete(s.url("/fhir/r4/Patient/1"))
+                .header("authorization", &bob),
+        )
+        .await;
     assert_eq!(st, 403);
     let oo = echo(&body);
     assert_eq!(oo["issue"][0]["code"], "forbidden");
-    let (st, _, _) = s.send(s.http.delete(s.url("/fhir/r4/Patient/1")).header("authorization", &alice)).await;
+    let (st, _, _) = s
+        .send(
+            s.http
+                .delete(s.url("/fhir/r4/Patient/1"))
+                .header("authorization", &alice),
+        )
+        .await;
     assert_eq!(st, 200);
 
     // Bodies reach the service: a transaction with a write is refused for bob, a batch of
     // reads is not, and an unparsable bundle is a 400.
     let tx = r#"{"resourceType":"Bundle","type":"transaction","entry":[{"request":{"method":"GET","url":"Patient/1"}},{"request":{"method":"DELETE","url":"Patient/2"}}]}"#;
     let batch = r#"{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"GET","url":"Patient/1"}}]}"#;
-    let post = |b: &'static str| s.http.post(s.url("/fhir/r4")).header("authorization", &bob).header("content-type", "application/fhir+json").body(b);
+    let post = |b: &'static str| {
+        s.http
+            .post(s.url("/fhir/r4"))
+            .header("authorization", &bob)
+            .header("content-type", "application/fhir+json")
+            .body(b)
+    };
     assert_eq!(s.send(post(tx)).await.0, 403);
     assert_eq!(s.send(post(batch)).await.0, 200);
     assert_eq!(s.send(post("{nope")).await.0, 400);
     // POST _search with a form body is a read.
-    let r = s.http.post(s.url("/fhir/r4/Observation/_search")).header("authorization", &bob).header("content-type", "application/x-www-form-urlencoded").body("code=1234-5");
+    let r = s
+        .http
+        .post(s.url("/fhir/r4/Observation/_search"))
+        .header("authorization", &bob)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("code=1234-5");
     assert_eq!(s.send(r).await.0, 200);
 
     // Path tricks never reach the server.
-    for p in ["/fhir/r4/Patient/%2e%2e/x", "/fhir/r4/Patient%2F1", "/fhir/r4/Patient/1;x=y"] {
+    for p in [
+        "/fhir/r4/Patient/%2e%2e/x",
+        "/fhir/r4/Patient%2F1",
+        "/fhir/r4/Patient/1;x=y",
+    ] {
         let (st, _, body) = s.get(p, Some(&alice)).await;
         assert_eq!(st, 400, "{p}: {body}");
     }
@@ -269,16 +343,30 @@ async fn requests_through_real_envoy() {
     assert_eq!(st, 403);
     // The route names the policy through a context extension; a route naming a policy that
     // does not exist refuses everything.
-    let r = s.http.get(s.url("/fhir/r4/Patient/1")).header("host", "named.test").header("authorization", &alice);
+    let r = s
+        .http
+        .get(s.url("/fhir/r4/Patient/1"))
+        .header("host", "named.test")
+        .header("authorization", &alice);
     assert_eq!(s.send(r).await.0, 200);
-    let r = s.http.get(s.url("/fhir/r4/Patient/1")).header("host", "misnamed.test").header("authorization", &alice);
+    let r = s
+        .http
+        .get(s.url("/fhir/r4/Patient/1"))
+        .header("host", "misnamed.test")
+        .header("authorization", &alice);
     let (st, _, body) = s.send(r).await;
     assert_eq!(st, 403);
     assert!(body.contains("clinical/missing"), "{body}");
 
     // Tokens: valid, then each way a token can be wrong.
-    let good = s.key.sign(&{ let mut c = claims("dr-who", "user/Patient.rs"); c["patient"] = "Patient/p1".into(); c });
-    let (st, _, body) = s.get("/fhir/r4/Patient/1", Some(&format!("Bearer {good}"))).await;
+    let good = s.key.sign(&{
+        let mut c = claims("dr-who", "user/Patient.rs");
+        c["patient"] = "Patient/p1".into();
+        c
+    });
+    let (st, _, body) = s
+        .get("/fhir/r4/Patient/1", Some(&format!("Bearer {good}")))
+        .await;
     assert_eq!(st, 200, "{body}");
     let up = echo(&body);
     assert_eq!(up["headers"]["x-fhirguard-subject"], "dr-who");
@@ -286,40 +374,95 @@ async fn requests_through_real_envoy() {
     assert_eq!(up["headers"]["x-fhirguard-scopes"], "user/Patient.rs");
 
     let bad = [
-        ("expired", s.key.sign(&{ let mut c = claims("x", "user/*.rs"); c["exp"] = (now() - 120).into(); c })),
-        ("wrong audience", s.key.sign(&{ let mut c = claims("x", "user/*.rs"); c["aud"] = "https://other".into(); c })),
-        ("wrong issuer", s.key.sign(&{ let mut c = claims("x", "user/*.rs"); c["iss"] = "https://evil".into(); c })),
-        ("bad signature", SigningKey::new("x").sign_as("k1", &claims("x", "user/*.rs"))),
+        (
+            "expired",
+            s.key.sign(&{
+                let mut c = claims("x", "user/*.rs");
+                c["exp"] = (now() - 120).into();
+                c
+            }),
+        ),
+        (
+            "wrong audience",
+            s.key.sign(&{
+                let mut c = claims("x", "user/*.rs");
+                c["aud"] = "https://other".into();
+                c
+            }),
+        ),
+        (
+            "wrong issuer",
+            s.key.sign(&{
+                let mut c = claims("x", "user/*.rs");
+                c["iss"] = "https://evil".into();
+                c
+            }),
+        ),
+        (
+            "bad signature",
+            SigningKey::new("x").sign_as("k1", &claims("x", "user/*.rs")),
+        ),
     ];
     for (name, t) in bad {
-        let (st, h, _) = s.get("/fhir/r4/Patient/1", Some(&format!("Bearer {t}"))).await;
+        let (st, h, _) = s
+            .get("/fhir/r4/Patient/1", Some(&format!("Bearer {t}")))
+            .await;
         assert_eq!(st, 401, "{name}");
-        let www: Vec<_> = h.get_all("www-authenticate").iter().map(|v| v.to_str().unwrap().to_string()).collect();
-        assert!(www.iter().any(|w| w.contains(r#"error="invalid_token""#)), "{name}: {www:?}");
+        let www: Vec<_> = h
+            .get_all("www-authenticate")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect();
+        assert!(
+            www.iter().any(|w| w.contains(r#"error="invalid_token""#)),
+            "{name}: {www:?}"
+        );
     }
-    let (st, h, _) = s.get("/fhir/r4/Observation?code=x", Some(&format!("Bearer {good}"))).await;
+    let (st, h, _) = s
+        .get(
+            "/fhir/r4/Observation?code=x",
+            Some(&format!("Bearer {good}")),
+        )
+        .await;
     assert_eq!(st, 403);
-    assert!(h["www-authenticate"].to_str().unwrap().contains(r#"error="insufficient_scope""#));
+    assert!(
+        h["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains(r#"error="insufficient_scope""#)
+    );
 
     // A token in the query is accepted where configured and removed before the upstream.
     let q = s.key.sign(&claims("q", "user/Patient.rs"));
-    let (st, _, body) = s.get(&format!("/fhir/r4/Patient/1?_format=json&access_token={q}"), None).await;
+    let (st, _, body) = s
+        .get(
+            &format!("/fhir/r4/Patient/1?_format=json&access_token={q}"),
+            None,
+        )
+        .await;
     assert_eq!(st, 200, "{body}");
     let path = echo(&body)["path"].as_str().unwrap().to_string();
-    assert!(!path.contains("access_token") && path.contains("_format=json"), "{path}");
+    assert!(
+        !path.contains("access_token") && path.contains("_format=json"),
+        "{path}"
+    );
 
     // Rotation: a token signed with a new key is accepted once the IdP publishes it.
     let k2 = SigningKey::new("k2");
     *s.jwks.doc.lock().unwrap() = jwks_doc(&[&s.key, &k2]);
     let t2 = k2.sign(&claims("rotated", "user/Patient.rs"));
-    let (st, _, body) = s.get("/fhir/r4/Patient/1", Some(&format!("Bearer {t2}"))).await;
+    let (st, _, body) = s
+        .get("/fhir/r4/Patient/1", Some(&format!("Bearer {t2}")))
+        .await;
     assert_eq!(st, 200, "{body}");
 
     // The IdP goes down: fresh tokens from known keys keep working.
     s.jwks.down.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(600)).await;
     let fresh = s.key.sign(&claims("during-outage", "user/Patient.rs"));
-    let (st, _, body) = s.get("/fhir/r4/Patient/1", Some(&format!("Bearer {fresh}"))).await;
+    let (st, _, body) = s
+        .get("/fhir/r4/Patient/1", Some(&format!("Bearer {fresh}")))
+        .await;
     assert_eq!(st, 200, "{body}");
     let _ = (&s.pki, &s.dir);
 }
@@ -352,17 +495,33 @@ async fn hot_reload_under_load_and_fail_closed() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let cfg = standard_config(2, &s.jwks.uri(), &bcrypt_line("carol", "carol-pw"));
     s.dir.publish_config(&cfg, Some(&s.pki.ca_pem));
-    eventually("carol accepted after the reload", Duration::from_secs(10), async || s.get("/fhir/r4/Patient/1", Some(&carol)).await.0 == 200).await;
+    eventually(
+        "carol accepted after the reload",
+        Duration::from_secs(10),
+        async || s.get("/fhir/r4/Patient/1", Some(&carol)).await.0 == 200,
+    )
+    .await;
 
     // An invalid config is refused; the last good one stays in force.
     let mut bad = standard_config(3, &s.jwks.uri(), "");
     bad.policies[0].base_path = "fhir/../r4".into();
     s.dir.publish_config(&bad, Some(&s.pki.ca_pem));
     let http = reqwest::Client::new();
-    eventually("the invalid config is counted", Duration::from_secs(10), async || {
-        let m = http.get(format!("http://{}/metrics", s.svc.http)).send().await.unwrap().text().await.unwrap();
-        metric(&m, r#"fhirguard_config_reloads_total{result="invalid"}"#).unwrap_or(0.0) >= 1.0
-    })
+    eventually(
+        "the invalid config is counted",
+        Duration::from_secs(10),
+        async || {
+            let m = http
+                .get(format!("http://{}/metrics", s.svc.http))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            metric(&m, r#"fhirguard_config_reloads_total{result="invalid"}"#).unwrap_or(0.0) >= 1.0
+        },
+    )
     .await;
     assert_eq!(s.get("/fhir/r4/Patient/1", Some(&carol)).await.0, 200);
 
@@ -370,7 +529,11 @@ async fn hot_reload_under_load_and_fail_closed() {
         w.await.unwrap();
     }
     assert_eq!(sent.load(Ordering::SeqCst), 600);
-    assert_eq!(failures.load(Ordering::SeqCst), 0, "requests failed during reloads");
+    assert_eq!(
+        failures.load(Ordering::SeqCst),
+        0,
+        "requests failed during reloads"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -383,12 +546,20 @@ async fn envoy_fails_closed_when_the_service_cannot_decide() {
     let upstream = start_echo_upstream().await;
     let envoy = start_envoy(&bin, svc.grpc, upstream).await;
     let http = reqwest::Client::new();
-    let r = http.get(format!("http://127.0.0.1:{}/fhir/r4/metadata", envoy.port)).send().await.unwrap();
+    let r = http
+        .get(format!("http://127.0.0.1:{}/fhir/r4/metadata", envoy.port))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503);
     drop(envoy);
 
     let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let envoy = start_envoy(&bin, dead, upstream).await;
-    let r = http.get(format!("http://127.0.0.1:{}/fhir/r4/metadata", envoy.port)).send().await.unwrap();
+    let r = http
+        .get(format!("http://127.0.0.1:{}/fhir/r4/metadata", envoy.port))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503);
 }

@@ -7,7 +7,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request as AttrRequest};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+    HttpRequest, Request as AttrRequest,
+};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
@@ -19,7 +21,11 @@ struct Call<'a> {
 }
 
 fn get(path: &str) -> Call<'_> {
-    Call { method: "GET", path, headers: vec![] }
+    Call {
+        method: "GET",
+        path,
+        headers: vec![],
+    }
 }
 
 impl<'a> Call<'a> {
@@ -37,8 +43,14 @@ impl<'a> Call<'a> {
 }
 
 async fn check(grpc: std::net::SocketAddr, call: Call<'_>) -> Result<CheckResponse, tonic::Status> {
-    let mut client = AuthorizationClient::connect(format!("http://{grpc}")).await.unwrap();
-    let headers: HashMap<String, String> = call.headers.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    let mut client = AuthorizationClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    let headers: HashMap<String, String> = call
+        .headers
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
     let req = CheckRequest {
         attributes: Some(AttributeContext {
             request: Some(AttrRequest {
@@ -62,12 +74,20 @@ fn view(r: &CheckResponse) -> (u16, Vec<(String, String)>, String) {
     match r.http_response.as_ref().unwrap() {
         HttpResponse::OkResponse(ok) => (
             200,
-            ok.headers.iter().map(|h| h.header.clone().unwrap()).map(|h| (h.key, h.value)).collect(),
+            ok.headers
+                .iter()
+                .map(|h| h.header.clone().unwrap())
+                .map(|h| (h.key, h.value))
+                .collect(),
             String::new(),
         ),
         HttpResponse::DeniedResponse(d) => (
             d.status.unwrap().code as u16,
-            d.headers.iter().map(|h| h.header.clone().unwrap()).map(|h| (h.key, h.value)).collect(),
+            d.headers
+                .iter()
+                .map(|h| h.header.clone().unwrap())
+                .map(|h| (h.key, h.value))
+                .collect(),
             d.body.clone(),
         ),
         other => panic!("unexpected {other:?}"),
@@ -94,7 +114,13 @@ async fn stack() -> Stack {
     let dir = ConfigDir::new();
     dir.publish_config(&standard_config(1, &jwks.uri(), ""), Some(&pki.ca_pem));
     let svc = start_service(dir.path(), Duration::from_secs(60)).await;
-    Stack { pki, key, jwks, dir, svc }
+    Stack {
+        pki,
+        key,
+        jwks,
+        dir,
+        svc,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,9 +130,13 @@ async fn no_config_means_unavailable_never_allow() {
     let svc = start_service(dir.path(), Duration::from_secs(60)).await;
     let err = check(svc.grpc, get("/fhir/r4/metadata")).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable);
-    let ready = reqwest::get(format!("http://{}/readyz", svc.http)).await.unwrap();
+    let ready = reqwest::get(format!("http://{}/readyz", svc.http))
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 503);
-    let health = reqwest::get(format!("http://{}/healthz", svc.http)).await.unwrap();
+    let health = reqwest::get(format!("http://{}/healthz", svc.http))
+        .await
+        .unwrap();
     assert_eq!(health.status(), 200);
 }
 
@@ -118,7 +148,11 @@ async fn basic_auth_answers() {
     let r = check(g, get("/fhir/r4/Patient/1")).await.unwrap();
     let (status, headers, body) = view(&r);
     assert_eq!(status, 401);
-    let www: Vec<_> = headers.iter().filter(|(k, _)| k == "www-authenticate").map(|(_, v)| v.as_str()).collect();
+    let www: Vec<_> = headers
+        .iter()
+        .filter(|(k, _)| k == "www-authenticate")
+        .map(|(_, v)| v.as_str())
+        .collect();
     assert_eq!(www, vec![r#"Bearer realm="fhir""#, r#"Basic realm="fhir""#]);
     assert_eq!(hdr(&headers, "content-type"), Some("application/fhir+json"));
     let id = hdr(&headers, "x-fhirguard-decision-id").unwrap();
@@ -127,29 +161,71 @@ async fn basic_auth_answers() {
     assert_eq!(oo["resourceType"], "OperationOutcome");
     assert_eq!(oo["issue"][0]["code"], "login");
 
-    let r = check(g, get("/fhir/r4/Patient/1").auth(basic("alice", "alice-pw")).header("x-fhirguard-subject", "admin").header("x-fhirguard-patient", "p9")).await.unwrap();
+    let r = check(
+        g,
+        get("/fhir/r4/Patient/1")
+            .auth(basic("alice", "alice-pw"))
+            .header("x-fhirguard-subject", "admin")
+            .header("x-fhirguard-patient", "p9"),
+    )
+    .await
+    .unwrap();
     let (status, headers, _) = view(&r);
     assert_eq!(status, 200);
     assert_eq!(hdr(&headers, "x-fhirguard-subject"), Some("alice"));
-    let Some(HttpResponse::OkResponse(ok)) = &r.http_response else { panic!() };
-    assert_eq!(ok.headers_to_remove, vec!["x-fhirguard-patient".to_string()], "forged identity headers are dropped");
+    let Some(HttpResponse::OkResponse(ok)) = &r.http_response else {
+        panic!()
+    };
+    assert_eq!(
+        ok.headers_to_remove,
+        vec!["x-fhirguard-patient".to_string()],
+        "forged identity headers are dropped"
+    );
 
-    let r = check(g, get("/fhir/r4/Patient/1").auth(basic("alice", "wrong"))).await.unwrap();
+    let r = check(g, get("/fhir/r4/Patient/1").auth(basic("alice", "wrong")))
+        .await
+        .unwrap();
     assert_eq!(view(&r).0, 401);
-    let r = check(g, get("/fhir/r4/Patient/1").auth(basic("nobody", "alice-pw"))).await.unwrap();
+    let r = check(
+        g,
+        get("/fhir/r4/Patient/1").auth(basic("nobody", "alice-pw")),
+    )
+    .await
+    .unwrap();
     assert_eq!(view(&r).0, 401);
 
-    let del = Call { method: "DELETE", path: "/fhir/r4/Patient/1", headers: vec![] };
+    let del = Call {
+        method: "DELETE",
+        path: "/fhir/r4/Patient/1",
+        headers: vec![],
+    };
     let r = check(g, del.auth(basic("bob", "bob-pw"))).await.unwrap();
     let (status, _, body) = view(&r);
     assert_eq!(status, 403);
-    assert!(body.contains("\"forbidden\"") && body.contains("Read permission"), "{body}");
-    let r = check(g, get("/fhir/r4/Patient/1").auth(basic("bob", "bob-pw"))).await.unwrap();
+    assert!(
+        body.contains("\"forbidden\"") && body.contains("Read permission"),
+        "{body}"
+    );
+    let r = check(g, get("/fhir/r4/Patient/1").auth(basic("bob", "bob-pw")))
+        .await
+        .unwrap();
     assert_eq!(view(&r).0, 200);
 
     // The second check of the same credentials is served from the cache.
-    let m = reqwest::get(format!("http://{}/metrics", s.svc.http)).await.unwrap().text().await.unwrap();
-    assert!(metric(&m, r#"fhirguard_cache_lookups_total{cache="basic",result="hit"}"#).unwrap_or(0.0) >= 0.0);
+    let m = reqwest::get(format!("http://{}/metrics", s.svc.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metric(
+            &m,
+            r#"fhirguard_cache_lookups_total{cache="basic",result="hit"}"#
+        )
+        .unwrap_or(0.0)
+            >= 0.0
+    );
     assert!(m.contains(r#"fhirguard_decisions_total{policy="clinical/ehr",result="deny",reason="read_only_user"} 1"#), "{m}");
     assert!(m.contains("fhirguard_config_generation 1"), "{m}");
 }
@@ -158,42 +234,111 @@ async fn basic_auth_answers() {
 async fn tokens_are_verified_strictly() {
     let s = stack().await;
     let g = s.svc.grpc;
-    let good = s.key.sign(&claims("dr-who", "user/Patient.rs launch openid"));
-    let r = check(g, get("/fhir/r4/Patient/1").bearer(&good)).await.unwrap();
+    let good = s
+        .key
+        .sign(&claims("dr-who", "user/Patient.rs launch openid"));
+    let r = check(g, get("/fhir/r4/Patient/1").bearer(&good))
+        .await
+        .unwrap();
     let (status, headers, _) = view(&r);
     assert_eq!(status, 200, "{r:?}");
     assert_eq!(hdr(&headers, "x-fhirguard-subject"), Some("dr-who"));
-    assert_eq!(hdr(&headers, "x-fhirguard-scopes"), Some("user/Patient.rs launch openid"));
+    assert_eq!(
+        hdr(&headers, "x-fhirguard-scopes"),
+        Some("user/Patient.rs launch openid")
+    );
 
     let mut c = claims("dr-who", "user/Patient.rs");
     c["exp"] = serde_json::json!(now() - 60);
     let cases = vec![
         ("expired", s.key.sign(&c), "expired"),
-        ("wrong audience", s.key.sign(&{ let mut c = claims("x", "user/*.rs"); c["aud"] = "other".into(); c }), "audience"),
-        ("wrong issuer", s.key.sign(&{ let mut c = claims("x", "user/*.rs"); c["iss"] = "https://evil".into(); c }), "issuer"),
-        ("no subject", s.key.sign(&{ let mut c = claims("x", "user/*.rs"); c.as_object_mut().unwrap().remove("sub"); c }), "sub"),
-        ("bad signature", SigningKey::new("other").sign_as("k1", &claims("x", "user/*.rs")), "signature"),
+        (
+            "wrong audience",
+            s.key.sign(&{
+                let mut c = claims("x", "user/*.rs");
+                c["aud"] = "other".into();
+                c
+            }),
+            "audience",
+        ),
+        (
+            "wrong issuer",
+            s.key.sign(&{
+                let mut c = claims("x", "user/*.rs");
+                c["iss"] = "https://evil".into();
+                c
+            }),
+            "issuer",
+        ),
+        (
+            "no subject",
+            s.key.sign(&{
+                let mut c = claims("x", "user/*.rs");
+                c.as_object_mut().unwrap().remove("sub");
+                c
+            }),
+            "sub",
+        ),
+        (
+            "bad signature",
+            SigningKey::new("other").sign_as("k1", &claims("x", "user/*.rs")),
+            "signature",
+        ),
         ("garbage", "abc.def.ghi".to_string(), "well-formed"),
-        ("alg none", format!("{}.{}.", b64url(r#"{"alg":"none","kid":"k1"}"#), b64url(&claims("x", "user/*.rs").to_string())), "well-formed"),
-        ("HS256 with the public key", hs256_with_public_key(&s.key), "algorithm"),
-        ("jku header", with_header(&s.key, r#","jku":"https://evil/jwks""#), "jku"),
-        ("embedded jwk", with_header(&s.key, r#","jwk":{"kty":"EC"}"#), "jwk"),
-        ("crit header", with_header(&s.key, r#","crit":["exp"]"#), "crit"),
+        (
+            "alg none",
+            format!(
+                "{}.{}.",
+                b64url(r#"{"alg":"none","kid":"k1"}"#),
+                b64url(&claims("x", "user/*.rs").to_string())
+            ),
+            "well-formed",
+        ),
+        (
+            "HS256 with the public key",
+            hs256_with_public_key(&s.key),
+            "algorithm",
+        ),
+        (
+            "jku header",
+            with_header(&s.key, r#","jku":"https://evil/jwks""#),
+            "jku",
+        ),
+        (
+            "embedded jwk",
+            with_header(&s.key, r#","jwk":{"kty":"EC"}"#),
+            "jwk",
+        ),
+        (
+            "crit header",
+            with_header(&s.key, r#","crit":["exp"]"#),
+            "crit",
+        ),
     ];
     for (name, token, want) in cases {
-        let r = check(g, get("/fhir/r4/Patient/1").bearer(&token)).await.unwrap();
+        let r = check(g, get("/fhir/r4/Patient/1").bearer(&token))
+            .await
+            .unwrap();
         let (status, headers, body) = view(&r);
         assert_eq!(status, 401, "{name}: {body}");
         let www = hdr(&headers, "www-authenticate").unwrap();
-        assert!(www.starts_with(r#"Bearer realm="fhir", error="invalid_token""#), "{name}: {www}");
+        assert!(
+            www.starts_with(r#"Bearer realm="fhir", error="invalid_token""#),
+            "{name}: {www}"
+        );
         assert!(body.contains(want), "{name}: {body} should mention {want}");
     }
 
     // Scopes: a search needs s, and the challenge names a scope that would do.
-    let r = check(g, get("/fhir/r4/Observation?code=x").bearer(&good)).await.unwrap();
+    let r = check(g, get("/fhir/r4/Observation?code=x").bearer(&good))
+        .await
+        .unwrap();
     let (status, headers, body) = view(&r);
     assert_eq!(status, 403);
-    assert_eq!(hdr(&headers, "www-authenticate"), Some(r#"Bearer realm="fhir", error="insufficient_scope", scope="user/Observation.s""#));
+    assert_eq!(
+        hdr(&headers, "www-authenticate"),
+        Some(r#"Bearer realm="fhir", error="insufficient_scope", scope="user/Observation.s""#)
+    );
     assert!(body.contains("forbidden"));
 }
 
@@ -202,36 +347,90 @@ async fn unknown_kid_refetches_and_last_good_keys_survive_an_outage() {
     let s = stack().await;
     let g = s.svc.grpc;
     let t = s.key.sign(&claims("a", "user/*.rs"));
-    assert_eq!(view(&check(g, get("/fhir/r4/Patient/1").bearer(&t)).await.unwrap()).0, 200);
+    assert_eq!(
+        view(
+            &check(g, get("/fhir/r4/Patient/1").bearer(&t))
+                .await
+                .unwrap()
+        )
+        .0,
+        200
+    );
 
     // The IdP rotates to k2: the first token with k2 triggers a refetch.
     let k2 = SigningKey::new("k2");
     *s.jwks.doc.lock().unwrap() = jwks_doc(&[&s.key, &k2]);
     let before = s.jwks.hits.load(Ordering::SeqCst);
     let t2 = k2.sign(&claims("b", "user/*.rs"));
-    assert_eq!(view(&check(g, get("/fhir/r4/Patient/1").bearer(&t2)).await.unwrap()).0, 200);
+    assert_eq!(
+        view(
+            &check(g, get("/fhir/r4/Patient/1").bearer(&t2))
+                .await
+                .unwrap()
+        )
+        .0,
+        200
+    );
     assert_eq!(s.jwks.hits.load(Ordering::SeqCst), before + 1);
 
     // Random kids cannot make us hammer the IdP: at most one refetch per interval.
     let hits = s.jwks.hits.load(Ordering::SeqCst);
     for i in 0..20 {
         let t = SigningKey::new(&format!("r{i}")).sign(&claims("c", "user/*.rs"));
-        let (status, _, body) = view(&check(g, get("/fhir/r4/Patient/1").bearer(&t)).await.unwrap());
+        let (status, _, body) = view(
+            &check(g, get("/fhir/r4/Patient/1").bearer(&t))
+                .await
+                .unwrap(),
+        );
         assert_eq!(status, 401);
         assert!(body.contains("does not publish"), "{body}");
     }
-    assert!(s.jwks.hits.load(Ordering::SeqCst) <= hits + 1, "refetches were not rate-limited");
+    assert!(
+        s.jwks.hits.load(Ordering::SeqCst) <= hits + 1,
+        "refetches were not rate-limited"
+    );
 
     // The JWKS endpoint goes down: fresh tokens signed with known keys still work.
     s.jwks.down.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(600)).await;
     let unknown = SigningKey::new("k3").sign(&claims("d", "user/*.rs"));
-    assert_eq!(view(&check(g, get("/fhir/r4/Patient/1").bearer(&unknown)).await.unwrap()).0, 401);
+    assert_eq!(
+        view(
+            &check(g, get("/fhir/r4/Patient/1").bearer(&unknown))
+                .await
+                .unwrap()
+        )
+        .0,
+        401
+    );
     let fresh = s.key.sign(&claims("e", "user/*.rs"));
-    assert_eq!(view(&check(g, get("/fhir/r4/Patient/1").bearer(&fresh)).await.unwrap()).0, 200);
-    let m = reqwest::get(format!("http://{}/metrics", s.svc.http)).await.unwrap().text().await.unwrap();
-    assert!(m.contains(r#"fhirguard_jwks_stale{source="clinical/ehr/idp"} 1"#), "{m}");
-    assert!(metric(&m, r#"fhirguard_jwks_fetches_total{source="clinical/ehr/idp",result="failure"}"#).unwrap() >= 1.0);
+    assert_eq!(
+        view(
+            &check(g, get("/fhir/r4/Patient/1").bearer(&fresh))
+                .await
+                .unwrap()
+        )
+        .0,
+        200
+    );
+    let m = reqwest::get(format!("http://{}/metrics", s.svc.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains(r#"fhirguard_jwks_stale{source="clinical/ehr/idp"} 1"#),
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            r#"fhirguard_jwks_fetches_total{source="clinical/ehr/idp",result="failure"}"#
+        )
+        .unwrap()
+            >= 1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -245,10 +444,17 @@ async fn keys_never_obtained_means_unavailable() {
     dir.publish_config(&standard_config(1, &jwks.uri(), ""), Some(&pki.ca_pem));
     let svc = start_service(dir.path(), Duration::from_secs(60)).await;
     let t = key.sign(&claims("a", "user/*.rs"));
-    let err = check(svc.grpc, get("/fhir/r4/Patient/1").bearer(&t)).await.unwrap_err();
+    let err = check(svc.grpc, get("/fhir/r4/Patient/1").bearer(&t))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable);
     // Basic still decides: the outage only affects tokens.
-    let r = check(svc.grpc, get("/fhir/r4/Patient/1").auth(basic("alice", "alice-pw"))).await.unwrap();
+    let r = check(
+        svc.grpc,
+        get("/fhir/r4/Patient/1").auth(basic("alice", "alice-pw")),
+    )
+    .await
+    .unwrap();
     assert_eq!(view(&r).0, 200);
 }
 
@@ -264,9 +470,15 @@ async fn a_jwks_server_outside_the_custom_bundle_is_not_trusted() {
     dir.publish_config(&standard_config(1, &jwks.uri(), ""), Some(&other_ca.ca_pem));
     let svc = start_service(dir.path(), Duration::from_secs(60)).await;
     let t = key.sign(&claims("a", "user/*.rs"));
-    let err = check(svc.grpc, get("/fhir/r4/Patient/1").bearer(&t)).await.unwrap_err();
+    let err = check(svc.grpc, get("/fhir/r4/Patient/1").bearer(&t))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable);
-    assert!(err.message().contains("certificate") || err.message().contains("Unknown"), "{}", err.message());
+    assert!(
+        err.message().contains("certificate") || err.message().contains("Unknown"),
+        "{}",
+        err.message()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,24 +490,45 @@ async fn reload_swaps_valid_configs_and_keeps_the_last_good_one() {
 
     let cfg = standard_config(2, &s.jwks.uri(), &bcrypt_line("carol", "carol-pw"));
     s.dir.publish_config(&cfg, Some(&s.pki.ca_pem));
-    assert_eq!(fhirguard_authz::reload::reload_now(&s.svc.service, s.dir.path()).unwrap(), fhirguard_authz::reload::ReloadOutcome::Loaded { generation: 2 });
+    assert_eq!(
+        fhirguard_authz::reload::reload_now(&s.svc.service, s.dir.path()).unwrap(),
+        fhirguard_authz::reload::ReloadOutcome::Loaded { generation: 2 }
+    );
     assert_eq!(view(&check(g, carol()).await.unwrap()).0, 200);
-    assert_eq!(fhirguard_authz::reload::reload_now(&s.svc.service, s.dir.path()).unwrap(), fhirguard_authz::reload::ReloadOutcome::Unchanged);
+    assert_eq!(
+        fhirguard_authz::reload::reload_now(&s.svc.service, s.dir.path()).unwrap(),
+        fhirguard_authz::reload::ReloadOutcome::Unchanged
+    );
 
     // An invalid config (a plain-text password) is refused; generation 2 stays.
     let mut bad = standard_config(3, &s.jwks.uri(), "");
-    bad.policies[0].authentication.basic.as_mut().unwrap().htpasswd.push_str("mallory:plaintext\n");
+    bad.policies[0]
+        .authentication
+        .basic
+        .as_mut()
+        .unwrap()
+        .htpasswd
+        .push_str("mallory:plaintext\n");
     s.dir.publish_config(&bad, Some(&s.pki.ca_pem));
     let err = fhirguard_authz::reload::reload_now(&s.svc.service, s.dir.path()).unwrap_err();
     assert!(err.to_string().contains("plain text"), "{err}");
     assert_eq!(view(&check(g, carol()).await.unwrap()).0, 200);
     // Unparsable JSON as well.
-    s.dir.publish(&[("config.json", "{not json"), ("idp-ca.pem", &s.pki.ca_pem)]);
+    s.dir
+        .publish(&[("config.json", "{not json"), ("idp-ca.pem", &s.pki.ca_pem)]);
     assert!(fhirguard_authz::reload::reload_now(&s.svc.service, s.dir.path()).is_err());
     assert_eq!(view(&check(g, carol()).await.unwrap()).0, 200);
-    let m = reqwest::get(format!("http://{}/metrics", s.svc.http)).await.unwrap().text().await.unwrap();
+    let m = reqwest::get(format!("http://{}/metrics", s.svc.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(m.contains("fhirguard_config_generation 2"), "{m}");
-    assert!(metric(&m, r#"fhirguard_config_reloads_total{result="invalid"}"#).unwrap() >= 2.0, "{m}");
+    assert!(
+        metric(&m, r#"fhirguard_config_reloads_total{result="invalid"}"#).unwrap() >= 2.0,
+        "{m}"
+    );
 }
 
 fn b64url(s: &str) -> String {
@@ -308,16 +541,30 @@ fn hs256_with_public_key(key: &SigningKey) -> String {
     let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
     h.kid = Some(key.kid.clone());
     let secret = key.jwk.to_string();
-    jsonwebtoken::encode(&h, &claims("x", "user/*.rs"), &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes())).unwrap()
+    jsonwebtoken::encode(
+        &h,
+        &claims("x", "user/*.rs"),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
 }
 
 /// A correctly signed token whose header carries an extra member.
 fn with_header(key: &SigningKey, extra: &str) -> String {
     let header = format!(r#"{{"alg":"ES256","kid":"{}"{extra}}}"#, key.kid);
-    let signing_input = format!("{}.{}", b64url(&header), b64url(&claims("x", "user/*.rs").to_string()));
+    let signing_input = format!(
+        "{}.{}",
+        b64url(&header),
+        b64url(&claims("x", "user/*.rs").to_string())
+    );
     // Sign the custom input with the real key via jsonwebtoken's crypto.
     let enc = jsonwebtoken::EncodingKey::from_ec_pem(key.pem.as_bytes()).unwrap();
-    let sig = jsonwebtoken::crypto::sign(signing_input.as_bytes(), &enc, jsonwebtoken::Algorithm::ES256).unwrap();
+    let sig = jsonwebtoken::crypto::sign(
+        signing_input.as_bytes(),
+        &enc,
+        jsonwebtoken::Algorithm::ES256,
+    )
+    .unwrap();
     let _ = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     format!("{signing_input}.{sig}")
 }

@@ -37,8 +37,14 @@ fn policy(name: &str, hosts: &[&str], base: &str) -> PolicyConfig {
             basic: Some(BasicConfig {
                 htpasswd: format!("alice:{HASH}\nbob:{HASH}\n"),
                 access: vec![
-                    AccessRule { users: vec!["alice".into()], permission: Permission::ReadWrite },
-                    AccessRule { users: vec!["bob".into()], permission: Permission::Read },
+                    AccessRule {
+                        users: vec!["alice".into()],
+                        permission: Permission::ReadWrite,
+                    },
+                    AccessRule {
+                        users: vec!["bob".into()],
+                        permission: Permission::Read,
+                    },
                 ],
             }),
             jwt: Some(JwtConfig {
@@ -54,7 +60,12 @@ fn policy(name: &str, hosts: &[&str], base: &str) -> PolicyConfig {
 fn policies() -> Vec<PolicyConfig> {
     let mut all_of = policy("allof", &["allof.example"], "/fhir");
     all_of.authentication.combine = Combine::AllOf;
-    all_of.authentication.jwt.as_mut().unwrap().require_subject_matches_basic_user = true;
+    all_of
+        .authentication
+        .jwt
+        .as_mut()
+        .unwrap()
+        .require_subject_matches_basic_user = true;
     let mut dev = policy("dev", &["dev.example"], "/fhir");
     dev.unauthenticated_access = true;
     let mut query = policy("query", &["query.example"], "/fhir");
@@ -104,7 +115,17 @@ fn outcome(policies: &[PolicyConfig], r: &Request<'_>) -> Want {
             p.basic.map(|b| &*Box::leak(b.user.into_boxed_str())),
             p.bearer.map(|b| b.source),
         ),
-        Err(Decision::Allow(a)) => Want::Allow(Box::leak(a.policy.split('/').nth(1).unwrap().to_string().into_boxed_str()), a.reason),
+        Err(Decision::Allow(a)) => Want::Allow(
+            Box::leak(
+                a.policy
+                    .split('/')
+                    .nth(1)
+                    .unwrap()
+                    .to_string()
+                    .into_boxed_str(),
+            ),
+            a.reason,
+        ),
         Err(Decision::Deny(d)) => Want::Deny(d.status, d.reason),
     }
 }
@@ -117,38 +138,231 @@ fn step_one_table() {
     let no_colon = format!("Basic {}", b64("alice"));
     let empty_user = format!("Basic {}", b64(":pw"));
     let cases: Vec<(&str, Request<'_>, Want)> = vec![
-        ("host-specific policy, longest base", req("GET", "ehr.example", "/fhir/r4/Patient/1", Some(&alice)), Want::Pending("ehr", Some("alice"), None)),
-        ("host with port and case", req("GET", "EHR.example:8443", "/fhir/r4/Patient/1", Some(&alice)), Want::Pending("ehr", Some("alice"), None)),
-        ("host-specific root base beats host-less /fhir", req("GET", "ehr.example", "/fhir/Patient/1", Some(&alice)), Want::Deny(400, DenyReason::MalformedRequest)),
-        ("host-less policy for other hosts", req("GET", "other.example", "/fhir/Patient/1", Some(&alice)), Want::Pending("any", Some("alice"), None)),
-        ("no policy for the path", req("GET", "other.example", "/api/x", Some(&alice)), Want::Deny(403, DenyReason::NoPolicy)),
-        ("base path is a segment prefix, not a string prefix", req("GET", "other.example", "/fhirx/Patient/1", Some(&alice)), Want::Deny(403, DenyReason::NoPolicy)),
-        ("path tricks are 400 before anything else", req("GET", "ehr.example", "/fhir/r4/../admin", Some(&alice)), Want::Deny(400, DenyReason::MalformedRequest)),
-        ("public metadata", req("GET", "ehr.example", "/fhir/r4/metadata", None), Want::Allow("ehr", AllowReason::PublicPath)),
-        ("public smart-configuration", req("GET", "ehr.example", "/fhir/r4/.well-known/smart-configuration", None), Want::Allow("ehr", AllowReason::PublicPath)),
-        ("public with a query", req("GET", "ehr.example", "/fhir/r4/metadata?_format=json", None), Want::Allow("ehr", AllowReason::PublicPath)),
-        ("public paths are for reading only", req("POST", "ehr.example", "/fhir/r4/metadata", None), Want::Deny(400, DenyReason::MalformedRequest)),
-        ("encoded public path still public", req("GET", "ehr.example", "/fhir/r4/meta%64ata", None), Want::Allow("ehr", AllowReason::PublicPath)),
-        ("unauthenticatedAccess", req("DELETE", "dev.example", "/fhir/Patient/1", None), Want::Allow("dev", AllowReason::UnauthenticatedAccess)),
-        ("unauthenticatedAccess still refuses path tricks", req("GET", "dev.example", "/fhir/Patient//1", None), Want::Deny(400, DenyReason::MalformedRequest)),
-        ("no credentials", req("GET", "ehr.example", "/fhir/r4/Patient/1", None), Want::Deny(401, DenyReason::MissingCredentials)),
-        ("password with a colon", req("GET", "ehr.example", "/fhir/r4/Patient/1", Some(&colon_pw)), Want::Pending("ehr", Some("alice"), None)),
-        ("basic without colon", req("GET", "ehr.example", "/fhir/r4/Patient/1", Some(&no_colon)), Want::Deny(401, DenyReason::MalformedCredentials)),
-        ("basic with empty user", req("GET", "ehr.example", "/fhir/r4/Patient/1", Some(&empty_user)), Want::Deny(401, DenyReason::MalformedCredentials)),
-        ("basic not base64", req("GET", "ehr.example", "/fhir/r4/Patient/1", Some("Basic !!!")), Want::Deny(401, DenyReason::MalformedCredentials)),
-        ("scheme is case-insensitive", req("GET", "ehr.example", "/fhir/r4/Patient/1", Some("bearer abc.def.ghi")), Want::Pending("ehr", None, Some(TokenSource::Header))),
-        ("unknown scheme", req("GET", "ehr.example", "/fhir/r4/Patient/1", Some("Digest x")), Want::Deny(401, DenyReason::UnsupportedScheme)),
-        ("empty bearer", req("GET", "ehr.example", "/fhir/r4/Patient/1", Some("Bearer ")), Want::Deny(401, DenyReason::MalformedCredentials)),
-        ("query token not accepted by a header-only policy", req("GET", "ehr.example", "/fhir/r4/Patient/1?access_token=abc", None), Want::Deny(400, DenyReason::MalformedCredentials)),
-        ("query token accepted where configured", req("GET", "query.example", "/fhir/Patient/1?access_token=abc", None), Want::Pending("query", None, Some(TokenSource::QueryParameter))),
-        ("header token refused where only query is configured", req("GET", "query.example", "/fhir/Patient/1", Some("Bearer abc")), Want::Deny(401, DenyReason::UnsupportedScheme)),
-        ("two query tokens", req("GET", "query.example", "/fhir/Patient/1?access_token=a&access_token=b", None), Want::Deny(400, DenyReason::MalformedCredentials)),
-        ("bearer on a basic-only policy", req("GET", "basic.example", "/fhir/Patient/1", Some("Bearer abc")), Want::Deny(401, DenyReason::UnsupportedScheme)),
-        ("AllOf: Basic header plus query token", req("GET", "allof.example", "/fhir/Patient/1?access_token=abc", Some(&alice)), Want::Pending("allof", Some("alice"), Some(TokenSource::QueryParameter))),
-        ("AllOf: Basic alone", req("GET", "allof.example", "/fhir/Patient/1", Some(&alice)), Want::Deny(401, DenyReason::MissingCredentials)),
-        ("AllOf: token alone", req("GET", "allof.example", "/fhir/Patient/1?access_token=abc", None), Want::Deny(401, DenyReason::MissingCredentials)),
-        ("AllOf: bearer in the header", req("GET", "allof.example", "/fhir/Patient/1", Some("Bearer abc")), Want::Deny(401, DenyReason::UnsupportedScheme)),
-        ("method not in FHIR", req("OPTIONS", "ehr.example", "/fhir/r4/Patient", Some(&alice)), Want::Deny(405, DenyReason::MalformedRequest)),
+        (
+            "host-specific policy, longest base",
+            req("GET", "ehr.example", "/fhir/r4/Patient/1", Some(&alice)),
+            Want::Pending("ehr", Some("alice"), None),
+        ),
+        (
+            "host with port and case",
+            req(
+                "GET",
+                "EHR.example:8443",
+                "/fhir/r4/Patient/1",
+                Some(&alice),
+            ),
+            Want::Pending("ehr", Some("alice"), None),
+        ),
+        (
+            "host-specific root base beats host-less /fhir",
+            req("GET", "ehr.example", "/fhir/Patient/1", Some(&alice)),
+            Want::Deny(400, DenyReason::MalformedRequest),
+        ),
+        (
+            "host-less policy for other hosts",
+            req("GET", "other.example", "/fhir/Patient/1", Some(&alice)),
+            Want::Pending("any", Some("alice"), None),
+        ),
+        (
+            "no policy for the path",
+            req("GET", "other.example", "/api/x", Some(&alice)),
+            Want::Deny(403, DenyReason::NoPolicy),
+        ),
+        (
+            "base path is a segment prefix, not a string prefix",
+            req("GET", "other.example", "/fhirx/Patient/1", Some(&alice)),
+            Want::Deny(403, DenyReason::NoPolicy),
+        ),
+        (
+            "path tricks are 400 before anything else",
+            req("GET", "ehr.example", "/fhir/r4/../admin", Some(&alice)),
+            Want::Deny(400, DenyReason::MalformedRequest),
+        ),
+        (
+            "public metadata",
+            req("GET", "ehr.example", "/fhir/r4/metadata", None),
+            Want::Allow("ehr", AllowReason::PublicPath),
+        ),
+        (
+            "public smart-configuration",
+            req(
+                "GET",
+                "ehr.example",
+                "/fhir/r4/.well-known/smart-configuration",
+                None,
+            ),
+            Want::Allow("ehr", AllowReason::PublicPath),
+        ),
+        (
+            "public with a query",
+            req("GET", "ehr.example", "/fhir/r4/metadata?_format=json", None),
+            Want::Allow("ehr", AllowReason::PublicPath),
+        ),
+        (
+            "public paths are for reading only",
+            req("POST", "ehr.example", "/fhir/r4/metadata", None),
+            Want::Deny(400, DenyReason::MalformedRequest),
+        ),
+        (
+            "encoded public path still public",
+            req("GET", "ehr.example", "/fhir/r4/meta%64ata", None),
+            Want::Allow("ehr", AllowReason::PublicPath),
+        ),
+        (
+            "unauthenticatedAccess",
+            req("DELETE", "dev.example", "/fhir/Patient/1", None),
+            Want::Allow("dev", AllowReason::UnauthenticatedAccess),
+        ),
+        (
+            "unauthenticatedAccess still refuses path tricks",
+            req("GET", "dev.example", "/fhir/Patient//1", None),
+            Want::Deny(400, DenyReason::MalformedRequest),
+        ),
+        (
+            "no credentials",
+            req("GET", "ehr.example", "/fhir/r4/Patient/1", None),
+            Want::Deny(401, DenyReason::MissingCredentials),
+        ),
+        (
+            "password with a colon",
+            req("GET", "ehr.example", "/fhir/r4/Patient/1", Some(&colon_pw)),
+            Want::Pending("ehr", Some("alice"), None),
+        ),
+        (
+            "basic without colon",
+            req("GET", "ehr.example", "/fhir/r4/Patient/1", Some(&no_colon)),
+            Want::Deny(401, DenyReason::MalformedCredentials),
+        ),
+        (
+            "basic with empty user",
+            req(
+                "GET",
+                "ehr.example",
+                "/fhir/r4/Patient/1",
+                Some(&empty_user),
+            ),
+            Want::Deny(401, DenyReason::MalformedCredentials),
+        ),
+        (
+            "basic not base64",
+            req(
+                "GET",
+                "ehr.example",
+                "/fhir/r4/Patient/1",
+                Some("Basic !!!"),
+            ),
+            Want::Deny(401, DenyReason::MalformedCredentials),
+        ),
+        (
+            "scheme is case-insensitive",
+            req(
+                "GET",
+                "ehr.example",
+                "/fhir/r4/Patient/1",
+                Some("bearer abc.def.ghi"),
+            ),
+            Want::Pending("ehr", None, Some(TokenSource::Header)),
+        ),
+        (
+            "unknown scheme",
+            req("GET", "ehr.example", "/fhir/r4/Patient/1", Some("Digest x")),
+            Want::Deny(401, DenyReason::UnsupportedScheme),
+        ),
+        (
+            "empty bearer",
+            req("GET", "ehr.example", "/fhir/r4/Patient/1", Some("Bearer ")),
+            Want::Deny(401, DenyReason::MalformedCredentials),
+        ),
+        (
+            "query token not accepted by a header-only policy",
+            req(
+                "GET",
+                "ehr.example",
+                "/fhir/r4/Patient/1?access_token=abc",
+                None,
+            ),
+            Want::Deny(400, DenyReason::MalformedCredentials),
+        ),
+        (
+            "query token accepted where configured",
+            req(
+                "GET",
+                "query.example",
+                "/fhir/Patient/1?access_token=abc",
+                None,
+            ),
+            Want::Pending("query", None, Some(TokenSource::QueryParameter)),
+        ),
+        (
+            "header token refused where only query is configured",
+            req(
+                "GET",
+                "query.example",
+                "/fhir/Patient/1",
+                Some("Bearer abc"),
+            ),
+            Want::Deny(401, DenyReason::UnsupportedScheme),
+        ),
+        (
+            "two query tokens",
+            req(
+                "GET",
+                "query.example",
+                "/fhir/Patient/1?access_token=a&access_token=b",
+                None,
+            ),
+            Want::Deny(400, DenyReason::MalformedCredentials),
+        ),
+        (
+            "bearer on a basic-only policy",
+            req(
+                "GET",
+                "basic.example",
+                "/fhir/Patient/1",
+                Some("Bearer abc"),
+            ),
+            Want::Deny(401, DenyReason::UnsupportedScheme),
+        ),
+        (
+            "AllOf: Basic header plus query token",
+            req(
+                "GET",
+                "allof.example",
+                "/fhir/Patient/1?access_token=abc",
+                Some(&alice),
+            ),
+            Want::Pending("allof", Some("alice"), Some(TokenSource::QueryParameter)),
+        ),
+        (
+            "AllOf: Basic alone",
+            req("GET", "allof.example", "/fhir/Patient/1", Some(&alice)),
+            Want::Deny(401, DenyReason::MissingCredentials),
+        ),
+        (
+            "AllOf: token alone",
+            req(
+                "GET",
+                "allof.example",
+                "/fhir/Patient/1?access_token=abc",
+                None,
+            ),
+            Want::Deny(401, DenyReason::MissingCredentials),
+        ),
+        (
+            "AllOf: bearer in the header",
+            req(
+                "GET",
+                "allof.example",
+                "/fhir/Patient/1",
+                Some("Bearer abc"),
+            ),
+            Want::Deny(401, DenyReason::UnsupportedScheme),
+        ),
+        (
+            "method not in FHIR",
+            req("OPTIONS", "ehr.example", "/fhir/r4/Patient", Some(&alice)),
+            Want::Deny(405, DenyReason::MalformedRequest),
+        ),
     ];
     for (name, r, want) in cases {
         assert_eq!(outcome(&ps, &r), want, "{name}");
@@ -161,7 +375,10 @@ fn a_named_policy_wins_and_an_unknown_name_is_refused() {
     let alice = format!("Basic {}", b64("alice:pw"));
     let mut r = req("GET", "ehr.example", "/fhir/Patient/1", Some(&alice));
     r.policy_ref = Some("ns/basiconly");
-    assert_eq!(outcome(&ps, &r), Want::Pending("basiconly", Some("alice"), None));
+    assert_eq!(
+        outcome(&ps, &r),
+        Want::Pending("basiconly", Some("alice"), None)
+    );
     r.policy_ref = Some("ns/nope");
     assert_eq!(outcome(&ps, &r), Want::Deny(403, DenyReason::NoPolicy));
     r.policy_ref = Some("garbage");
@@ -174,9 +391,20 @@ fn a_named_policy_wins_and_an_unknown_name_is_refused() {
 #[test]
 fn challenges_offer_what_the_policy_accepts() {
     let ps = policies();
-    let Err(Decision::Deny(d)) = prepare(&ps, &req("GET", "ehr.example", "/fhir/r4/Patient/1", None)) else { panic!() };
-    assert_eq!(d.www_authenticate, vec![r#"Bearer realm="fhir""#, r#"Basic realm="fhir""#]);
-    let Err(Decision::Deny(d)) = prepare(&ps, &req("GET", "basic.example", "/fhir/Patient/1", None)) else { panic!() };
+    let Err(Decision::Deny(d)) =
+        prepare(&ps, &req("GET", "ehr.example", "/fhir/r4/Patient/1", None))
+    else {
+        panic!()
+    };
+    assert_eq!(
+        d.www_authenticate,
+        vec![r#"Bearer realm="fhir""#, r#"Basic realm="fhir""#]
+    );
+    let Err(Decision::Deny(d)) =
+        prepare(&ps, &req("GET", "basic.example", "/fhir/Patient/1", None))
+    else {
+        panic!()
+    };
     assert_eq!(d.www_authenticate, vec![r#"Basic realm="fhir""#]);
     assert_eq!(d.issue_code(), "login");
 }
@@ -219,7 +447,10 @@ fn basic_permissions_table() {
     ];
     for (user, method, path, allowed) in cases {
         let p = pending(&ps, method, "ehr.example", path, &alice);
-        let id = Identity { basic_user: Some(user.into()), token: None };
+        let id = Identity {
+            basic_user: Some(user.into()),
+            token: None,
+        };
         let d = authorize(ehr, &p, &id);
         assert_eq!(d.is_allow(), allowed, "{user} {method} {path}: {d:?}");
         if !allowed {
@@ -230,13 +461,35 @@ fn basic_permissions_table() {
     // A user no rule names.
     let p = pending(&ps, "GET", "ehr.example", "/fhir/r4/Patient/1", &alice);
     let mut ehr2 = ehr.clone();
-    ehr2.authentication.basic.as_mut().unwrap().access.truncate(1);
-    let d = authorize(&ehr2, &p, &Identity { basic_user: Some("bob".into()), token: None });
+    ehr2.authentication
+        .basic
+        .as_mut()
+        .unwrap()
+        .access
+        .truncate(1);
+    let d = authorize(
+        &ehr2,
+        &p,
+        &Identity {
+            basic_user: Some("bob".into()),
+            token: None,
+        },
+    );
     assert_eq!(d.reason_label(), "user_not_permitted");
     // With no rules at all, everyone may write.
     ehr2.authentication.basic.as_mut().unwrap().access.clear();
     let p = pending(&ps, "DELETE", "ehr.example", "/fhir/r4/Patient/1", &alice);
-    assert!(authorize(&ehr2, &p, &Identity { basic_user: Some("bob".into()), token: None }).is_allow());
+    assert!(
+        authorize(
+            &ehr2,
+            &p,
+            &Identity {
+                basic_user: Some("bob".into()),
+                token: None
+            }
+        )
+        .is_allow()
+    );
 }
 
 #[test]
@@ -245,35 +498,68 @@ fn a_read_only_user_may_post_a_batch_of_reads_but_not_an_uninspected_bundle() {
     let alice = format!("Basic {}", b64("alice:pw"));
     let batch = r#"{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"GET","url":"Patient/1"}}]}"#;
     let mut r = req("POST", "ehr.example", "/fhir/r4", Some(&alice));
-    r.body = Some(crate::fhir::Body { bytes: batch.as_bytes(), content_type: Some("application/fhir+json") });
+    r.body = Some(crate::fhir::Body {
+        bytes: batch.as_bytes(),
+        content_type: Some("application/fhir+json"),
+    });
     let p = prepare(&ps, &r).unwrap();
-    let bob = Identity { basic_user: Some("bob".into()), token: None };
+    let bob = Identity {
+        basic_user: Some("bob".into()),
+        token: None,
+    };
     assert!(authorize(&ps[1], &p, &bob).is_allow());
     let tx = r#"{"resourceType":"Bundle","type":"transaction","entry":[{"request":{"method":"GET","url":"Patient/1"}},{"request":{"method":"DELETE","url":"Patient/2"}}]}"#;
-    r.body = Some(crate::fhir::Body { bytes: tx.as_bytes(), content_type: Some("application/fhir+json") });
+    r.body = Some(crate::fhir::Body {
+        bytes: tx.as_bytes(),
+        content_type: Some("application/fhir+json"),
+    });
     let p = prepare(&ps, &r).unwrap();
     assert_eq!(authorize(&ps[1], &p, &bob).reason_label(), "read_only_user");
     r.body = None;
     let p = prepare(&ps, &r).unwrap();
-    let Decision::Deny(d) = authorize(&ps[1], &p, &bob) else { panic!() };
+    let Decision::Deny(d) = authorize(&ps[1], &p, &bob) else {
+        panic!()
+    };
     assert!(d.diagnostics.contains("not visible"), "{}", d.diagnostics);
 }
 
 #[test]
 fn token_decisions_carry_identity_and_scope_challenges() {
     let ps = policies();
-    let p = pending(&ps, "GET", "ehr.example", "/fhir/r4/Observation/1", "Bearer t");
-    let id = Identity { basic_user: None, token: Some(token("dr-who", "user/Observation.rs", Some("p1"))) };
-    let Decision::Allow(a) = authorize(&ps[1], &p, &id) else { panic!() };
+    let p = pending(
+        &ps,
+        "GET",
+        "ehr.example",
+        "/fhir/r4/Observation/1",
+        "Bearer t",
+    );
+    let id = Identity {
+        basic_user: None,
+        token: Some(token("dr-who", "user/Observation.rs", Some("p1"))),
+    };
+    let Decision::Allow(a) = authorize(&ps[1], &p, &id) else {
+        panic!()
+    };
     assert_eq!(a.subject.as_deref(), Some("dr-who"));
     assert_eq!(a.patient.as_deref(), Some("p1"));
     assert_eq!(a.scopes.as_deref(), Some("user/Observation.rs"));
     assert!(a.remove_query.is_empty());
 
-    let p = pending(&ps, "DELETE", "ehr.example", "/fhir/r4/Observation/1", "Bearer t");
-    let Decision::Deny(d) = authorize(&ps[1], &p, &id) else { panic!() };
+    let p = pending(
+        &ps,
+        "DELETE",
+        "ehr.example",
+        "/fhir/r4/Observation/1",
+        "Bearer t",
+    );
+    let Decision::Deny(d) = authorize(&ps[1], &p, &id) else {
+        panic!()
+    };
     assert_eq!((d.status, d.reason), (403, DenyReason::InsufficientScope));
-    assert_eq!(d.www_authenticate, vec![r#"Bearer realm="fhir", error="insufficient_scope", scope="patient/Observation.d""#]);
+    assert_eq!(
+        d.www_authenticate,
+        vec![r#"Bearer realm="fhir", error="insufficient_scope", scope="patient/Observation.d""#]
+    );
     assert_eq!(d.issue_code(), "forbidden");
 }
 
@@ -282,14 +568,50 @@ fn all_of_checks_both_and_the_subject() {
     let ps = policies();
     let all_of = &ps[3];
     let alice = format!("Basic {}", b64("alice:pw"));
-    let p = prepare(&ps, &req("GET", "allof.example", "/fhir/Observation/1?access_token=t", Some(&alice))).unwrap();
-    let id = Identity { basic_user: Some("alice".into()), token: Some(token("alice", "user/*.rs", None)) };
-    let Decision::Allow(a) = authorize(all_of, &p, &id) else { panic!() };
-    assert_eq!(a.remove_query, vec!["access_token"], "the token must not travel upstream");
-    let id = Identity { basic_user: Some("alice".into()), token: Some(token("mallory", "user/*.rs", None)) };
-    assert_eq!(authorize(all_of, &p, &id).reason_label(), "subject_mismatch");
+    let p = prepare(
+        &ps,
+        &req(
+            "GET",
+            "allof.example",
+            "/fhir/Observation/1?access_token=t",
+            Some(&alice),
+        ),
+    )
+    .unwrap();
+    let id = Identity {
+        basic_user: Some("alice".into()),
+        token: Some(token("alice", "user/*.rs", None)),
+    };
+    let Decision::Allow(a) = authorize(all_of, &p, &id) else {
+        panic!()
+    };
+    assert_eq!(
+        a.remove_query,
+        vec!["access_token"],
+        "the token must not travel upstream"
+    );
+    let id = Identity {
+        basic_user: Some("alice".into()),
+        token: Some(token("mallory", "user/*.rs", None)),
+    };
+    assert_eq!(
+        authorize(all_of, &p, &id).reason_label(),
+        "subject_mismatch"
+    );
     // Both credentials' permissions must allow: bob (Read) with a write scope cannot write.
-    let p = prepare(&ps, &req("DELETE", "allof.example", "/fhir/Observation/1?access_token=t", Some(&alice))).unwrap();
-    let id = Identity { basic_user: Some("bob".into()), token: Some(token("bob", "user/*.cruds", None)) };
+    let p = prepare(
+        &ps,
+        &req(
+            "DELETE",
+            "allof.example",
+            "/fhir/Observation/1?access_token=t",
+            Some(&alice),
+        ),
+    )
+    .unwrap();
+    let id = Identity {
+        basic_user: Some("bob".into()),
+        token: Some(token("bob", "user/*.cruds", None)),
+    };
     assert_eq!(authorize(all_of, &p, &id).reason_label(), "read_only_user");
 }

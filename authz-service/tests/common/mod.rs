@@ -23,7 +23,10 @@ pub const AUDIENCE: &str = "https://ehr.test/fhir/r4";
 
 pub fn init() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let _ = tracing_subscriber::fmt().with_env_filter("warn").with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn")
+        .with_test_writer()
+        .try_init();
 }
 
 /// A CA and a server certificate for 127.0.0.1 and localhost.
@@ -38,11 +41,18 @@ impl TestPki {
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "fhirguard test CA");
-        ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "fhirguard test CA");
+        ca_params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
         let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
         let key = rcgen::KeyPair::generate().unwrap();
-        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+        let params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+                .unwrap();
         let cert = params.signed_by(&key, &ca).unwrap();
         TestPki {
             ca_pem: ca.pem(),
@@ -65,16 +75,20 @@ impl TestPki {
 
     pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         use rustls::pki_types::pem::PemObject;
-        let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(self.server_cert_pem.as_bytes())
-            .map(|c| c.unwrap())
-            .collect();
-        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(self.server_key_pem.as_bytes()).unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
+        let certs: Vec<_> =
+            rustls::pki_types::CertificateDer::pem_slice_iter(self.server_cert_pem.as_bytes())
+                .map(|c| c.unwrap())
+                .collect();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(self.server_key_pem.as_bytes())
             .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
         tokio_rustls::TlsAcceptor::from(Arc::new(config))
     }
 }
@@ -116,7 +130,10 @@ impl SigningKey {
 }
 
 pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// Claims of a valid token; tests change what they need.
@@ -156,10 +173,14 @@ impl JwksServer {
         let (d, dn, h) = (doc.clone(), down.clone(), hits.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { return };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
                 let (acceptor, d, dn, h) = (acceptor.clone(), d.clone(), dn.clone(), h.clone());
                 tokio::spawn(async move {
-                    let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
                     let mut buf = vec![0u8; 4096];
                     let mut got = Vec::new();
                     while !got.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -183,7 +204,12 @@ impl JwksServer {
                 });
             }
         });
-        JwksServer { addr, doc, down, hits }
+        JwksServer {
+            addr,
+            doc,
+            down,
+            hits,
+        }
     }
 
     pub fn uri(&self) -> String {
@@ -248,7 +274,11 @@ pub fn bcrypt_line(user: &str, pw: &str) -> String {
 /// The config most tests use: Basic users alice (ReadWrite) and bob (Read), and one JWT
 /// provider whose JWKS comes over HTTPS with the test CA.
 pub fn standard_config(generation: u64, jwks_uri: &str, extra_users: &str) -> CompiledConfig {
-    let htpasswd = format!("{}\n{}\n{extra_users}", bcrypt_line("alice", "alice-pw"), bcrypt_line("bob", "bob-pw"));
+    let htpasswd = format!(
+        "{}\n{}\n{extra_users}",
+        bcrypt_line("alice", "alice-pw"),
+        bcrypt_line("bob", "bob-pw")
+    );
     let ehr = PolicyConfig {
         namespace: "clinical".into(),
         name: "ehr".into(),
@@ -261,8 +291,14 @@ pub fn standard_config(generation: u64, jwks_uri: &str, extra_users: &str) -> Co
             basic: Some(BasicConfig {
                 htpasswd,
                 access: vec![
-                    AccessRule { users: vec!["bob".into()], permission: Permission::Read },
-                    AccessRule { users: vec!["*".into()], permission: Permission::ReadWrite },
+                    AccessRule {
+                        users: vec!["bob".into()],
+                        permission: Permission::Read,
+                    },
+                    AccessRule {
+                        users: vec!["*".into()],
+                        permission: Permission::ReadWrite,
+                    },
                 ],
             }),
             jwt: Some(JwtConfig {
@@ -277,7 +313,10 @@ pub fn standard_config(generation: u64, jwks_uri: &str, extra_users: &str) -> Co
                     jwks: JwksConfig {
                         uri: Some(jwks_uri.into()),
                         refresh_interval_seconds: 600,
-                        tls: TlsConfig { mode: TlsMode::CustomBundle, ca_file: Some("idp-ca.pem".into()) },
+                        tls: TlsConfig {
+                            mode: TlsMode::CustomBundle,
+                            ca_file: Some("idp-ca.pem".into()),
+                        },
                         document: None,
                     },
                     claims: ClaimNames::default(),
@@ -286,7 +325,12 @@ pub fn standard_config(generation: u64, jwks_uri: &str, extra_users: &str) -> Co
         },
         authorization: AuthorizationConfig::default(),
     };
-    CompiledConfig { version: FORMAT_VERSION, generation, policies: vec![ehr], connections: vec![] }
+    CompiledConfig {
+        version: FORMAT_VERSION,
+        generation,
+        policies: vec![ehr],
+        connections: vec![],
+    }
 }
 
 /// The service running on 127.0.0.1 with its gRPC and HTTP ports.
@@ -311,12 +355,20 @@ pub async fn start_service(dir: &Path, poll: Duration) -> RunningService {
         .with_nodelay(Some(true));
     let grpc = incoming.local_addr().unwrap();
     let svc = envoy::EnvoyAuthz::new(service.clone()).into_server();
-    tokio::spawn(tonic::transport::Server::builder().add_service(svc).serve_with_incoming(incoming));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(incoming),
+    );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = listener.local_addr().unwrap();
     let router = fhirguard_authz::http::router(service.clone());
     tokio::spawn(async move { axum::serve(listener, router).await });
-    RunningService { service, grpc, http }
+    RunningService {
+        service,
+        grpc,
+        http,
+    }
 }
 
 /// An HTTP/1.1 upstream that answers 200 with a JSON echo of what it received.
@@ -325,7 +377,9 @@ pub async fn start_echo_upstream() -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((mut tcp, _)) = listener.accept().await else { return };
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = vec![0u8; 8192];
@@ -383,7 +437,10 @@ pub async fn start_echo_upstream() -> SocketAddr {
 }
 
 pub fn basic(user: &str, pw: &str) -> String {
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}")))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"))
+    )
 }
 
 /// Polls until `f` is true or the deadline passes.
