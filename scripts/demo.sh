@@ -22,7 +22,8 @@ target/debug/fhirguard-authz serve --config-dir examples/quickstart/config \
   --grpc-addr 127.0.0.1:9001 --http-addr 127.0.0.1:9090 --log-format text 2>"$log/authz.log" & pids+=($!)
 .venv/bin/envoy -c examples/envoy/demo-envoy.yaml --concurrency 1 --log-level warn 2>"$log/envoy.log" & pids+=($!)
 for _ in $(seq 1 100); do
-  curl -sf http://127.0.0.1:9090/readyz >/dev/null && curl -sf http://127.0.0.1:9901/ready >/dev/null && break
+  curl -sf http://127.0.0.1:9090/readyz >/dev/null && curl -sf http://127.0.0.1:9901/ready >/dev/null \
+    && curl -sf http://127.0.0.1:8081/ >/dev/null && break
   sleep 0.2
 done
 

@@ -54,7 +54,8 @@ fn init_logging(format: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if format == "text" {
         builder.init();
     } else {
@@ -69,23 +70,31 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { config_dir } => {
-            let (config, _) = state::read_dir(&config_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
-            // Building verifies every hash and key document too; no network is touched
-            // because remote JWKS are fetched lazily by a runtime we never start.
+            // Building the runtime verifies every hash and key document too; remote JWKS are
+            // not fetched (that happens lazily in a serving process).
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(async {
-                let service = Service::new(Arc::new(Metrics::new()), JwksOptions::default());
-                let generation = config.generation;
-                let policies = config.policies.len();
-                let connections = config.connections.len();
-                reload::reload_now(&service, &config_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
-                println!(
-                    "valid: generation {generation}, {policies} policies, {connections} connections"
-                );
-                Ok::<_, anyhow::Error>(())
-            })
+            let service = Service::new(Arc::new(Metrics::new()), JwksOptions::default());
+            match rt.block_on(async { reload::reload_now(&service, &config_dir) }) {
+                Ok(_) => {
+                    let c = service
+                        .runtime()
+                        .map(|r| r.config.clone())
+                        .unwrap_or_else(|| fhirguard_authz::config::CompiledConfig::empty(0));
+                    println!(
+                        "valid: generation {}, {} policies, {} connections",
+                        c.generation,
+                        c.policies.len(),
+                        c.connections.len()
+                    );
+                    Ok(())
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    std::process::exit(1);
+                }
+            }
         }
         Command::Serve {
             config_dir,

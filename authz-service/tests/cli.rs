@@ -1,0 +1,122 @@
+//! The binary's `validate` command, as a user runs it.
+
+use std::process::Command;
+
+fn validate(dir: &std::path::Path) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_fhirguard-authz"))
+        .args(["validate", "--config-dir"])
+        .arg(dir)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_quickstart_example_is_valid() {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart/config");
+    let (ok, stdout, stderr) = validate(&dir);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        stdout.trim(),
+        "valid: generation 1, 1 policies, 0 connections"
+    );
+}
+
+#[test]
+fn problems_are_listed_with_object_and_field_and_exit_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, _, stderr) = validate(dir.path());
+    assert!(!ok);
+    assert!(stderr.contains("config.json"), "{stderr}");
+
+    let config = r#"{"version":1,"generation":4,"policies":[
+      {"namespace":"a","name":"p","basePath":"/fhir/../x",
+       "authentication":{"basic":{"htpasswd":"eve:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n"}}},
+      {"namespace":"a","name":"q","basePath":"/fhir","authentication":{"jwt":{"providers":[
+        {"name":"i","issuer":"https://i","audiences":["x"],"algorithms":["ES256"],
+         "jwks":{"uri":"https://i/jwks","tls":{"mode":"CustomBundle","caFile":"missing.pem"}}}]}}}]}"#;
+    std::fs::write(dir.path().join("config.json"), config).unwrap();
+    let (ok, _, stderr) = validate(dir.path());
+    assert!(!ok);
+    for want in [
+        "a/p: match.basePath: must not contain '.' or '..' segments",
+        "a/p: authentication.basic.htpasswdSecretRef: htpasswd line 1 (user \"eve\"): unsalted {SHA}",
+        "config: files[missing.pem]: the CA bundle named by the config cannot be read",
+    ] {
+        assert!(stderr.contains(want), "missing {want:?} in:\n{stderr}");
+    }
+    assert!(!stderr.contains("W6ph5Mm5"), "the hash leaked: {stderr}");
+
+    std::fs::write(
+        dir.path().join("config.json"),
+        r#"{"version":1,"generation":1,"surprise":1}"#,
+    )
+    .unwrap();
+    let (ok, _, stderr) = validate(dir.path());
+    assert!(!ok);
+    assert!(stderr.contains("unknown field `surprise`"), "{stderr}");
+}
+
+#[test]
+fn serve_becomes_ready_and_stops_cleanly_on_sigterm() {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart/config");
+    let port = |_: ()| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (grpc, http) = (port(()), port(()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fhirguard-authz"))
+        .args(["serve", "--config-dir"])
+        .arg(&dir)
+        .args([
+            "--grpc-addr",
+            &format!("127.0.0.1:{grpc}"),
+            "--http-addr",
+            &format!("127.0.0.1:{http}"),
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        use std::io::{Read, Write};
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", http)) {
+            let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            if out.starts_with("HTTP/1.1 200") {
+                assert!(out.contains("config generation 1"), "{out}");
+                break;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "never became ready");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "did not stop after SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
