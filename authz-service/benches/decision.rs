@@ -176,8 +176,15 @@ fn bench(c: &mut Criterion) {
         if_none_exist: None,
     })
     .unwrap();
-    g.bench_function("smart_authorize", |b| {
-        b.iter(|| fhirguard_authz::smart::authorize(&set, Some("1"), std::hint::black_box(&req)))
+    let grant = fhirguard_authz::smart::Grant {
+        scopes: &set,
+        patient: Some("1"),
+        narrow: false,
+        lookup_configured: true,
+        lookups: None,
+    };
+    g.bench_function("smart_authorize_pinned_search", |b| {
+        b.iter(|| fhirguard_authz::smart::authorize(&grant, std::hint::black_box(&req)))
     });
     g.bench_function("classify_search", |b| {
         b.iter(|| {

@@ -14,6 +14,7 @@
 //!   ([`state`], [`reload`]), the Envoy adapter ([`envoy`]), metrics and the HTTP port.
 
 pub mod answer;
+pub mod compartment;
 pub mod config;
 pub mod fhir;
 pub mod htpasswd;
@@ -30,6 +31,8 @@ pub mod http;
 pub mod jwks;
 #[cfg(feature = "server")]
 pub mod jwt;
+#[cfg(feature = "server")]
+pub mod lookup;
 #[cfg(feature = "server")]
 pub mod metrics;
 #[cfg(feature = "server")]

@@ -10,7 +10,9 @@
 
 use base64::Engine as _;
 
-use crate::config::{Combine, Permission, PolicyConfig, TokenSource, normalize_host};
+use crate::config::{
+    Combine, PatientSearch, Permission, PolicyConfig, TokenSource, normalize_host,
+};
 use crate::fhir::{self, FhirRequest, RequestError};
 use crate::smart;
 
@@ -565,36 +567,50 @@ pub fn basic_permission(rules: &[crate::config::AccessRule], user: &str) -> Opti
         .map(|r| r.permission)
 }
 
+/// Step 3's result: a decision, or the compartment lookups it depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Done(Decision),
+    /// Look these `(type, id)` up through the policy's compartmentLookup connection and call
+    /// [`authorize`] again with the answers.
+    Lookup(Vec<(String, String)>),
+}
+
 /// Step 3: decide from the verified identity. Every presented credential's permissions must
 /// allow the request (with both Basic and a token, both must agree).
-pub fn authorize(p: &PolicyConfig, pending: &Pending, id: &Identity) -> Decision {
+pub fn authorize(
+    p: &PolicyConfig,
+    pending: &Pending,
+    id: &Identity,
+    lookups: Option<&smart::Lookups>,
+) -> Step {
     let req = &pending.request;
     let auth = &p.authentication;
     if let (Some(jwt), Some(user), Some(tok)) = (&auth.jwt, &id.basic_user, &id.token)
         && jwt.require_subject_matches_basic_user
         && tok.subject != *user
     {
-        return deny(
+        return Step::Done(deny(
             Some(p),
             403,
             DenyReason::SubjectMismatch,
             vec![],
             "the token's subject is not the Basic user",
-        );
+        ));
     }
     if let (Some(user), Some(basic)) = (&id.basic_user, &auth.basic) {
         match basic_permission(&basic.access, user) {
             None => {
-                return deny(
+                return Step::Done(deny(
                     Some(p),
                     403,
                     DenyReason::UserNotPermitted,
                     vec![],
                     format!("no access rule grants user {user:?} anything"),
-                );
+                ));
             }
             Some(Permission::Read) if req.writes => {
-                return deny(
+                return Step::Done(deny(
                     Some(p),
                     403,
                     DenyReason::ReadOnlyUser,
@@ -608,7 +624,7 @@ pub fn authorize(p: &PolicyConfig, pending: &Pending, id: &Identity) -> Decision
                             ""
                         }
                     ),
-                );
+                ));
             }
             Some(_) => {}
         }
@@ -624,17 +640,29 @@ pub fn authorize(p: &PolicyConfig, pending: &Pending, id: &Identity) -> Decision
         interaction: Some(req.describe()),
     };
     if let Some(tok) = &id.token {
-        if let Err(d) = smart::authorize(&tok.scopes, tok.patient.as_deref(), req) {
-            return deny(
-                Some(p),
-                403,
-                DenyReason::InsufficientScope,
-                vec![format!(
-                    r#"Bearer realm="fhir", error="insufficient_scope", scope="{}""#,
-                    d.needed
-                )],
-                d.rule,
-            );
+        let smart_cfg = &p.authorization.smart;
+        let grant = smart::Grant {
+            scopes: &tok.scopes,
+            patient: tok.patient.as_deref(),
+            narrow: smart_cfg.patient_search == PatientSearch::Narrow,
+            lookup_configured: smart_cfg.compartment_lookup.is_some(),
+            lookups,
+        };
+        match smart::authorize(&grant, req) {
+            smart::Verdict::Allow { narrow } => allow.set_query = narrow,
+            smart::Verdict::Lookup(l) => return Step::Lookup(l),
+            smart::Verdict::Deny(d) => {
+                return Step::Done(deny(
+                    Some(p),
+                    403,
+                    DenyReason::InsufficientScope,
+                    vec![format!(
+                        r#"Bearer realm="fhir", error="insufficient_scope", scope="{}""#,
+                        d.needed
+                    )],
+                    d.rule,
+                ));
+            }
         }
         allow.subject = Some(tok.subject.clone());
         allow.patient = tok.patient.clone();
@@ -647,7 +675,7 @@ pub fn authorize(p: &PolicyConfig, pending: &Pending, id: &Identity) -> Decision
     {
         allow.remove_query.push("access_token".into());
     }
-    Decision::Allow(allow)
+    Step::Done(Decision::Allow(allow))
 }
 
 #[cfg(test)]

@@ -75,10 +75,14 @@ impl Service {
     pub async fn check(&self, req: &Request<'_>) -> Answer {
         let started = Instant::now();
         let decision_id = new_decision_id();
+        let mut ignored_scopes = Vec::new();
         let outcome = match self.runtime.load_full() {
             None => Outcome::Unavailable("no valid configuration has been loaded yet".into()),
-            Some(rt) => self.decide(&rt, req).await,
+            Some(rt) => self.decide(&rt, req, &mut ignored_scopes).await,
         };
+        // Malformed scope tokens grant nothing; they are listed so that a client's mistake is
+        // visible to whoever reads the log.
+        let ignored = ignored_scopes.join(" ");
         let elapsed = started.elapsed();
         self.metrics.check_duration.observe(elapsed.as_secs_f64());
         let (policy, result, reason, status) = match &outcome {
@@ -109,6 +113,7 @@ impl Service {
                 decision_id = %decision_id, policy = %policy, result, reason, status,
                 method = req.method, interaction = a.interaction.as_deref().unwrap_or("-"),
                 subject = a.subject.as_deref().unwrap_or("-"),
+                ignored_scopes = %ignored,
                 micros = elapsed.as_micros() as u64,
                 "decision"
             ),
@@ -116,6 +121,7 @@ impl Service {
                 target: "fhirguard::decision",
                 decision_id = %decision_id, policy = %policy, result, reason, status,
                 method = req.method, rule = %d.diagnostics,
+                ignored_scopes = %ignored,
                 micros = elapsed.as_micros() as u64,
                 "decision"
             ),
@@ -131,7 +137,12 @@ impl Service {
         }
     }
 
-    async fn decide(&self, rt: &Runtime, req: &Request<'_>) -> Outcome {
+    async fn decide(
+        &self,
+        rt: &Runtime,
+        req: &Request<'_>,
+        ignored_scopes: &mut Vec<String>,
+    ) -> Outcome {
         let pending = match policy::prepare(&rt.config.policies, req) {
             Ok(p) => p,
             Err(d) => return Outcome::Decided(d),
@@ -182,7 +193,10 @@ impl Service {
                 ));
             };
             match verifier.verify(&bearer.token).await {
-                Ok(t) => identity.token = Some(t),
+                Ok(t) => {
+                    ignored_scopes.clone_from(&t.scopes.ignored);
+                    identity.token = Some(t);
+                }
                 Err(TokenError::KeysUnavailable(e)) => return Outcome::Unavailable(e.to_string()),
                 Err(e) => {
                     return Outcome::Decided(policy::unauthorized(
@@ -194,6 +208,47 @@ impl Service {
                 }
             }
         }
-        Outcome::Decided(policy::authorize(p, &pending, &identity))
+        let mut lookups = crate::smart::Lookups::new();
+        // At most two rounds: the first names every lookup the request needs, the second
+        // decides with the answers.
+        for _ in 0..2 {
+            match policy::authorize(p, &pending, &identity, Some(&lookups)) {
+                policy::Step::Done(d) => return Outcome::Decided(d),
+                policy::Step::Lookup(wanted) => {
+                    let Some(client) = &prt.lookup else {
+                        return Outcome::Unavailable(
+                            "a compartment lookup is needed but none is configured".into(),
+                        );
+                    };
+                    if wanted.len() > crate::lookup::MAX_LOOKUPS_PER_REQUEST {
+                        return Outcome::Decided(policy::Decision::Deny(policy::Deny {
+                            policy: Some(format!("{}/{}", p.namespace, p.name)),
+                            status: 403,
+                            reason: DenyReason::InsufficientScope,
+                            www_authenticate: vec![],
+                            diagnostics: format!(
+                                "the request needs {} compartment lookups; at most {} are made for one request",
+                                wanted.len(),
+                                crate::lookup::MAX_LOOKUPS_PER_REQUEST
+                            ),
+                        }));
+                    }
+                    for (t, id) in wanted {
+                        match client.stored(&t, &id).await {
+                            Ok(s) => {
+                                lookups.insert((t, id), s);
+                            }
+                            // Not knowing whose resource it is means not deciding: fail closed.
+                            Err(e) => {
+                                return Outcome::Unavailable(format!(
+                                    "compartment lookup failed: {e}"
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Outcome::Unavailable("compartment lookups did not settle the decision".into())
     }
 }

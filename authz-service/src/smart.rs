@@ -193,94 +193,140 @@ pub fn context_patient_id(claim: &str) -> Option<&str> {
     .then_some(id)
 }
 
-/// Decides whether `scopes` allow `req`. `patient` is the token's patient context id.
-pub fn authorize(
-    scopes: &ScopeSet,
-    patient: Option<&str>,
-    req: &FhirRequest,
-) -> Result<(), ScopeDenial> {
-    if matches!(
-        req.interaction,
-        Interaction::Batch | Interaction::Transaction
-    ) {
-        // Every entry must pass on its own; a bundle is refused whole if one entry is.
-        for (i, e) in req.entries.iter().enumerate() {
-            authorize(scopes, patient, e).map_err(|d| ScopeDenial {
-                rule: format!("entry[{i}] {}: {}", e.describe(), d.rule),
-                needed: d.needed,
-            })?;
+/// What is stored under a `Type/id`, as far as the patient compartment is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// The resource exists; these are the patients whose compartment it is in.
+    Found(Vec<String>),
+    NotFound,
+}
+
+/// Answers of compartment lookups, keyed by (type, id).
+pub type Lookups = std::collections::HashMap<(String, String), Stored>;
+
+/// Everything scope evaluation needs besides the request.
+#[derive(Debug, Clone, Copy)]
+pub struct Grant<'a> {
+    pub scopes: &'a ScopeSet,
+    /// The context patient's id, when the token has one.
+    pub patient: Option<&'a str>,
+    /// `patientSearch: Narrow`: an unpinned patient-scoped search is narrowed, not refused.
+    pub narrow: bool,
+    /// Whether the policy can look stored resources up (`compartmentLookup`).
+    pub lookup_configured: bool,
+    /// Answers of lookups made so far.
+    pub lookups: Option<&'a Lookups>,
+}
+
+/// The outcome of scope evaluation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Allowed; `narrow` holds query parameters to set upstream (search narrowing).
+    Allow {
+        narrow: Vec<(String, String)>,
+    },
+    /// The decision depends on stored resources: look these `(type, id)` up, then ask again.
+    Lookup(Vec<(String, String)>),
+    Deny(ScopeDenial),
+}
+
+fn allow() -> Verdict {
+    Verdict::Allow { narrow: Vec::new() }
+}
+
+/// What a patient-context check says about one request.
+enum PatientCheck {
+    Allow,
+    Narrow(String, String),
+    Lookup(String, String),
+    Deny(String),
+}
+
+/// Decides whether the token's scopes allow `req`.
+pub fn authorize(g: &Grant<'_>, req: &FhirRequest) -> Verdict {
+    use Interaction::*;
+    match req.interaction {
+        // The CapabilityStatement describes the server, not anybody's data.
+        Capabilities => allow(),
+        Batch | Transaction => bundle(g, req),
+        BundleUninspected => deny(
+            g,
+            req,
+            Perms::ALL,
+            "the bundle's body was not sent to fhirguard, so its entries cannot be checked (enable with_request_body on this route)",
+        ),
+        OperationSystem | OperationType | OperationInstance
+            if req.operation.as_deref() == Some("everything") =>
+        {
+            everything(g, req)
         }
-        return Ok(());
+        OperationSystem | OperationType | OperationInstance
+            if req.operation.as_deref() == Some("export") =>
+        {
+            export(g, req)
+        }
+        _ => general(g, req),
     }
-    let perm = match needed_permission(req) {
-        Ok(x) => x,
-        Err(rule) => {
-            return Err(ScopeDenial {
-                rule,
-                needed: "system/*.cruds".into(),
-            });
+}
+
+fn bundle(g: &Grant<'_>, req: &FhirRequest) -> Verdict {
+    let mut lookups = Vec::new();
+    for (i, e) in req.entries.iter().enumerate() {
+        match authorize(g, e) {
+            Verdict::Allow { narrow } if narrow.is_empty() => {}
+            Verdict::Allow { .. } => {
+                return Verdict::Deny(ScopeDenial {
+                    rule: format!(
+                        "entry[{i}] {}: a patient-scoped search inside a bundle must name the context patient (bundle entries cannot be narrowed)",
+                        e.describe()
+                    ),
+                    needed: needed_scope(g, e, Perms::S),
+                });
+            }
+            Verdict::Lookup(l) => lookups.extend(l),
+            Verdict::Deny(d) => {
+                // A transaction or batch passes only if every entry does: refuse it whole.
+                return Verdict::Deny(ScopeDenial {
+                    rule: format!("entry[{i}] {}: {}", e.describe(), d.rule),
+                    needed: d.needed,
+                });
+            }
         }
+    }
+    if lookups.is_empty() {
+        allow()
+    } else {
+        lookups.sort();
+        lookups.dedup();
+        Verdict::Lookup(lookups)
+    }
+}
+
+fn needed_scope(g: &Grant<'_>, req: &FhirRequest, perm: Perms) -> String {
+    let context = if g.patient.is_some() {
+        "patient"
+    } else {
+        "user"
     };
-    let type_name = req.resource_type.as_deref();
-    let usable = scopes
-        .scopes
-        .iter()
-        .filter(|s| s.query.is_none() && s.perms.contains(perm))
-        .filter(|s| match (&s.resource_type, type_name) {
-            (None, _) => true,
-            (Some(st), Some(t)) => st == t,
-            // Without a type (system search or history), only `*` covers the request.
-            (Some(_), None) => false,
-        });
-    let mut patient_refusal = None;
-    for s in usable {
-        match s.context {
-            Context::User | Context::System => return Ok(()),
-            Context::Patient => match patient {
-                None => {
-                    patient_refusal.get_or_insert_with(|| {
-                        "a patient/ scope grants nothing without a patient context in the token"
-                            .to_string()
-                    });
-                }
-                Some(ctx) => match in_patient_compartment(req, ctx) {
-                    Ok(()) => return Ok(()),
-                    Err(why) => {
-                        patient_refusal.get_or_insert(why);
-                    }
-                },
-            },
-        }
-    }
-    let context = if patient.is_some() { "patient" } else { "user" };
-    let needed = format!("{context}/{}.{}", type_name.unwrap_or("*"), perm.letters());
-    Err(ScopeDenial {
-        rule: patient_refusal.unwrap_or_else(|| {
-            format!(
-                "{} needs scope permission '{}' on {}; {}",
-                req.describe(),
-                perm.letters(),
-                type_name.unwrap_or("every type (*)"),
-                granted_summary(scopes)
-            )
-        }),
-        needed,
+    format!(
+        "{context}/{}.{}",
+        req.resource_type.as_deref().unwrap_or("*"),
+        perm.letters()
+    )
+}
+
+fn deny(g: &Grant<'_>, req: &FhirRequest, perm: Perms, rule: impl Into<String>) -> Verdict {
+    Verdict::Deny(ScopeDenial {
+        rule: rule.into(),
+        needed: needed_scope(g, req, perm),
     })
 }
 
-fn granted_summary(scopes: &ScopeSet) -> String {
-    if scopes.scopes.is_empty() {
-        "the token carries no usable resource scope".into()
-    } else {
-        "no granted scope covers it".into()
-    }
-}
-
-/// The permission letter an interaction needs (SMART App Launch 2, "Scopes for requesting
+/// The permission letters an interaction needs (SMART App Launch 2, "Scopes for requesting
 /// clinical data"): r for reads by id, s for searches, c/u/d for writes.
-fn needed_permission(req: &FhirRequest) -> Result<Perms, String> {
+fn needed_permission(req: &FhirRequest) -> Perms {
     use Interaction::*;
-    let p = match req.interaction {
+    match req.interaction {
         Read | VRead | HistoryInstance => Perms::R,
         SearchType | SearchSystem | SearchCompartment | HistoryType | HistorySystem => Perms::S,
         Create => Perms::C,
@@ -290,278 +336,520 @@ fn needed_permission(req: &FhirRequest) -> Result<Perms, String> {
         ConditionalCreate => Perms::C.union(Perms::S),
         ConditionalUpdate | ConditionalPatch => Perms::U.union(Perms::S),
         ConditionalDelete => Perms::D.union(Perms::S),
-        OperationSystem | OperationType | OperationInstance => {
-            if req.writes {
-                Perms::ALL
-            } else {
-                Perms::R.union(Perms::S)
-            }
-        }
-        Capabilities => Perms::R,
-        BundleUninspected => {
-            return Err(
-                "the bundle's body was not sent to fhirguard, so its entries cannot be \
-                        checked (enable with_request_body on this route)"
-                    .into(),
-            );
-        }
-        Batch | Transaction => Perms::R,
-    };
-    Ok(p)
+        OperationSystem | OperationType | OperationInstance if req.writes => Perms::ALL,
+        OperationSystem | OperationType | OperationInstance => Perms::R.union(Perms::S),
+        Capabilities | Batch | Transaction | BundleUninspected => Perms::R,
+    }
 }
 
-/// What can be proven from the request alone about the patient compartment. Everything else
-/// is refused under a patient scope.
-fn in_patient_compartment(req: &FhirRequest, ctx: &str) -> Result<(), String> {
-    use Interaction::*;
-    let is_patient = req.resource_type.as_deref() == Some("Patient");
-    match req.interaction {
-        Read | VRead | HistoryInstance | Update | Patch if is_patient => {
-            if req.id.as_deref() == Some(ctx) {
-                Ok(())
-            } else {
-                Err("a patient/ scope reaches only the context patient's own Patient resource".into())
+fn is_search(req: &FhirRequest) -> bool {
+    matches!(
+        req.interaction,
+        Interaction::SearchType | Interaction::SearchSystem | Interaction::SearchCompartment
+    )
+}
+
+fn covers_type(scope: &Scope, t: Option<&str>) -> bool {
+    match (&scope.resource_type, t) {
+        (None, _) => true,
+        (Some(st), Some(t)) => st == t,
+        // Without a type (system search or history), only `*` covers the request.
+        (Some(_), None) => false,
+    }
+}
+
+fn general(g: &Grant<'_>, req: &FhirRequest) -> Verdict {
+    let perm = needed_permission(req);
+    let t = req.resource_type.as_deref();
+    let mut refusal: Option<String> = None;
+    let mut lookup: Option<Verdict> = None;
+    let mut narrow: Option<Verdict> = None;
+    for s in g
+        .scopes
+        .scopes
+        .iter()
+        .filter(|s| s.perms.contains(perm) && covers_type(s, t))
+    {
+        if let Some(filter) = &s.query
+            && !(is_search(req)
+                && req.params_complete
+                && granular_filter_holds(filter, &req.params))
+        {
+            {
+                refusal.get_or_insert_with(|| {
+                    format!(
+                        "the granular scope {}/{}.{}?{filter} allows only searches that carry exactly that filter",
+                        s.context.as_str(),
+                        t.unwrap_or("*"),
+                        s.perms.letters()
+                    )
+                });
+                continue;
             }
         }
-        SearchType if is_patient => {
-            let ids: Vec<&str> = req
-                .params
-                .iter()
-                .filter(|(k, _)| k == "_id")
-                .flat_map(|(_, v)| v.split(','))
-                .collect();
-            if req.params_complete && !ids.is_empty() && ids.iter().all(|i| *i == ctx) {
-                Ok(())
+        match s.context {
+            Context::User | Context::System => return includes_checked(g, req, allow()),
+            Context::Patient => {
+                let Some(ctx) = g.patient else {
+                    refusal.get_or_insert_with(|| {
+                        "a patient/ scope grants nothing without a patient context in the token"
+                            .into()
+                    });
+                    continue;
+                };
+                match patient_check(g, req, ctx) {
+                    PatientCheck::Allow => return includes_checked(g, req, allow()),
+                    PatientCheck::Lookup(t, id) => {
+                        lookup.get_or_insert(Verdict::Lookup(vec![(t, id)]));
+                    }
+                    PatientCheck::Narrow(k, v) => {
+                        narrow.get_or_insert(Verdict::Allow {
+                            narrow: vec![(k, v)],
+                        });
+                    }
+                    PatientCheck::Deny(why) => {
+                        refusal.get_or_insert(why);
+                    }
+                }
+            }
+        }
+    }
+    if let Some(l) = lookup {
+        return l;
+    }
+    if let Some(n) = narrow {
+        return includes_checked(g, req, n);
+    }
+    let rule = refusal.unwrap_or_else(|| {
+        format!(
+            "{} needs scope permission '{}' on {}; {}",
+            req.describe(),
+            perm.letters(),
+            t.unwrap_or("every type (*)"),
+            if g.scopes.scopes.is_empty() {
+                "the token carries no usable resource scope"
             } else {
-                Err("a patient/ scope allows a Patient search only when _id is the context patient".into())
+                "no granted scope covers it"
+            }
+        )
+    });
+    deny(g, req, perm, rule)
+}
+
+/// A granular scope's filter holds when every one of its parameters is present in the
+/// search with exactly the scope's value (every comma-separated alternative included).
+fn granular_filter_holds(filter: &str, params: &[(String, String)]) -> bool {
+    let Ok(wanted) = crate::fhir::parse_query(filter) else {
+        return false;
+    };
+    wanted.iter().all(|(k, v)| {
+        let mut seen = false;
+        for (_, pv) in params.iter().filter(|(pk, _)| pk == k) {
+            if pv.split(',').any(|alt| alt != v) {
+                return false;
+            }
+            seen = true;
+        }
+        seen
+    })
+}
+
+/// `_include` and `_revinclude` pull in resources of other types; each must be covered by a
+/// scope that may read or search that type.
+fn includes_checked(g: &Grant<'_>, req: &FhirRequest, ok: Verdict) -> Verdict {
+    for (k, v) in &req.params {
+        let (base, modifier) = k
+            .split_once(':')
+            .map_or((k.as_str(), None), |(b, m)| (b, Some(m)));
+        let included: Option<&str> = match base {
+            "_include" => {
+                let parts: Vec<&str> = v.split(':').collect();
+                if v == "*" || modifier.is_some() {
+                    None
+                } else {
+                    parts.get(2).copied().or(Some("*"))
+                }
+            }
+            "_revinclude" => {
+                if v == "*" || modifier.is_some() {
+                    None
+                } else {
+                    v.split(':').next()
+                }
+            }
+            _ => continue,
+        };
+        // `*`, `:iterate` and an include without a target type can reach any type.
+        let target = included.filter(|t| *t != "*");
+        let covered = g.scopes.scopes.iter().any(|s| {
+            s.query.is_none()
+                && (s.perms.contains(Perms::R) || s.perms.contains(Perms::S))
+                && match (&s.resource_type, target) {
+                    (None, _) => true,
+                    (Some(st), Some(t)) => st == t,
+                    (Some(_), None) => false,
+                }
+        });
+        if !covered {
+            return deny(
+                g,
+                req,
+                Perms::R.union(Perms::S),
+                format!(
+                    "{k}={v} can return {} resources, which no granted scope covers",
+                    target.unwrap_or("any type of")
+                ),
+            );
+        }
+    }
+    ok
+}
+
+fn patient_check(g: &Grant<'_>, req: &FhirRequest, ctx: &str) -> PatientCheck {
+    use crate::compartment;
+    use Interaction::*;
+    let t = req.resource_type.as_deref().unwrap_or("");
+    let is_patient = t == "Patient";
+    let in_table = compartment::in_compartment_table(t);
+    let own_patient = is_patient && req.id.as_deref() == Some(ctx);
+    let outside = || {
+        PatientCheck::Deny(format!(
+            "{t} is not in the patient compartment, so a patient/ scope cannot reach it"
+        ))
+    };
+    let lookup = |verb: &str| -> PatientCheck {
+        let id = req.id.clone().unwrap_or_default();
+        if !g.lookup_configured {
+            return PatientCheck::Deny(format!(
+                "{verb} {t}/<id> under a patient/ scope depends on the stored resource, and this policy has no compartmentLookup"
+            ));
+        }
+        match g.lookups.and_then(|l| l.get(&(t.to_string(), id.clone()))) {
+            None => PatientCheck::Lookup(t.to_string(), id),
+            Some(Stored::Found(patients)) if patients.iter().any(|p| p == ctx) => {
+                PatientCheck::Allow
+            }
+            Some(Stored::Found(_)) => PatientCheck::Deny(format!(
+                "the stored {t} is not in the context patient's compartment"
+            )),
+            Some(Stored::NotFound) if req.interaction == Update => PatientCheck::Allow,
+            Some(Stored::NotFound) => {
+                PatientCheck::Deny(format!("nothing is stored under that {t} id"))
+            }
+        }
+    };
+    match req.interaction {
+        Read | VRead | HistoryInstance if is_patient => {
+            if own_patient { PatientCheck::Allow } else { PatientCheck::Deny("a patient/ scope reaches only the context patient's own Patient resource".into()) }
+        }
+        Read | VRead | HistoryInstance if in_table => lookup("reading"),
+        Read | VRead | HistoryInstance => outside(),
+        Delete if is_patient => {
+            if own_patient { PatientCheck::Allow } else { PatientCheck::Deny("a patient/ scope reaches only the context patient's own Patient resource".into()) }
+        }
+        Delete if in_table => lookup("deleting"),
+        Patch if own_patient => PatientCheck::Allow,
+        Patch | ConditionalPatch => PatientCheck::Deny("a patch cannot be proven to keep the resource in the context patient's compartment; use update".into()),
+        Update => {
+            if !is_patient && !in_table {
+                return outside();
+            }
+            if is_patient && !own_patient {
+                return PatientCheck::Deny("a patient/ scope reaches only the context patient's own Patient resource".into());
+            }
+            if let Err(why) = body_in_compartment(req, t, ctx, true) {
+                return PatientCheck::Deny(why);
+            }
+            if is_patient { PatientCheck::Allow } else { lookup("updating") }
+        }
+        Create | ConditionalCreate => {
+            if is_patient {
+                return PatientCheck::Deny("creating a Patient needs a user/ or system/ scope".into());
+            }
+            if !in_table {
+                return outside();
+            }
+            if let Err(why) = body_in_compartment(req, t, ctx, false) {
+                return PatientCheck::Deny(why);
+            }
+            if req.interaction == ConditionalCreate {
+                return match pinned(t, &req.params, req.params_complete, ctx) {
+                    Pinned::Yes => PatientCheck::Allow,
+                    Pinned::No => PatientCheck::Deny("the If-None-Exist criteria must name the context patient".into()),
+                    Pinned::Refused(why) => PatientCheck::Deny(why),
+                };
+            }
+            PatientCheck::Allow
+        }
+        ConditionalUpdate | ConditionalDelete => {
+            if !is_patient && !in_table {
+                return outside();
+            }
+            match pinned(t, &req.params, req.params_complete, ctx) {
+                Pinned::Yes => {}
+                Pinned::No => return PatientCheck::Deny("conditional criteria must name the context patient".into()),
+                Pinned::Refused(why) => return PatientCheck::Deny(why),
+            }
+            if req.interaction == ConditionalUpdate
+                && let Err(why) = body_in_compartment(req, t, ctx, false)
+            {
+                return PatientCheck::Deny(why);
+            }
+            PatientCheck::Allow
+        }
+        SearchType => {
+            if !is_patient && !in_table {
+                return outside();
+            }
+            match pinned(t, &req.params, req.params_complete, ctx) {
+                Pinned::Yes => PatientCheck::Allow,
+                Pinned::Refused(why) => PatientCheck::Deny(why),
+                Pinned::No if g.narrow && req.params_complete => {
+                    if is_patient {
+                        PatientCheck::Narrow("_id".into(), ctx.to_string())
+                    } else {
+                        match compartment::narrowing_param(t) {
+                            Some(p) => PatientCheck::Narrow(p.to_string(), format!("Patient/{ctx}")),
+                            None => outside(),
+                        }
+                    }
+                }
+                Pinned::No => PatientCheck::Deny(format!(
+                    "a patient-scoped search must be limited to the context patient ({})",
+                    if is_patient { "_id".to_string() } else { compartment::params(t).join(", ") }
+                )),
             }
         }
         SearchCompartment => match &req.compartment {
-            Some((t, id)) if t == "Patient" && id == ctx => Ok(()),
-            _ => Err("a patient/ scope allows compartment searches only in the context patient's compartment".into()),
+            Some((ct, id)) if ct == "Patient" && id == ctx => {
+                if req.resource_type.is_none() || is_patient || in_table { PatientCheck::Allow } else { outside() }
+            }
+            Some((ct, _)) if ct == "Patient" => PatientCheck::Deny("the compartment search names another patient".into()),
+            _ => PatientCheck::Deny("under a patient/ scope only the context patient's compartment can be searched".into()),
         },
-        _ => Err(format!(
-            "{} cannot be proven to stay inside the context patient's compartment",
-            req.describe()
-        )),
+        OperationInstance if own_patient => PatientCheck::Allow,
+        OperationInstance if in_table && !req.writes => lookup("running an operation on"),
+        _ => PatientCheck::Deny(format!("{} cannot be limited to the context patient", req.describe())),
+    }
+}
+
+/// Checks the body of a create or update under a patient scope.
+fn body_in_compartment(
+    req: &FhirRequest,
+    t: &str,
+    ctx: &str,
+    id_must_match: bool,
+) -> Result<(), String> {
+    let Some(body) = &req.resource else {
+        return Err(
+            "the resource body was not visible to fhirguard as JSON, so it cannot be checked"
+                .into(),
+        );
+    };
+    if body.get("resourceType").and_then(|v| v.as_str()) != Some(t) {
+        return Err(format!("the body is not a {t}"));
+    }
+    if id_must_match && body.get("id").and_then(|v| v.as_str()) != req.id.as_deref() {
+        return Err("the body's id does not match the id in the URL".into());
+    }
+    if crate::compartment::resource_in_compartment(body, ctx) {
+        Ok(())
+    } else {
+        Err(format!(
+            "the {t} does not reference the context patient through {}",
+            if t == "Patient" {
+                "its id".to_string()
+            } else {
+                crate::compartment::params(t).join(", ")
+            }
+        ))
+    }
+}
+
+enum Pinned {
+    Yes,
+    No,
+    Refused(String),
+}
+
+/// Whether search parameters pin a search to the context patient: some compartment parameter
+/// is present and every value of every compartment parameter is the context patient.
+fn pinned(t: &str, params: &[(String, String)], complete: bool, ctx: &str) -> Pinned {
+    if !complete {
+        return Pinned::Refused(
+            "the search parameters (a POST _search body) were not visible to fhirguard".into(),
+        );
+    }
+    let compartment_params = crate::compartment::params(t);
+    let mut found = false;
+    for (k, v) in params {
+        let (base, modifier) = k
+            .split_once(':')
+            .map_or((k.as_str(), None), |(b, m)| (b, Some(m)));
+        if base == "_has" {
+            return Pinned::Refused(
+                "_has reaches across patients and is not allowed under a patient/ scope".into(),
+            );
+        }
+        if base.contains('.') {
+            return Pinned::Refused(format!(
+                "chained parameter {k} is not allowed under a patient/ scope"
+            ));
+        }
+        if base == "_query" {
+            return Pinned::Refused(
+                "named queries (_query) are not allowed under a patient/ scope".into(),
+            );
+        }
+        let is_pin = if t == "Patient" {
+            base == "_id"
+        } else {
+            compartment_params.contains(&base)
+        };
+        if !is_pin {
+            continue;
+        }
+        match modifier {
+            None => {}
+            Some("Patient") if t != "Patient" => {}
+            Some("missing") => {
+                return Pinned::Refused(format!("{k} is not allowed under a patient/ scope"));
+            }
+            Some(m) => {
+                return Pinned::Refused(format!(
+                    "the :{m} modifier on {base} is not allowed under a patient/ scope"
+                ));
+            }
+        }
+        let bare_ok = t == "Patient" || base == "patient" || modifier == Some("Patient");
+        for item in v.split(',') {
+            let names_ctx = crate::compartment::patient_id_of_reference(item) == Some(ctx)
+                && !item.contains("/_history/")
+                || (bare_ok && item == ctx);
+            if !names_ctx {
+                return Pinned::Refused(format!(
+                    "{base} names something other than the context patient"
+                ));
+            }
+        }
+        found = true;
+    }
+    if found { Pinned::Yes } else { Pinned::No }
+}
+
+/// `$everything`: the context patient's own record only; needs `*.rs` or read on every
+/// `_type` listed.
+fn everything(g: &Grant<'_>, req: &FhirRequest) -> Verdict {
+    let rs = Perms::R.union(Perms::S);
+    if req.interaction != Interaction::OperationInstance
+        || req.resource_type.as_deref() != Some("Patient")
+    {
+        let ok = g.scopes.scopes.iter().any(|s| {
+            s.query.is_none()
+                && s.context != Context::Patient
+                && s.resource_type.is_none()
+                && s.perms.contains(rs)
+        });
+        return if ok {
+            allow()
+        } else {
+            deny(
+                g,
+                req,
+                rs,
+                "$everything across patients needs a user/ or system/ *.rs scope",
+            )
+        };
+    }
+    let id = req.id.as_deref().unwrap_or("");
+    let usable = |s: &&Scope| -> bool {
+        s.query.is_none()
+            && s.perms.contains(rs)
+            && match s.context {
+                Context::Patient => g.patient == Some(id),
+                _ => true,
+            }
+    };
+    if g.scopes
+        .scopes
+        .iter()
+        .filter(usable)
+        .any(|s| s.resource_type.is_none())
+    {
+        return allow();
+    }
+    let types: Vec<&str> = req
+        .params
+        .iter()
+        .filter(|(k, _)| k == "_type")
+        .flat_map(|(_, v)| v.split(','))
+        .collect();
+    if !types.is_empty()
+        && types.iter().all(|t| {
+            g.scopes
+                .scopes
+                .iter()
+                .filter(usable)
+                .any(|s| s.resource_type.as_deref() == Some(t))
+        })
+    {
+        return allow();
+    }
+    let why = if g.patient.is_some_and(|p| p != id)
+        && !g
+            .scopes
+            .scopes
+            .iter()
+            .any(|s| s.context != Context::Patient)
+    {
+        "$everything under a patient/ scope is allowed only for the context patient".to_string()
+    } else {
+        "$everything needs a *.rs scope, or rs on every type listed in _type".to_string()
+    };
+    Verdict::Deny(ScopeDenial {
+        rule: why,
+        needed: format!(
+            "{}/*.rs",
+            if g.patient.is_some() {
+                "patient"
+            } else {
+                "user"
+            }
+        ),
+    })
+}
+
+/// Bulk `$export` is for backend services: it needs system/ scopes.
+fn export(g: &Grant<'_>, req: &FhirRequest) -> Verdict {
+    let rs = Perms::R.union(Perms::S);
+    let system = |t: Option<&str>| {
+        g.scopes.scopes.iter().any(|s| {
+            s.context == Context::System
+                && s.query.is_none()
+                && s.perms.contains(rs)
+                && (s.resource_type.is_none() || s.resource_type.as_deref() == t)
+        })
+    };
+    let types: Vec<&str> = req
+        .params
+        .iter()
+        .filter(|(k, _)| k == "_type")
+        .flat_map(|(_, v)| v.split(','))
+        .collect();
+    let ok = system(None)
+        && g.scopes.scopes.iter().any(|s| {
+            s.context == Context::System && s.resource_type.is_none() && s.perms.contains(rs)
+        })
+        || (!types.is_empty() && types.iter().all(|t| system(Some(t))));
+    if ok {
+        allow()
+    } else {
+        Verdict::Deny(ScopeDenial {
+            rule: "bulk $export needs system/ scopes: system/*.rs, or rs on every type listed in _type".into(),
+            needed: "system/*.rs".into(),
+        })
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::fhir::{HttpRequest, classify, normalize_path, split_path};
-
-    fn req(method: &str, rel: &str) -> FhirRequest {
-        let (p, q) = split_path(rel);
-        let segs = normalize_path(p).unwrap();
-        classify(HttpRequest {
-            method,
-            segments: &segs,
-            query: q,
-            body: None,
-            if_none_exist: None,
-        })
-        .unwrap()
-    }
-
-    #[test]
-    fn grammar() {
-        let ok = [
-            (
-                "patient/Observation.rs",
-                Context::Patient,
-                Some("Observation"),
-                "rs",
-            ),
-            ("user/*.cruds", Context::User, None, "cruds"),
-            (
-                "system/Patient.read",
-                Context::System,
-                Some("Patient"),
-                "rs",
-            ),
-            ("user/Patient.write", Context::User, Some("Patient"), "cud"),
-            ("user/*.*", Context::User, None, "cruds"),
-            (
-                "patient/Condition.c",
-                Context::Patient,
-                Some("Condition"),
-                "c",
-            ),
-            (
-                "patient/Condition.cud",
-                Context::Patient,
-                Some("Condition"),
-                "cud",
-            ),
-        ];
-        for (t, ctx, rt, letters) in ok {
-            let s = parse_scope(t).unwrap_or_else(|| panic!("{t}"));
-            assert_eq!(
-                (
-                    s.context,
-                    s.resource_type.as_deref(),
-                    s.perms.letters().as_str()
-                ),
-                (ctx, rt, letters),
-                "{t}"
-            );
-        }
-        let bad = [
-            "patient/Observation.sr",
-            "patient/Observation.rr",
-            "patient/Observation.x",
-            "patient/Observation.",
-            "Patient/Observation.rs",
-            "group/Observation.rs",
-            "patient/observation.rs",
-            "patient/Observation.READ",
-            "patient/Observation.reads",
-            "patient/Observation",
-            "patient/.rs",
-            "patient/Observation.rs?",
-            "user/*.rs extra",
-        ];
-        for t in bad {
-            assert!(parse_scope(t).is_none(), "{t} parsed");
-        }
-        let set = parse_scopes(
-            "openid fhirUser launch/patient patient/Observation.rs bogus user/Patient.sr"
-                .split(' '),
-        );
-        assert_eq!(set.scopes.len(), 1);
-        assert_eq!(set.ignored, vec!["bogus", "user/Patient.sr"]);
-        assert_eq!(
-            parse_scope("patient/Observation.rs?category=laboratory")
-                .unwrap()
-                .query
-                .as_deref(),
-            Some("category=laboratory")
-        );
-    }
-
-    fn check(
-        scopes: &str,
-        patient: Option<&str>,
-        method: &str,
-        path: &str,
-    ) -> Result<(), ScopeDenial> {
-        authorize(
-            &parse_scopes(scopes.split(' ')),
-            patient,
-            &req(method, path),
-        )
-    }
-
-    #[test]
-    fn read_and_search_differ() {
-        assert!(check("user/Observation.r", None, "GET", "/Observation/1").is_ok());
-        assert!(check("user/Observation.r", None, "GET", "/Observation?code=x").is_err());
-        assert!(check("user/Observation.s", None, "GET", "/Observation?code=x").is_ok());
-        assert!(check("user/Observation.s", None, "GET", "/Observation/1").is_err());
-        assert!(check("user/Observation.r", None, "GET", "/Observation/1/_history").is_ok());
-        assert!(check("user/Observation.r", None, "GET", "/Observation/_history").is_err());
-        assert!(check("user/Observation.s", None, "GET", "/Observation/_history").is_ok());
-    }
-
-    #[test]
-    fn writes_need_their_letter() {
-        assert!(check("user/Observation.c", None, "POST", "/Observation").is_ok());
-        assert!(check("user/Observation.rs", None, "POST", "/Observation").is_err());
-        assert!(check("user/Observation.u", None, "PUT", "/Observation/1").is_ok());
-        assert!(check("user/Observation.u", None, "PATCH", "/Observation/1").is_ok());
-        assert!(check("user/Observation.d", None, "DELETE", "/Observation/1").is_ok());
-        assert!(
-            check("user/Observation.d", None, "DELETE", "/Observation?code=x").is_err(),
-            "conditional needs s too"
-        );
-        assert!(check("user/Observation.ds", None, "DELETE", "/Observation?code=x").is_ok());
-        assert!(check("user/Observation.write", None, "PUT", "/Observation/1").is_ok());
-    }
-
-    #[test]
-    fn system_level_needs_a_wildcard() {
-        assert!(
-            check(
-                "user/Observation.rs user/Patient.rs",
-                None,
-                "GET",
-                "/?_type=Patient"
-            )
-            .is_err()
-        );
-        assert!(check("user/*.s", None, "GET", "/?_type=Patient").is_ok());
-        assert!(check("system/*.rs", None, "GET", "/_history").is_ok());
-    }
-
-    #[test]
-    fn patient_scopes_need_a_context_and_stay_in_it() {
-        let d = check("patient/Patient.rs", None, "GET", "/Patient/7").unwrap_err();
-        assert!(d.rule.contains("without a patient context"), "{}", d.rule);
-        assert!(check("patient/Patient.rs", Some("7"), "GET", "/Patient/7").is_ok());
-        assert!(check("patient/Patient.rs", Some("7"), "GET", "/Patient/8").is_err());
-        assert!(check("patient/Patient.rs", Some("7"), "GET", "/Patient?_id=7").is_ok());
-        assert!(check("patient/Patient.rs", Some("7"), "GET", "/Patient?_id=7,8").is_err());
-        assert!(check("patient/Patient.rs", Some("7"), "GET", "/Patient?name=x").is_err());
-        assert!(
-            check(
-                "patient/Observation.rs",
-                Some("7"),
-                "GET",
-                "/Patient/7/Observation"
-            )
-            .is_ok()
-        );
-        assert!(
-            check(
-                "patient/Observation.rs",
-                Some("7"),
-                "GET",
-                "/Patient/8/Observation"
-            )
-            .is_err()
-        );
-        // Not provable from the request: refused until a compartment check exists.
-        assert!(check("patient/Observation.rs", Some("7"), "GET", "/Observation/1").is_err());
-        // A patient claim never narrows user scopes.
-        assert!(check("user/Observation.rs", Some("7"), "GET", "/Observation/1").is_ok());
-    }
-
-    #[test]
-    fn denials_name_a_scope_that_would_allow() {
-        let d = check("user/Patient.rs", None, "GET", "/Observation?code=x").unwrap_err();
-        assert_eq!(d.needed, "user/Observation.s");
-        let d = check(
-            "patient/Observation.r",
-            Some("7"),
-            "GET",
-            "/Patient/7/Observation",
-        )
-        .unwrap_err();
-        assert_eq!(d.needed, "patient/Observation.s");
-    }
-
-    #[test]
-    fn granular_and_malformed_scopes_grant_nothing() {
-        assert!(
-            check(
-                "user/Observation.rs?category=laboratory",
-                None,
-                "GET",
-                "/Observation?category=laboratory"
-            )
-            .is_err()
-        );
-        assert!(check("user/Observation.sr", None, "GET", "/Observation/1").is_err());
-        assert!(
-            check(
-                "openid fhirUser offline_access",
-                None,
-                "GET",
-                "/Observation/1"
-            )
-            .is_err()
-        );
-    }
-}
+mod tests;

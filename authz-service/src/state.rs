@@ -16,6 +16,8 @@ use crate::metrics::Metrics;
 pub struct PolicyRuntime {
     pub basic: Option<Arc<BasicVerifier>>,
     pub jwt: Option<JwtVerifier>,
+    /// Fetches stored resources for patient-compartment checks (`compartmentLookup`).
+    pub lookup: Option<crate::lookup::LookupClient>,
 }
 
 pub struct Runtime {
@@ -111,10 +113,31 @@ impl Runtime {
                     Some(JwtVerifier::new(providers, metrics.clone()))
                 }
             };
+            let lookup = match &p.authorization.smart.compartment_lookup {
+                None => None,
+                Some(cl) => {
+                    let conn = config
+                        .connections
+                        .iter()
+                        .find(|c| format!("{}/{}", c.namespace, c.name) == cl.connection);
+                    match conn.map(|c| crate::lookup::LookupClient::new(c, dir)) {
+                        Some(Ok(client)) => Some(client),
+                        Some(Err(e)) => {
+                            problems.push(Problem {
+                                object: id.clone(),
+                                field: "authorization.smart.compartmentLookup.connectionRef".into(),
+                                message: e.to_string(),
+                            });
+                            None
+                        }
+                        None => None,
+                    }
+                }
+            };
             if p.unauthenticated_access {
                 tracing::warn!(policy = %id, "unauthenticatedAccess is on: every request to this policy is allowed without credentials");
             }
-            policies.push(PolicyRuntime { basic, jwt });
+            policies.push(PolicyRuntime { basic, jwt, lookup });
         }
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));

@@ -5,6 +5,13 @@ use super::*;
 use crate::config::*;
 use crate::smart::parse_scopes;
 
+fn decide(p: &PolicyConfig, pending: &Pending, id: &Identity) -> Decision {
+    match authorize(p, pending, id, None) {
+        Step::Done(d) => d,
+        Step::Lookup(l) => panic!("unexpected lookup {l:?}"),
+    }
+}
+
 const HASH: &str = "$2y$05$3bPgAOMbkZ3UxBYuvB/T2.7xI0ag4VDj9gkOHkRyz0.p5Rz8Ru.Ia";
 
 fn provider() -> ProviderConfig {
@@ -451,7 +458,7 @@ fn basic_permissions_table() {
             basic_user: Some(user.into()),
             token: None,
         };
-        let d = authorize(ehr, &p, &id);
+        let d = decide(ehr, &p, &id);
         assert_eq!(d.is_allow(), allowed, "{user} {method} {path}: {d:?}");
         if !allowed {
             assert_eq!(d.status(), 403);
@@ -467,7 +474,7 @@ fn basic_permissions_table() {
         .unwrap()
         .access
         .truncate(1);
-    let d = authorize(
+    let d = decide(
         &ehr2,
         &p,
         &Identity {
@@ -480,7 +487,7 @@ fn basic_permissions_table() {
     ehr2.authentication.basic.as_mut().unwrap().access.clear();
     let p = pending(&ps, "DELETE", "ehr.example", "/fhir/r4/Patient/1", &alice);
     assert!(
-        authorize(
+        decide(
             &ehr2,
             &p,
             &Identity {
@@ -507,17 +514,17 @@ fn a_read_only_user_may_post_a_batch_of_reads_but_not_an_uninspected_bundle() {
         basic_user: Some("bob".into()),
         token: None,
     };
-    assert!(authorize(&ps[1], &p, &bob).is_allow());
+    assert!(decide(&ps[1], &p, &bob).is_allow());
     let tx = r#"{"resourceType":"Bundle","type":"transaction","entry":[{"request":{"method":"GET","url":"Patient/1"}},{"request":{"method":"DELETE","url":"Patient/2"}}]}"#;
     r.body = Some(crate::fhir::Body {
         bytes: tx.as_bytes(),
         content_type: Some("application/fhir+json"),
     });
     let p = prepare(&ps, &r).unwrap();
-    assert_eq!(authorize(&ps[1], &p, &bob).reason_label(), "read_only_user");
+    assert_eq!(decide(&ps[1], &p, &bob).reason_label(), "read_only_user");
     r.body = None;
     let p = prepare(&ps, &r).unwrap();
-    let Decision::Deny(d) = authorize(&ps[1], &p, &bob) else {
+    let Decision::Deny(d) = decide(&ps[1], &p, &bob) else {
         panic!()
     };
     assert!(d.diagnostics.contains("not visible"), "{}", d.diagnostics);
@@ -537,7 +544,7 @@ fn token_decisions_carry_identity_and_scope_challenges() {
         basic_user: None,
         token: Some(token("dr-who", "user/Observation.rs", Some("p1"))),
     };
-    let Decision::Allow(a) = authorize(&ps[1], &p, &id) else {
+    let Decision::Allow(a) = decide(&ps[1], &p, &id) else {
         panic!()
     };
     assert_eq!(a.subject.as_deref(), Some("dr-who"));
@@ -552,7 +559,7 @@ fn token_decisions_carry_identity_and_scope_challenges() {
         "/fhir/r4/Observation/1",
         "Bearer t",
     );
-    let Decision::Deny(d) = authorize(&ps[1], &p, &id) else {
+    let Decision::Deny(d) = decide(&ps[1], &p, &id) else {
         panic!()
     };
     assert_eq!((d.status, d.reason), (403, DenyReason::InsufficientScope));
@@ -582,7 +589,7 @@ fn all_of_checks_both_and_the_subject() {
         basic_user: Some("alice".into()),
         token: Some(token("alice", "user/*.rs", None)),
     };
-    let Decision::Allow(a) = authorize(all_of, &p, &id) else {
+    let Decision::Allow(a) = decide(all_of, &p, &id) else {
         panic!()
     };
     assert_eq!(
@@ -594,10 +601,7 @@ fn all_of_checks_both_and_the_subject() {
         basic_user: Some("alice".into()),
         token: Some(token("mallory", "user/*.rs", None)),
     };
-    assert_eq!(
-        authorize(all_of, &p, &id).reason_label(),
-        "subject_mismatch"
-    );
+    assert_eq!(decide(all_of, &p, &id).reason_label(), "subject_mismatch");
     // Both credentials' permissions must allow: bob (Read) with a write scope cannot write.
     let p = prepare(
         &ps,
@@ -613,5 +617,5 @@ fn all_of_checks_both_and_the_subject() {
         basic_user: Some("bob".into()),
         token: Some(token("bob", "user/*.cruds", None)),
     };
-    assert_eq!(authorize(all_of, &p, &id).reason_label(), "read_only_user");
+    assert_eq!(decide(all_of, &p, &id).reason_label(), "read_only_user");
 }

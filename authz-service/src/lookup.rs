@@ -1,0 +1,115 @@
+//! Compartment lookups: fetching a stored resource through a FhirConnection to learn whose
+//! compartment it is in. Answers are cached briefly; the cache belongs to one loaded config,
+//! so a config change never reuses an answer fetched under the old one.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+
+use crate::config::ConnectionConfig;
+use crate::smart::Stored;
+
+pub const CACHE_TTL: Duration = Duration::from_secs(30);
+pub const CACHE_CAPACITY: usize = 10_000;
+/// A request (a bundle) needing more lookups than this is refused rather than fanned out.
+pub const MAX_LOOKUPS_PER_REQUEST: usize = 50;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error("connection {0} uses OAuth, which compartment lookups do not support yet")]
+    OAuthUnsupported(String),
+    #[error("fetching {what} failed: {message}")]
+    Fetch { what: String, message: String },
+    #[error("fetching {what}: the server answered HTTP {status}")]
+    Status { what: String, status: u16 },
+    #[error("fetching {what}: the server answered with something that is not that resource")]
+    Unexpected { what: String },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+pub struct LookupClient {
+    connection: String,
+    base: String,
+    client: reqwest::Client,
+    authorization: Option<String>,
+    oauth: bool,
+    cache: Mutex<HashMap<(String, String), (Instant, Stored)>>,
+}
+
+impl LookupClient {
+    pub fn new(conn: &ConnectionConfig, dir: &Path) -> Result<Self, LookupError> {
+        let authorization = conn.auth.basic.as_ref().map(|b| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD
+                    .encode(format!("{}:{}", b.username, b.password))
+            )
+        });
+        Ok(LookupClient {
+            connection: format!("{}/{}", conn.namespace, conn.name),
+            base: conn.url.trim_end_matches('/').to_string(),
+            client: crate::tls::http_client(&conn.tls, dir)?,
+            authorization,
+            oauth: conn.auth.oauth.is_some(),
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Whose compartment `type/id` is in, or that nothing is stored there.
+    pub async fn stored(&self, resource_type: &str, id: &str) -> Result<Stored, LookupError> {
+        let key = (resource_type.to_string(), id.to_string());
+        if let Ok(cache) = self.cache.lock()
+            && let Some((at, s)) = cache.get(&key)
+            && at.elapsed() < CACHE_TTL
+        {
+            return Ok(s.clone());
+        }
+        if self.oauth {
+            return Err(LookupError::OAuthUnsupported(self.connection.clone()));
+        }
+        let what = format!("{resource_type}/<id> through {}", self.connection);
+        let mut req = self
+            .client
+            .get(format!("{}/{resource_type}/{id}", self.base))
+            .header("accept", "application/fhir+json");
+        if let Some(a) = &self.authorization {
+            req = req.header("authorization", a);
+        }
+        let resp = req.send().await.map_err(|e| LookupError::Fetch {
+            what: what.clone(),
+            message: e.to_string(),
+        })?;
+        let status = resp.status().as_u16();
+        let stored = match status {
+            404 | 410 => Stored::NotFound,
+            200 => {
+                let body: serde_json::Value =
+                    resp.json().await.map_err(|e| LookupError::Fetch {
+                        what: what.clone(),
+                        message: e.to_string(),
+                    })?;
+                let same = body.get("resourceType").and_then(|t| t.as_str()) == Some(resource_type)
+                    && body.get("id").and_then(|i| i.as_str()) == Some(id);
+                if !same {
+                    return Err(LookupError::Unexpected { what });
+                }
+                Stored::Found(crate::compartment::patients_of(&body))
+            }
+            _ => return Err(LookupError::Status { what, status }),
+        };
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= CACHE_CAPACITY {
+                cache.retain(|_, (at, _)| at.elapsed() < CACHE_TTL);
+                if cache.len() >= CACHE_CAPACITY {
+                    cache.clear();
+                }
+            }
+            cache.insert(key, (Instant::now(), stored.clone()));
+        }
+        Ok(stored)
+    }
+}

@@ -1,0 +1,553 @@
+//! SMART App Launch 2.x enforcement, table-driven. Each row names the rule it checks; the
+//! expectations are taken from the SMART App Launch 2.2 scope rules, the FHIR R4 Patient
+//! CompartmentDefinition and fhirguard's documented choices (docs/smart.md).
+
+use super::*;
+use crate::fhir::{Body, HttpRequest, classify, normalize_path, split_path};
+
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+enum Want {
+    Allow,
+    Deny,
+    Lookup,
+    /// Allowed with this `k=v` query parameter set upstream.
+    Narrow(&'static str),
+}
+use Want::*;
+
+/// (rule, scopes, patient context, "METHOD /path?query", JSON body, expected)
+type Row = (
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    &'static str,
+    Option<&'static str>,
+    Want,
+);
+
+fn request(line: &str, body: Option<&str>) -> FhirRequest {
+    let (method, target) = line.split_once(' ').unwrap();
+    let (path, query) = split_path(target);
+    let segs = normalize_path(path).unwrap();
+    classify(HttpRequest {
+        method,
+        segments: &segs,
+        query,
+        body: body.map(|b| Body {
+            bytes: b.as_bytes(),
+            content_type: Some("application/fhir+json"),
+        }),
+        if_none_exist: None,
+    })
+    .unwrap_or_else(|e| panic!("{line}: {e}"))
+}
+
+fn stored() -> Lookups {
+    let mut m = Lookups::new();
+    let mut put = |t: &str, id: &str, s: Stored| {
+        m.insert((t.to_string(), id.to_string()), s);
+    };
+    put("Observation", "o1", Stored::Found(vec!["p1".into()]));
+    put("Observation", "o2", Stored::Found(vec!["p2".into()]));
+    put("Observation", "gone", Stored::NotFound);
+    put("Condition", "c1", Stored::Found(vec!["p1".into()]));
+    put("Encounter", "e1", Stored::Found(vec!["p1".into()]));
+    put("Encounter", "e2", Stored::Found(vec![]));
+    m
+}
+
+fn run(rows: &[Row], narrow: bool, lookup_configured: bool, lookups: Option<&Lookups>) -> usize {
+    for (rule, scopes, patient, line, body, want) in rows {
+        let set = parse_scopes(scopes.split(' '));
+        let g = Grant {
+            scopes: &set,
+            patient: *patient,
+            narrow,
+            lookup_configured,
+            lookups,
+        };
+        let got = authorize(&g, &request(line, *body));
+        let ok = match (want, &got) {
+            (Allow, Verdict::Allow { narrow }) => narrow.is_empty(),
+            (Narrow(kv), Verdict::Allow { narrow }) => {
+                let (k, v) = kv.split_once('=').unwrap();
+                narrow == &vec![(k.to_string(), v.to_string())]
+            }
+            (Deny, Verdict::Deny(_)) | (Lookup, Verdict::Lookup(_)) => true,
+            _ => false,
+        };
+        assert!(
+            ok,
+            "rule {rule}: {scopes:?} patient={patient:?} {line}: wanted {want:?}, got {got:?}"
+        );
+        if let Verdict::Deny(d) = &got {
+            assert!(
+                !d.rule.is_empty() && !d.needed.is_empty(),
+                "rule {rule}: a denial names its rule and a scope"
+            );
+        }
+    }
+    rows.len()
+}
+
+const OBS_P1: &str = r#"{"resourceType":"Observation","subject":{"reference":"Patient/p1"}}"#;
+const OBS_P2: &str = r#"{"resourceType":"Observation","subject":{"reference":"Patient/p2"}}"#;
+const OBS_ABS: &str = r#"{"resourceType":"Observation","subject":{"reference":"https://other.example/fhir/Patient/p1"}}"#;
+const OBS_O1_P1: &str =
+    r#"{"resourceType":"Observation","id":"o1","subject":{"reference":"Patient/p1"}}"#;
+const OBS_O1_P2: &str =
+    r#"{"resourceType":"Observation","id":"o1","subject":{"reference":"Patient/p2"}}"#;
+const OBS_NEW_P1: &str =
+    r#"{"resourceType":"Observation","id":"new","subject":{"reference":"Patient/p1"}}"#;
+const OBS_PERFORMER_P1: &str = r#"{"resourceType":"Observation","subject":{"reference":"Group/g"},"performer":[{"reference":"Patient/p1"}]}"#;
+const COND_P1: &str = r#"{"resourceType":"Condition","subject":{"reference":"Patient/p1"}}"#;
+const PAT_P1: &str = r#"{"resourceType":"Patient","id":"p1"}"#;
+const PAT_NEW: &str = r#"{"resourceType":"Patient"}"#;
+const MED: &str = r#"{"resourceType":"Medication"}"#;
+
+#[rustfmt::skip]
+const ROWS: &[Row] = &[
+    // --- permissions per interaction (user/ scopes: no patient restriction) ---
+    ("perm.read-needs-r", "user/Observation.r", None, "GET /Observation/o9", None, Allow),
+    ("perm.read-needs-r", "user/Observation.s", None, "GET /Observation/o9", None, Deny),
+    ("perm.vread-needs-r", "user/Observation.r", None, "GET /Observation/o9/_history/2", None, Allow),
+    ("perm.vread-needs-r", "user/Observation.s", None, "GET /Observation/o9/_history/2", None, Deny),
+    ("perm.search-needs-s", "user/Observation.s", None, "GET /Observation?code=x", None, Allow),
+    ("perm.search-needs-s", "user/Observation.r", None, "GET /Observation?code=x", None, Deny),
+    ("perm.post-search-needs-s", "user/Observation.s", None, "POST /Observation/_search", Some(""), Allow),
+    ("perm.history-instance-needs-r", "user/Observation.r", None, "GET /Observation/o9/_history", None, Allow),
+    ("perm.history-instance-needs-r", "user/Observation.s", None, "GET /Observation/o9/_history", None, Deny),
+    ("perm.history-type-needs-s", "user/Observation.s", None, "GET /Observation/_history", None, Allow),
+    ("perm.history-type-needs-s", "user/Observation.r", None, "GET /Observation/_history", None, Deny),
+    ("perm.create-needs-c", "user/Observation.c", None, "POST /Observation", Some(OBS_P1), Allow),
+    ("perm.create-needs-c", "user/Observation.rus", None, "POST /Observation", Some(OBS_P1), Deny),
+    ("perm.update-needs-u", "user/Observation.u", None, "PUT /Observation/o1", Some(OBS_O1_P1), Allow),
+    ("perm.update-needs-u", "user/Observation.crds", None, "PUT /Observation/o1", Some(OBS_O1_P1), Deny),
+    ("perm.patch-needs-u", "user/Observation.u", None, "PATCH /Observation/o1", None, Allow),
+    ("perm.patch-needs-u", "user/Observation.cd", None, "PATCH /Observation/o1", None, Deny),
+    ("perm.delete-needs-d", "user/Observation.d", None, "DELETE /Observation/o1", None, Allow),
+    ("perm.delete-needs-d", "user/Observation.cru", None, "DELETE /Observation/o1", None, Deny),
+    ("perm.conditional-update-needs-us", "user/Observation.us", None, "PUT /Observation?identifier=a|b", Some(OBS_P1), Allow),
+    ("perm.conditional-update-needs-us", "user/Observation.u", None, "PUT /Observation?identifier=a|b", Some(OBS_P1), Deny),
+    ("perm.conditional-delete-needs-ds", "user/Observation.ds", None, "DELETE /Observation?identifier=a|b", None, Allow),
+    ("perm.conditional-delete-needs-ds", "user/Observation.d", None, "DELETE /Observation?identifier=a|b", None, Deny),
+    ("perm.conditional-patch-needs-us", "user/Observation.us", None, "PATCH /Observation?identifier=a|b", None, Allow),
+    ("perm.conditional-patch-needs-us", "user/Observation.u", None, "PATCH /Observation?identifier=a|b", None, Deny),
+    ("perm.system-search-needs-wildcard", "user/Observation.s user/Patient.s", None, "GET /?_type=Observation", None, Deny),
+    ("perm.system-search-needs-wildcard", "user/*.s", None, "GET /?_type=Observation", None, Allow),
+    ("perm.system-history-needs-wildcard", "user/Observation.rs", None, "GET /_history", None, Deny),
+    ("perm.system-history-needs-wildcard", "system/*.s", None, "GET /_history", None, Allow),
+    ("perm.post-system-search-needs-wildcard", "user/*.s", None, "POST /_search", Some(""), Allow),
+    ("perm.capabilities-need-nothing", "openid", None, "GET /metadata", None, Allow),
+    ("perm.read-only-operation-needs-rs", "user/ValueSet.rs", None, "POST /ValueSet/$expand", None, Allow),
+    ("perm.read-only-operation-needs-rs", "user/ValueSet.r", None, "POST /ValueSet/$expand", None, Deny),
+    ("perm.writing-operation-needs-cruds", "user/Patient.rs", None, "POST /Patient/p1/$meta-add", None, Deny),
+    ("perm.writing-operation-needs-cruds", "user/Patient.cruds", None, "POST /Patient/p1/$meta-add", None, Allow),
+    ("perm.get-operation-is-read", "user/Observation.rs", None, "GET /Observation/$lastn?code=x", None, Allow),
+    ("perm.system-operation-needs-wildcard", "user/Observation.cruds", None, "POST /$reindex", None, Deny),
+    ("perm.system-operation-needs-wildcard", "system/*.cruds", None, "POST /$reindex", None, Allow),
+    // --- v1 scopes map to v2 ---
+    ("v1.read-is-rs", "user/Observation.read", None, "GET /Observation/o9", None, Allow),
+    ("v1.read-is-rs", "user/Observation.read", None, "GET /Observation?code=x", None, Allow),
+    ("v1.read-is-not-write", "user/Observation.read", None, "DELETE /Observation/o9", None, Deny),
+    ("v1.write-is-cud", "user/Observation.write", None, "PUT /Observation/o1", Some(OBS_O1_P1), Allow),
+    ("v1.write-is-cud", "user/Observation.write", None, "POST /Observation", Some(OBS_P1), Allow),
+    ("v1.write-is-cud", "user/Observation.write", None, "DELETE /Observation/o9", None, Allow),
+    ("v1.write-is-not-read", "user/Observation.write", None, "GET /Observation/o9", None, Deny),
+    ("v1.star-is-cruds", "user/Observation.*", None, "GET /Observation?code=x", None, Allow),
+    ("v1.star-is-cruds", "user/Observation.*", None, "DELETE /Observation/o9", None, Allow),
+    ("v1.wildcard-type", "user/*.read", None, "GET /Condition/c9", None, Allow),
+    // --- the grant is a union; the type must match ---
+    ("scopes.union", "user/Observation.r user/Observation.s", None, "GET /Observation?code=x", None, Allow),
+    ("scopes.union", "user/Observation.r user/Condition.s", None, "GET /Condition?code=x", None, Allow),
+    ("scopes.type-must-match", "user/Condition.rs", None, "GET /Observation/o9", None, Deny),
+    ("scopes.wildcard-type", "user/*.rs", None, "GET /Observation/o9", None, Allow),
+    ("scopes.system-context", "system/Observation.rs", None, "GET /Observation/o9", None, Allow),
+    ("scopes.non-resource-grant-nothing", "openid fhirUser launch launch/patient offline_access online_access", None, "GET /Observation/o9", None, Deny),
+    ("scopes.no-scopes", "", None, "GET /Observation/o9", None, Deny),
+    // --- malformed tokens are ignored, never partially honoured ---
+    ("malformed.wrong-order", "user/Observation.sr", None, "GET /Observation/o9", None, Deny),
+    ("malformed.repeated-letter", "user/Observation.rrs", None, "GET /Observation/o9", None, Deny),
+    ("malformed.unknown-letter", "user/Observation.rx", None, "GET /Observation/o9", None, Deny),
+    ("malformed.unknown-prefix", "group/Observation.rs", None, "GET /Observation/o9", None, Deny),
+    ("malformed.case-sensitive-prefix", "User/Observation.rs", None, "GET /Observation/o9", None, Deny),
+    ("malformed.case-sensitive-type", "user/observation.rs", None, "GET /Observation/o9", None, Deny),
+    ("malformed.case-sensitive-perms", "user/Observation.READ", None, "GET /Observation/o9", None, Deny),
+    ("malformed.prefix-of-longer-token", "user/Observation.reads", None, "GET /Observation/o9", None, Deny),
+    ("malformed.prefix-of-longer-token", "user/Observation.rs_extra", None, "GET /Observation/o9", None, Deny),
+    ("malformed.no-permissions", "user/Observation", None, "GET /Observation/o9", None, Deny),
+    ("malformed.empty-query", "user/Observation.rs?", None, "GET /Observation?code=x", None, Deny),
+    ("malformed.others-still-count", "user/Observation.sr user/Observation.r", None, "GET /Observation/o9", None, Allow),
+    // --- patient context ---
+    ("patient.scope-needs-context", "patient/Patient.rs", None, "GET /Patient/p1", None, Deny),
+    ("patient.scope-needs-context", "patient/*.rs", None, "GET /Patient/p1", None, Deny),
+    ("patient.own-patient-read", "patient/Patient.r", Some("p1"), "GET /Patient/p1", None, Allow),
+    ("patient.other-patient-read", "patient/Patient.r", Some("p1"), "GET /Patient/p2", None, Deny),
+    ("patient.own-patient-vread", "patient/Patient.r", Some("p1"), "GET /Patient/p1/_history/3", None, Allow),
+    ("patient.own-patient-history", "patient/Patient.r", Some("p1"), "GET /Patient/p1/_history", None, Allow),
+    ("patient.other-patient-history", "patient/Patient.r", Some("p1"), "GET /Patient/p2/_history", None, Deny),
+    ("patient.never-narrows-user", "user/Observation.rs", Some("p1"), "GET /Observation?code=x", None, Allow),
+    ("patient.never-narrows-user", "user/Patient.r", Some("p1"), "GET /Patient/p2", None, Allow),
+    ("patient.never-narrows-system", "system/*.rs", Some("p1"), "GET /Observation/o2", None, Allow),
+    ("patient.user-and-patient-union", "patient/Observation.rs user/Condition.rs", Some("p1"), "GET /Condition?code=x", None, Allow),
+    ("patient.wildcard-type", "patient/*.rs", Some("p1"), "GET /Observation?subject=Patient/p1", None, Allow),
+    ("patient.outside-compartment", "patient/Medication.rs", Some("p1"), "GET /Medication/m1", None, Deny),
+    ("patient.outside-compartment", "patient/Practitioner.rs", Some("p1"), "GET /Practitioner?name=x", None, Deny),
+    ("patient.outside-compartment", "patient/*.rs", Some("p1"), "GET /Organization/o1", None, Deny),
+    ("patient.system-search", "patient/*.rs", Some("p1"), "GET /?_type=Observation", None, Deny),
+    ("patient.system-history", "patient/*.rs", Some("p1"), "GET /_history", None, Deny),
+    ("patient.type-history", "patient/Observation.rs", Some("p1"), "GET /Observation/_history", None, Deny),
+    // --- patient-scoped searches must be pinned to the context patient ---
+    ("compartment.pinned-subject", "patient/Observation.rs", Some("p1"), "GET /Observation?subject=Patient/p1", None, Allow),
+    ("compartment.pinned-subject-encoded", "patient/Observation.rs", Some("p1"), "GET /Observation?subject=Patient%2Fp1&code=x", None, Allow),
+    ("compartment.pinned-performer", "patient/Observation.rs", Some("p1"), "GET /Observation?performer=Patient/p1", None, Allow),
+    ("compartment.pinned-patient-param", "patient/Condition.rs", Some("p1"), "GET /Condition?patient=p1", None, Allow),
+    ("compartment.pinned-patient-param-ref", "patient/Condition.rs", Some("p1"), "GET /Condition?patient=Patient/p1", None, Allow),
+    ("compartment.pinned-asserter", "patient/Condition.rs", Some("p1"), "GET /Condition?asserter=Patient/p1", None, Allow),
+    ("compartment.pinned-encounter", "patient/Encounter.rs", Some("p1"), "GET /Encounter?patient=p1&date=ge2020", None, Allow),
+    ("compartment.pinned-medicationrequest", "patient/MedicationRequest.rs", Some("p1"), "GET /MedicationRequest?subject=Patient/p1", None, Allow),
+    ("compartment.pinned-coverage", "patient/Coverage.rs", Some("p1"), "GET /Coverage?beneficiary=Patient/p1", None, Allow),
+    ("compartment.pinned-allergy-recorder", "patient/AllergyIntolerance.rs", Some("p1"), "GET /AllergyIntolerance?recorder=Patient/p1", None, Allow),
+    ("compartment.pinned-type-modifier", "patient/Observation.rs", Some("p1"), "GET /Observation?subject:Patient=p1", None, Allow),
+    ("compartment.pinned-repeated", "patient/Observation.rs", Some("p1"), "GET /Observation?subject=Patient/p1&subject=p1x", None, Deny),
+    ("compartment.pinned-list-all-ctx", "patient/Observation.rs", Some("p1"), "GET /Observation?subject=Patient/p1,Patient/p1", None, Allow),
+    ("compartment.unpinned", "patient/Observation.rs", Some("p1"), "GET /Observation?code=x", None, Deny),
+    ("compartment.unpinned-empty", "patient/Observation.rs", Some("p1"), "GET /Observation", None, Deny),
+    ("compartment.non-compartment-param", "patient/Observation.rs", Some("p1"), "GET /Observation?encounter=Encounter/e1", None, Deny),
+    ("compartment.other-patient", "patient/Observation.rs", Some("p1"), "GET /Observation?subject=Patient/p2", None, Deny),
+    ("compartment.list-with-other", "patient/Observation.rs", Some("p1"), "GET /Observation?subject=Patient/p1,Patient/p2", None, Deny),
+    ("compartment.other-param-other-patient", "patient/Observation.rs", Some("p1"), "GET /Observation?subject=Patient/p1&performer=Patient/p2", None, Deny),
+    ("compartment.missing-modifier", "patient/Observation.rs", Some("p1"), "GET /Observation?subject:missing=true", None, Deny),
+    ("compartment.missing-with-pin", "patient/Observation.rs", Some("p1"), "GET /Observation?subject=Patient/p1&performer:missing=true", None, Deny),
+    ("compartment.identifier-modifier", "patient/Observation.rs", Some("p1"), "GET /Observation?subject:identifier=mrn|1", None, Deny),
+    ("compartment.chained", "patient/Observation.rs", Some("p1"), "GET /Observation?subject.name=smith", None, Deny),
+    ("compartment.chained-with-pin", "patient/Observation.rs", Some("p1"), "GET /Observation?subject=Patient/p1&subject.name=x", None, Deny),
+    ("compartment.chained-typed", "patient/Observation.rs", Some("p1"), "GET /Observation?subject:Patient.name=x", None, Deny),
+    ("compartment.has", "patient/Observation.rs", Some("p1"), "GET /Observation?subject=Patient/p1&_has:Observation:part-of:code=x", None, Deny),
+    ("compartment.has-on-patient", "patient/Patient.rs", Some("p1"), "GET /Patient?_id=p1&_has:Observation:patient:code=x", None, Deny),
+    ("compartment.named-query", "patient/Observation.rs", Some("p1"), "GET /Observation?subject=Patient/p1&_query=everything", None, Deny),
+    ("compartment.bare-id-ambiguous-subject", "patient/Observation.rs", Some("p1"), "GET /Observation?subject=p1", None, Deny),
+    ("compartment.absolute-reference", "patient/Observation.rs", Some("p1"), "GET /Observation?subject=https://other.example/fhir/Patient/p1", None, Deny),
+    ("compartment.versioned-reference", "patient/Observation.rs", Some("p1"), "GET /Observation?subject=Patient/p1/_history/1", None, Deny),
+    ("compartment.group-reference", "patient/Observation.rs", Some("p1"), "GET /Observation?subject=Group/p1", None, Deny),
+    ("compartment.post-search-pinned", "patient/Observation.rs", Some("p1"), "POST /Observation/_search", None, Deny),
+    ("compartment.url", "patient/Observation.rs", Some("p1"), "GET /Patient/p1/Observation", None, Allow),
+    ("compartment.url-with-params", "patient/Observation.rs", Some("p1"), "GET /Patient/p1/Observation?code=x", None, Allow),
+    ("compartment.url-other-patient", "patient/Observation.rs", Some("p1"), "GET /Patient/p2/Observation", None, Deny),
+    ("compartment.url-all-types", "patient/*.rs", Some("p1"), "GET /Patient/p1/*", None, Allow),
+    ("compartment.url-all-types-needs-wildcard", "patient/Observation.rs", Some("p1"), "GET /Patient/p1/*", None, Deny),
+    ("compartment.url-other-compartment", "patient/Observation.rs", Some("p1"), "GET /Encounter/e1/Observation", None, Deny),
+    ("compartment.url-needs-s", "patient/Observation.r", Some("p1"), "GET /Patient/p1/Observation", None, Deny),
+    ("compartment.url-user-scope", "user/Observation.rs", None, "GET /Encounter/e1/Observation", None, Allow),
+    // --- Patient?_id= ---
+    ("patient-search.id-is-context", "patient/Patient.rs", Some("p1"), "GET /Patient?_id=p1", None, Allow),
+    ("patient-search.id-with-other-params", "patient/Patient.rs", Some("p1"), "GET /Patient?_id=p1&name=x", None, Allow),
+    ("patient-search.id-other", "patient/Patient.rs", Some("p1"), "GET /Patient?_id=p2", None, Deny),
+    ("patient-search.id-list-with-other", "patient/Patient.rs", Some("p1"), "GET /Patient?_id=p1,p2", None, Deny),
+    ("patient-search.no-id", "patient/Patient.rs", Some("p1"), "GET /Patient?name=smith", None, Deny),
+    ("patient-search.id-modifier", "patient/Patient.rs", Some("p1"), "GET /Patient?_id:missing=false", None, Deny),
+    ("patient-search.link-is-not-id", "patient/Patient.rs", Some("p1"), "GET /Patient?link=Patient/p1", None, Deny),
+    // --- _include / _revinclude ---
+    ("include.target-covered", "user/Observation.rs user/Practitioner.rs", None, "GET /Observation?code=x&_include=Observation:performer:Practitioner", None, Allow),
+    ("include.target-not-covered", "user/Observation.rs", None, "GET /Observation?code=x&_include=Observation:performer:Practitioner", None, Deny),
+    ("include.no-target-type-needs-wildcard", "user/Observation.rs user/Practitioner.rs", None, "GET /Observation?code=x&_include=Observation:performer", None, Deny),
+    ("include.no-target-type-wildcard", "user/*.rs", None, "GET /Observation?code=x&_include=Observation:performer", None, Allow),
+    ("include.star", "user/Observation.rs user/Patient.rs", None, "GET /Observation?code=x&_include=*", None, Deny),
+    ("include.iterate-needs-wildcard", "user/Observation.rs user/Practitioner.rs", None, "GET /Observation?code=x&_include:iterate=Observation:performer:Practitioner", None, Deny),
+    ("include.patient-scope-covered", "patient/Observation.rs patient/Patient.rs", Some("p1"), "GET /Observation?subject=Patient/p1&_include=Observation:subject:Patient", None, Allow),
+    ("include.patient-scope-not-covered", "patient/Observation.rs", Some("p1"), "GET /Observation?subject=Patient/p1&_include=Observation:subject:Patient", None, Deny),
+    ("include.granular-scope-does-not-cover", "user/Observation.rs user/Practitioner.rs?active=true", None, "GET /Observation?code=x&_include=Observation:performer:Practitioner", None, Deny),
+    ("revinclude.source-covered", "user/Patient.rs user/Provenance.rs", None, "GET /Patient?name=x&_revinclude=Provenance:target", None, Allow),
+    ("revinclude.source-not-covered", "user/Patient.rs", None, "GET /Patient?name=x&_revinclude=Provenance:target", None, Deny),
+    ("revinclude.patient-scope", "patient/Observation.rs patient/Provenance.rs", Some("p1"), "GET /Observation?subject=Patient/p1&_revinclude=Provenance:target", None, Allow),
+    // --- reads, updates and deletes by id depend on the stored resource ---
+    ("lookup.read-in-compartment", "patient/Observation.rs", Some("p1"), "GET /Observation/o1", None, Allow),
+    ("lookup.read-other-compartment", "patient/Observation.rs", Some("p1"), "GET /Observation/o2", None, Deny),
+    ("lookup.read-nothing-stored", "patient/Observation.rs", Some("p1"), "GET /Observation/gone", None, Deny),
+    ("lookup.read-unknown-asks", "patient/Observation.rs", Some("p1"), "GET /Observation/o77", None, Lookup),
+    ("lookup.vread-in-compartment", "patient/Observation.rs", Some("p1"), "GET /Observation/o1/_history/1", None, Allow),
+    ("lookup.history-instance", "patient/Observation.rs", Some("p1"), "GET /Observation/o2/_history", None, Deny),
+    ("lookup.condition", "patient/Condition.rs", Some("p1"), "GET /Condition/c1", None, Allow),
+    ("lookup.encounter", "patient/Encounter.r", Some("p1"), "GET /Encounter/e1", None, Allow),
+    ("lookup.stored-in-no-compartment", "patient/Encounter.r", Some("p1"), "GET /Encounter/e2", None, Deny),
+    ("lookup.other-context", "patient/Observation.rs", Some("p2"), "GET /Observation/o2", None, Allow),
+    ("lookup.other-context", "patient/Observation.rs", Some("p2"), "GET /Observation/o1", None, Deny),
+    ("lookup.delete-in-compartment", "patient/Observation.d", Some("p1"), "DELETE /Observation/o1", None, Allow),
+    ("lookup.delete-other", "patient/Observation.d", Some("p1"), "DELETE /Observation/o2", None, Deny),
+    ("lookup.delete-nothing-stored", "patient/Observation.d", Some("p1"), "DELETE /Observation/gone", None, Deny),
+    ("lookup.delete-own-patient", "patient/Patient.d", Some("p1"), "DELETE /Patient/p1", None, Allow),
+    ("lookup.delete-other-patient", "patient/Patient.d", Some("p1"), "DELETE /Patient/p2", None, Deny),
+    ("lookup.user-scope-needs-none", "user/Observation.r", Some("p1"), "GET /Observation/o2", None, Allow),
+    ("lookup.instance-operation", "patient/Observation.rs", Some("p1"), "GET /Observation/o1/$meta", None, Allow),
+    ("lookup.instance-operation-other", "patient/Observation.rs", Some("p1"), "GET /Observation/o2/$meta", None, Deny),
+    // --- bodies of creates and updates under patient scopes ---
+    ("body.create-references-context", "patient/Observation.c", Some("p1"), "POST /Observation", Some(OBS_P1), Allow),
+    ("body.create-via-other-compartment-param", "patient/Observation.c", Some("p1"), "POST /Observation", Some(OBS_PERFORMER_P1), Allow),
+    ("body.create-other-patient", "patient/Observation.c", Some("p1"), "POST /Observation", Some(OBS_P2), Deny),
+    ("body.create-absolute-reference", "patient/Observation.c", Some("p1"), "POST /Observation", Some(OBS_ABS), Deny),
+    ("body.create-wrong-type", "patient/Observation.c", Some("p1"), "POST /Observation", Some(COND_P1), Deny),
+    ("body.create-condition", "patient/Condition.c", Some("p1"), "POST /Condition", Some(COND_P1), Allow),
+    ("body.create-no-body", "patient/Observation.c", Some("p1"), "POST /Observation", None, Deny),
+    ("body.create-patient-needs-user", "patient/Patient.c", Some("p1"), "POST /Patient", Some(PAT_NEW), Deny),
+    ("body.create-patient-user", "user/Patient.c", None, "POST /Patient", Some(PAT_NEW), Allow),
+    ("body.create-patient-system", "system/Patient.c", None, "POST /Patient", Some(PAT_NEW), Allow),
+    ("body.create-outside-compartment", "patient/Medication.c", Some("p1"), "POST /Medication", Some(MED), Deny),
+    ("body.update-in-compartment", "patient/Observation.u", Some("p1"), "PUT /Observation/o1", Some(OBS_O1_P1), Allow),
+    ("body.update-moves-to-other", "patient/Observation.u", Some("p1"), "PUT /Observation/o1", Some(OBS_O1_P2), Deny),
+    ("body.update-stored-elsewhere", "patient/Observation.u", Some("p2"), "PUT /Observation/o1", Some(r#"{"resourceType":"Observation","id":"o1","subject":{"reference":"Patient/p2"}}"#), Deny),
+    ("body.update-id-mismatch", "patient/Observation.u", Some("p1"), "PUT /Observation/o1", Some(OBS_NEW_P1), Deny),
+    ("body.update-no-id", "patient/Observation.u", Some("p1"), "PUT /Observation/o1", Some(OBS_P1), Deny),
+    ("body.upsert-new-resource", "patient/Observation.u", Some("p1"), "PUT /Observation/gone", Some(r#"{"resourceType":"Observation","id":"gone","subject":{"reference":"Patient/p1"}}"#), Allow),
+    ("body.update-unknown-asks", "patient/Observation.u", Some("p1"), "PUT /Observation/new", Some(OBS_NEW_P1), Lookup),
+    ("body.update-own-patient", "patient/Patient.u", Some("p1"), "PUT /Patient/p1", Some(PAT_P1), Allow),
+    ("body.update-own-patient-id-mismatch", "patient/Patient.u", Some("p1"), "PUT /Patient/p1", Some(r#"{"resourceType":"Patient","id":"p2"}"#), Deny),
+    ("body.update-other-patient", "patient/Patient.u", Some("p1"), "PUT /Patient/p2", Some(r#"{"resourceType":"Patient","id":"p2"}"#), Deny),
+    ("body.patch-own-patient", "patient/Patient.u", Some("p1"), "PATCH /Patient/p1", None, Allow),
+    ("body.patch-not-provable", "patient/Observation.u", Some("p1"), "PATCH /Observation/o1", None, Deny),
+    // --- conditional interactions under patient scopes ---
+    ("conditional.update-pinned", "patient/Observation.us", Some("p1"), "PUT /Observation?subject=Patient/p1&identifier=a|b", Some(OBS_P1), Allow),
+    ("conditional.update-unpinned", "patient/Observation.us", Some("p1"), "PUT /Observation?identifier=a|b", Some(OBS_P1), Deny),
+    ("conditional.update-body-elsewhere", "patient/Observation.us", Some("p1"), "PUT /Observation?subject=Patient/p1&identifier=a|b", Some(OBS_P2), Deny),
+    ("conditional.update-criteria-other", "patient/Observation.us", Some("p1"), "PUT /Observation?subject=Patient/p2", Some(OBS_P1), Deny),
+    ("conditional.delete-pinned", "patient/Observation.ds", Some("p1"), "DELETE /Observation?subject=Patient/p1&code=x", None, Allow),
+    ("conditional.delete-unpinned", "patient/Observation.ds", Some("p1"), "DELETE /Observation?code=x", None, Deny),
+    ("conditional.delete-other", "patient/Observation.ds", Some("p1"), "DELETE /Observation?subject=Patient/p2", None, Deny),
+    ("conditional.patch-refused", "patient/Observation.us", Some("p1"), "PATCH /Observation?subject=Patient/p1", None, Deny),
+    ("conditional.patient-update-pinned", "patient/Patient.us", Some("p1"), "PUT /Patient?_id=p1", Some(PAT_P1), Allow),
+    // --- granular (v2 query) scopes ---
+    ("granular.search-with-filter", "user/Observation.rs?category=laboratory", None, "GET /Observation?category=laboratory", None, Allow),
+    ("granular.search-with-filter-and-more", "user/Observation.rs?category=laboratory", None, "GET /Observation?category=laboratory&code=x", None, Allow),
+    ("granular.search-without-filter", "user/Observation.rs?category=laboratory", None, "GET /Observation?code=x", None, Deny),
+    ("granular.search-other-value", "user/Observation.rs?category=laboratory", None, "GET /Observation?category=vital-signs", None, Deny),
+    ("granular.search-widened-list", "user/Observation.rs?category=laboratory", None, "GET /Observation?category=laboratory,vital-signs", None, Deny),
+    ("granular.search-repeated-other", "user/Observation.rs?category=laboratory", None, "GET /Observation?category=laboratory&category=vital-signs", None, Deny),
+    ("granular.system-value", "user/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory", None, "GET /Observation?category=http://terminology.hl7.org/CodeSystem/observation-category%7Claboratory", None, Allow),
+    ("granular.read-by-id-unprovable", "user/Observation.rs?category=laboratory", None, "GET /Observation/o1", None, Deny),
+    ("granular.write-unprovable", "user/Observation.cud?category=laboratory", None, "POST /Observation", Some(OBS_P1), Deny),
+    ("granular.patient-needs-pin-too", "patient/Observation.rs?category=laboratory", Some("p1"), "GET /Observation?category=laboratory", None, Deny),
+    ("granular.patient-pinned", "patient/Observation.rs?category=laboratory", Some("p1"), "GET /Observation?category=laboratory&subject=Patient/p1", None, Allow),
+    ("granular.union-with-plain", "user/Observation.rs?category=laboratory user/Observation.r", None, "GET /Observation/o1", None, Allow),
+    // --- $everything ---
+    ("everything.own-patient-wildcard", "patient/*.rs", Some("p1"), "GET /Patient/p1/$everything", None, Allow),
+    ("everything.own-patient-post", "patient/*.rs", Some("p1"), "POST /Patient/p1/$everything", None, Allow),
+    ("everything.other-patient", "patient/*.rs", Some("p1"), "GET /Patient/p2/$everything", None, Deny),
+    ("everything.type-level", "patient/*.rs", Some("p1"), "GET /Patient/$everything", None, Deny),
+    ("everything.type-level-user", "user/*.rs", None, "GET /Patient/$everything", None, Allow),
+    ("everything.needs-wildcard", "patient/Observation.rs patient/Patient.rs", Some("p1"), "GET /Patient/p1/$everything", None, Deny),
+    ("everything.types-listed-covered", "patient/Observation.rs patient/Patient.rs", Some("p1"), "GET /Patient/p1/$everything?_type=Observation,Patient", None, Allow),
+    ("everything.types-listed-not-covered", "patient/Observation.rs", Some("p1"), "GET /Patient/p1/$everything?_type=Observation,Condition", None, Deny),
+    ("everything.needs-rs", "patient/*.r", Some("p1"), "GET /Patient/p1/$everything", None, Deny),
+    ("everything.user-any-patient", "user/*.rs", None, "GET /Patient/p2/$everything", None, Allow),
+    ("everything.user-despite-context", "user/*.rs", Some("p1"), "GET /Patient/p2/$everything", None, Allow),
+    ("everything.no-context", "patient/*.rs", None, "GET /Patient/p1/$everything", None, Deny),
+    // --- bulk $export needs system/ scopes ---
+    ("export.system-wildcard", "system/*.rs", None, "GET /$export", None, Allow),
+    ("export.system-wildcard-group", "system/*.rs", None, "GET /Group/g1/$export", None, Allow),
+    ("export.system-wildcard-patient", "system/*.rs", None, "GET /Patient/$export", None, Allow),
+    ("export.user-refused", "user/*.rs", None, "GET /$export", None, Deny),
+    ("export.patient-refused", "patient/*.rs", Some("p1"), "GET /Patient/$export", None, Deny),
+    ("export.types-listed", "system/Observation.rs system/Patient.rs", None, "GET /$export?_type=Observation,Patient", None, Allow),
+    ("export.types-listed-not-covered", "system/Observation.rs", None, "GET /$export?_type=Observation,Patient", None, Deny),
+    ("export.typed-needs-types", "system/Observation.rs", None, "GET /$export", None, Deny),
+    ("export.needs-rs", "system/*.r", None, "GET /$export", None, Deny),
+    // --- batch and transaction: every entry decides; one refusal refuses the bundle ---
+    ("bundle.all-entries-pass", "patient/Observation.rs patient/Patient.r", Some("p1"), "POST /",
+        Some(r#"{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"GET","url":"Patient/p1"}},{"request":{"method":"GET","url":"Observation?subject=Patient/p1"}}]}"#), Allow),
+    ("bundle.one-entry-fails", "patient/Observation.rs patient/Patient.r", Some("p1"), "POST /",
+        Some(r#"{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"GET","url":"Patient/p1"}},{"request":{"method":"GET","url":"Patient/p2"}}]}"#), Deny),
+    ("bundle.transaction-create-other", "patient/Observation.c", Some("p1"), "POST /",
+        Some(r#"{"resourceType":"Bundle","type":"transaction","entry":[{"resource":{"resourceType":"Observation","subject":{"reference":"Patient/p1"}},"request":{"method":"POST","url":"Observation"}},{"resource":{"resourceType":"Observation","subject":{"reference":"Patient/p2"}},"request":{"method":"POST","url":"Observation"}}]}"#), Deny),
+    ("bundle.transaction-creates", "patient/Observation.c patient/Condition.c", Some("p1"), "POST /",
+        Some(r#"{"resourceType":"Bundle","type":"transaction","entry":[{"resource":{"resourceType":"Observation","subject":{"reference":"Patient/p1"}},"request":{"method":"POST","url":"Observation"}},{"resource":{"resourceType":"Condition","subject":{"reference":"Patient/p1"}},"request":{"method":"POST","url":"Condition"}}]}"#), Allow),
+    ("bundle.entry-needs-scope", "user/Observation.rs", None, "POST /",
+        Some(r#"{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"GET","url":"Observation/o1"}},{"request":{"method":"DELETE","url":"Observation/o1"}}]}"#), Deny),
+    ("bundle.entry-lookups", "patient/Observation.rs", Some("p1"), "POST /",
+        Some(r#"{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"GET","url":"Observation/o1"}},{"request":{"method":"GET","url":"Observation/o55"}}]}"#), Lookup),
+    ("bundle.entry-lookup-answered", "patient/Observation.rs", Some("p1"), "POST /",
+        Some(r#"{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"GET","url":"Observation/o1"}},{"request":{"method":"GET","url":"Observation/o2"}}]}"#), Deny),
+    ("bundle.empty", "user/Observation.rs", None, "POST /", Some(r#"{"resourceType":"Bundle","type":"batch"}"#), Allow),
+    ("bundle.uninspected", "user/*.cruds", None, "POST /", None, Deny),
+];
+
+#[test]
+fn smart_rules_table() {
+    assert_eq!(run(ROWS, false, true, Some(&stored())), ROWS.len());
+}
+
+/// `patientSearch: Narrow`: an unpinned patient-scoped search is narrowed to the context
+/// patient with Envoy's query rewrite instead of being refused; everything else is unchanged.
+#[rustfmt::skip]
+const NARROW_ROWS: &[Row] = &[
+    ("narrow.unpinned-observation", "patient/Observation.rs", Some("p1"), "GET /Observation?code=x", None, Narrow("subject=Patient/p1")),
+    ("narrow.unpinned-condition-prefers-patient", "patient/Condition.rs", Some("p1"), "GET /Condition", None, Narrow("patient=Patient/p1")),
+    ("narrow.unpinned-patient", "patient/Patient.rs", Some("p1"), "GET /Patient?name=x", None, Narrow("_id=p1")),
+    ("narrow.unpinned-coverage", "patient/Coverage.rs", Some("p1"), "GET /Coverage", None, Narrow("policy-holder=Patient/p1")),
+    ("narrow.pinned-unchanged", "patient/Observation.rs", Some("p1"), "GET /Observation?subject=Patient/p1", None, Allow),
+    ("narrow.other-patient-still-refused", "patient/Observation.rs", Some("p1"), "GET /Observation?subject=Patient/p2", None, Deny),
+    ("narrow.chained-still-refused", "patient/Observation.rs", Some("p1"), "GET /Observation?subject.name=x", None, Deny),
+    ("narrow.has-still-refused", "patient/Observation.rs", Some("p1"), "GET /Observation?_has:Observation:part-of:code=x", None, Deny),
+    ("narrow.unseen-post-body-refused", "patient/Observation.rs", Some("p1"), "POST /Observation/_search", None, Deny),
+    ("narrow.outside-compartment", "patient/Medication.rs", Some("p1"), "GET /Medication", None, Deny),
+    ("narrow.user-scope-not-narrowed", "user/Observation.rs", Some("p1"), "GET /Observation?code=x", None, Allow),
+    ("narrow.include-still-checked", "patient/Observation.rs", Some("p1"), "GET /Observation?_include=Observation:performer:Practitioner", None, Deny),
+    ("narrow.not-in-bundles", "patient/Observation.rs", Some("p1"), "POST /",
+        Some(r#"{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"GET","url":"Observation?code=x"}}]}"#), Deny),
+    ("narrow.conditional-delete-not-narrowed", "patient/Observation.ds", Some("p1"), "DELETE /Observation?code=x", None, Deny),
+];
+
+#[test]
+fn narrowing_table() {
+    assert_eq!(
+        run(NARROW_ROWS, true, true, Some(&stored())),
+        NARROW_ROWS.len()
+    );
+}
+
+/// Without `compartmentLookup`, a patient-scoped read, update or delete by id of anything but
+/// the context Patient is refused.
+#[rustfmt::skip]
+const NO_LOOKUP_ROWS: &[Row] = &[
+    ("no-lookup.read-refused", "patient/Observation.rs", Some("p1"), "GET /Observation/o1", None, Deny),
+    ("no-lookup.delete-refused", "patient/Observation.d", Some("p1"), "DELETE /Observation/o1", None, Deny),
+    ("no-lookup.update-refused", "patient/Observation.u", Some("p1"), "PUT /Observation/o1", Some(OBS_O1_P1), Deny),
+    ("no-lookup.own-patient-fine", "patient/Patient.r", Some("p1"), "GET /Patient/p1", None, Allow),
+    ("no-lookup.search-fine", "patient/Observation.rs", Some("p1"), "GET /Observation?subject=Patient/p1", None, Allow),
+    ("no-lookup.create-fine", "patient/Observation.c", Some("p1"), "POST /Observation", Some(OBS_P1), Allow),
+    ("no-lookup.user-fine", "user/Observation.rs", None, "GET /Observation/o1", None, Allow),
+];
+
+#[test]
+fn without_compartment_lookup_table() {
+    assert_eq!(
+        run(NO_LOOKUP_ROWS, false, false, None),
+        NO_LOOKUP_ROWS.len()
+    );
+}
+
+#[test]
+fn first_round_asks_for_lookups_and_second_decides() {
+    let set = parse_scopes(["patient/Observation.rs"]);
+    let req = request("GET /Observation/o1", None);
+    let g = Grant {
+        scopes: &set,
+        patient: Some("p1"),
+        narrow: false,
+        lookup_configured: true,
+        lookups: None,
+    };
+    assert_eq!(
+        authorize(&g, &req),
+        Verdict::Lookup(vec![("Observation".into(), "o1".into())])
+    );
+    let answers = stored();
+    let g = Grant {
+        lookups: Some(&answers),
+        ..g
+    };
+    assert_eq!(authorize(&g, &req), Verdict::Allow { narrow: vec![] });
+}
+
+#[test]
+fn denials_name_a_scope_that_would_allow() {
+    let cases = [
+        (
+            "user/Patient.rs",
+            None,
+            "GET /Observation?code=x",
+            "user/Observation.s",
+        ),
+        (
+            "patient/Observation.r",
+            Some("p1"),
+            "GET /Patient/p1/Observation",
+            "patient/Observation.s",
+        ),
+        (
+            "user/Observation.rs",
+            None,
+            "DELETE /Observation/o1",
+            "user/Observation.d",
+        ),
+        ("user/*.rs", None, "GET /$export", "system/*.rs"),
+        (
+            "patient/Observation.rs",
+            Some("p1"),
+            "GET /Patient/p1/$everything",
+            "patient/*.rs",
+        ),
+    ];
+    for (scopes, patient, line, want) in cases {
+        let set = parse_scopes(scopes.split(' '));
+        let g = Grant {
+            scopes: &set,
+            patient,
+            narrow: false,
+            lookup_configured: true,
+            lookups: None,
+        };
+        let Verdict::Deny(d) = authorize(&g, &request(line, None)) else {
+            panic!("{line}")
+        };
+        assert_eq!(d.needed, want, "{line}");
+    }
+}
+
+type Parsed = (Context, Option<&'static str>, &'static str);
+
+/// Scope grammar, token by token: (token, parses as (context, type, letters) or not).
+#[rustfmt::skip]
+const GRAMMAR: &[(&str, Option<Parsed>)] = &[
+    ("patient/Observation.rs", Some((Context::Patient, Some("Observation"), "rs"))),
+    ("user/*.cruds", Some((Context::User, None, "cruds"))),
+    ("system/Patient.read", Some((Context::System, Some("Patient"), "rs"))),
+    ("user/Patient.write", Some((Context::User, Some("Patient"), "cud"))),
+    ("user/*.*", Some((Context::User, None, "cruds"))),
+    ("patient/Condition.c", Some((Context::Patient, Some("Condition"), "c"))),
+    ("patient/Condition.cud", Some((Context::Patient, Some("Condition"), "cud"))),
+    ("patient/Condition.crus", Some((Context::Patient, Some("Condition"), "crus"))),
+    ("patient/Condition.ds", Some((Context::Patient, Some("Condition"), "ds"))),
+    ("system/*.s", Some((Context::System, None, "s"))),
+    ("patient/Observation.sr", None),
+    ("patient/Observation.rr", None),
+    ("patient/Observation.x", None),
+    ("patient/Observation.", None),
+    ("Patient/Observation.rs", None),
+    ("group/Observation.rs", None),
+    ("patient/observation.rs", None),
+    ("patient/Observation.READ", None),
+    ("patient/Observation.reads", None),
+    ("patient/Observation", None),
+    ("patient/.rs", None),
+    ("patient/Observation.rs?", None),
+    ("patient/Obs-ervation.rs", None),
+    ("patient//Observation.rs", None),
+    ("patient/Observation.rs.rs", None),
+    ("openid", None),
+    ("launch/patient", None),
+];
+
+#[test]
+fn grammar_table() {
+    for (token, want) in GRAMMAR {
+        let got =
+            parse_scope(token).map(|s| (s.context, s.resource_type.clone(), s.perms.letters()));
+        let want = want.map(|(c, t, l)| (c, t.map(str::to_string), l.to_string()));
+        assert_eq!(got, want, "{token}");
+    }
+    let set = parse_scopes(
+        "openid fhirUser launch/patient patient/Observation.rs bogus user/Patient.sr".split(' '),
+    );
+    assert_eq!(set.scopes.len(), 1);
+    assert_eq!(
+        set.ignored,
+        vec!["bogus", "user/Patient.sr"],
+        "malformed tokens are listed, non-resource ones are not"
+    );
+    let granular = parse_scope("patient/Observation.rs?category=laboratory").unwrap();
+    assert_eq!(granular.query.as_deref(), Some("category=laboratory"));
+}
+
+#[test]
+fn the_tables_hold_at_least_two_hundred_cases() {
+    assert!(ROWS.len() + NARROW_ROWS.len() + NO_LOOKUP_ROWS.len() + GRAMMAR.len() >= 200);
+}
