@@ -3,6 +3,8 @@
 //! 127.0.0.1.
 #![allow(dead_code)]
 
+pub mod real_envoy;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -373,6 +375,29 @@ pub async fn start_service(dir: &Path, poll: Duration) -> RunningService {
 
 /// An HTTP/1.1 upstream that answers 200 with a JSON echo of what it received.
 pub async fn start_echo_upstream() -> SocketAddr {
+    start_fhir_stub(FhirStub::default()).await
+}
+
+/// What a FHIR stub holds: path → (status, body) for GETs, and what it saw.
+#[derive(Clone, Default)]
+pub struct FhirStub {
+    pub resources: Arc<Mutex<std::collections::HashMap<String, (u16, String)>>>,
+    /// Authorization headers of the GETs that hit a stored path.
+    pub lookups: Arc<Mutex<Vec<String>>>,
+}
+
+impl FhirStub {
+    pub fn put(&self, path: &str, status: u16, body: &str) {
+        self.resources
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), (status, body.to_string()));
+    }
+}
+
+/// An HTTP/1.1 server: GETs of stored paths get the stored answer (a stand-in for a FHIR
+/// server's read), every other request a 200 JSON echo of what arrived.
+pub async fn start_fhir_stub(stub: FhirStub) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -380,6 +405,7 @@ pub async fn start_echo_upstream() -> SocketAddr {
             let Ok((mut tcp, _)) = listener.accept().await else {
                 return;
             };
+            let stub = stub.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = vec![0u8; 8192];
@@ -416,14 +442,28 @@ pub async fn start_echo_upstream() -> SocketAddr {
                     }
                     buf.drain(..head_end + len);
                     let mut parts = request_line.split(' ');
-                    let body = serde_json::json!({
-                        "method": parts.next().unwrap_or(""),
-                        "path": parts.next().unwrap_or(""),
-                        "headers": headers,
-                    })
-                    .to_string();
+                    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                    let stored = (method == "GET")
+                        .then(|| stub.resources.lock().unwrap().get(path).cloned())
+                        .flatten();
+                    let (status, body) = match stored {
+                        Some(answer) => {
+                            let auth = headers
+                                .get("authorization")
+                                .and_then(|v| v.as_str())
+                                .unwrap_or("")
+                                .to_string();
+                            stub.lookups.lock().unwrap().push(auth);
+                            answer
+                        }
+                        None => (
+                            200,
+                            serde_json::json!({"method": method, "path": path, "headers": headers})
+                                .to_string(),
+                        ),
+                    };
                     let resp = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
                         body.len()
                     );
                     if tcp.write_all(resp.as_bytes()).await.is_err() {
