@@ -778,12 +778,7 @@ fn everything(g: &Grant<'_>, req: &FhirRequest) -> Verdict {
     {
         return allow();
     }
-    let types: Vec<&str> = req
-        .params
-        .iter()
-        .filter(|(k, _)| k == "_type")
-        .flat_map(|(_, v)| v.split(','))
-        .collect();
+    let types = listed_types(req);
     if !types.is_empty()
         && types.iter().all(|t| {
             g.scopes
@@ -819,6 +814,15 @@ fn everything(g: &Grant<'_>, req: &FhirRequest) -> Verdict {
     })
 }
 
+/// The types a `_type` parameter lists (comma-separated, possibly repeated).
+fn listed_types(req: &FhirRequest) -> Vec<&str> {
+    req.params
+        .iter()
+        .filter(|(k, _)| k == "_type")
+        .flat_map(|(_, v)| v.split(','))
+        .collect()
+}
+
 /// Bulk `$export` is for backend services: it needs system/ scopes.
 fn export(g: &Grant<'_>, req: &FhirRequest) -> Verdict {
     let rs = Perms::R.union(Perms::S);
@@ -830,17 +834,8 @@ fn export(g: &Grant<'_>, req: &FhirRequest) -> Verdict {
                 && (s.resource_type.is_none() || s.resource_type.as_deref() == t)
         })
     };
-    let types: Vec<&str> = req
-        .params
-        .iter()
-        .filter(|(k, _)| k == "_type")
-        .flat_map(|(_, v)| v.split(','))
-        .collect();
-    let ok = system(None)
-        && g.scopes.scopes.iter().any(|s| {
-            s.context == Context::System && s.resource_type.is_none() && s.perms.contains(rs)
-        })
-        || (!types.is_empty() && types.iter().all(|t| system(Some(t))));
+    let types = listed_types(req);
+    let ok = system(None) || (!types.is_empty() && types.iter().all(|t| system(Some(t))));
     if ok {
         allow()
     } else {
