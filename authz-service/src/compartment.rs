@@ -6,6 +6,10 @@
 //! `Condition.subject`, `Appointment.actor` is `Appointment.participant.actor`, ...). Where an
 //! expression filters by type (`where(resolve() is Patient)`), only references of the form
 //! `Patient/<id>` ever match here, which is the same restriction.
+//!
+//! Against the R4 ballot (3.5.0) definition, R4 4.0.1 adds CoverageEligibilityResponse
+//! (`patient`), MolecularSequence (`patient`), `author` on DocumentManifest (replacing
+//! `agent`) and DocumentReference, and drops the ballot-only ItemInstance and UserSession.
 
 /// (resource type, [(search parameter, element path)]). Paths are dot-separated; arrays are
 /// traversed at every step.
