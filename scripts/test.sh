@@ -11,4 +11,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== the config types build without the server feature (what the operator links)"
 cargo check -p fhirguard-authz --no-default-features --locked
 echo "== cargo test"
-cargo test --workspace --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked 2>&1 | tee "$log"
+awk '/^test result:/ { p += $4; f += $6 } END { printf "TOTAL: %d passed, %d failed\n", p, f; exit (p == 0 || f > 0) }' "$log"
