@@ -17,11 +17,7 @@ use common::real_envoy::*;
 use common::*;
 
 struct Stack {
-    pki: TestPki,
-    key: SigningKey,
-    jwks: JwksServer,
-    dir: ConfigDir,
-    svc: RunningService,
+    idp: IdpStack,
     envoy: Envoy,
     http: reqwest::Client,
 }
@@ -52,21 +48,11 @@ impl Stack {
 }
 
 async fn stack(bin: &PathBuf) -> Stack {
-    init();
-    let pki = TestPki::new();
-    let key = SigningKey::new("k1");
-    let jwks = JwksServer::start(&pki, jwks_doc(&[&key])).await;
-    let dir = ConfigDir::new();
-    dir.publish_config(&standard_config(1, &jwks.uri(), ""), Some(&pki.ca_pem));
-    let svc = start_service(dir.path(), Duration::from_secs(1)).await;
+    let idp = IdpStack::start(Duration::from_secs(1)).await;
     let upstream = start_echo_upstream().await;
-    let envoy = start_envoy(bin, svc.grpc, upstream).await;
+    let envoy = start_envoy(bin, idp.svc.grpc, upstream).await;
     Stack {
-        pki,
-        key,
-        jwks,
-        dir,
-        svc,
+        idp,
         envoy,
         http: reqwest::Client::new(),
     }
@@ -201,7 +187,7 @@ async fn requests_through_real_envoy() {
     assert!(body.contains("clinical/missing"), "{body}");
 
     // Tokens: valid, then each way a token can be wrong.
-    let good = s.key.sign(&{
+    let good = s.idp.key.sign(&{
         let mut c = claims("dr-who", "user/Patient.rs");
         c["patient"] = "Patient/p1".into();
         c
@@ -218,7 +204,7 @@ async fn requests_through_real_envoy() {
     let bad = [
         (
             "expired",
-            s.key.sign(&{
+            s.idp.key.sign(&{
                 let mut c = claims("x", "user/*.rs");
                 c["exp"] = (now() - 120).into();
                 c
@@ -226,7 +212,7 @@ async fn requests_through_real_envoy() {
         ),
         (
             "wrong audience",
-            s.key.sign(&{
+            s.idp.key.sign(&{
                 let mut c = claims("x", "user/*.rs");
                 c["aud"] = "https://other".into();
                 c
@@ -234,7 +220,7 @@ async fn requests_through_real_envoy() {
         ),
         (
             "wrong issuer",
-            s.key.sign(&{
+            s.idp.key.sign(&{
                 let mut c = claims("x", "user/*.rs");
                 c["iss"] = "https://evil".into();
                 c
@@ -275,7 +261,7 @@ async fn requests_through_real_envoy() {
     );
 
     // A token in the query is accepted where configured and removed before the upstream.
-    let q = s.key.sign(&claims("q", "user/Patient.rs"));
+    let q = s.idp.key.sign(&claims("q", "user/Patient.rs"));
     let (st, _, body) = s
         .get(
             &format!("/fhir/r4/Patient/1?_format=json&access_token={q}"),
@@ -291,7 +277,7 @@ async fn requests_through_real_envoy() {
 
     // Rotation: a token signed with a new key is accepted once the IdP publishes it.
     let k2 = SigningKey::new("k2");
-    *s.jwks.doc.lock().unwrap() = jwks_doc(&[&s.key, &k2]);
+    *s.idp.jwks.doc.lock().unwrap() = jwks_doc(&[&s.idp.key, &k2]);
     let t2 = k2.sign(&claims("rotated", "user/Patient.rs"));
     let (st, _, body) = s
         .get("/fhir/r4/Patient/1", Some(&format!("Bearer {t2}")))
@@ -299,14 +285,13 @@ async fn requests_through_real_envoy() {
     assert_eq!(st, 200, "{body}");
 
     // The IdP goes down: fresh tokens from known keys keep working.
-    s.jwks.down.store(true, Ordering::SeqCst);
+    s.idp.jwks.down.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let fresh = s.key.sign(&claims("during-outage", "user/Patient.rs"));
+    let fresh = s.idp.key.sign(&claims("during-outage", "user/Patient.rs"));
     let (st, _, body) = s
         .get("/fhir/r4/Patient/1", Some(&format!("Bearer {fresh}")))
         .await;
     assert_eq!(st, 200, "{body}");
-    let _ = (&s.pki, &s.dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,8 +320,8 @@ async fn hot_reload_under_load_and_fail_closed() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let cfg = standard_config(2, &s.jwks.uri(), &bcrypt_line("carol", "carol-pw"));
-    s.dir.publish_config(&cfg, Some(&s.pki.ca_pem));
+    let cfg = standard_config(2, &s.idp.jwks.uri(), &bcrypt_line("carol", "carol-pw"));
+    s.idp.dir.publish_config(&cfg, Some(&s.idp.pki.ca_pem));
     eventually(
         "carol accepted after the reload",
         Duration::from_secs(10),
@@ -345,16 +330,16 @@ async fn hot_reload_under_load_and_fail_closed() {
     .await;
 
     // An invalid config is refused; the last good one stays in force.
-    let mut bad = standard_config(3, &s.jwks.uri(), "");
+    let mut bad = standard_config(3, &s.idp.jwks.uri(), "");
     bad.policies[0].base_path = "fhir/../r4".into();
-    s.dir.publish_config(&bad, Some(&s.pki.ca_pem));
+    s.idp.dir.publish_config(&bad, Some(&s.idp.pki.ca_pem));
     let http = reqwest::Client::new();
     eventually(
         "the invalid config is counted",
         Duration::from_secs(10),
         async || {
             let m = http
-                .get(format!("http://{}/metrics", s.svc.http))
+                .get(format!("http://{}/metrics", s.idp.svc.http))
                 .send()
                 .await
                 .unwrap()

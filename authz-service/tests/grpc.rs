@@ -98,29 +98,8 @@ fn hdr<'a>(h: &'a [(String, String)], k: &str) -> Option<&'a str> {
     h.iter().find(|(kk, _)| kk == k).map(|(_, v)| v.as_str())
 }
 
-struct Stack {
-    pki: TestPki,
-    key: SigningKey,
-    jwks: JwksServer,
-    dir: ConfigDir,
-    svc: RunningService,
-}
-
-async fn stack() -> Stack {
-    init();
-    let pki = TestPki::new();
-    let key = SigningKey::new("k1");
-    let jwks = JwksServer::start(&pki, jwks_doc(&[&key])).await;
-    let dir = ConfigDir::new();
-    dir.publish_config(&standard_config(1, &jwks.uri(), ""), Some(&pki.ca_pem));
-    let svc = start_service(dir.path(), Duration::from_secs(60)).await;
-    Stack {
-        pki,
-        key,
-        jwks,
-        dir,
-        svc,
-    }
+async fn stack() -> IdpStack {
+    IdpStack::start(Duration::from_secs(60)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

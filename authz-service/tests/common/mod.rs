@@ -501,3 +501,32 @@ pub fn metric(text: &str, prefix: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// The stack most tests start from: a test CA, a signing key published by an HTTPS JWKS
+/// endpoint signed by that CA, the standard config, and the service serving it.
+pub struct IdpStack {
+    pub pki: TestPki,
+    pub key: SigningKey,
+    pub jwks: JwksServer,
+    pub dir: ConfigDir,
+    pub svc: RunningService,
+}
+
+impl IdpStack {
+    pub async fn start(poll: Duration) -> IdpStack {
+        init();
+        let pki = TestPki::new();
+        let key = SigningKey::new("k1");
+        let jwks = JwksServer::start(&pki, jwks_doc(&[&key])).await;
+        let dir = ConfigDir::new();
+        dir.publish_config(&standard_config(1, &jwks.uri(), ""), Some(&pki.ca_pem));
+        let svc = start_service(dir.path(), poll).await;
+        IdpStack {
+            pki,
+            key,
+            jwks,
+            dir,
+            svc,
+        }
+    }
+}
