@@ -1,0 +1,15 @@
+//! fhirguard-operator: turns `FhirSecurityPolicy` and `FhirConnection` resources and the Secrets
+//! they name into the compiled configuration that `fhirguard-authz` serves.
+//!
+//! Layering: [`crd`] holds the resource types; [`compile`] is pure (objects in, config and
+//! verdicts out); [`output`] and [`status`] turn a compile into the files, Secret, conditions
+//! and Events to publish (also pure); [`render`] is the offline front end; only [`reconcile`]
+//! talks to the Kubernetes API.
+
+pub mod compile;
+pub mod crd;
+pub mod metrics;
+pub mod output;
+pub mod reconcile;
+pub mod render;
+pub mod status;

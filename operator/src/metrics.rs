@@ -1,0 +1,144 @@
+//! Operator metrics and the HTTP port (`/healthz`, `/readyz`, `/metrics`). Labels are bounded:
+//! kinds and reasons are enums.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ObjectLabels {
+    pub kind: &'static str,
+    /// `Valid`, `ValidWithWarnings`, or the reason it was not accepted.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    /// 1 while this replica holds the lease.
+    pub leader: Gauge,
+    pub compiles: Counter,
+    /// Writes of the config Secret, by result.
+    pub publishes: Family<ResultLabels, Counter>,
+    /// Status subresource writes, by result.
+    pub status_updates: Family<ResultLabels, Counter>,
+    /// The generation in the published config.
+    pub config_generation: Gauge,
+    /// Objects by kind and verdict, as of the last compile.
+    pub objects: Family<ObjectLabels, Gauge>,
+    /// 1 once every watch has listed its objects (or while standing by for the lease).
+    ready: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("fhirguard_operator");
+        let leader = Gauge::default();
+        let compiles = Counter::default();
+        let publishes = Family::<ResultLabels, Counter>::default();
+        let status_updates = Family::<ResultLabels, Counter>::default();
+        let config_generation = Gauge::default();
+        let objects = Family::<ObjectLabels, Gauge>::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader lease",
+            leader.clone(),
+        );
+        registry.register(
+            "compiles",
+            "Compilations of the resources into a config",
+            compiles.clone(),
+        );
+        registry.register(
+            "config_publishes",
+            "Writes of the config Secret by result (unchanged content is not written)",
+            publishes.clone(),
+        );
+        registry.register(
+            "status_updates",
+            "Status subresource writes by result",
+            status_updates.clone(),
+        );
+        registry.register(
+            "config_generation",
+            "Generation of the published compiled config",
+            config_generation.clone(),
+        );
+        registry.register(
+            "objects",
+            "Resources by kind and by the reason of their Accepted condition",
+            objects.clone(),
+        );
+        Metrics {
+            registry,
+            leader,
+            compiles,
+            publishes,
+            status_updates,
+            config_generation,
+            objects,
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+pub fn router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(encode))
+        .with_state(metrics)
+}
+
+async fn readyz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+    if m.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: watches not synced\n",
+        )
+    }
+}
+
+async fn encode(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.encode(),
+    )
+}

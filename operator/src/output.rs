@@ -1,0 +1,156 @@
+//! What gets published: the files of a config directory (`config.json` plus CA bundles), their
+//! content hash, and the Secret that carries them. Pure, shared by `render` and the controller
+//! so that both produce the same bytes.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use fhirguard_authz::config::{CONFIG_FILE, CompiledConfig};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::ObjectMeta;
+use sha2::{Digest, Sha256};
+
+use crate::compile::Compiled;
+
+/// Annotation on the published Secret: hash of its content with the generation left out, so
+/// the controller can tell "nothing changed" without comparing generations.
+pub const HASH_ANNOTATION: &str = "fhirguard.dev/config-hash";
+/// Annotation on the published Secret: the generation inside its `config.json`.
+pub const GENERATION_ANNOTATION: &str = "fhirguard.dev/config-generation";
+/// Field manager for server-side apply.
+pub const FIELD_MANAGER: &str = "fhirguard-operator";
+
+/// The files of the config directory, by file name, for this generation.
+pub fn files(compiled: &Compiled, generation: u64) -> BTreeMap<String, Vec<u8>> {
+    let mut out = compiled.ca_files.clone();
+    let config = CompiledConfig {
+        generation,
+        ..compiled.config.clone()
+    };
+    out.insert(CONFIG_FILE.to_string(), config.to_json().into_bytes());
+    out
+}
+
+/// `sha256:<hex>` over the files at generation 0, each length-prefixed so that no two
+/// different file sets hash alike.
+pub fn content_hash(compiled: &Compiled) -> String {
+    let mut h = Sha256::new();
+    for (name, bytes) in files(compiled, 0) {
+        h.update((name.len() as u64).to_be_bytes());
+        h.update(name.as_bytes());
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(&bytes);
+    }
+    let digest = h.finalize();
+    let mut hex = String::with_capacity(7 + 64);
+    hex.push_str("sha256:");
+    for b in digest {
+        hex.push_str(&format!("{b:02x}"));
+    }
+    hex
+}
+
+/// What an existing published Secret says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub hash: Option<String>,
+    pub generation: u64,
+}
+
+impl Published {
+    pub fn of(secret: &Secret) -> Published {
+        let ann = secret.metadata.annotations.as_ref();
+        Published {
+            hash: ann.and_then(|a| a.get(HASH_ANNOTATION)).cloned(),
+            generation: ann
+                .and_then(|a| a.get(GENERATION_ANNOTATION))
+                .and_then(|g| g.parse().ok())
+                .unwrap_or(0),
+        }
+    }
+}
+
+/// The Secret to apply for `compiled`, or `None` when `existing` already carries this content.
+/// The generation only moves when the content does, so a restarted operator writes nothing.
+pub fn plan(
+    namespace: &str,
+    name: &str,
+    compiled: &Compiled,
+    existing: Option<&Published>,
+) -> Option<(Secret, u64)> {
+    let hash = content_hash(compiled);
+    if existing.is_some_and(|e| e.hash.as_deref() == Some(hash.as_str())) {
+        return None;
+    }
+    let generation = existing.map_or(0, |e| e.generation) + 1;
+    Some((
+        secret(namespace, name, compiled, generation, &hash),
+        generation,
+    ))
+}
+
+/// The published Secret for a given generation.
+pub fn secret(
+    namespace: &str,
+    name: &str,
+    compiled: &Compiled,
+    generation: u64,
+    hash: &str,
+) -> Secret {
+    let labels = BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_string(),
+            "fhirguard".to_string(),
+        ),
+        (
+            "app.kubernetes.io/component".to_string(),
+            "authz-config".to_string(),
+        ),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "fhirguard-operator".to_string(),
+        ),
+    ]);
+    let annotations = BTreeMap::from([
+        (HASH_ANNOTATION.to_string(), hash.to_string()),
+        (GENERATION_ANNOTATION.to_string(), generation.to_string()),
+    ]);
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(namespace.to_string()),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".to_string()),
+        data: Some(
+            files(compiled, generation)
+                .into_iter()
+                .map(|(k, v)| (k, ByteString(v)))
+                .collect(),
+        ),
+        ..Secret::default()
+    }
+}
+
+/// Writes the files into `dir` (created if needed), each atomically, and removes files a
+/// previous render left there that are no longer part of the config.
+pub fn write_dir(dir: &Path, files: &BTreeMap<String, Vec<u8>>) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = name == CONFIG_FILE || name.ends_with("_ca.pem");
+        if ours && !files.contains_key(&name) && entry.file_type()?.is_file() {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    for (name, bytes) in files {
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, dir.join(name))?;
+    }
+    Ok(())
+}

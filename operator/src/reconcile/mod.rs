@@ -1,0 +1,603 @@
+//! The controller: the only module that holds a Kubernetes client.
+//!
+//! The output is one config Secret compiled from *all* resources, so rather than reconciling
+//! objects one by one (kube's `Controller`), every change of a watched object triggers one
+//! global recompile (debounced), like Envoy Gateway's translator. A recompile publishes the
+//! Secret only when its content hash changed, then brings each object's status and Events up to
+//! date. Nothing is compiled before every watch has listed its objects: an early compile would
+//! publish a config missing policies that simply had not arrived yet.
+//!
+//! Secrets are watched as metadata only; the data of a Secret is fetched (and cached by
+//! resourceVersion) only while a resource references it, so the operator never holds every
+//! Secret of a namespace in memory and only referenced keys reach the output.
+
+pub mod lease;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{PartialObjectMeta, Patch, PatchParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use crate::compile::{self, Compiled, Kind, Secrets};
+use crate::crd::{FhirConnection, FhirSecurityPolicy, ObjectStatus};
+use crate::metrics::{Metrics, ObjectLabels, ResultLabels};
+use crate::output::{self, FIELD_MANAGER, Published};
+use crate::status::{self, PublishOutcome};
+use lease::{Elector, LeaseSettings};
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Namespaces whose resources and Secrets are watched; empty means all namespaces.
+    pub namespaces: Vec<String>,
+    /// Where the compiled config Secret is published.
+    pub output_namespace: String,
+    pub output_name: String,
+    pub lease: LeaseSettings,
+    /// Changes arriving within this window are compiled together.
+    pub debounce: Duration,
+    /// Recompile at least this often, as a safety net for missed events.
+    pub resync: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("lost the leader lease; stopping so that a single replica writes")]
+    LostLease,
+}
+
+/// Runs until `shutdown` resolves (then releases the lease) or leadership is lost.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    tokio::pin!(shutdown);
+    let mut elector = Elector::new(
+        Api::namespaced(client.clone(), &settings.lease.namespace),
+        settings.lease.clone(),
+    );
+    // A standby replica is healthy and ready: it has nothing to do until it leads.
+    metrics.set_ready(true);
+    tracing::info!(identity = %settings.lease.identity, lease = %format!("{}/{}", settings.lease.namespace, settings.lease.name), "waiting for the leader lease");
+    loop {
+        match elector.try_acquire_or_renew().await {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "lease check failed"),
+        }
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            _ = tokio::time::sleep(settings.lease.retry) => {}
+        }
+    }
+    tracing::info!(identity = %settings.lease.identity, "acquired the leader lease");
+    metrics.leader.set(1);
+    let (lost_tx, lost_rx) = watch::channel(false);
+    let renewer = tokio::spawn(renew(elector, lost_tx));
+    let result = lead(client.clone(), &settings, &metrics, lost_rx, &mut shutdown).await;
+    metrics.leader.set(0);
+    renewer.abort();
+    if !matches!(result, Err(Error::LostLease)) {
+        // The renewer owned the elector; release through a fresh one with the same identity.
+        let mut e = Elector::new(
+            Api::namespaced(client.clone(), &settings.lease.namespace),
+            settings.lease.clone(),
+        );
+        e.release().await;
+        tracing::info!("released the leader lease");
+    }
+    result
+}
+
+/// Keeps the lease; signals `lost` when it could not be renewed within the deadline.
+async fn renew(mut elector: Elector, lost: watch::Sender<bool>) {
+    let mut last = Instant::now();
+    let deadline = elector.settings().renew_deadline();
+    loop {
+        tokio::time::sleep(elector.settings().retry).await;
+        match elector.try_acquire_or_renew().await {
+            Ok(true) => last = Instant::now(),
+            Ok(false) => {
+                tracing::error!("another replica holds the lease");
+                let _ = lost.send(true);
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "lease renewal failed"),
+        }
+        if last.elapsed() > deadline {
+            tracing::error!("could not renew the lease within {deadline:?}");
+            let _ = lost.send(true);
+            return;
+        }
+    }
+}
+
+/// Every resource change matters, but not the individual objects of a (re)list: the store is
+/// complete, and worth a compile, only at `InitDone`.
+fn any_change<K>(ev: &Event<K>) -> bool {
+    !matches!(ev, Event::Init | Event::InitApply(_))
+}
+
+/// Aborts the watch tasks when leadership ends.
+struct Tasks(Vec<JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+type Referenced = Arc<RwLock<BTreeSet<(String, String)>>>;
+/// (namespace, name) → (resourceVersion read, key → bytes).
+type SecretCache = BTreeMap<(String, String), (String, BTreeMap<String, Vec<u8>>)>;
+
+struct Ctx {
+    client: Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    policies: Vec<Store<FhirSecurityPolicy>>,
+    connections: Vec<Store<FhirConnection>>,
+    secret_meta: Vec<Store<PartialObjectMeta<Secret>>>,
+    /// Referenced Secrets' data by (namespace, name), with the resourceVersion it was read at.
+    secret_cache: Mutex<SecretCache>,
+    referenced: Referenced,
+    recorder: Recorder,
+}
+
+fn apis<K>(client: &Client, namespaces: &[String]) -> Vec<Api<K>>
+where
+    K: Resource<Scope = kube::core::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    if namespaces.is_empty() {
+        vec![Api::all(client.clone())]
+    } else {
+        namespaces
+            .iter()
+            .map(|ns| Api::namespaced(client.clone(), ns))
+            .collect()
+    }
+}
+
+/// Drives a reflector stream in a task, waking the compiler when `interesting` says so.
+fn drive<K, S>(
+    stream: S,
+    notify: Arc<Notify>,
+    interesting: impl Fn(&Event<K>) -> bool + Send + 'static,
+) -> JoinHandle<()>
+where
+    K: Send + 'static,
+    S: Stream<Item = Result<Event<K>, watcher::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(ev) => {
+                    if interesting(&ev) {
+                        notify.notify_one();
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "watch error; retrying with backoff"),
+            }
+        }
+    })
+}
+
+fn watch_kind<K, F>(
+    client: &Client,
+    namespaces: &[String],
+    notify: &Arc<Notify>,
+    tasks: &mut Vec<JoinHandle<()>>,
+    interesting: F,
+) -> Vec<Store<K>>
+where
+    K: Resource<Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    F: Fn(&Event<K>) -> bool + Clone + Send + 'static,
+{
+    apis::<K>(client, namespaces)
+        .into_iter()
+        .map(|api| {
+            let (store, writer) = reflector::store();
+            let stream = reflector::reflector(
+                writer,
+                watcher::watcher(api, watcher::Config::default()).default_backoff(),
+            );
+            tasks.push(drive(stream, notify.clone(), interesting.clone()));
+            store
+        })
+        .collect()
+}
+
+async fn lead(
+    client: Client,
+    settings: &Settings,
+    metrics: &Arc<Metrics>,
+    mut lost: watch::Receiver<bool>,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<(), Error> {
+    metrics.set_ready(false);
+    let notify = Arc::new(Notify::new());
+    let referenced: Referenced = Arc::default();
+    let mut tasks = Vec::new();
+    // Resource changes always matter; a Secret change only when a resource references it.
+    let policies = watch_kind::<FhirSecurityPolicy, _>(
+        &client,
+        &settings.namespaces,
+        &notify,
+        &mut tasks,
+        any_change::<_>,
+    );
+    let connections = watch_kind::<FhirConnection, _>(
+        &client,
+        &settings.namespaces,
+        &notify,
+        &mut tasks,
+        any_change::<_>,
+    );
+    let refs = referenced.clone();
+    let secret_meta = watch_kind::<PartialObjectMeta<Secret>, _>(
+        &client,
+        &settings.namespaces,
+        &notify,
+        &mut tasks,
+        move |ev: &Event<PartialObjectMeta<Secret>>| match ev {
+            Event::Apply(s) | Event::Delete(s) => {
+                let key = (s.namespace().unwrap_or_default(), s.name_any());
+                refs.read().map(|r| r.contains(&key)).unwrap_or(true)
+            }
+            Event::InitDone => true,
+            Event::Init | Event::InitApply(_) => false,
+        },
+    );
+    let _tasks = Tasks(tasks);
+
+    let cx = Ctx {
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "fhirguard-operator".into(),
+                instance: Some(settings.lease.identity.clone()),
+            },
+        ),
+        client,
+        settings: settings.clone(),
+        metrics: metrics.clone(),
+        policies,
+        connections,
+        secret_meta,
+        secret_cache: Mutex::default(),
+        referenced,
+    };
+
+    let synced = async {
+        for s in &cx.policies {
+            s.wait_until_ready().await.ok();
+        }
+        for s in &cx.connections {
+            s.wait_until_ready().await.ok();
+        }
+        for s in &cx.secret_meta {
+            s.wait_until_ready().await.ok();
+        }
+    };
+    tokio::select! {
+        _ = synced => {}
+        _ = shutdown.as_mut() => return Ok(()),
+        _ = lost.changed() => return Err(Error::LostLease),
+    }
+    metrics.set_ready(true);
+    tracing::info!("watches synced; compiling");
+
+    let mut failures: u32 = 0;
+    loop {
+        let delay = match reconcile_once(&cx).await {
+            Ok(()) => {
+                failures = 0;
+                None
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                let backoff = Duration::from_millis(500u64.saturating_mul(1 << failures.min(7)));
+                tracing::warn!(error = %e, retry_in = ?backoff, "reconcile failed");
+                Some(backoff)
+            }
+        };
+        let wait = delay.unwrap_or(settings.resync);
+        tokio::select! {
+            _ = notify.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.as_mut() => return Ok(()),
+            _ = lost.changed() => return Err(Error::LostLease),
+        }
+        // Let a burst of changes (kubectl apply -f dir/) land before compiling.
+        tokio::select! {
+            _ = tokio::time::sleep(settings.debounce) => {}
+            _ = shutdown.as_mut() => return Ok(()),
+            _ = lost.changed() => return Err(Error::LostLease),
+        }
+    }
+}
+
+fn snapshot<K>(stores: &[Store<K>]) -> Vec<K>
+where
+    K: reflector::Lookup + Clone,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    stores
+        .iter()
+        .flat_map(|s| s.state())
+        .map(|k| (*k).clone())
+        .collect()
+}
+
+async fn reconcile_once(cx: &Ctx) -> Result<(), Error> {
+    let policies = snapshot(&cx.policies);
+    let connections = snapshot(&cx.connections);
+    let referenced = compile::referenced_secrets(&policies, &connections);
+    if let Ok(mut r) = cx.referenced.write() {
+        r.clone_from(&referenced);
+    }
+    let secrets = load_secrets(cx, &referenced).await?;
+    let compiled = compile::compile(&policies, &connections, &secrets);
+    cx.metrics.compiles.inc();
+    record_objects(&cx.metrics, &compiled);
+
+    let outcome = publish(cx, &compiled).await;
+    update_statuses(cx, &policies, &connections, &compiled, &outcome).await;
+    match outcome {
+        PublishOutcome::Published { .. } => Ok(()),
+        PublishOutcome::Failed { .. } => Err(Error::Kube(kube::Error::Service(
+            "publishing the config Secret failed".into(),
+        ))),
+    }
+}
+
+fn record_objects(metrics: &Metrics, compiled: &Compiled) {
+    metrics.objects.clear();
+    for o in compiled.objects.values() {
+        let reason = match (o.issues.first(), o.warnings.is_empty()) {
+            (Some(i), _) => i.reason.as_str(),
+            (None, true) => "Valid",
+            (None, false) => "ValidWithWarnings",
+        };
+        metrics
+            .objects
+            .get_or_create(&ObjectLabels {
+                kind: o.key.kind.as_str(),
+                reason,
+            })
+            .inc();
+    }
+}
+
+async fn load_secrets(cx: &Ctx, referenced: &BTreeSet<(String, String)>) -> Result<Secrets, Error> {
+    let mut out = Secrets::new();
+    let current: BTreeMap<(String, String), String> = referenced
+        .iter()
+        .filter_map(|(ns, name)| {
+            let r = ObjectRef::<PartialObjectMeta<Secret>>::new(name).within(ns);
+            let meta = cx.secret_meta.iter().find_map(|s| s.get(&r))?;
+            Some((
+                (ns.clone(), name.clone()),
+                meta.metadata.resource_version.clone().unwrap_or_default(),
+            ))
+        })
+        .collect();
+    let cached: SecretCache = cx
+        .secret_cache
+        .lock()
+        .map(|c| c.clone())
+        .unwrap_or_default();
+    let mut fresh = BTreeMap::new();
+    for (key, rv) in current {
+        if let Some((cached_rv, data)) = cached.get(&key)
+            && *cached_rv == rv
+        {
+            out.insert(key.clone(), data.clone());
+            fresh.insert(key, (rv, data.clone()));
+            continue;
+        }
+        let api: Api<Secret> = Api::namespaced(cx.client.clone(), &key.0);
+        if let Some(secret) = api.get_opt(&key.1).await? {
+            let data = crate::render::secret_data(&secret);
+            let rv = secret.metadata.resource_version.clone().unwrap_or_default();
+            out.insert(key.clone(), data.clone());
+            fresh.insert(key, (rv, data));
+        }
+    }
+    // Unreferenced Secrets leave the cache at once.
+    if let Ok(mut c) = cx.secret_cache.lock() {
+        *c = fresh;
+    }
+    Ok(out)
+}
+
+async fn publish(cx: &Ctx, compiled: &Compiled) -> PublishOutcome {
+    let s = &cx.settings;
+    let api: Api<Secret> = Api::namespaced(cx.client.clone(), &s.output_namespace);
+    let target = format!("{}/{}", s.output_namespace, s.output_name);
+    let failed = |e: kube::Error, what: &str| {
+        cx.metrics
+            .publishes
+            .get_or_create(&ResultLabels { result: "error" })
+            .inc();
+        tracing::error!(error = %e, secret = %target, "{what}");
+        PublishOutcome::Failed {
+            message: format!("{what} {target}: {e}"),
+        }
+    };
+    let existing = match api.get_opt(&s.output_name).await {
+        Ok(e) => e.as_ref().map(Published::of),
+        Err(e) => return failed(e, "cannot read the config Secret"),
+    };
+    match output::plan(
+        &s.output_namespace,
+        &s.output_name,
+        compiled,
+        existing.as_ref(),
+    ) {
+        None => {
+            let generation = existing.map_or(0, |e| e.generation);
+            cx.metrics
+                .config_generation
+                .set(i64::try_from(generation).unwrap_or(i64::MAX));
+            PublishOutcome::Published {
+                generation,
+                secret: target,
+            }
+        }
+        Some((secret, generation)) => {
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            match api
+                .patch(&s.output_name, &params, &Patch::Apply(&secret))
+                .await
+            {
+                Ok(_) => {
+                    cx.metrics
+                        .publishes
+                        .get_or_create(&ResultLabels { result: "written" })
+                        .inc();
+                    cx.metrics
+                        .config_generation
+                        .set(i64::try_from(generation).unwrap_or(i64::MAX));
+                    tracing::info!(
+                        generation,
+                        policies = compiled.config.policies.len(),
+                        connections = compiled.config.connections.len(),
+                        secret = %target,
+                        "published compiled config"
+                    );
+                    PublishOutcome::Published {
+                        generation,
+                        secret: target,
+                    }
+                }
+                Err(e) => failed(e, "cannot write the config Secret"),
+            }
+        }
+    }
+}
+
+fn now() -> Time {
+    // Kubernetes stores condition times with second precision; using the same precision here
+    // keeps a freshly written status equal to what is read back.
+    let t = Timestamp::now();
+    Time(Timestamp::from_second(t.as_second()).unwrap_or(t))
+}
+
+async fn update_statuses(
+    cx: &Ctx,
+    policies: &[FhirSecurityPolicy],
+    connections: &[FhirConnection],
+    compiled: &Compiled,
+    outcome: &PublishOutcome,
+) {
+    let now = now();
+    for p in policies {
+        let key = compile::ObjectKey {
+            kind: Kind::FhirSecurityPolicy,
+            namespace: p.namespace().unwrap_or_default(),
+            name: p.name_any(),
+        };
+        if let Some(result) = compiled.objects.get(&key) {
+            let api: Api<FhirSecurityPolicy> = Api::namespaced(cx.client.clone(), &key.namespace);
+            apply_status(cx, &api, p, p.status.as_ref(), result, outcome, &now).await;
+        }
+    }
+    for c in connections {
+        let key = compile::ObjectKey {
+            kind: Kind::FhirConnection,
+            namespace: c.namespace().unwrap_or_default(),
+            name: c.name_any(),
+        };
+        if let Some(result) = compiled.objects.get(&key) {
+            let api: Api<FhirConnection> = Api::namespaced(cx.client.clone(), &key.namespace);
+            apply_status(cx, &api, c, c.status.as_ref(), result, outcome, &now).await;
+        }
+    }
+}
+
+async fn apply_status<K>(
+    cx: &Ctx,
+    api: &Api<K>,
+    obj: &K,
+    current: Option<&ObjectStatus>,
+    result: &compile::ObjectResult,
+    outcome: &PublishOutcome,
+    now: &Time,
+) where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let desired = status::desired(result, outcome, current, now);
+    if !status::differs(current, &desired) {
+        return;
+    }
+    let patch = serde_json::json!({ "status": desired });
+    let name = obj.name_any();
+    match api
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => {
+            cx.metrics
+                .status_updates
+                .get_or_create(&ResultLabels { result: "written" })
+                .inc();
+        }
+        Err(e) => {
+            cx.metrics
+                .status_updates
+                .get_or_create(&ResultLabels { result: "error" })
+                .inc();
+            // NotFound: deleted since the snapshot; nothing to report on.
+            if !matches!(&e, kube::Error::Api(s) if s.code == 404) {
+                tracing::warn!(error = %e, object = %result.key, "status update failed");
+            }
+            return;
+        }
+    }
+    let reference = obj.object_ref(&());
+    for ev in status::transitions(current, &desired) {
+        let event = KubeEvent {
+            type_: if ev.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: ev.reason,
+            note: Some(ev.note),
+            action: "Compile".into(),
+            secondary: None,
+        };
+        if let Err(e) = cx.recorder.publish(&event, &reference).await {
+            tracing::warn!(error = %e, object = %result.key, "could not record an event");
+        }
+    }
+}

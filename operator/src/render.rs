@@ -1,0 +1,255 @@
+//! Offline front end: read FhirSecurityPolicy, FhirConnection and Secret objects from YAML files
+//! and run the same compile as the controller.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use fhirguard_authz::config::Problem;
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+
+use crate::compile::{self, Compiled, Secrets};
+use crate::crd::{FhirConnection, FhirSecurityPolicy};
+
+/// Objects read from files.
+#[derive(Debug, Default)]
+pub struct Inputs {
+    pub policies: Vec<FhirSecurityPolicy>,
+    pub connections: Vec<FhirConnection>,
+    pub secrets: Secrets,
+    /// Objects that could not be read at all (bad YAML, a spec that does not match the CRD).
+    pub problems: Vec<Problem>,
+    /// Documents of other kinds, skipped: `(file, apiVersion, kind, name)`.
+    pub skipped: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Reads every `.yaml`, `.yml` and `.json` file under the given paths (directories are walked
+/// in name order). Objects without a namespace get `default`, as kubectl would.
+pub fn load(paths: &[PathBuf]) -> Result<Inputs, RenderError> {
+    let mut files = Vec::new();
+    for p in paths {
+        collect(p, &mut files)?;
+    }
+    let mut inputs = Inputs::default();
+    let mut seen = BTreeMap::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).map_err(|source| RenderError::Read {
+            path: f.display().to_string(),
+            source,
+        })?;
+        load_text(&f.display().to_string(), &text, &mut inputs, &mut seen);
+    }
+    Ok(inputs)
+}
+
+fn collect(p: &Path, out: &mut Vec<PathBuf>) -> Result<(), RenderError> {
+    let err = |source| RenderError::Read {
+        path: p.display().to_string(),
+        source,
+    };
+    let meta = std::fs::metadata(p).map_err(err)?;
+    if meta.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(p)
+            .map_err(err)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for e in entries {
+            let is_yaml = e
+                .extension()
+                .and_then(|x| x.to_str())
+                .is_some_and(|x| matches!(x, "yaml" | "yml" | "json"));
+            if e.is_dir() || is_yaml {
+                collect(&e, out)?;
+            }
+        }
+    } else {
+        out.push(p.to_path_buf());
+    }
+    Ok(())
+}
+
+/// Parses one file's documents into `inputs`. `seen` catches the same object given twice.
+pub fn load_text(file: &str, text: &str, inputs: &mut Inputs, seen: &mut BTreeMap<String, String>) {
+    let docs: Vec<serde_json::Value> = match serde_saphyr::from_str_multiple(text) {
+        Ok(d) => d,
+        Err(e) => {
+            inputs.problems.push(Problem {
+                object: file.to_string(),
+                field: "(yaml)".into(),
+                message: e.to_string(),
+            });
+            return;
+        }
+    };
+    for mut doc in docs {
+        if doc.is_null() {
+            continue;
+        }
+        let api_version = doc["apiVersion"].as_str().unwrap_or_default().to_string();
+        let kind = doc["kind"].as_str().unwrap_or_default().to_string();
+        let name = doc["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if doc["metadata"]["namespace"]
+            .as_str()
+            .is_none_or(str::is_empty)
+            && let Some(meta) = doc.get_mut("metadata").and_then(|m| m.as_object_mut())
+        {
+            meta.insert("namespace".into(), "default".into());
+        }
+        let namespace = doc["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default")
+            .to_string();
+        let id = format!("{namespace}/{name}");
+        let known = matches!(
+            (api_version.as_str(), kind.as_str()),
+            (
+                "fhirguard.dev/v1alpha1",
+                "FhirSecurityPolicy" | "FhirConnection"
+            ) | ("v1", "Secret")
+        );
+        if !known {
+            if api_version.starts_with("fhirguard.dev/") {
+                inputs.problems.push(Problem {
+                    object: id,
+                    field: "apiVersion".into(),
+                    message: format!("{api_version} {kind} is not a kind this operator knows (fhirguard.dev/v1alpha1 FhirSecurityPolicy or FhirConnection)"),
+                });
+            } else {
+                inputs
+                    .skipped
+                    .push(format!("{file}: {api_version} {kind} {id}"));
+            }
+            continue;
+        }
+        if name.is_empty() {
+            inputs.problems.push(Problem {
+                object: format!("{file}: {kind}"),
+                field: "metadata.name".into(),
+                message: "missing".into(),
+            });
+            continue;
+        }
+        if let Some(first) = seen.insert(format!("{kind} {id}"), file.to_string()) {
+            inputs.problems.push(Problem {
+                object: id,
+                field: "metadata.name".into(),
+                message: format!("{kind} given twice (in {first} and {file})"),
+            });
+            continue;
+        }
+        let bad = |e: serde_json::Error| Problem {
+            object: id.clone(),
+            field: "spec".into(),
+            message: format!("does not match the {kind} schema: {e}"),
+        };
+        let spec = doc.get("spec").cloned().unwrap_or_default();
+        let mut unknown = |parsed: Option<serde_json::Value>| {
+            let mut paths = Vec::new();
+            unknown_fields(&spec, &parsed.unwrap_or_default(), "spec", &mut paths);
+            for path in &paths {
+                inputs.problems.push(Problem {
+                    object: id.clone(),
+                    field: path.clone(),
+                    message: format!("unknown field (not in the {kind} schema; a typo?)"),
+                });
+            }
+            paths.is_empty()
+        };
+        match kind.as_str() {
+            "FhirSecurityPolicy" => match serde_json::from_value::<FhirSecurityPolicy>(doc) {
+                Ok(p) => {
+                    if unknown(serde_json::to_value(&p.spec).ok()) {
+                        inputs.policies.push(p);
+                    }
+                }
+                Err(e) => inputs.problems.push(bad(e)),
+            },
+            "FhirConnection" => match serde_json::from_value::<FhirConnection>(doc) {
+                Ok(c) => {
+                    if unknown(serde_json::to_value(&c.spec).ok()) {
+                        inputs.connections.push(c);
+                    }
+                }
+                Err(e) => inputs.problems.push(bad(e)),
+            },
+            _ => match serde_json::from_value::<Secret>(doc) {
+                Ok(s) => {
+                    inputs
+                        .secrets
+                        .insert((namespace, s.name_any()), secret_data(&s));
+                }
+                Err(e) => inputs.problems.push(Problem {
+                    object: id.clone(),
+                    field: "data".into(),
+                    message: format!("not a valid Secret: {e}"),
+                }),
+            },
+        }
+    }
+}
+
+/// Fields present in the input but dropped by deserialisation. The API server prunes unknown
+/// fields silently; offline, a typo like `basci:` deserves an error instead.
+fn unknown_fields(
+    input: &serde_json::Value,
+    parsed: &serde_json::Value,
+    path: &str,
+    out: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    match (input, parsed) {
+        (Value::Object(i), Value::Object(p)) => {
+            for (k, v) in i {
+                let sub = format!("{path}.{k}");
+                match p.get(k) {
+                    Some(pv) => unknown_fields(v, pv, &sub, out),
+                    None if v.is_null() => {}
+                    None => out.push(sub),
+                }
+            }
+        }
+        (Value::Array(i), Value::Array(p)) => {
+            for (n, (iv, pv)) in i.iter().zip(p).enumerate() {
+                unknown_fields(iv, pv, &format!("{path}[{n}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A Secret's keys as the API server would store them: `stringData` wins over `data`.
+pub fn secret_data(s: &Secret) -> BTreeMap<String, Vec<u8>> {
+    let mut out: BTreeMap<String, Vec<u8>> = s
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .collect();
+    for (k, v) in s.string_data.iter().flatten() {
+        out.insert(k.clone(), v.clone().into_bytes());
+    }
+    out
+}
+
+/// Compiles loaded inputs; load problems are reported with the compile problems.
+pub fn compile(inputs: &Inputs) -> (Compiled, Vec<Problem>) {
+    let compiled = compile::compile(&inputs.policies, &inputs.connections, &inputs.secrets);
+    let mut problems = inputs.problems.clone();
+    problems.extend(compiled.problems());
+    problems.sort();
+    (compiled, problems)
+}
