@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# The test command: formatting, lints, and every test (unit, in-process gRPC, real Envoy).
+# The test command: formatting, lints, and every test (unit, in-process gRPC, real Envoy,
+# real kube-apiserver + etcd).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-envoy.sh
 export FHIRGUARD_REQUIRE_ENVOY=1
+echo "== kube-apiserver (built once from Debian's kubernetes source package, then cached)"
+FHIRGUARD_KUBE_APISERVER=$(scripts/kube-apiserver.sh)
+export FHIRGUARD_KUBE_APISERVER FHIRGUARD_REQUIRE_KUBE=1
+echo "using $FHIRGUARD_KUBE_APISERVER"
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
