@@ -51,11 +51,12 @@ pub fn content_hash(compiled: &Compiled) -> String {
     hex
 }
 
-/// What an existing published Secret says about itself.
+/// What an existing published Secret holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
     pub hash: Option<String>,
     pub generation: u64,
+    pub data: BTreeMap<String, Vec<u8>>,
 }
 
 impl Published {
@@ -67,12 +68,20 @@ impl Published {
                 .and_then(|a| a.get(GENERATION_ANNOTATION))
                 .and_then(|g| g.parse().ok())
                 .unwrap_or(0),
+            data: secret
+                .data
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.0.clone()))
+                .collect(),
         }
     }
 }
 
-/// The Secret to apply for `compiled`, or `None` when `existing` already carries this content.
-/// The generation only moves when the content does, so a restarted operator writes nothing.
+/// The Secret to apply for `compiled`, or `None` when `existing` already carries exactly this
+/// content (the data itself is compared, not just the hash annotation, so a hand-edited Secret
+/// is put back). The generation only moves when the content does, so a restarted operator
+/// writes nothing.
 pub fn plan(
     namespace: &str,
     name: &str,
@@ -80,7 +89,10 @@ pub fn plan(
     existing: Option<&Published>,
 ) -> Option<(Secret, u64)> {
     let hash = content_hash(compiled);
-    if existing.is_some_and(|e| e.hash.as_deref() == Some(hash.as_str())) {
+    if let Some(e) = existing
+        && e.hash.as_deref() == Some(hash.as_str())
+        && same_files(&e.data, &files(compiled, e.generation))
+    {
         return None;
     }
     let generation = existing.map_or(0, |e| e.generation) + 1;
@@ -88,6 +100,21 @@ pub fn plan(
         secret(namespace, name, compiled, generation, &hash),
         generation,
     ))
+}
+
+/// Whether a Secret's data holds exactly these files. Keys that are not ours (another tool's
+/// annotation-like additions) are ignored: the authz-service never reads them.
+fn same_files(data: &BTreeMap<String, Vec<u8>>, files: &BTreeMap<String, Vec<u8>>) -> bool {
+    files.iter().all(|(k, v)| data.get(k) == Some(v))
+        && data
+            .keys()
+            .filter(|k| is_our_file(k))
+            .all(|k| files.contains_key(k))
+}
+
+/// Names this operator writes into a config directory.
+pub fn is_our_file(name: &str) -> bool {
+    name == CONFIG_FILE || name.ends_with("_ca.pem")
 }
 
 /// The published Secret for a given generation.
@@ -142,8 +169,7 @@ pub fn write_dir(dir: &Path, files: &BTreeMap<String, Vec<u8>>) -> std::io::Resu
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        let ours = name == CONFIG_FILE || name.ends_with("_ca.pem");
-        if ours && !files.contains_key(&name) && entry.file_type()?.is_file() {
+        if is_our_file(&name) && !files.contains_key(&name) && entry.file_type()?.is_file() {
             std::fs::remove_file(entry.path())?;
         }
     }

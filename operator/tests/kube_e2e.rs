@@ -56,7 +56,13 @@ fn names(config: &serde_json::Value, list: &str) -> Vec<String> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| format!("{}/{}", p["namespace"].as_str().unwrap(), p["name"].as_str().unwrap()))
+        .map(|p| {
+            format!(
+                "{}/{}",
+                p["namespace"].as_str().unwrap(),
+                p["name"].as_str().unwrap()
+            )
+        })
         .collect()
 }
 
@@ -66,7 +72,11 @@ async fn events_for(api: &Api<Event>, kind: &str, name: &str) -> Vec<(String, St
         .map(|l| l.items)
         .unwrap_or_default()
         .into_iter()
-        .filter(|e| e.regarding.as_ref().is_some_and(|r| r.kind.as_deref() == Some(kind) && r.name.as_deref() == Some(name)))
+        .filter(|e| {
+            e.regarding
+                .as_ref()
+                .is_some_and(|r| r.kind.as_deref() == Some(kind) && r.name.as_deref() == Some(name))
+        })
         .map(|e| (e.type_.unwrap_or_default(), e.reason.unwrap_or_default()))
         .collect()
 }
@@ -84,19 +94,40 @@ async fn operator_against_a_real_api_server() {
     // `x-kubernetes-validations`; on servers < 1.25 that needs --validate=false (README).
     let strict = stack.kubectl_output(&["apply", "-f", repo.join("crds").to_str().unwrap()]);
     eprintln!("strict apply: {}", String::from_utf8_lossy(&strict.stderr));
-    k(&["apply", "--validate=false", "-f", repo.join("crds").to_str().unwrap()]);
-    k(&["wait", "--for", "condition=established", "--timeout=30s", "crd/fhirsecuritypolicies.fhirguard.dev", "crd/fhirconnections.fhirguard.dev"]);
+    k(&[
+        "apply",
+        "--validate=false",
+        "-f",
+        repo.join("crds").to_str().unwrap(),
+    ]);
+    k(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "--timeout=30s",
+        "crd/fhirsecuritypolicies.fhirguard.dev",
+        "crd/fhirconnections.fhirguard.dev",
+    ]);
     for ns in ["fhirguard-system", "clinical", "research", "elsewhere"] {
         k(&["create", "namespace", ns]);
     }
-    k(&["apply", "-f", repo.join("deploy/operator-rbac.yaml").to_str().unwrap()]);
+    k(&[
+        "apply",
+        "-f",
+        repo.join("deploy/operator-rbac.yaml").to_str().unwrap(),
+    ]);
     // The server publishes CRD schemas to /openapi/v2 a moment after they are established.
     let explain = eventually("kubectl explain", T, || async {
         let out = stack.kubectl_output(&["explain", "fhirsecuritypolicy.spec.authentication.jwt"]);
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     })
     .await;
-    assert!(explain.contains("OAuth2 / OpenID Connect bearer tokens"), "{explain}");
+    assert!(
+        explain.contains("OAuth2 / OpenID Connect bearer tokens"),
+        "{explain}"
+    );
     assert!(explain.contains("providers"), "{explain}");
 
     // The structural schema is enforced by this server: an unknown enum value is refused.
@@ -105,8 +136,17 @@ async fn operator_against_a_real_api_server() {
     assert!(String::from_utf8_lossy(&bad_enum.stderr).contains("Unsupported value: \"Maybe\""));
 
     // --- the same objects render uses, plus one in a namespace the operator does not watch ---
-    k(&["apply", "-f", repo.join("operator/tests/fixtures/valid").to_str().unwrap()]);
-    stack.apply_ok(&std::fs::read_to_string(repo.join("operator/tests/fixtures/valid/20-policies.yaml")).unwrap().replace("namespace: clinical", "namespace: elsewhere").replace("namespace: research", "namespace: elsewhere"));
+    k(&[
+        "apply",
+        "-f",
+        repo.join("operator/tests/fixtures/valid").to_str().unwrap(),
+    ]);
+    stack.apply_ok(
+        &std::fs::read_to_string(repo.join("operator/tests/fixtures/valid/20-policies.yaml"))
+            .unwrap()
+            .replace("namespace: clinical", "namespace: elsewhere")
+            .replace("namespace: research", "namespace: elsewhere"),
+    );
 
     let client = stack.admin_client().await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), "fhirguard-system");
@@ -118,7 +158,12 @@ async fn operator_against_a_real_api_server() {
 
     // --- the controller publishes what render writes, byte for byte -------------------------
     let http = common::free_port();
-    let mut op = start_operator(&stack, "operator-a", http, &["--namespaces", "clinical,research"]);
+    let mut op = start_operator(
+        &stack,
+        "operator-a",
+        http,
+        &["--namespaces", "clinical,research"],
+    );
     let (rv1, gen1, data1) = eventually("the config Secret", T, || config_secret(&secrets)).await;
     assert_eq!(gen1, 1);
     let rendered = tempfile::tempdir().unwrap();
@@ -133,11 +178,21 @@ async fn operator_against_a_real_api_server() {
     let mut rendered_files = BTreeMap::new();
     for e in std::fs::read_dir(rendered.path()).unwrap() {
         let e = e.unwrap();
-        rendered_files.insert(e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap());
+        rendered_files.insert(
+            e.file_name().to_string_lossy().into_owned(),
+            std::fs::read(e.path()).unwrap(),
+        );
     }
-    assert_eq!(data1, rendered_files, "controller output equals render output");
+    assert_eq!(
+        data1, rendered_files,
+        "controller output equals render output"
+    );
     let config = config_json(&data1);
-    assert_eq!(names(&config, "policies"), ["clinical/ehr", "research/cohort"], "the unwatched namespace is not read");
+    assert_eq!(
+        names(&config, "policies"),
+        ["clinical/ehr", "research/cohort"],
+        "the unwatched namespace is not read"
+    );
 
     // Status: Accepted and Ready with observedGeneration, on every object.
     let ehr = eventually("ehr Ready", T, || async {
@@ -150,9 +205,17 @@ async fn operator_against_a_real_api_server() {
     assert_eq!(condition(Some(st), "Accepted").unwrap().1, "Valid");
     let ready = condition(Some(st), "Ready").unwrap();
     assert_eq!(ready.1, "ConfigPublished");
-    assert!(ready.2.contains("generation 1") && ready.2.contains("fhirguard-system/fhirguard-authz-config"), "{ready:?}");
+    assert!(
+        ready.2.contains("generation 1")
+            && ready.2.contains("fhirguard-system/fhirguard-authz-config"),
+        "{ready:?}"
+    );
     assert_eq!(st.observed_generation, ehr.metadata.generation);
-    assert!(st.conditions.iter().all(|c| c.observed_generation == ehr.metadata.generation));
+    assert!(
+        st.conditions
+            .iter()
+            .all(|c| c.observed_generation == ehr.metadata.generation)
+    );
     for c in ["ehr-internal", "partner"] {
         eventually(&format!("connection {c} Ready"), T, || async {
             let o = connections.get(c).await.ok()?;
@@ -160,9 +223,15 @@ async fn operator_against_a_real_api_server() {
         })
         .await;
     }
-    assert!(elsewhere.get("ehr").await.unwrap().status.is_none(), "objects in unwatched namespaces are left alone");
+    assert!(
+        elsewhere.get("ehr").await.unwrap().status.is_none(),
+        "objects in unwatched namespaces are left alone"
+    );
     let printed = k(&["get", "fhirsecuritypolicies", "-n", "clinical"]);
-    assert!(printed.contains("READY") && printed.contains("ConfigPublished"), "{printed}");
+    assert!(
+        printed.contains("READY") && printed.contains("ConfigPublished"),
+        "{printed}"
+    );
 
     // Events on the transition to Ready.
     let evs = eventually("a ConfigPublished event", T, || async {
@@ -170,11 +239,15 @@ async fn operator_against_a_real_api_server() {
         e.iter().any(|(_, r)| r == "ConfigPublished").then_some(e)
     })
     .await;
-    assert!(evs.iter().any(|(t, r)| t == "Normal" && r == "Valid"), "{evs:?}");
+    assert!(
+        evs.iter().any(|(t, r)| t == "Normal" && r == "Valid"),
+        "{evs:?}"
+    );
 
     // --- a referenced Secret changes: the config follows ------------------------------------
     let carol = "carol:$6$demoAlic$ymJf6FEfOFdofNtjX17SLmXMsZSKBdVjPUHqckA2Yz3autzWfvvgcyMuAOiyZWeG06FKNUFjtCJ1So76MPLBR/";
-    let users = std::fs::read_to_string(repo.join("operator/tests/fixtures/valid/10-secrets.yaml")).unwrap();
+    let users = std::fs::read_to_string(repo.join("operator/tests/fixtures/valid/10-secrets.yaml"))
+        .unwrap();
     let users_doc = users.split("---").next().unwrap().to_string();
     stack.apply_ok(&format!("{}\n    {carol}\n", users_doc.trim_end()));
     let (_, gen2, data2) = eventually("the htpasswd change", T, || async {
@@ -186,11 +259,28 @@ async fn operator_against_a_real_api_server() {
     assert_eq!(config_json(&data2)["generation"], 2);
 
     // An unrelated Secret changing does not cause a write.
-    k(&["-n", "clinical", "create", "secret", "generic", "noise", "--from-literal=a=b"]);
+    k(&[
+        "-n",
+        "clinical",
+        "create",
+        "secret",
+        "generic",
+        "noise",
+        "--from-literal=a=b",
+    ]);
 
     // --- a policy becomes invalid: Accepted=False with the reason; others keep publishing ----
     // (This also violates no CEL rule; see the CEL check below for one that does.)
-    k(&["-n", "research", "patch", "fhirsecuritypolicy", "cohort", "--type=json", "-p", r#"[{"op":"replace","path":"/spec/authentication/jwt/providers/0/jwks/secretRef/name","value":"missing-jwks"}]"#]);
+    k(&[
+        "-n",
+        "research",
+        "patch",
+        "fhirsecuritypolicy",
+        "cohort",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/authentication/jwt/providers/0/jwks/secretRef/name","value":"missing-jwks"}]"#,
+    ]);
     let cohort = eventually("cohort rejected", T, || async {
         let p = research.get("cohort").await.ok()?;
         let a = condition(p.status.as_ref(), "Accepted")?;
@@ -200,7 +290,12 @@ async fn operator_against_a_real_api_server() {
     let st = cohort.status.as_ref().unwrap();
     let accepted = condition(Some(st), "Accepted").unwrap();
     assert_eq!(accepted.1, "SecretNotFound");
-    assert!(accepted.2.contains("authentication.jwt.providers[0].jwks.secretRef: Secret \"missing-jwks\" not found"), "{accepted:?}");
+    assert!(
+        accepted.2.contains(
+            "authentication.jwt.providers[0].jwks.secretRef: Secret \"missing-jwks\" not found"
+        ),
+        "{accepted:?}"
+    );
     assert_eq!(condition(Some(st), "Ready").unwrap().1, "NotAccepted");
     assert_eq!(st.observed_generation, cohort.metadata.generation);
     let (_, gen3, data3) = eventually("cohort removed from the config", T, || async {
@@ -213,48 +308,87 @@ async fn operator_against_a_real_api_server() {
     let research_events: Api<Event> = Api::namespaced(client.clone(), "research");
     eventually("a SecretNotFound warning event", T, || async {
         let e = events_for(&research_events, "FhirSecurityPolicy", "cohort").await;
-        e.iter().any(|(t, r)| t == "Warning" && r == "SecretNotFound").then_some(())
+        e.iter()
+            .any(|(t, r)| t == "Warning" && r == "SecretNotFound")
+            .then_some(())
     })
     .await;
 
     // CEL rules are dropped by this 1.20 server, so the operator must enforce them itself.
     stack.apply_ok("apiVersion: fhirguard.dev/v1alpha1\nkind: FhirConnection\nmetadata: {name: both, namespace: clinical}\nspec:\n  url: https://x.example/fhir\n  tls: {mode: CustomBundle}\n");
-    eventually("CEL-violating connection rejected by the operator", T, || async {
-        let c = connections.get("both").await.ok()?;
-        let a = condition(c.status.as_ref(), "Accepted")?;
-        (a.0 == "False" && a.1 == "InvalidSpec" && a.2.contains("tls.caBundleSecretRef: required when mode is CustomBundle")).then_some(())
-    })
+    eventually(
+        "CEL-violating connection rejected by the operator",
+        T,
+        || async {
+            let c = connections.get("both").await.ok()?;
+            let a = condition(c.status.as_ref(), "Accepted")?;
+            (a.0 == "False"
+                && a.1 == "InvalidSpec"
+                && a.2
+                    .contains("tls.caBundleSecretRef: required when mode is CustomBundle"))
+            .then_some(())
+        },
+    )
     .await;
 
     // --- delete a policy: it leaves the config ----------------------------------------------
     k(&["-n", "clinical", "delete", "fhirsecuritypolicy", "ehr"]);
     let (rv4, gen4, data4) = eventually("ehr removed", T, || async {
         let (rv, g, d) = config_secret(&secrets).await?;
-        names(&config_json(&d), "policies").is_empty().then_some((rv, g, d))
+        names(&config_json(&d), "policies")
+            .is_empty()
+            .then_some((rv, g, d))
     })
     .await;
     assert_eq!(gen4, 4);
-    assert_eq!(names(&config_json(&data4), "connections"), ["clinical/ehr-internal", "clinical/partner"]);
+    assert_eq!(
+        names(&config_json(&data4), "connections"),
+        ["clinical/ehr-internal", "clinical/partner"]
+    );
     assert_ne!(rv1, rv4);
 
     let (status, body) = http_get(http, "/metrics").expect("metrics");
     assert_eq!(status, 200);
     assert_eq!(metric(&body, "fhirguard_operator_leader "), Some(1.0));
-    assert_eq!(metric(&body, "fhirguard_operator_config_generation "), Some(4.0));
-    assert_eq!(metric(&body, "fhirguard_operator_config_publishes_total{result=\"written\"}"), Some(4.0));
+    assert_eq!(
+        metric(&body, "fhirguard_operator_config_generation "),
+        Some(4.0)
+    );
+    assert_eq!(
+        metric(
+            &body,
+            "fhirguard_operator_config_publishes_total{result=\"written\"}"
+        ),
+        Some(4.0)
+    );
     assert_eq!(http_get(http, "/healthz").map(|r| r.0), Some(200));
     assert_eq!(http_get(http, "/readyz").map(|r| r.0), Some(200));
 
     // --- graceful shutdown releases the lease; a restart writes nothing ----------------------
     op.signal("TERM");
-    let exit = op.wait_timeout(Duration::from_secs(10)).expect("operator exits within 10s of SIGTERM");
+    let exit = op
+        .wait_timeout(Duration::from_secs(10))
+        .expect("operator exits within 10s of SIGTERM");
     assert!(exit.success(), "{}", op.log_text());
     assert!(op.log_text().contains("released the leader lease"));
-    let holder = k(&["-n", "fhirguard-system", "get", "lease", "fhirguard-operator", "-o", "jsonpath={.spec.holderIdentity}"]);
+    let holder = k(&[
+        "-n",
+        "fhirguard-system",
+        "get",
+        "lease",
+        "fhirguard-operator",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
     assert_eq!(holder, "", "lease released on shutdown");
 
     let http_b = common::free_port();
-    let op_b = start_operator(&stack, "operator-b", http_b, &["--namespaces", "clinical,research"]);
+    let op_b = start_operator(
+        &stack,
+        "operator-b",
+        http_b,
+        &["--namespaces", "clinical,research"],
+    );
     eventually("operator-b compiled", T, || async {
         let (_, body) = http_get(http_b, "/metrics")?;
         (metric(&body, "fhirguard_operator_compiles_total")? >= 1.0).then_some(())
@@ -262,35 +396,89 @@ async fn operator_against_a_real_api_server() {
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (rv5, gen5, _) = config_secret(&secrets).await.unwrap();
-    assert_eq!((rv5.as_str(), gen5), (rv4.as_str(), 4), "a restarted operator does not rewrite an unchanged config");
+    assert_eq!(
+        (rv5.as_str(), gen5),
+        (rv4.as_str(), 4),
+        "a restarted operator does not rewrite an unchanged config"
+    );
     let (_, body) = http_get(http_b, "/metrics").unwrap();
-    assert_eq!(metric(&body, "fhirguard_operator_config_publishes_total{result=\"written\"}"), None);
-    assert_eq!(metric(&body, "fhirguard_operator_status_updates_total{result=\"written\"}"), None, "statuses were already current");
+    assert_eq!(
+        metric(
+            &body,
+            "fhirguard_operator_config_publishes_total{result=\"written\"}"
+        ),
+        None
+    );
+    assert_eq!(
+        metric(
+            &body,
+            "fhirguard_operator_status_updates_total{result=\"written\"}"
+        ),
+        None,
+        "statuses were already current"
+    );
 
     // --- two replicas: the second stands by, and takes over when the leader dies -------------
     let http_c = common::free_port();
-    let op_c = start_operator(&stack, "operator-c", http_c, &["--namespaces", "clinical,research"]);
-    eventually("operator-c serving", T, || async { http_get(http_c, "/metrics") }).await;
+    let op_c = start_operator(
+        &stack,
+        "operator-c",
+        http_c,
+        &["--namespaces", "clinical,research"],
+    );
+    eventually("operator-c serving", T, || async {
+        http_get(http_c, "/metrics")
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (_, body) = http_get(http_c, "/metrics").unwrap();
-    assert_eq!(metric(&body, "fhirguard_operator_leader "), Some(0.0), "standby while operator-b leads");
-    assert_eq!(metric(&body, "fhirguard_operator_compiles_total"), Some(0.0));
-    assert_eq!(http_get(http_c, "/readyz").map(|r| r.0), Some(200), "a standby replica is ready");
+    assert_eq!(
+        metric(&body, "fhirguard_operator_leader "),
+        Some(0.0),
+        "standby while operator-b leads"
+    );
+    assert_eq!(
+        metric(&body, "fhirguard_operator_compiles_total"),
+        Some(0.0)
+    );
+    assert_eq!(
+        http_get(http_c, "/readyz").map(|r| r.0),
+        Some(200),
+        "a standby replica is ready"
+    );
 
     // The leader dies without releasing (SIGKILL); the standby waits out the lease, then leads.
     op_b.signal("KILL");
     drop(op_b);
     k(&["-n", "clinical", "delete", "fhirconnection", "partner"]);
-    let (_, gen6, data6) = eventually("operator-c took over and published", Duration::from_secs(40), || async {
-        let (rv, g, d) = config_secret(&secrets).await?;
-        (names(&config_json(&d), "connections") == ["clinical/ehr-internal"]).then_some((rv, g, d))
-    })
+    let (_, gen6, data6) = eventually(
+        "operator-c took over and published",
+        Duration::from_secs(40),
+        || async {
+            let (rv, g, d) = config_secret(&secrets).await?;
+            (names(&config_json(&d), "connections") == ["clinical/ehr-internal"])
+                .then_some((rv, g, d))
+        },
+    )
     .await;
     assert_eq!(gen6, 5);
     assert!(!data6.keys().any(|k| k.contains("partner")));
     let (_, body) = http_get(http_c, "/metrics").unwrap();
     assert_eq!(metric(&body, "fhirguard_operator_leader "), Some(1.0));
-    assert!(op_c.log_text().contains("lease holder stopped renewing; taking over"), "{}", op_c.log_text());
-    let holder = k(&["-n", "fhirguard-system", "get", "lease", "fhirguard-operator", "-o", "jsonpath={.spec.holderIdentity}"]);
+    assert!(
+        op_c.log_text()
+            .contains("lease holder stopped renewing; taking over"),
+        "{}",
+        op_c.log_text()
+    );
+    let holder = k(&[
+        "-n",
+        "fhirguard-system",
+        "get",
+        "lease",
+        "fhirguard-operator",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
     assert_eq!(holder, "operator-c");
 }

@@ -61,7 +61,9 @@ pub fn binaries() -> Option<(PathBuf, PathBuf, PathBuf)> {
                 std::env::var("FHIRGUARD_REQUIRE_KUBE").as_deref() != Ok("1"),
                 "FHIRGUARD_REQUIRE_KUBE=1 but kube-apiserver/etcd/kubectl missing: {found:?}; run scripts/kube-apiserver.sh"
             );
-            eprintln!("SKIPPED: kube-apiserver, etcd or kubectl not found ({found:?}); run scripts/kube-apiserver.sh");
+            eprintln!(
+                "SKIPPED: kube-apiserver, etcd or kubectl not found ({found:?}); run scripts/kube-apiserver.sh"
+            );
             None
         }
     }
@@ -149,10 +151,16 @@ impl KubeStack {
                 .arg("--data-dir")
                 .arg(d.join("etcd"))
                 .arg(format!("--listen-client-urls=http://127.0.0.1:{etcd_port}"))
-                .arg(format!("--advertise-client-urls=http://127.0.0.1:{etcd_port}"))
+                .arg(format!(
+                    "--advertise-client-urls=http://127.0.0.1:{etcd_port}"
+                ))
                 .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"))
-                .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"))
-                .arg(format!("--initial-cluster=default=http://127.0.0.1:{peer_port}"))
+                .arg(format!(
+                    "--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"
+                ))
+                .arg(format!(
+                    "--initial-cluster=default=http://127.0.0.1:{peer_port}"
+                ))
                 .env("ETCD_UNSUPPORTED_ARCH", "amd64"),
             d,
         );
@@ -175,9 +183,15 @@ impl KubeStack {
                 .arg(format!("--secure-port={secure_port}"))
                 .arg("--insecure-port=0")
                 .arg(format!("--cert-dir={}", d.join("certs").display()))
-                .arg(format!("--token-auth-file={}", d.join("tokens.csv").display()))
+                .arg(format!(
+                    "--token-auth-file={}",
+                    d.join("tokens.csv").display()
+                ))
                 .arg("--authorization-mode=RBAC")
-                .arg(format!("--service-account-key-file={}", d.join("sa.pub").display()))
+                .arg(format!(
+                    "--service-account-key-file={}",
+                    d.join("sa.pub").display()
+                ))
                 .arg(format!(
                     "--service-account-signing-key-file={}",
                     d.join("sa.key").display()
@@ -220,7 +234,11 @@ impl KubeStack {
             let out = self.kubectl_output(&["get", "--raw", "/readyz"]);
             if out.status.success() {
                 // Namespaces (default, kube-system) are created by a post-start hook.
-                if self.kubectl_output(&["get", "namespace", "default"]).status.success() {
+                if self
+                    .kubectl_output(&["get", "namespace", "default"])
+                    .status
+                    .success()
+                {
                     return;
                 }
             }
@@ -285,9 +303,10 @@ impl KubeStack {
 
     pub async fn admin_client(&self) -> kube::Client {
         let kc = kube::config::Kubeconfig::read_from(&self.admin_kubeconfig).expect("kubeconfig");
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-            .await
-            .expect("kube config");
+        let cfg =
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .expect("kube config");
         kube::Client::try_from(cfg).expect("client")
     }
 }
@@ -343,7 +362,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for: {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
