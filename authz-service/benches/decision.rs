@@ -91,6 +91,7 @@ fn fixture() -> Fixture {
         [0; 32],
         std::path::Path::new("."),
         &service.registry,
+        &service.oauth,
         &metrics,
     )
     .unwrap();

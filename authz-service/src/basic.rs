@@ -17,6 +17,16 @@ use subtle::ConstantTimeEq;
 
 use crate::htpasswd::{self, Entry, Scheme};
 
+/// An `Authorization: Basic` header value, for credentials fhirguard sends (outbound
+/// connections and compartment lookups).
+pub fn header_value(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
 /// How long a successful verification is reused.
 pub const CACHE_TTL: Duration = Duration::from_secs(60);
 /// At most this many cached successes per policy; beyond it, expired entries are dropped and,

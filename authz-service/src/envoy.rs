@@ -16,7 +16,7 @@ use crate::answer::{
     self, DECISION_ID_HEADER, HEADER_PREFIX, PATIENT_HEADER, SCOPES_HEADER, SUBJECT_HEADER,
 };
 use crate::fhir::Body;
-use crate::policy::{Decision, Request};
+use crate::policy::{Decision, OutboundAuth, Request};
 use crate::service::{Outcome, Service};
 
 /// Route context extension that names the policy.
@@ -111,6 +111,12 @@ pub fn to_check_response(
             if let Some(s) = &a.scopes {
                 headers.push(header(SCOPES_HEADER, s, overwrite));
             }
+            let mut remove_authorization = false;
+            match &a.outbound {
+                Some(OutboundAuth::Set(v)) => headers.push(header("authorization", v, overwrite)),
+                Some(OutboundAuth::Remove) => remove_authorization = true,
+                None => {}
+            }
             // A client must not be able to assert an identity: drop every x-fhirguard-*
             // header it sent, except those we set just now (Envoy applies removals after sets,
             // so ours would be removed too).
@@ -118,11 +124,14 @@ pub fn to_check_response(
                 .iter()
                 .filter_map(|h| h.header.as_ref().map(|h| h.key.as_str()))
                 .collect();
-            let headers_to_remove = incoming
+            let mut headers_to_remove: Vec<String> = incoming
                 .keys()
                 .filter(|k| k.starts_with(HEADER_PREFIX) && !ours.contains(&k.as_str()))
                 .cloned()
                 .collect();
+            if remove_authorization {
+                headers_to_remove.push("authorization".into());
+            }
             CheckResponse {
                 status: status(GRPC_OK, ""),
                 http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
@@ -196,12 +205,19 @@ impl Authorization for EnvoyAuthz {
         };
         let headers = collect_headers(&http);
         let ext = &attrs.context_extensions;
-        if ext.contains_key(CONNECTION_EXTENSION) {
-            // Outbound credential injection is not built yet; refuse rather than pass the
-            // request on without the credentials it was meant to carry.
-            return Err(Status::unavailable(
-                "outbound connections are not supported by this version",
-            ));
+        if let Some(connection) = ext.get(CONNECTION_EXTENSION) {
+            let answer = self.service.outbound(connection, &http.method).await;
+            return match answer.outcome {
+                Outcome::Decided(d) => Ok(Response::new(to_check_response(
+                    &answer.decision_id,
+                    &d,
+                    &headers,
+                ))),
+                Outcome::Unavailable(why) => Err(Status::unavailable(format!(
+                    "fhirguard cannot decide (decision {}): {why}",
+                    answer.decision_id
+                ))),
+            };
         }
         // Envoy marks a body it cut at max_request_bytes; a partial body must not be judged.
         let partial = headers

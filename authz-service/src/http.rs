@@ -16,6 +16,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/connections", get(connections))
         .with_state(service)
 }
 
@@ -30,6 +31,33 @@ async fn readyz(State(s): State<Arc<Service>>) -> impl IntoResponse {
             "not ready: no valid config loaded\n".to_string(),
         ),
     }
+}
+
+/// Outbound connections and their OAuth token state (never the token itself).
+async fn connections(State(s): State<Arc<Service>>) -> impl IntoResponse {
+    let mut out = Vec::new();
+    if let Some(rt) = s.runtime() {
+        for c in &rt.config.connections {
+            let id = format!("{}/{}", c.namespace, c.name);
+            let (auth, token) = match rt.connections.get(&id) {
+                Some(crate::state::Outbound::OAuth(src)) => ("oauth", Some(src.status())),
+                _ if c.auth.basic.is_some() => ("basic", None),
+                _ => ("none", None),
+            };
+            out.push(serde_json::json!({
+                "connection": id,
+                "url": c.url,
+                "auth": auth,
+                "tls": format!("{:?}", c.tls.mode),
+                "caFile": c.tls.ca_file,
+                "token": token,
+            }));
+        }
+    }
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_string_pretty(&out).unwrap_or_default(),
+    )
 }
 
 async fn metrics(State(s): State<Arc<Service>>) -> impl IntoResponse {

@@ -7,7 +7,6 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 
 use crate::config::ConnectionConfig;
 use crate::smart::Stored;
@@ -19,8 +18,8 @@ pub const MAX_LOOKUPS_PER_REQUEST: usize = 50;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LookupError {
-    #[error("connection {0} uses OAuth, which compartment lookups do not support yet")]
-    OAuthUnsupported(String),
+    #[error("no OAuth token for the lookup: {0}")]
+    Token(#[from] crate::oauth::TokenUnavailable),
     #[error("fetching {what} failed: {message}")]
     Fetch { what: String, message: String },
     #[error("fetching {what}: the server answered HTTP {status}")]
@@ -36,25 +35,29 @@ pub struct LookupClient {
     base: String,
     client: reqwest::Client,
     authorization: Option<String>,
-    oauth: bool,
+    oauth: Option<std::sync::Arc<crate::oauth::TokenSource>>,
     cache: Mutex<HashMap<(String, String), (Instant, Stored)>>,
 }
 
 impl LookupClient {
-    pub fn new(conn: &ConnectionConfig, dir: &Path) -> Result<Self, LookupError> {
-        let authorization = conn.auth.basic.as_ref().map(|b| {
-            format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD
-                    .encode(format!("{}:{}", b.username, b.password))
-            )
-        });
+    /// `oauth` is the connection's token source when it uses OAuth (shared with outbound
+    /// requests through the same connection).
+    pub fn new(
+        conn: &ConnectionConfig,
+        dir: &Path,
+        oauth: Option<std::sync::Arc<crate::oauth::TokenSource>>,
+    ) -> Result<Self, LookupError> {
+        let authorization = conn
+            .auth
+            .basic
+            .as_ref()
+            .map(|b| crate::basic::header_value(&b.username, &b.password));
         Ok(LookupClient {
             connection: format!("{}/{}", conn.namespace, conn.name),
             base: conn.url.trim_end_matches('/').to_string(),
             client: crate::tls::http_client(&conn.tls, dir)?,
             authorization,
-            oauth: conn.auth.oauth.is_some(),
+            oauth,
             cache: Mutex::new(HashMap::new()),
         })
     }
@@ -68,9 +71,6 @@ impl LookupClient {
         {
             return Ok(s.clone());
         }
-        if self.oauth {
-            return Err(LookupError::OAuthUnsupported(self.connection.clone()));
-        }
         let what = format!("{resource_type}/<id> through {}", self.connection);
         let mut req = self
             .client
@@ -78,6 +78,9 @@ impl LookupClient {
             .header("accept", "application/fhir+json");
         if let Some(a) = &self.authorization {
             req = req.header("authorization", a);
+        }
+        if let Some(source) = &self.oauth {
+            req = req.header("authorization", format!("Bearer {}", source.token().await?));
         }
         let resp = req.send().await.map_err(|e| LookupError::Fetch {
             what: what.clone(),

@@ -35,6 +35,20 @@ pub struct SourceResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    /// `namespace/name` of a FhirConnection in the config.
+    pub connection: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionResultLabels {
+    pub connection: String,
+    /// `ok`, an RFC 6749 error code, `server_error`, `http_error`, `tls`, `timeout`, `network`
+    /// or `bad_response`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CacheLabels {
     pub cache: &'static str,
     pub result: &'static str,
@@ -49,6 +63,8 @@ pub struct Metrics {
     pub jwks_fetches: Family<SourceResultLabels, Counter>,
     pub jwks_stale: Family<SourceLabels, Gauge>,
     pub cache: Family<CacheLabels, Counter>,
+    pub oauth_fetches: Family<ConnectionResultLabels, Counter>,
+    pub oauth_token_valid: Family<ConnectionLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -105,8 +121,22 @@ impl Metrics {
             "Credential cache lookups by cache (basic, token) and result (hit, miss)",
             cache.clone(),
         );
+        let oauth_fetches = Family::<ConnectionResultLabels, Counter>::default();
+        registry.register(
+            "oauth_token_fetches",
+            "OAuth client-credentials token requests by connection and result",
+            oauth_fetches.clone(),
+        );
+        let oauth_token_valid = Family::<ConnectionLabels, Gauge>::default();
+        registry.register(
+            "oauth_token_valid",
+            "1 while the connection holds a usable OAuth token",
+            oauth_token_valid.clone(),
+        );
         Metrics {
             registry,
+            oauth_fetches,
+            oauth_token_valid,
             decisions,
             check_duration,
             config_generation,

@@ -32,10 +32,14 @@ pub enum DenyReason {
     ReadOnlyUser,
     UserNotPermitted,
     InsufficientScope,
+    /// An outbound route names a connection the config does not have.
+    UnknownConnection,
+    /// An outbound connection's token endpoint is failing and no valid token is left.
+    TokenUnavailable,
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 13] = [
+    pub const ALL: [DenyReason; 15] = [
         DenyReason::NoPolicy,
         DenyReason::MalformedRequest,
         DenyReason::MissingCredentials,
@@ -49,6 +53,8 @@ impl DenyReason {
         DenyReason::ReadOnlyUser,
         DenyReason::UserNotPermitted,
         DenyReason::InsufficientScope,
+        DenyReason::UnknownConnection,
+        DenyReason::TokenUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -66,6 +72,8 @@ impl DenyReason {
             DenyReason::ReadOnlyUser => "read_only_user",
             DenyReason::UserNotPermitted => "user_not_permitted",
             DenyReason::InsufficientScope => "insufficient_scope",
+            DenyReason::UnknownConnection => "unknown_connection",
+            DenyReason::TokenUnavailable => "token_unavailable",
         }
     }
 }
@@ -76,6 +84,8 @@ pub enum AllowReason {
     PublicPath,
     UnauthenticatedAccess,
     Authenticated,
+    /// An outbound request through a FhirConnection.
+    Outbound,
 }
 
 impl AllowReason {
@@ -84,6 +94,7 @@ impl AllowReason {
             AllowReason::PublicPath => "public_path",
             AllowReason::UnauthenticatedAccess => "unauthenticated_access",
             AllowReason::Authenticated => "authenticated",
+            AllowReason::Outbound => "outbound",
         }
     }
 }
@@ -102,6 +113,26 @@ pub struct Allow {
     pub set_query: Vec<(String, String)>,
     /// What the request was, for the decision log.
     pub interaction: Option<String>,
+    /// Outbound only: what to do with the `Authorization` header.
+    pub outbound: Option<OutboundAuth>,
+}
+
+/// The `Authorization` header of an outbound request is always ours: set to the connection's
+/// credential, or removed when it has none, so a workload's own credential never reaches
+/// another organisation's server.
+#[derive(Clone, PartialEq, Eq)]
+pub enum OutboundAuth {
+    Set(String),
+    Remove,
+}
+
+impl std::fmt::Debug for OutboundAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OutboundAuth::Set(_) => f.write_str("Set(<redacted>)"),
+            OutboundAuth::Remove => f.write_str("Remove"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,6 +154,7 @@ impl Deny {
             401 => "login",
             403 => "forbidden",
             405 => "not-supported",
+            503 => "transient",
             _ => "invalid",
         }
     }
@@ -366,6 +398,7 @@ pub fn prepare(policies: &[PolicyConfig], req: &Request<'_>) -> Result<Pending, 
                 remove_query: vec![],
                 set_query: vec![],
                 interaction: None,
+                outbound: None,
             }));
         }
     }
@@ -389,6 +422,7 @@ pub fn prepare(policies: &[PolicyConfig], req: &Request<'_>) -> Result<Pending, 
             remove_query: vec![],
             set_query: vec![],
             interaction: Some(request.describe()),
+            outbound: None,
         }));
     }
 
@@ -638,6 +672,7 @@ pub fn authorize(
         remove_query: vec![],
         set_query: vec![],
         interaction: Some(req.describe()),
+        outbound: None,
     };
     if let Some(tok) = &id.token {
         let smart_cfg = &p.authorization.smart;

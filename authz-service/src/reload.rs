@@ -30,7 +30,14 @@ pub fn reload_now(service: &Service, dir: &Path) -> Result<ReloadOutcome, Config
         if service.runtime().is_some_and(|rt| rt.digest == digest) {
             return Ok(None);
         }
-        state::Runtime::build(config, digest, dir, &service.registry, &service.metrics).map(Some)
+        state::Runtime::build(
+            config,
+            digest,
+            dir,
+            &service.registry,
+            &service.oauth,
+            &service.metrics,
+        ).map(Some)
     });
     match result {
         Ok(None) => Ok(ReloadOutcome::Unchanged),

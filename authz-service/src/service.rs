@@ -9,7 +9,9 @@ use arc_swap::ArcSwapOption;
 use crate::jwks::{JwksOptions, JwksRegistry};
 use crate::jwt::TokenError;
 use crate::metrics::{DecisionLabels, Metrics};
-use crate::policy::{self, Decision, DenyReason, Identity, Request};
+use crate::oauth::{OAuthOptions, OAuthRegistry};
+use crate::policy::{self, Decision, DenyReason, Identity, OutboundAuth, Request};
+use crate::state::Outbound;
 use crate::state::Runtime;
 
 /// What the service says about one request.
@@ -31,6 +33,7 @@ pub struct Service {
     runtime: ArcSwapOption<Runtime>,
     pub metrics: Arc<Metrics>,
     pub registry: JwksRegistry,
+    pub oauth: OAuthRegistry,
 }
 
 fn new_decision_id() -> String {
@@ -49,9 +52,14 @@ fn token_reason(e: &TokenError) -> DenyReason {
 
 impl Service {
     pub fn new(metrics: Arc<Metrics>, jwks: JwksOptions) -> Self {
+        Self::with_options(metrics, jwks, OAuthOptions::default())
+    }
+
+    pub fn with_options(metrics: Arc<Metrics>, jwks: JwksOptions, oauth: OAuthOptions) -> Self {
         Service {
             runtime: ArcSwapOption::empty(),
             registry: JwksRegistry::new(jwks, metrics.clone()),
+            oauth: OAuthRegistry::new(oauth, metrics.clone()),
             metrics,
         }
     }
@@ -83,6 +91,74 @@ impl Service {
         // Malformed scope tokens grant nothing; they are listed so that a client's mistake is
         // visible to whoever reads the log.
         let ignored = ignored_scopes.join(" ");
+        self.finish(decision_id, started, req.method, outcome, &ignored)
+    }
+
+    /// An outbound request through the connection `namespace/name`: allowed with the
+    /// connection's credential in `Authorization`, or refused (403 for a connection the config
+    /// does not have, 503 with an OperationOutcome while its token endpoint is failing, so the
+    /// workload does not mistake an outage for a permission problem).
+    pub async fn outbound(&self, connection: &str, method: &str) -> Answer {
+        let started = Instant::now();
+        let decision_id = new_decision_id();
+        let outcome = match self.runtime.load_full() {
+            None => Outcome::Unavailable("no valid configuration has been loaded yet".into()),
+            Some(rt) => {
+                let deny = |status, reason, diagnostics: String| {
+                    Outcome::Decided(Decision::Deny(policy::Deny {
+                        policy: Some(connection.to_string()),
+                        status,
+                        reason,
+                        www_authenticate: Vec::new(),
+                        diagnostics,
+                    }))
+                };
+                let auth = match rt.connections.get(connection) {
+                    None => Err(deny(
+                        403,
+                        DenyReason::UnknownConnection,
+                        format!(
+                            "no FhirConnection {connection:?} is configured (or it is not Accepted); check its status"
+                        ),
+                    )),
+                    Some(Outbound::Fixed(a)) => Ok(a.clone()),
+                    Some(Outbound::OAuth(source)) => match source.token().await {
+                        Ok(t) => Ok(OutboundAuth::Set(format!("Bearer {t}"))),
+                        Err(e) => Err(deny(
+                            503,
+                            DenyReason::TokenUnavailable,
+                            format!("no valid OAuth token for connection {connection}: {e}"),
+                        )),
+                    },
+                };
+                match auth {
+                    Ok(a) => Outcome::Decided(Decision::Allow(policy::Allow {
+                        policy: connection.to_string(),
+                        reason: policy::AllowReason::Outbound,
+                        subject: None,
+                        patient: None,
+                        scopes: None,
+                        remove_query: Vec::new(),
+                        set_query: Vec::new(),
+                        interaction: None,
+                        outbound: Some(a),
+                    })),
+                    Err(o) => o,
+                }
+            }
+        };
+        self.finish(decision_id, started, method, outcome, "")
+    }
+
+    /// Metrics and the decision log line for one answer.
+    fn finish(
+        &self,
+        decision_id: String,
+        started: Instant,
+        method: &str,
+        outcome: Outcome,
+        ignored: &str,
+    ) -> Answer {
         let elapsed = started.elapsed();
         self.metrics.check_duration.observe(elapsed.as_secs_f64());
         let (policy, result, reason, status) = match &outcome {
@@ -111,7 +187,7 @@ impl Service {
             Outcome::Decided(Decision::Allow(a)) => tracing::info!(
                 target: "fhirguard::decision",
                 decision_id = %decision_id, policy = %policy, result, reason, status,
-                method = req.method, interaction = a.interaction.as_deref().unwrap_or("-"),
+                method = method, interaction = a.interaction.as_deref().unwrap_or("-"),
                 subject = a.subject.as_deref().unwrap_or("-"),
                 ignored_scopes = %ignored,
                 micros = elapsed.as_micros() as u64,
@@ -120,14 +196,14 @@ impl Service {
             Outcome::Decided(Decision::Deny(d)) => tracing::info!(
                 target: "fhirguard::decision",
                 decision_id = %decision_id, policy = %policy, result, reason, status,
-                method = req.method, rule = %d.diagnostics,
+                method = method, rule = %d.diagnostics,
                 ignored_scopes = %ignored,
                 micros = elapsed.as_micros() as u64,
                 "decision"
             ),
             Outcome::Unavailable(why) => tracing::warn!(
                 target: "fhirguard::decision",
-                decision_id = %decision_id, result, reason, status, method = req.method, why = %why,
+                decision_id = %decision_id, result, reason, status, method = method, why = %why,
                 "decision"
             ),
         }

@@ -11,6 +11,8 @@ use crate::config::{CONFIG_FILE, CompiledConfig, ConfigError, Problem};
 use crate::jwks::JwksRegistry;
 use crate::jwt::{JwtVerifier, Provider};
 use crate::metrics::Metrics;
+use crate::oauth::{OAuthRegistry, TokenSource};
+use crate::policy::OutboundAuth;
 
 /// What one policy needs at decision time, index-aligned with `config.policies`.
 pub struct PolicyRuntime {
@@ -20,9 +22,19 @@ pub struct PolicyRuntime {
     pub lookup: Option<crate::lookup::LookupClient>,
 }
 
+/// How an outbound request through a connection gets its credential.
+pub enum Outbound {
+    /// A fixed header value (Basic), or none at all.
+    Fixed(OutboundAuth),
+    /// The connection's current OAuth token.
+    OAuth(Arc<TokenSource>),
+}
+
 pub struct Runtime {
     pub config: CompiledConfig,
     pub policies: Vec<PolicyRuntime>,
+    /// By `namespace/name`.
+    pub connections: std::collections::HashMap<String, Outbound>,
     /// Digest of every file the config was built from; a reload with the same digest is skipped.
     pub digest: [u8; 32],
 }
@@ -75,9 +87,33 @@ impl Runtime {
         digest: [u8; 32],
         dir: &Path,
         registry: &JwksRegistry,
+        oauth: &OAuthRegistry,
         metrics: &Arc<Metrics>,
     ) -> Result<Runtime, ConfigError> {
         let mut problems = Vec::new();
+        let mut connections = std::collections::HashMap::new();
+        for c in &config.connections {
+            let id = format!("{}/{}", c.namespace, c.name);
+            let outbound = match (&c.auth.basic, &c.auth.oauth) {
+                (Some(b), _) => Outbound::Fixed(OutboundAuth::Set(crate::basic::header_value(
+                    &b.username,
+                    &b.password,
+                ))),
+                (None, Some(o)) => match oauth.source(c, o, dir) {
+                    Ok(s) => Outbound::OAuth(s),
+                    Err(e) => {
+                        problems.push(Problem {
+                            object: id.clone(),
+                            field: "tls".into(),
+                            message: e.to_string(),
+                        });
+                        continue;
+                    }
+                },
+                (None, None) => Outbound::Fixed(OutboundAuth::Remove),
+            };
+            connections.insert(id, outbound);
+        }
         let mut policies = Vec::with_capacity(config.policies.len());
         for p in &config.policies {
             let id = format!("{}/{}", p.namespace, p.name);
@@ -120,7 +156,11 @@ impl Runtime {
                         .connections
                         .iter()
                         .find(|c| format!("{}/{}", c.namespace, c.name) == cl.connection);
-                    match conn.map(|c| crate::lookup::LookupClient::new(c, dir)) {
+                    let token = connections.get(&cl.connection).and_then(|o| match o {
+                        Outbound::OAuth(s) => Some(s.clone()),
+                        Outbound::Fixed(_) => None,
+                    });
+                    match conn.map(|c| crate::lookup::LookupClient::new(c, dir, token)) {
                         Some(Ok(client)) => Some(client),
                         Some(Err(e)) => {
                             problems.push(Problem {
@@ -145,6 +185,7 @@ impl Runtime {
         Ok(Runtime {
             config,
             policies,
+            connections,
             digest,
         })
     }
@@ -154,10 +195,11 @@ impl Runtime {
 pub fn load(
     dir: &Path,
     registry: &JwksRegistry,
+    oauth: &OAuthRegistry,
     metrics: &Arc<Metrics>,
 ) -> Result<Runtime, ConfigError> {
     let (config, digest) = read_dir(dir)?;
-    Runtime::build(config, digest, dir, registry, metrics)
+    Runtime::build(config, digest, dir, registry, oauth, metrics)
 }
 
 /// Where the config lives, for logs.

@@ -348,7 +348,12 @@ pub async fn start_service(dir: &Path, poll: Duration) -> RunningService {
         min_refetch_interval: Duration::from_millis(500),
         retry_after_failure: Duration::from_millis(200),
     };
-    let service = Arc::new(Service::new(metrics, options));
+    let oauth = fhirguard_authz::oauth::OAuthOptions {
+        min_retry: Duration::from_millis(200),
+        max_retry: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let service = Arc::new(Service::with_options(metrics, options, oauth));
     let _ = reload::reload_now(&service, dir);
     let watch = reload::watch(service.clone(), dir.to_path_buf(), poll);
     std::mem::forget(watch);
