@@ -7,7 +7,6 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-
 use crate::config::ConnectionConfig;
 use crate::smart::Stored;
 

@@ -255,13 +255,10 @@ impl TokenSource {
     async fn fetch_now(&self) -> Result<String, TokenUnavailable> {
         let started = Instant::now();
         let result = self.request().await;
-        let mut st = self
-            .state
-            .lock()
-            .map_err(|_| TokenUnavailable {
-                kind: "internal",
-                message: "token state lock poisoned".into(),
-            })?;
+        let mut st = self.state.lock().map_err(|_| TokenUnavailable {
+            kind: "internal",
+            message: "token state lock poisoned".into(),
+        })?;
         match result {
             Ok((value, lifetime)) => {
                 self.count("ok");
@@ -293,7 +290,10 @@ impl TokenSource {
                 let delay = backoff(&self.options, st.failures);
                 st.backoff_until = Some(Instant::now() + delay);
                 st.last_error = Some(e.clone());
-                let valid = st.token.as_ref().is_some_and(|t| Instant::now() < t.usable_until);
+                let valid = st
+                    .token
+                    .as_ref()
+                    .is_some_and(|t| Instant::now() < t.usable_until);
                 self.metrics
                     .oauth_token_valid
                     .get_or_create(&ConnectionLabels {
@@ -315,7 +315,10 @@ impl TokenSource {
     async fn request(&self) -> Result<(String, Duration), TokenUnavailable> {
         let fail = |kind: &'static str, message: String| TokenUnavailable {
             kind,
-            message: format!("connection {}: token request to {}: {message}", self.label, self.token_url),
+            message: format!(
+                "connection {}: token request to {}: {message}",
+                self.label, self.token_url
+            ),
         };
         let mut req = self
             .client
@@ -333,7 +336,10 @@ impl TokenSource {
         }
         let resp = req.send().await.map_err(|e| {
             let chain = error_chain(&e);
-            let kind = if chain.contains("certificate") || chain.contains("tls") || chain.contains("TLS") {
+            let kind = if chain.contains("certificate")
+                || chain.contains("tls")
+                || chain.contains("TLS")
+            {
                 "tls"
             } else if e.is_timeout() {
                 "timeout"
@@ -378,8 +384,16 @@ impl TokenSource {
                 format!(
                     "HTTP {}{}{}",
                     status.as_u16(),
-                    if code.is_empty() { String::new() } else { format!(" {code}") },
-                    if description.is_empty() { String::new() } else { format!(": {description}") }
+                    if code.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" {code}")
+                    },
+                    if description.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {description}")
+                    }
                 ),
             ));
         }
@@ -388,8 +402,16 @@ impl TokenSource {
             .get("access_token")
             .and_then(|t| t.as_str())
             .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()))
-            .ok_or_else(|| fail("bad_response", "no usable access_token in the answer".into()))?;
-        let token_type = json.get("token_type").and_then(|t| t.as_str()).unwrap_or("");
+            .ok_or_else(|| {
+                fail(
+                    "bad_response",
+                    "no usable access_token in the answer".into(),
+                )
+            })?;
+        let token_type = json
+            .get("token_type")
+            .and_then(|t| t.as_str())
+            .unwrap_or("");
         if !token_type.eq_ignore_ascii_case("bearer") {
             return Err(fail(
                 "bad_response",
@@ -404,7 +426,12 @@ impl TokenSource {
                     .as_u64()
                     .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
                     .filter(|s| *s > 0)
-                    .ok_or_else(|| fail("bad_response", format!("expires_in {v} is not a positive number")))?;
+                    .ok_or_else(|| {
+                        fail(
+                            "bad_response",
+                            format!("expires_in {v} is not a positive number"),
+                        )
+                    })?;
                 Duration::from_secs(secs)
             }
         };
@@ -515,10 +542,13 @@ impl OAuthRegistry {
         h.update([0]);
         h.update(&ca);
         let id: [u8; 32] = h.finalize().into();
-        let mut sources = self.sources.lock().map_err(|_| crate::tls::TlsError::Invalid {
-            file: "-".into(),
-            message: "token registry lock poisoned".into(),
-        })?;
+        let mut sources = self
+            .sources
+            .lock()
+            .map_err(|_| crate::tls::TlsError::Invalid {
+                file: "-".into(),
+                message: "token registry lock poisoned".into(),
+            })?;
         sources.retain(|_, w| w.strong_count() > 0);
         if let Some(existing) = sources.get(&id).and_then(Weak::upgrade) {
             return Ok(existing);

@@ -37,7 +37,8 @@ pub fn reload_now(service: &Service, dir: &Path) -> Result<ReloadOutcome, Config
             &service.registry,
             &service.oauth,
             &service.metrics,
-        ).map(Some)
+        )
+        .map(Some)
     });
     match result {
         Ok(None) => Ok(ReloadOutcome::Unchanged),

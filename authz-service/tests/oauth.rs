@@ -4,101 +4,17 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
+use common::https::{Mode, TokenServer};
 use common::{ConfigDir, TestPki, eventually, init, metric, start_service};
 use fhirguard_authz::config::*;
 use fhirguard_authz::policy::{Decision, DenyReason, OutboundAuth};
 use fhirguard_authz::service::{Outcome, Service};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 const SECRET: &str = "s3cr3t-do-not-log";
-
-#[derive(Clone)]
-enum Mode {
-    Ok { expires_in: u64 },
-    Fail { status: u16, body: &'static str },
-}
-
-/// A token endpoint: counts requests, records the last one, answers per `mode` after `delay`.
-struct TokenServer {
-    addr: SocketAddr,
-    hits: Arc<AtomicUsize>,
-    mode: Arc<Mutex<Mode>>,
-    last: Arc<Mutex<(String, String)>>,
-}
-
-impl TokenServer {
-    async fn start(pki: &TestPki, mode: Mode, delay: Duration) -> TokenServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let hits = Arc::new(AtomicUsize::new(0));
-        let mode = Arc::new(Mutex::new(mode));
-        let last = Arc::new(Mutex::new((String::new(), String::new())));
-        let acceptor = pki.acceptor();
-        let (h, m, l) = (hits.clone(), mode.clone(), last.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else { return };
-                let (acceptor, h, m, l) = (acceptor.clone(), h.clone(), m.clone(), l.clone());
-                tokio::spawn(async move {
-                    let Ok(mut tls) = acceptor.accept(tcp).await else { return };
-                    let mut got = Vec::new();
-                    let mut buf = vec![0u8; 4096];
-                    loop {
-                        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
-                            let len: usize = head
-                                .lines()
-                                .find_map(|l| l.strip_prefix("content-length:"))
-                                .and_then(|v| v.trim().parse().ok())
-                                .unwrap_or(0);
-                            if got.len() >= end + 4 + len {
-                                break;
-                            }
-                        }
-                        match tls.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => got.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let n = h.fetch_add(1, Ordering::SeqCst) + 1;
-                    let text = String::from_utf8_lossy(&got).into_owned();
-                    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_default();
-                    *l.lock().unwrap() = (head.to_string(), body.to_string());
-                    tokio::time::sleep(delay).await;
-                    let mode = m.lock().unwrap().clone();
-                    let (status, body) = match mode {
-                        Mode::Ok { expires_in } => (
-                            200,
-                            format!(r#"{{"access_token":"token-{n}","token_type":"Bearer","expires_in":{expires_in}}}"#),
-                        ),
-                        Mode::Fail { status, body } => (status, body.to_string()),
-                    };
-                    let resp = format!(
-                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = tls.write_all(resp.as_bytes()).await;
-                    let _ = tls.shutdown().await;
-                });
-            }
-        });
-        TokenServer { addr, hits, mode, last }
-    }
-
-    fn url(&self) -> String {
-        format!("https://127.0.0.1:{}/oauth2/token", self.addr.port())
-    }
-
-    fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
-    }
-}
 
 fn connection(token_url: &str, method: ClientAuthMethod, tls: TlsConfig) -> ConnectionConfig {
     ConnectionConfig {
@@ -167,15 +83,33 @@ async fn outbound(service: &Service) -> Result<String, (u16, DenyReason, String)
 async fn token_is_fetched_at_start_reused_and_refreshed_before_expiry() {
     let pki = TestPki::new();
     let server = TokenServer::start(&pki, Mode::Ok { expires_in: 3 }, Duration::ZERO).await;
-    let s = serve(connection(&server.url(), ClientAuthMethod::ClientSecretBasic, custom_ca()), &pki.ca_pem).await;
+    let s = serve(
+        connection(
+            &server.url(),
+            ClientAuthMethod::ClientSecretBasic,
+            custom_ca(),
+        ),
+        &pki.ca_pem,
+    )
+    .await;
     // Fetched at start, before any request asks.
-    eventually("the token fetched at start", Duration::from_secs(5), async || server.hits() == 1).await;
+    eventually(
+        "the token fetched at start",
+        Duration::from_secs(5),
+        async || server.hits() == 1,
+    )
+    .await;
     for _ in 0..20 {
         assert_eq!(outbound(&s.svc.service).await.unwrap(), "Bearer token-1");
     }
     assert_eq!(server.hits(), 1, "reused, not refetched per request");
     // expires_in 3 s: refreshed at half its life, before it expires, without any request.
-    eventually("a refresh before expiry", Duration::from_secs(3), async || server.hits() == 2).await;
+    eventually(
+        "a refresh before expiry",
+        Duration::from_secs(3),
+        async || server.hits() == 2,
+    )
+    .await;
     assert_eq!(outbound(&s.svc.service).await.unwrap(), "Bearer token-2");
     assert_eq!(server.hits(), 2);
 
@@ -183,8 +117,16 @@ async fn token_is_fetched_at_start_reused_and_refreshed_before_expiry() {
     // audience and extra parameters.
     let (head, body) = server.last.lock().unwrap().clone();
     let expected = base64::engine::general_purpose::STANDARD.encode(format!("fhirguard:{SECRET}"));
-    assert!(head.to_ascii_lowercase().contains(&format!("authorization: basic {}", expected.to_ascii_lowercase())), "{head}");
-    let form: Vec<(String, String)> = form_urlencoded::parse(body.as_bytes()).into_owned().collect();
+    assert!(
+        head.to_ascii_lowercase().contains(&format!(
+            "authorization: basic {}",
+            expected.to_ascii_lowercase()
+        )),
+        "{head}"
+    );
+    let form: Vec<(String, String)> = form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
     assert_eq!(
         form,
         [
@@ -201,18 +143,45 @@ async fn token_is_fetched_at_start_reused_and_refreshed_before_expiry() {
 async fn client_secret_post_sends_the_credentials_in_the_form() {
     let pki = TestPki::new();
     let server = TokenServer::start(&pki, Mode::Ok { expires_in: 3600 }, Duration::ZERO).await;
-    let s = serve(connection(&server.url(), ClientAuthMethod::ClientSecretPost, custom_ca()), &pki.ca_pem).await;
+    let s = serve(
+        connection(
+            &server.url(),
+            ClientAuthMethod::ClientSecretPost,
+            custom_ca(),
+        ),
+        &pki.ca_pem,
+    )
+    .await;
     assert_eq!(outbound(&s.svc.service).await.unwrap(), "Bearer token-1");
     let (head, body) = server.last.lock().unwrap().clone();
-    assert!(!head.to_ascii_lowercase().contains("authorization:"), "{head}");
-    assert!(body.contains("client_id=fhirguard") && body.contains(&format!("client_secret={SECRET}")), "{body}");
+    assert!(
+        !head.to_ascii_lowercase().contains("authorization:"),
+        "{head}"
+    );
+    assert!(
+        body.contains("client_id=fhirguard") && body.contains(&format!("client_secret={SECRET}")),
+        "{body}"
+    );
 }
 
 #[tokio::test]
 async fn one_fetch_serves_a_hundred_concurrent_requests() {
     let pki = TestPki::new();
-    let server = TokenServer::start(&pki, Mode::Ok { expires_in: 3600 }, Duration::from_millis(300)).await;
-    let s = serve(connection(&server.url(), ClientAuthMethod::ClientSecretBasic, custom_ca()), &pki.ca_pem).await;
+    let server = TokenServer::start(
+        &pki,
+        Mode::Ok { expires_in: 3600 },
+        Duration::from_millis(300),
+    )
+    .await;
+    let s = serve(
+        connection(
+            &server.url(),
+            ClientAuthMethod::ClientSecretBasic,
+            custom_ca(),
+        ),
+        &pki.ca_pem,
+    )
+    .await;
     let service = s.svc.service.clone();
     let tasks: Vec<_> = (0..100)
         .map(|_| {
@@ -231,11 +200,22 @@ async fn a_failing_endpoint_backs_off_answers_503_and_recovers() {
     let pki = TestPki::new();
     let server = TokenServer::start(
         &pki,
-        Mode::Fail { status: 500, body: r#"{"error":"temporarily_unavailable"}"# },
+        Mode::Fail {
+            status: 500,
+            body: r#"{"error":"temporarily_unavailable"}"#,
+        },
         Duration::ZERO,
     )
     .await;
-    let s = serve(connection(&server.url(), ClientAuthMethod::ClientSecretBasic, custom_ca()), &pki.ca_pem).await;
+    let s = serve(
+        connection(
+            &server.url(),
+            ClientAuthMethod::ClientSecretBasic,
+            custom_ca(),
+        ),
+        &pki.ca_pem,
+    )
+    .await;
     let started = std::time::Instant::now();
     let mut refusals = 0;
     while started.elapsed() < Duration::from_secs(2) {
@@ -248,14 +228,32 @@ async fn a_failing_endpoint_backs_off_answers_503_and_recovers() {
     }
     // Backoff from 200 ms doubling to 1 s: a handful of fetches in 2 s, not one per request.
     let fetches = server.hits();
-    assert!(refusals > 50 && (2..=8).contains(&fetches), "{refusals} refusals caused {fetches} fetches");
+    assert!(
+        refusals > 50 && (2..=8).contains(&fetches),
+        "{refusals} refusals caused {fetches} fetches"
+    );
 
     *server.mode.lock().unwrap() = Mode::Ok { expires_in: 3600 };
-    eventually("recovery", Duration::from_secs(3), async || outbound(&s.svc.service).await.is_ok()).await;
+    eventually("recovery", Duration::from_secs(3), async || {
+        outbound(&s.svc.service).await.is_ok()
+    })
+    .await;
     let text = s.svc.service.metrics.encode();
     assert!(metric(&text, r#"fhirguard_oauth_token_fetches_total{connection="clinical/partner",result="server_error"}"#).unwrap() >= 2.0);
-    assert_eq!(metric(&text, r#"fhirguard_oauth_token_fetches_total{connection="clinical/partner",result="ok"}"#), Some(1.0));
-    assert_eq!(metric(&text, r#"fhirguard_oauth_token_valid{connection="clinical/partner"}"#), Some(1.0));
+    assert_eq!(
+        metric(
+            &text,
+            r#"fhirguard_oauth_token_fetches_total{connection="clinical/partner",result="ok"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"fhirguard_oauth_token_valid{connection="clinical/partner"}"#
+        ),
+        Some(1.0)
+    );
 }
 
 #[tokio::test]
@@ -263,14 +261,28 @@ async fn invalid_client_is_reported_without_the_secret() {
     let pki = TestPki::new();
     let server = TokenServer::start(
         &pki,
-        Mode::Fail { status: 401, body: r#"{"error":"invalid_client","error_description":"unknown client"}"# },
+        Mode::Fail {
+            status: 401,
+            body: r#"{"error":"invalid_client","error_description":"unknown client"}"#,
+        },
         Duration::ZERO,
     )
     .await;
-    let s = serve(connection(&server.url(), ClientAuthMethod::ClientSecretBasic, custom_ca()), &pki.ca_pem).await;
+    let s = serve(
+        connection(
+            &server.url(),
+            ClientAuthMethod::ClientSecretBasic,
+            custom_ca(),
+        ),
+        &pki.ca_pem,
+    )
+    .await;
     let (status, reason, diagnostics) = outbound(&s.svc.service).await.unwrap_err();
     assert_eq!((status, reason), (503, DenyReason::TokenUnavailable));
-    assert!(diagnostics.contains("HTTP 401 invalid_client: unknown client"), "{diagnostics}");
+    assert!(
+        diagnostics.contains("HTTP 401 invalid_client: unknown client"),
+        "{diagnostics}"
+    );
     let text = s.svc.service.metrics.encode();
     assert!(metric(&text, r#"fhirguard_oauth_token_fetches_total{connection="clinical/partner",result="invalid_client"}"#).is_some());
 
@@ -280,14 +292,21 @@ async fn invalid_client_is_reported_without_the_secret() {
     assert_eq!(v[0]["connection"], "clinical/partner");
     assert_eq!(v[0]["auth"], "oauth");
     assert_eq!(v[0]["token"]["state"], "none");
-    assert!(v[0]["token"]["lastError"].as_str().unwrap().contains("invalid_client"));
+    assert!(
+        v[0]["token"]["lastError"]
+            .as_str()
+            .unwrap()
+            .contains("invalid_client")
+    );
     assert!(v[0]["token"]["consecutiveFailures"].as_u64().unwrap() >= 1);
     assert!(!body.contains(SECRET));
 }
 
 async fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\nhost: x\r\n\r\n").as_bytes()).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nhost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out.split_once("\r\n\r\n").unwrap().1.to_string()
@@ -297,33 +316,72 @@ async fn http_get(addr: SocketAddr, path: &str) -> String {
 async fn skip_verification_accepts_a_self_signed_endpoint_and_default_bundle_refuses_it() {
     let pki = TestPki::self_signed();
     let server = TokenServer::start(&pki, Mode::Ok { expires_in: 3600 }, Duration::ZERO).await;
-    let skip = TlsConfig { mode: TlsMode::SkipVerification, ca_file: None };
-    let s = serve(connection(&server.url(), ClientAuthMethod::ClientSecretBasic, skip), "").await;
+    let skip = TlsConfig {
+        mode: TlsMode::SkipVerification,
+        ca_file: None,
+    };
+    let s = serve(
+        connection(&server.url(), ClientAuthMethod::ClientSecretBasic, skip),
+        "",
+    )
+    .await;
     assert_eq!(outbound(&s.svc.service).await.unwrap(), "Bearer token-1");
 
     let server2 = TokenServer::start(&pki, Mode::Ok { expires_in: 3600 }, Duration::ZERO).await;
-    let s2 = serve(connection(&server2.url(), ClientAuthMethod::ClientSecretBasic, TlsConfig::default()), "").await;
+    let s2 = serve(
+        connection(
+            &server2.url(),
+            ClientAuthMethod::ClientSecretBasic,
+            TlsConfig::default(),
+        ),
+        "",
+    )
+    .await;
     let (status, reason, diagnostics) = outbound(&s2.svc.service).await.unwrap_err();
     assert_eq!((status, reason), (503, DenyReason::TokenUnavailable));
-    assert!(diagnostics.to_ascii_lowercase().contains("certificate"), "{diagnostics}");
-    assert_eq!(server2.hits(), 0, "no request got through the refused handshake");
+    assert!(
+        diagnostics.to_ascii_lowercase().contains("certificate"),
+        "{diagnostics}"
+    );
+    assert_eq!(
+        server2.hits(),
+        0,
+        "no request got through the refused handshake"
+    );
     let text = s2.svc.service.metrics.encode();
-    assert!(metric(&text, r#"fhirguard_oauth_token_fetches_total{connection="clinical/partner",result="tls"}"#).is_some(), "{text}");
+    assert!(
+        metric(
+            &text,
+            r#"fhirguard_oauth_token_fetches_total{connection="clinical/partner",result="tls"}"#
+        )
+        .is_some(),
+        "{text}"
+    );
 }
 
 #[tokio::test]
 async fn unknown_connections_are_refused_and_basic_or_no_credentials_are_set_or_stripped() {
     init();
     let dir = ConfigDir::new();
-    let mut basic = connection("https://unused.test/token", ClientAuthMethod::ClientSecretBasic, TlsConfig::default());
+    let mut basic = connection(
+        "https://unused.test/token",
+        ClientAuthMethod::ClientSecretBasic,
+        TlsConfig::default(),
+    );
     basic.auth = ConnectionAuth {
-        basic: Some(BasicCredentials { username: "svc".into(), password: "pw".into() }),
+        basic: Some(BasicCredentials {
+            username: "svc".into(),
+            password: "pw".into(),
+        }),
         oauth: None,
     };
     let mut none = basic.clone();
     none.name = "open".into();
     none.auth = ConnectionAuth::default();
-    let config = CompiledConfig { connections: vec![basic, none], ..CompiledConfig::empty(1) };
+    let config = CompiledConfig {
+        connections: vec![basic, none],
+        ..CompiledConfig::empty(1)
+    };
     dir.publish(&[(CONFIG_FILE, &config.to_json())]);
     let s = start_service(dir.path(), Duration::from_secs(60)).await;
     let svc = &s.service;

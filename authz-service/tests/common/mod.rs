@@ -3,6 +3,7 @@
 //! 127.0.0.1.
 #![allow(dead_code)]
 
+pub mod https;
 pub mod real_envoy;
 
 use std::net::SocketAddr;

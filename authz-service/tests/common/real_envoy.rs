@@ -131,6 +131,11 @@ static_resources:
         authz = cluster("authz", grpc, true),
         up = cluster("upstream", upstream, false),
     );
+    run_envoy(bin, yaml, port, admin).await
+}
+
+/// Starts Envoy with a full YAML config whose listener is `port` and admin `admin`.
+pub async fn run_envoy(bin: &PathBuf, yaml: String, port: u16, admin: u16) -> Envoy {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("envoy.yaml");
     std::fs::write(&cfg, yaml).unwrap();
