@@ -369,3 +369,24 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// helm (v4): `FHIRGUARD_HELM`, else `.venv/bin/helm` from `scripts/setup-helm.sh`. Missing
+/// means skipped, unless `FHIRGUARD_REQUIRE_HELM=1`.
+pub fn helm_bin() -> Option<PathBuf> {
+    let p = std::env::var_os("FHIRGUARD_HELM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv/bin/helm"));
+    if p.is_file() {
+        return Some(p);
+    }
+    assert!(
+        std::env::var("FHIRGUARD_REQUIRE_HELM").as_deref() != Ok("1"),
+        "FHIRGUARD_REQUIRE_HELM=1 but {} is missing; run scripts/setup-helm.sh",
+        p.display()
+    );
+    eprintln!(
+        "SKIPPED: no helm at {} (run scripts/setup-helm.sh)",
+        p.display()
+    );
+    None
+}

@@ -1,0 +1,45 @@
+//! The shipped Envoy configurations are valid for the Envoy we test with.
+
+mod common;
+
+use std::path::PathBuf;
+
+#[test]
+fn example_envoy_configs_validate() {
+    let Some(envoy) = common::real_envoy::envoy_bin() else {
+        return;
+    };
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/envoy");
+    let mut checked = Vec::new();
+    for name in [
+        "sidecar.yaml",
+        "gateway.yaml",
+        "demo-envoy.yaml",
+        "egress-envoy.yaml",
+    ] {
+        let mut text = std::fs::read_to_string(dir.join(name)).unwrap();
+        // The egress example names the CA file inside the mounted config Secret.
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = tmp.path().join("connection_clinical_partner_ca.pem");
+        std::fs::write(&ca, common::TestPki::new().ca_pem).unwrap();
+        text = text.replace(
+            "/etc/fhirguard/config/connection_clinical_partner_ca.pem",
+            ca.to_str().unwrap(),
+        );
+        let cfg = tmp.path().join(name);
+        std::fs::write(&cfg, text).unwrap();
+        let out = std::process::Command::new(&envoy)
+            .args(["--mode", "validate", "-c"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name} invalid:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        checked.push(name);
+    }
+    assert_eq!(checked.len(), 4);
+}

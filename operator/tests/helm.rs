@@ -1,0 +1,206 @@
+//! The Helm chart offline: `helm lint`, `helm template` snapshots (committed; regenerate with
+//! `UPDATE_GOLDEN=1`), values.schema.json refusing bad values, and its CRDs in sync with crds/.
+//! The chart against a real API server is in helm_e2e.rs.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn chart() -> PathBuf {
+    common::repo().join("charts/fhirguard")
+}
+
+fn helm(bin: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(bin)
+        .args(args)
+        .env(
+            "HELM_CACHE_HOME",
+            std::env::temp_dir().join("fhirguard-helm-cache"),
+        )
+        .env(
+            "HELM_CONFIG_HOME",
+            std::env::temp_dir().join("fhirguard-helm-config"),
+        )
+        .env(
+            "HELM_DATA_HOME",
+            std::env::temp_dir().join("fhirguard-helm-data"),
+        )
+        .output()
+        .expect("run helm")
+}
+
+#[test]
+fn lint_passes() {
+    let Some(h) = common::helm_bin() else { return };
+    let out = helm(&h, &["lint", "--strict", chart().to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn template_output_matches_the_snapshots() {
+    let Some(h) = common::helm_bin() else { return };
+    let chart = chart();
+    let values_all = chart.join("tests/values-all.yaml");
+    let cases: [(&str, Vec<&str>); 3] = [
+        ("default.yaml", vec![]),
+        (
+            "all-features.yaml",
+            vec!["-f", values_all.to_str().unwrap()],
+        ),
+        ("kube-1.20.yaml", vec!["--kube-version", "1.20.2"]),
+    ];
+    let mut drift = Vec::new();
+    for (file, extra) in cases {
+        let mut args = vec![
+            "template",
+            "fhirguard",
+            chart.to_str().unwrap(),
+            "--namespace",
+            "fhirguard-system",
+        ];
+        if !extra.contains(&"--kube-version") {
+            args.extend(["--kube-version", "1.33.0"]);
+        }
+        args.extend(extra);
+        let out = helm(&h, &args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let path = chart.join("tests/snapshots").join(file);
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(&path, &text).unwrap();
+        }
+        if std::fs::read_to_string(&path).unwrap_or_default() != text {
+            drift.push(path.display().to_string());
+        }
+    }
+    assert!(
+        drift.is_empty(),
+        "helm template drifted from {drift:?}; review and run UPDATE_GOLDEN=1 cargo test --test helm"
+    );
+}
+
+#[test]
+fn rendered_objects_meet_the_security_defaults() {
+    let Some(h) = common::helm_bin() else { return };
+    let out = helm(
+        &h,
+        &[
+            "template",
+            "fhirguard",
+            chart().to_str().unwrap(),
+            "-n",
+            "fhirguard-system",
+        ],
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_str_multiple(&text).unwrap();
+    let find = |kind: &str, name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("{kind} {name} missing"))
+    };
+    let authz = find("Deployment", "fhirguard-authz");
+    let spec = &authz["spec"]["template"]["spec"];
+    assert_eq!(authz["spec"]["replicas"], 2);
+    assert_eq!(spec["automountServiceAccountToken"], false);
+    assert_eq!(
+        spec["volumes"][0]["secret"]["secretName"],
+        "fhirguard-authz-config"
+    );
+    assert_eq!(
+        spec["containers"][0]["readinessProbe"]["httpGet"]["path"],
+        "/readyz"
+    );
+    assert!(spec["containers"][0]["resources"]["requests"]["cpu"].is_string());
+    assert!(spec["affinity"]["podAntiAffinity"].is_object());
+    for d in docs.iter().filter(|d| d["kind"] == "Deployment") {
+        let c = &d["spec"]["template"]["spec"]["containers"][0]["securityContext"];
+        assert_eq!(c["runAsNonRoot"], true);
+        assert_eq!(c["readOnlyRootFilesystem"], true);
+        assert_eq!(c["allowPrivilegeEscalation"], false);
+    }
+    find("PodDisruptionBudget", "fhirguard-authz");
+    let svc = find("Service", "fhirguard-authz");
+    let ports: Vec<&str> = svc["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(ports, ["grpc", "http-metrics"]);
+    // Only the operator may write Secrets, and only the config Secret by name.
+    let role = find("Role", "fhirguard-operator");
+    let named: Vec<&serde_json::Value> = role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["resources"][0] == "secrets"
+                && r["verbs"].as_array().unwrap().iter().any(|v| v == "patch")
+        })
+        .collect();
+    assert_eq!(named.len(), 1);
+    assert_eq!(named[0]["resourceNames"][0], "fhirguard-authz-config");
+    let cluster = find("ClusterRole", "fhirguard-operator");
+    for rule in cluster["rules"].as_array().unwrap() {
+        if rule["resources"][0] == "secrets" {
+            assert_eq!(
+                rule["verbs"],
+                serde_json::json!(["get", "list", "watch"]),
+                "cluster-wide Secret access is read-only"
+            );
+        }
+    }
+}
+
+#[test]
+fn values_schema_rejects_bad_values() {
+    let Some(h) = common::helm_bin() else { return };
+    let chart = chart();
+    for (set, expect) in [
+        ("authz.replicas=0", "/authz/replicas"),
+        ("authz.podAntiAffinity=sometimes", "/authz/podAntiAffinity"),
+        ("authz.grpcPort=70000", "/authz/grpcPort"),
+        (
+            "operator.image.pullPolicy=Sometimes",
+            "/operator/image/pullPolicy",
+        ),
+        ("watchNamespaces[0]=Not_A_Namespace", "/watchNamespaces/0"),
+        ("replicas=3", "additional properties 'replicas' not allowed"),
+        ("serviceMonitor.enabled=yes", "/serviceMonitor/enabled"),
+    ] {
+        // "yes" as a string, not YAML's boolean, to test the type check.
+        let flag = if set.ends_with("=yes") {
+            "--set-string"
+        } else {
+            "--set"
+        };
+        let out = helm(&h, &["template", "x", chart.to_str().unwrap(), flag, set]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{set} was accepted");
+        assert!(err.contains(expect), "{set}: {err}");
+    }
+}
+
+#[test]
+fn chart_crds_are_the_generated_ones() {
+    for (file, yaml) in fhirguard_operator::crd::crd_documents().unwrap() {
+        let path = chart().join("crds").join(&file);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap_or_default(),
+            yaml,
+            "{} is stale; run scripts/gen-crds.sh",
+            path.display()
+        );
+    }
+}
