@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-envoy.sh
-export FHIRGUARD_REQUIRE_ENVOY=1
+scripts/setup-helm.sh
+export FHIRGUARD_REQUIRE_ENVOY=1 FHIRGUARD_REQUIRE_HELM=1
 echo "== kube-apiserver (built once from Debian's kubernetes source package, then cached)"
 FHIRGUARD_KUBE_APISERVER=$(scripts/kube-apiserver.sh)
 export FHIRGUARD_KUBE_APISERVER FHIRGUARD_REQUIRE_KUBE=1
@@ -20,3 +21,13 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
 awk '/^test result:/ { p += $4; f += $6 } END { printf "TOTAL: %d passed, %d failed\n", p, f; exit (p == 0 || f > 0) }' "$log"
+echo "== the local demo (README's first command), transcript checked"
+transcript=$(mktemp)
+trap 'rm -f "$log" "$transcript"' EXIT
+scripts/demo.sh 2>&1 | tee "$transcript"
+for want in "^  200  GET /Patient/1 as alice " "^  400  GET /Patient/%2e%2e/admin" "^  401  GET /Patient/1, no credentials " \
+    "^  403  DELETE /Patient/1 as bob" "^  200  token: GET /Observation?patient=123 " "^  403  token: GET /Observation?patient=456" \
+    "^  401  token: expired" "^all 16 requests answered as expected$"; do
+  grep -q -- "$want" "$transcript" || { echo "demo transcript lacks: $want"; exit 1; }
+done
+echo "demo transcript: ok"

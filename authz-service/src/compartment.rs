@@ -215,6 +215,55 @@ pub fn params(resource_type: &str) -> Vec<&'static str> {
     out
 }
 
+/// Types with R4's shared `clinical-patient` search parameter (`patient`): the Patient-only
+/// form of the element their compartment membership goes through (for Observation,
+/// `Observation.subject.where(resolve() is Patient)`). Searching `patient=X` on them is pinned
+/// exactly as `subject=Patient/X` is, and is what most clients send.
+const CLINICAL_PATIENT: &[&str] = &[
+    "AllergyIntolerance",
+    "CarePlan",
+    "CareTeam",
+    "ClinicalImpression",
+    "Composition",
+    "Condition",
+    "Consent",
+    "DetectedIssue",
+    "DeviceRequest",
+    "DeviceUseStatement",
+    "DiagnosticReport",
+    "DocumentManifest",
+    "DocumentReference",
+    "Encounter",
+    "EpisodeOfCare",
+    "FamilyMemberHistory",
+    "Flag",
+    "Goal",
+    "ImagingStudy",
+    "Immunization",
+    "List",
+    "MedicationAdministration",
+    "MedicationDispense",
+    "MedicationRequest",
+    "MedicationStatement",
+    "NutritionOrder",
+    "Observation",
+    "Procedure",
+    "RiskAssessment",
+    "ServiceRequest",
+    "SupplyDelivery",
+    "VisionPrescription",
+];
+
+/// Search parameters that pin a search of `resource_type` to one patient: the compartment
+/// parameters, plus `patient` where R4 defines it as the Patient-only form of one of them.
+pub fn pin_params(resource_type: &str) -> Vec<&'static str> {
+    let mut out = params(resource_type);
+    if CLINICAL_PATIENT.contains(&resource_type) && !out.contains(&"patient") {
+        out.push("patient");
+    }
+    out
+}
+
 /// The parameter used to narrow an unpinned search: the table's first one, except that the
 /// parameter named `patient` is preferred where it exists (it only matches patients).
 pub fn narrowing_param(resource_type: &str) -> Option<&'static str> {

@@ -680,7 +680,7 @@ fn pinned(t: &str, params: &[(String, String)], complete: bool, ctx: &str) -> Pi
             "the search parameters (a POST _search body) were not visible to fhirguard".into(),
         );
     }
-    let compartment_params = crate::compartment::params(t);
+    let compartment_params = crate::compartment::pin_params(t);
     let mut found = false;
     for (k, v) in params {
         let (base, modifier) = k
