@@ -16,11 +16,40 @@ fn validate(dir: &std::path::Path) -> (bool, String, String) {
     )
 }
 
+/// examples/quickstart rendered by the operator binary of the same workspace build, as the
+/// demo does.
+fn quickstart_config() -> tempfile::TempDir {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .unwrap()
+        .join("fhirguard-operator");
+    assert!(
+        bin.exists(),
+        "{} missing: run the tests with `cargo test --workspace`",
+        bin.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(bin)
+        .args(["render", "-f"])
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart"))
+        .arg("-o")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
 #[test]
 fn the_quickstart_example_is_valid() {
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart/config");
-    let (ok, stdout, stderr) = validate(&dir);
+    let config = quickstart_config();
+    let (ok, stdout, stderr) = validate(config.path());
     assert!(ok, "{stderr}");
     assert_eq!(
         stdout.trim(),
@@ -65,8 +94,8 @@ fn problems_are_listed_with_object_and_field_and_exit_non_zero() {
 
 #[test]
 fn serve_becomes_ready_and_stops_cleanly_on_sigterm() {
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart/config");
+    let config = quickstart_config();
+    let dir = config.path();
     let port = |_: ()| {
         std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -77,7 +106,7 @@ fn serve_becomes_ready_and_stops_cleanly_on_sigterm() {
     let (grpc, http) = (port(()), port(()));
     let mut child = Command::new(env!("CARGO_BIN_EXE_fhirguard-authz"))
         .args(["serve", "--config-dir"])
-        .arg(&dir)
+        .arg(dir)
         .args([
             "--grpc-addr",
             &format!("127.0.0.1:{grpc}"),
