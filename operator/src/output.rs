@@ -112,6 +112,17 @@ fn same_files(data: &BTreeMap<String, Vec<u8>>, files: &BTreeMap<String, Vec<u8>
             .all(|k| files.contains_key(k))
 }
 
+/// Keys that look like ours but are not part of `compiled`: a CA file of a connection that is
+/// gone, or one someone added by hand. Server-side apply only removes fields this operator
+/// owned, so a key another field manager wrote would otherwise survive every apply (and make
+/// every resync look like a change).
+pub fn stale_files(data: &BTreeMap<String, Vec<u8>>, compiled: &Compiled) -> Vec<String> {
+    data.keys()
+        .filter(|k| is_our_file(k) && !compiled.ca_files.contains_key(*k) && *k != CONFIG_FILE)
+        .cloned()
+        .collect()
+}
+
 /// Names this operator writes into a config directory.
 pub fn is_our_file(name: &str) -> bool {
     name == CONFIG_FILE || name.ends_with("_ca.pem")

@@ -347,19 +347,59 @@ async fn operator_against_a_real_api_server() {
     );
     assert_ne!(rv1, rv4);
 
+    // --- someone edits the published Secret: put back at once (not at the next resync) -------
+    // The stray CA file is owned by kubectl's field manager, so a server-side apply alone would
+    // leave it; the operator removes it explicitly.
+    k(&[
+        "-n",
+        "fhirguard-system",
+        "patch",
+        "secret",
+        "fhirguard-authz-config",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"config.json":"e30=","connection_gone_old_ca.pem":"eA=="}}"#,
+    ]);
+    let without_generation = |d: &BTreeMap<String, Vec<u8>>| {
+        let mut c = config_json(d);
+        c.as_object_mut().unwrap().remove("generation");
+        c
+    };
+    let (_, _, data5) = eventually("hand edit put back", T, || async {
+        let (rv, g, d) = config_secret(&secrets).await?;
+        (g == 5 && !d.contains_key("connection_gone_old_ca.pem")).then_some((rv, g, d))
+    })
+    .await;
+    assert_eq!(without_generation(&data5), without_generation(&data4));
+    assert_eq!(config_json(&data5)["generation"], 5);
+
+    // Deleted outright: recreated, and the generation keeps counting up.
+    k(&[
+        "-n",
+        "fhirguard-system",
+        "delete",
+        "secret",
+        "fhirguard-authz-config",
+    ]);
+    let (rv4, _, _) = eventually("deleted config recreated", T, || async {
+        let (rv, g, d) = config_secret(&secrets).await?;
+        (g == 6).then_some((rv, g, d))
+    })
+    .await;
+
     let (status, body) = http_get(http, "/metrics").expect("metrics");
     assert_eq!(status, 200);
     assert_eq!(metric(&body, "fhirguard_operator_leader "), Some(1.0));
     assert_eq!(
         metric(&body, "fhirguard_operator_config_generation "),
-        Some(4.0)
+        Some(6.0)
     );
     assert_eq!(
         metric(
             &body,
             "fhirguard_operator_config_publishes_total{result=\"written\"}"
         ),
-        Some(4.0)
+        Some(6.0)
     );
     assert_eq!(http_get(http, "/healthz").map(|r| r.0), Some(200));
     assert_eq!(http_get(http, "/readyz").map(|r| r.0), Some(200));
@@ -398,7 +438,7 @@ async fn operator_against_a_real_api_server() {
     let (rv5, gen5, _) = config_secret(&secrets).await.unwrap();
     assert_eq!(
         (rv5.as_str(), gen5),
-        (rv4.as_str(), 4),
+        (rv4.as_str(), 6),
         "a restarted operator does not rewrite an unchanged config"
     );
     let (_, body) = http_get(http_b, "/metrics").unwrap();
@@ -451,7 +491,7 @@ async fn operator_against_a_real_api_server() {
     op_b.signal("KILL");
     drop(op_b);
     k(&["-n", "clinical", "delete", "fhirconnection", "partner"]);
-    let (_, gen6, data6) = eventually(
+    let (_, gen7, data7) = eventually(
         "operator-c took over and published",
         Duration::from_secs(40),
         || async {
@@ -461,8 +501,8 @@ async fn operator_against_a_real_api_server() {
         },
     )
     .await;
-    assert_eq!(gen6, 5);
-    assert!(!data6.keys().any(|k| k.contains("partner")));
+    assert_eq!(gen7, 7);
+    assert!(!data7.keys().any(|k| k.contains("partner")));
     let (_, body) = http_get(http_c, "/metrics").unwrap();
     assert_eq!(metric(&body, "fhirguard_operator_leader "), Some(1.0));
     assert!(

@@ -210,6 +210,15 @@ fn publish_plan_writes_only_on_content_change_and_counts_generations() {
         output::plan("ns", "cfg", &compiled, Some(&with("README"))).is_none(),
         "foreign keys are ignored"
     );
+    // What an apply cannot remove (another field manager owns it) is named for deletion;
+    // foreign keys and our current files are not.
+    let mut data = with("connection_gone_old_ca.pem").data;
+    data.insert("README".into(), vec![]);
+    assert_eq!(
+        output::stale_files(&data, &compiled),
+        ["connection_gone_old_ca.pem"]
+    );
+    assert!(output::stale_files(&state.data, &compiled).is_empty());
     let data = secret.data.unwrap();
     let config = String::from_utf8(data["config.json"].0.clone()).unwrap();
     assert!(config.contains("\"generation\": 1"));

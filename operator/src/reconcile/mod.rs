@@ -15,6 +15,7 @@ pub mod lease;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -161,6 +162,9 @@ struct Ctx {
     secret_cache: Mutex<SecretCache>,
     referenced: Referenced,
     recorder: Recorder,
+    /// The generation this leader last published or found, so a deleted Secret does not
+    /// restart the count.
+    last_generation: AtomicU64,
 }
 
 fn apis<K>(client: &Client, namespaces: &[String]) -> Vec<Api<K>>
@@ -276,6 +280,18 @@ async fn lead(
             Event::Init | Event::InitApply(_) => false,
         },
     );
+    // The published Secret itself: an edit or a deletion by someone else is put back at once
+    // rather than at the next resync. Our own writes come back here too and compile to "no
+    // change", which costs one GET.
+    let output_api: Api<PartialObjectMeta<Secret>> =
+        Api::namespaced(client.clone(), &settings.output_namespace);
+    let by_name =
+        watcher::Config::default().fields(&format!("metadata.name={}", settings.output_name));
+    tasks.push(drive(
+        watcher::watcher(output_api, by_name).default_backoff(),
+        notify.clone(),
+        |ev: &Event<PartialObjectMeta<Secret>>| matches!(ev, Event::Apply(_) | Event::Delete(_)),
+    ));
     let _tasks = Tasks(tasks);
 
     let cx = Ctx {
@@ -294,6 +310,7 @@ async fn lead(
         secret_meta,
         secret_cache: Mutex::default(),
         referenced,
+        last_generation: AtomicU64::new(0),
     };
 
     let synced = async {
@@ -454,7 +471,16 @@ async fn publish(cx: &Ctx, compiled: &Compiled) -> PublishOutcome {
         }
     };
     let existing = match api.get_opt(&s.output_name).await {
-        Ok(e) => e.as_ref().map(Published::of),
+        // A deleted Secret is recreated with the next generation, not with 1: the generation
+        // is what users match between `status.configGeneration` and the service's logs.
+        Ok(e) => e.as_ref().map(Published::of).or_else(|| {
+            let last = cx.last_generation.load(Ordering::Relaxed);
+            (last > 0).then(|| Published {
+                hash: None,
+                generation: last,
+                data: BTreeMap::new(),
+            })
+        }),
         Err(e) => return failed(e, "cannot read the config Secret"),
     };
     match output::plan(
@@ -465,6 +491,7 @@ async fn publish(cx: &Ctx, compiled: &Compiled) -> PublishOutcome {
     ) {
         None => {
             let generation = existing.map_or(0, |e| e.generation);
+            cx.last_generation.store(generation, Ordering::Relaxed);
             cx.metrics
                 .config_generation
                 .set(i64::try_from(generation).unwrap_or(i64::MAX));
@@ -475,11 +502,16 @@ async fn publish(cx: &Ctx, compiled: &Compiled) -> PublishOutcome {
         }
         Some((secret, generation)) => {
             let params = PatchParams::apply(FIELD_MANAGER).force();
-            match api
+            let applied = match api
                 .patch(&s.output_name, &params, &Patch::Apply(&secret))
                 .await
             {
-                Ok(_) => {
+                Ok(applied) => remove_stale_files(&api, &s.output_name, applied, compiled).await,
+                Err(e) => Err(e),
+            };
+            match applied {
+                Ok(()) => {
+                    cx.last_generation.store(generation, Ordering::Relaxed);
                     cx.metrics
                         .publishes
                         .get_or_create(&ResultLabels { result: "written" })
@@ -503,6 +535,29 @@ async fn publish(cx: &Ctx, compiled: &Compiled) -> PublishOutcome {
             }
         }
     }
+}
+
+/// Deletes our-looking keys that an apply left behind because another field manager owns
+/// them. A merge patch with `null` removes a key whoever owns it.
+async fn remove_stale_files(
+    api: &Api<Secret>,
+    name: &str,
+    applied: Secret,
+    compiled: &Compiled,
+) -> Result<(), kube::Error> {
+    let stale = output::stale_files(&Published::of(&applied).data, compiled);
+    if stale.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(keys = ?stale, "removing stale files another field manager left in the config Secret");
+    let data: serde_json::Map<String, serde_json::Value> = stale
+        .into_iter()
+        .map(|k| (k, serde_json::Value::Null))
+        .collect();
+    let patch = serde_json::json!({ "data": data });
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(|_| ())
 }
 
 fn now() -> Time {
