@@ -232,6 +232,18 @@ impl JwksSource {
         })
     }
 
+    /// Whether `set` is still the key set in force. Verified tokens remember the set that
+    /// verified them; once a refresh replaces it they are verified again, so a key the issuer
+    /// withdraws stops being honoured at the next refresh instead of at each token's `exp`.
+    /// The `Weak` keeps the old allocation alive, so its address cannot be reused by a newer
+    /// set and compare equal by accident.
+    pub fn is_current(&self, set: &Weak<KeySet>) -> bool {
+        self.keys
+            .load()
+            .as_ref()
+            .is_some_and(|current| std::ptr::eq(Arc::as_ptr(current), set.as_ptr()))
+    }
+
     /// Refetches because a token names an unknown key id, unless that happened recently.
     /// Returns the new set when a fetch took place and succeeded.
     pub async fn refetch_for_unknown_kid(&self) -> Option<Arc<KeySet>> {

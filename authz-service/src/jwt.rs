@@ -1,7 +1,7 @@
 //! Bearer token (JWT) verification for one policy, with a cache of verified tokens.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -10,7 +10,7 @@ use jsonwebtoken::{Algorithm as JwtAlg, Validation};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Algorithm, ClaimNames, ProviderConfig};
-use crate::jwks::{JwksSource, KeysUnavailable};
+use crate::jwks::{JwksSource, KeySet, KeysUnavailable};
 use crate::metrics::Metrics;
 use crate::policy::TokenIdentity;
 use crate::smart;
@@ -86,6 +86,10 @@ struct CachedToken {
     identity: TokenIdentity,
     /// Unix seconds after which the cached verdict is void (`exp` plus the clock skew).
     valid_until: u64,
+    /// Index of the provider whose keys verified the token, and the key set that did; the
+    /// verdict is void once that provider's keys are refreshed (see `JwksSource::is_current`).
+    provider: usize,
+    keys: Weak<KeySet>,
 }
 
 pub struct JwtVerifier {
@@ -220,7 +224,13 @@ impl JwtVerifier {
         let cache = self.cache.lock().ok()?;
         let hit = cache
             .get(&slot)
-            .filter(|c| c.valid_until >= now)
+            .filter(|c| {
+                c.valid_until >= now
+                    && self
+                        .providers
+                        .get(c.provider)
+                        .is_some_and(|p| p.source.is_current(&c.keys))
+            })
             .map(|c| c.identity.clone());
         self.metrics.cache_lookup("token", hit.is_some());
         hit
@@ -250,10 +260,11 @@ impl JwtVerifier {
             .and_then(|raw| serde_json::from_slice(&raw).ok())
             .ok_or(TokenError::Malformed)?;
         let iss = claim_str(&unverified, "iss").ok_or(TokenError::UnknownIssuer)?;
-        let provider = self
+        let (provider_index, provider) = self
             .providers
             .iter()
-            .find(|p| p.config.issuer == iss)
+            .enumerate()
+            .find(|(_, p)| p.config.issuer == iss)
             .ok_or(TokenError::UnknownIssuer)?;
         let alg = header.alg;
         if !provider.algorithms.contains(&alg) {
@@ -283,8 +294,12 @@ impl JwtVerifier {
                     let exp = data.claims.get("exp").and_then(|e| e.as_u64()).unwrap_or(0);
                     self.remember(
                         token,
-                        &identity,
-                        exp.saturating_add(provider.config.clock_skew_seconds),
+                        CachedToken {
+                            identity: identity.clone(),
+                            valid_until: exp.saturating_add(provider.config.clock_skew_seconds),
+                            provider: provider_index,
+                            keys: Arc::downgrade(&keys),
+                        },
                     );
                     return Ok(identity);
                 }
@@ -307,23 +322,17 @@ impl JwtVerifier {
         Err(last_err)
     }
 
-    fn remember(&self, token: &str, identity: &TokenIdentity, valid_until: u64) {
+    fn remember(&self, token: &str, entry: CachedToken) {
         let slot = self.cache_slot(token);
         let now = now_unix();
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= TOKEN_CACHE_CAPACITY {
-                cache.retain(|_, c| c.valid_until >= now);
+                cache.retain(|_, c| c.valid_until >= now && c.keys.strong_count() > 0);
                 if cache.len() >= TOKEN_CACHE_CAPACITY {
                     cache.clear();
                 }
             }
-            cache.insert(
-                slot,
-                CachedToken {
-                    identity: identity.clone(),
-                    valid_until,
-                },
-            );
+            cache.insert(slot, entry);
         }
     }
 }

@@ -413,6 +413,37 @@ async fn unknown_kid_refetches_and_last_good_keys_survive_an_outage() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawn_key_stops_a_cached_token_at_the_next_key_refresh() {
+    let s = stack().await;
+    let g = s.svc.grpc;
+    let status = async |token: &str| {
+        view(
+            &check(g, get("/fhir/r4/Patient/1").bearer(token))
+                .await
+                .unwrap(),
+        )
+        .0
+    };
+    // A long-lived token is verified once and then answered from the cache.
+    let t = s.key.sign(&claims("a", "user/*.rs"));
+    assert_eq!(status(&t).await, 200);
+    assert_eq!(status(&t).await, 200);
+
+    // The IdP withdraws k1 (compromised) and publishes k2. The first k2 token refetches the
+    // keys; from then on the cached k1 verdict must not be honoured any more.
+    let k2 = SigningKey::new("k2");
+    *s.jwks.doc.lock().unwrap() = jwks_doc(&[&k2]);
+    assert_eq!(status(&k2.sign(&claims("b", "user/*.rs"))).await, 200);
+    let (code, _, body) = view(
+        &check(g, get("/fhir/r4/Patient/1").bearer(&t))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("does not publish"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_never_obtained_means_unavailable() {
     init();
     let pki = TestPki::new();
