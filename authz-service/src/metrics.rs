@@ -65,6 +65,7 @@ pub struct Metrics {
     pub cache: Family<CacheLabels, Counter>,
     pub oauth_fetches: Family<ConnectionResultLabels, Counter>,
     pub oauth_token_valid: Family<ConnectionLabels, Gauge>,
+    pub password_checks_waiting: Gauge,
 }
 
 impl Default for Metrics {
@@ -133,8 +134,15 @@ impl Metrics {
             "1 while the connection holds a usable OAuth token",
             oauth_token_valid.clone(),
         );
+        let password_checks_waiting = Gauge::default();
+        registry.register(
+            "password_checks_waiting",
+            "Basic password checks waiting for one of the bounded hashing slots",
+            password_checks_waiting.clone(),
+        );
         Metrics {
             registry,
+            password_checks_waiting,
             oauth_fetches,
             oauth_token_valid,
             decisions,

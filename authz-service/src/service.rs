@@ -31,9 +31,30 @@ pub struct Answer {
 
 pub struct Service {
     runtime: ArcSwapOption<Runtime>,
+    /// Slots for uncached password checks. A flood of wrong passwords (each a bcrypt/argon2
+    /// hash of milliseconds) then queues here instead of occupying every CPU and hundreds of
+    /// blocking threads, so token decisions and cached Basic users keep their latency.
+    password_checks: Arc<tokio::sync::Semaphore>,
     pub metrics: Arc<Metrics>,
     pub registry: JwksRegistry,
     pub oauth: OAuthRegistry,
+}
+
+/// Counts a wait in a gauge for exactly as long as it lasts, also when the request is
+/// cancelled mid-wait (Envoy's ext_authz timeout drops the gRPC call).
+struct GaugeGuard<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> GaugeGuard<'a> {
+    fn inc(g: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        g.inc();
+        GaugeGuard(g)
+    }
+}
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 fn new_decision_id() -> String {
@@ -56,8 +77,10 @@ impl Service {
     }
 
     pub fn with_options(metrics: Arc<Metrics>, jwks: JwksOptions, oauth: OAuthOptions) -> Self {
+        let slots = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
         Service {
             runtime: ArcSwapOption::empty(),
+            password_checks: Arc::new(tokio::sync::Semaphore::new(slots)),
             registry: JwksRegistry::new(jwks, metrics.clone()),
             oauth: OAuthRegistry::new(oauth, metrics.clone()),
             metrics,
@@ -240,10 +263,23 @@ impl Service {
             let hit = verifier.cached(&cred.user, &cred.password);
             self.metrics.cache_lookup("basic", hit);
             let valid = hit || {
+                let permit = {
+                    let _waiting = GaugeGuard::inc(&self.metrics.password_checks_waiting);
+                    self.password_checks.clone().acquire_owned().await
+                };
+                let Ok(permit) = permit else {
+                    return Outcome::Unavailable("password checks are shut down".into());
+                };
                 let v = verifier.clone();
                 let (user, password) = (cred.user.clone(), cred.password.clone());
-                // bcrypt/argon2 take milliseconds of CPU: keep them off the async workers.
-                match tokio::task::spawn_blocking(move || v.verify_uncached(&user, &password)).await
+                // bcrypt/argon2 take milliseconds of CPU: keep them off the async workers. The
+                // permit moves into the closure so that a request Envoy gives up on still holds
+                // its slot until the hash it started is done.
+                match tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    v.verify_uncached(&user, &password)
+                })
+                .await
                 {
                     Ok(outcome) => outcome == crate::basic::BasicOutcome::Valid,
                     Err(e) => return Outcome::Unavailable(format!("password check failed: {e}")),

@@ -210,6 +210,48 @@ async fn basic_auth_answers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_wrong_passwords_is_refused_and_real_users_still_get_in() {
+    let s = stack().await;
+    let g = s.svc.grpc;
+    // Password checks are bounded to a few at a time; the rest queue. Every attempt must still
+    // get its own correct answer: queueing never turns into an allow or an UNAVAILABLE.
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..48 {
+        calls.spawn(async move {
+            let (user, pw, want) = match i % 8 {
+                0 => ("alice", "alice-pw".to_string(), 200),
+                4 => ("bob", "bob-pw".to_string(), 200),
+                _ => ("alice", format!("guess-{i}"), 401),
+            };
+            let r = check(g, get("/fhir/r4/Patient/1").auth(basic(user, &pw))).await;
+            (i, r.map(|r| view(&r).0), want)
+        });
+    }
+    while let Some(joined) = calls.join_next().await {
+        let (i, got, want) = joined.unwrap();
+        assert_eq!(got.unwrap(), want, "attempt {i}");
+    }
+    let m = reqwest::get(format!("http://{}/metrics", s.svc.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(&m, "fhirguard_password_checks_waiting"),
+        Some(0.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"fhirguard_decisions_total{policy="clinical/ehr",result="deny",reason="invalid_basic"}"#
+        ),
+        Some(36.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_are_verified_strictly() {
     let s = stack().await;
     let g = s.svc.grpc;
