@@ -73,7 +73,8 @@ if d.get("resourceType") == "OperationOutcome":
     print(d["issue"][0]["code"] + ": " + d["issue"][0].get("diagnostics", "")[:110])
 elif d.get("stand_in_upstream"):
     ident = {k.lower(): v for k, v in d["identity"].items() if k.lower() != "x-fhirguard-decision-id"}
-    print("upstream got " + d["method"] + " " + d["path"][:40] + " " + json.dumps(ident)[:90])
+    prefer = " [Prefer: " + d["prefer"] + "]" if d.get("prefer") else ""
+    print("upstream got " + d["method"] + " " + d["path"][:40] + prefer + " " + json.dumps(ident)[:90])
 else:
     print(json.dumps(d)[:110])
 PY

@@ -15,6 +15,7 @@ class Echo(BaseHTTPRequestHandler):
             "method": self.command,
             "path": self.path,
             "identity": {k: v for k, v in self.headers.items() if k.lower().startswith("x-fhirguard-")},
+            "prefer": self.headers.get("prefer"),
         }).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")

@@ -61,10 +61,55 @@ pub fn unavailable_body(decision_id: &str, why: &str) -> String {
     operation_outcome("transient", why, decision_id)
 }
 
+/// The `Prefer` header for a request whose permission rests on its search parameters.
+///
+/// FHIR servers may ignore search parameters they do not support (FHIR R4 search, "lenient"
+/// handling, the default on many servers), and `Observation?patient=123` then returns every
+/// patient's Observations. `handling=strict` makes such a server refuse the search instead.
+/// The client's other preferences (`return=`, `respond-async`) are kept; its own `handling`
+/// is replaced, so a client cannot ask for lenient handling of a pinned search.
+pub fn strict_prefer(existing: Option<&str>) -> String {
+    let mut kept: Vec<&str> = existing
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|p| {
+            let name = p.split(['=', ';']).next().unwrap_or("").trim();
+            !p.is_empty() && !name.eq_ignore_ascii_case("handling")
+        })
+        .collect();
+    kept.push("handling=strict");
+    kept.join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::policy::DenyReason;
+
+    #[test]
+    fn strict_handling_replaces_the_clients_and_keeps_its_other_preferences() {
+        let cases = [
+            (None, "handling=strict"),
+            (Some(""), "handling=strict"),
+            (Some("handling=lenient"), "handling=strict"),
+            (Some(" Handling = lenient "), "handling=strict"),
+            (
+                Some("return=minimal, handling=lenient"),
+                "return=minimal, handling=strict",
+            ),
+            (
+                Some("respond-async,return=OperationOutcome"),
+                "respond-async, return=OperationOutcome, handling=strict",
+            ),
+            (Some("handling=strict"), "handling=strict"),
+            // A preference that merely starts with the word is not the handling preference.
+            (Some("handlingx=1"), "handlingx=1, handling=strict"),
+        ];
+        for (given, want) in cases {
+            assert_eq!(strict_prefer(given), want, "Prefer: {given:?}");
+        }
+    }
 
     #[test]
     fn a_401_is_an_operation_outcome_with_challenges() {

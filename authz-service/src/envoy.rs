@@ -111,6 +111,10 @@ pub fn to_check_response(
             if let Some(s) = &a.scopes {
                 headers.push(header(SCOPES_HEADER, s, overwrite));
             }
+            if a.strict_search {
+                let prefer = answer::strict_prefer(incoming.get("prefer").map(String::as_str));
+                headers.push(header("prefer", &prefer, overwrite));
+            }
             let mut remove_authorization = false;
             match &a.outbound {
                 Some(OutboundAuth::Set(v)) => headers.push(header("authorization", v, overwrite)),

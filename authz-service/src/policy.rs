@@ -111,6 +111,8 @@ pub struct Allow {
     pub remove_query: Vec<String>,
     /// Query parameters to set (search narrowing).
     pub set_query: Vec<(String, String)>,
+    /// The allow rests on the search parameters: send `Prefer: handling=strict` upstream.
+    pub strict_search: bool,
     /// What the request was, for the decision log.
     pub interaction: Option<String>,
     /// Outbound only: what to do with the `Authorization` header.
@@ -397,6 +399,7 @@ pub fn prepare(policies: &[PolicyConfig], req: &Request<'_>) -> Result<Pending, 
                 scopes: None,
                 remove_query: vec![],
                 set_query: vec![],
+                strict_search: false,
                 interaction: None,
                 outbound: None,
             }));
@@ -421,6 +424,7 @@ pub fn prepare(policies: &[PolicyConfig], req: &Request<'_>) -> Result<Pending, 
             scopes: None,
             remove_query: vec![],
             set_query: vec![],
+            strict_search: false,
             interaction: Some(request.describe()),
             outbound: None,
         }));
@@ -671,6 +675,7 @@ pub fn authorize(
         scopes: None,
         remove_query: vec![],
         set_query: vec![],
+        strict_search: false,
         interaction: Some(req.describe()),
         outbound: None,
     };
@@ -684,7 +689,10 @@ pub fn authorize(
             lookups,
         };
         match smart::authorize(&grant, req) {
-            smart::Verdict::Allow { narrow } => allow.set_query = narrow,
+            smart::Verdict::Allow { narrow, strict } => {
+                allow.set_query = narrow;
+                allow.strict_search = strict;
+            }
             smart::Verdict::Lookup(l) => return Step::Lookup(l),
             smart::Verdict::Deny(d) => {
                 return Step::Done(deny(

@@ -163,6 +163,7 @@ impl Service {
                         scopes: None,
                         remove_query: Vec::new(),
                         set_query: Vec::new(),
+                        strict_search: false,
                         interaction: None,
                         outbound: Some(a),
                     })),

@@ -221,9 +221,14 @@ pub struct Grant<'a> {
 /// The outcome of scope evaluation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// Allowed; `narrow` holds query parameters to set upstream (search narrowing).
+    /// Allowed; `narrow` holds query parameters to set upstream (search narrowing). `strict`
+    /// says the permission rests on the request's search parameters (a patient/ scope's
+    /// compartment pin, a granular scope's filter, or the narrowing itself): a server that
+    /// silently ignored one it does not support would answer more than was allowed, so the
+    /// request must go upstream with `Prefer: handling=strict`.
     Allow {
         narrow: Vec<(String, String)>,
+        strict: bool,
     },
     /// The decision depends on stored resources: look these `(type, id)` up, then ask again.
     Lookup(Vec<(String, String)>),
@@ -231,7 +236,24 @@ pub enum Verdict {
 }
 
 fn allow() -> Verdict {
-    Verdict::Allow { narrow: Vec::new() }
+    Verdict::Allow {
+        narrow: Vec::new(),
+        strict: false,
+    }
+}
+
+/// An allow that holds only if the server applies every search parameter of `req`: searches
+/// and conditional interactions, and operations that carry parameters.
+fn allow_if_applied(req: &FhirRequest) -> Verdict {
+    use Interaction::*;
+    let searches = match req.interaction {
+        OperationSystem | OperationType | OperationInstance => !req.params.is_empty(),
+        _ => needed_permission(req).contains(Perms::S),
+    };
+    Verdict::Allow {
+        narrow: Vec::new(),
+        strict: searches,
+    }
 }
 
 /// What a patient-context check says about one request.
@@ -271,9 +293,13 @@ pub fn authorize(g: &Grant<'_>, req: &FhirRequest) -> Verdict {
 
 fn bundle(g: &Grant<'_>, req: &FhirRequest) -> Verdict {
     let mut lookups = Vec::new();
+    let mut strict = false;
     for (i, e) in req.entries.iter().enumerate() {
         match authorize(g, e) {
-            Verdict::Allow { narrow } if narrow.is_empty() => {}
+            Verdict::Allow {
+                narrow,
+                strict: entry_strict,
+            } if narrow.is_empty() => strict |= entry_strict,
             Verdict::Allow { .. } => {
                 return Verdict::Deny(ScopeDenial {
                     rule: format!(
@@ -294,7 +320,11 @@ fn bundle(g: &Grant<'_>, req: &FhirRequest) -> Verdict {
         }
     }
     if lookups.is_empty() {
-        allow()
+        // `Prefer` applies to the whole batch or transaction, hence to its searches too.
+        Verdict::Allow {
+            narrow: Vec::new(),
+            strict,
+        }
     } else {
         lookups.sort();
         lookups.dedup();
@@ -387,8 +417,13 @@ fn general(g: &Grant<'_>, req: &FhirRequest) -> Verdict {
                 continue;
             }
         }
+        let granted = if s.query.is_some() {
+            allow_if_applied(req)
+        } else {
+            allow()
+        };
         match s.context {
-            Context::User | Context::System => return includes_checked(g, req, allow()),
+            Context::User | Context::System => return includes_checked(g, req, granted),
             Context::Patient => {
                 let Some(ctx) = g.patient else {
                     refusal.get_or_insert_with(|| {
@@ -398,13 +433,16 @@ fn general(g: &Grant<'_>, req: &FhirRequest) -> Verdict {
                     continue;
                 };
                 match patient_check(g, req, ctx) {
-                    PatientCheck::Allow => return includes_checked(g, req, allow()),
+                    PatientCheck::Allow => {
+                        return includes_checked(g, req, allow_if_applied(req));
+                    }
                     PatientCheck::Lookup(t, id) => {
                         lookup.get_or_insert(Verdict::Lookup(vec![(t, id)]));
                     }
                     PatientCheck::Narrow(k, v) => {
                         narrow.get_or_insert(Verdict::Allow {
                             narrow: vec![(k, v)],
+                            strict: true,
                         });
                     }
                     PatientCheck::Deny(why) => {

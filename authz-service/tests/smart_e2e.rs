@@ -79,6 +79,18 @@ impl Stack {
         scopes: &str,
         body: Option<&str>,
     ) -> (u16, reqwest::header::HeaderMap, String) {
+        self.call_with(host, method, path, scopes, body, &[]).await
+    }
+
+    async fn call_with(
+        &self,
+        host: &str,
+        method: reqwest::Method,
+        path: &str,
+        scopes: &str,
+        body: Option<&str>,
+        extra: &[(&str, &str)],
+    ) -> (u16, reqwest::header::HeaderMap, String) {
         let mut r = self
             .http
             .request(
@@ -87,6 +99,9 @@ impl Stack {
             )
             .header("host", host)
             .header("authorization", self.token(scopes));
+        for (k, v) in extra {
+            r = r.header(*k, *v);
+        }
         if let Some(b) = body {
             r = r
                 .header("content-type", "application/fhir+json")
@@ -165,16 +180,25 @@ async fn smart_through_real_envoy() {
     let obs = "patient/Observation.rs patient/Observation.c";
 
     // Searches: pinned to the context patient passes, unpinned is refused with a challenge.
+    // The pinned search goes upstream with `Prefer: handling=strict`, replacing the client's
+    // lenient handling but keeping its other preferences: a server that ignored `subject`
+    // would otherwise return every patient's Observations.
     let (st, _, body) = s
-        .call(
+        .call_with(
             "smart.test",
             M::GET,
             "/fhir/r4/Observation?subject=Patient/p1&code=x",
             obs,
             None,
+            &[("prefer", "return=minimal, handling=lenient")],
         )
         .await;
     assert_eq!(st, 200, "{body}");
+    let upstream: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        upstream["headers"]["prefer"], "return=minimal, handling=strict",
+        "{upstream}"
+    );
     let (st, h, body) = s
         .call(
             "smart.test",
@@ -229,6 +253,27 @@ async fn smart_through_real_envoy() {
     assert!(
         path.contains("subject=Patient%2Fp1") || path.contains("subject=Patient/p1"),
         "not narrowed: {path}"
+    );
+    assert_eq!(
+        upstream["headers"]["prefer"], "handling=strict",
+        "{upstream}"
+    );
+    // A user/ scope may see every match anyway: the client's Prefer is left alone.
+    let (st, _, body) = s
+        .call_with(
+            "smart.test",
+            M::GET,
+            "/fhir/r4/Observation?code=x",
+            "user/Observation.rs",
+            None,
+            &[("prefer", "handling=lenient")],
+        )
+        .await;
+    assert_eq!(st, 200, "{body}");
+    let upstream: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        upstream["headers"]["prefer"], "handling=lenient",
+        "{upstream}"
     );
 
     // Reads by id: decided from the stored resource, fetched through the FhirConnection.

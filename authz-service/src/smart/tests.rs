@@ -8,6 +8,9 @@ use crate::fhir::{Body, HttpRequest, classify, normalize_path, split_path};
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 enum Want {
     Allow,
+    /// Allowed, and the allow rests on the search parameters: upstream gets
+    /// `Prefer: handling=strict`.
+    Strict,
     Deny,
     Lookup,
     /// Allowed with this `k=v` query parameter set upstream.
@@ -57,6 +60,7 @@ fn stored() -> Lookups {
 }
 
 fn run(rows: &[Row], narrow: bool, lookup_configured: bool, lookups: Option<&Lookups>) -> usize {
+    let mut failures = Vec::new();
     for (rule, scopes, patient, line, body, want) in rows {
         let set = parse_scopes(scopes.split(' '));
         let g = Grant {
@@ -68,18 +72,20 @@ fn run(rows: &[Row], narrow: bool, lookup_configured: bool, lookups: Option<&Loo
         };
         let got = authorize(&g, &request(line, *body));
         let ok = match (want, &got) {
-            (Allow, Verdict::Allow { narrow }) => narrow.is_empty(),
-            (Narrow(kv), Verdict::Allow { narrow }) => {
+            (Allow, Verdict::Allow { narrow, strict }) => narrow.is_empty() && !strict,
+            (Strict, Verdict::Allow { narrow, strict }) => narrow.is_empty() && *strict,
+            (Narrow(kv), Verdict::Allow { narrow, strict }) => {
                 let (k, v) = kv.split_once('=').unwrap();
-                narrow == &vec![(k.to_string(), v.to_string())]
+                *strict && narrow == &vec![(k.to_string(), v.to_string())]
             }
             (Deny, Verdict::Deny(_)) | (Lookup, Verdict::Lookup(_)) => true,
             _ => false,
         };
-        assert!(
-            ok,
-            "rule {rule}: {scopes:?} patient={patient:?} {line}: wanted {want:?}, got {got:?}"
-        );
+        if !ok {
+            failures.push(format!(
+                "rule {rule}: {scopes:?} patient={patient:?} {line}: wanted {want:?}, got {got:?}"
+            ));
+        }
         if let Verdict::Deny(d) = &got {
             assert!(
                 !d.rule.is_empty() && !d.needed.is_empty(),
@@ -87,6 +93,7 @@ fn run(rows: &[Row], narrow: bool, lookup_configured: bool, lookups: Option<&Loo
             );
         }
     }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
     rows.len()
 }
 
@@ -190,7 +197,13 @@ const ROWS: &[Row] = &[
     ("patient.never-narrows-user", "user/Patient.r", Some("p1"), "GET /Patient/p2", None, Allow),
     ("patient.never-narrows-system", "system/*.rs", Some("p1"), "GET /Observation/o2", None, Allow),
     ("patient.user-and-patient-union", "patient/Observation.rs user/Condition.rs", Some("p1"), "GET /Condition?code=x", None, Allow),
-    ("patient.wildcard-type", "patient/*.rs", Some("p1"), "GET /Observation?subject=Patient/p1", None, Allow),
+    // Strict handling only where the allow rests on parameters: a user/ search may see every
+    // match anyway, and a read by id has no parameters to ignore.
+    ("strict.not-for-user-search", "user/Observation.rs", None, "GET /Observation?code=x&unknown-param=y", None, Allow),
+    ("strict.not-for-own-patient-read", "patient/Patient.r", Some("p1"), "GET /Patient/p1", None, Allow),
+    ("strict.not-for-create", "patient/Observation.c", Some("p1"), "POST /Observation", Some(r#"{"resourceType":"Observation","subject":{"reference":"Patient/p1"}}"#), Allow),
+    ("strict.for-pinned-search-with-other-params", "patient/Observation.rs", Some("p1"), "GET /Observation?patient=p1&code=x", None, Strict),
+    ("patient.wildcard-type", "patient/*.rs", Some("p1"), "GET /Observation?subject=Patient/p1", None, Strict),
     ("patient.outside-compartment", "patient/Medication.rs", Some("p1"), "GET /Medication/m1", None, Deny),
     ("patient.outside-compartment", "patient/Practitioner.rs", Some("p1"), "GET /Practitioner?name=x", None, Deny),
     ("patient.outside-compartment", "patient/*.rs", Some("p1"), "GET /Organization/o1", None, Deny),
@@ -198,24 +211,24 @@ const ROWS: &[Row] = &[
     ("patient.system-history", "patient/*.rs", Some("p1"), "GET /_history", None, Deny),
     ("patient.type-history", "patient/Observation.rs", Some("p1"), "GET /Observation/_history", None, Deny),
     // --- patient-scoped searches must be pinned to the context patient ---
-    ("compartment.pinned-subject", "patient/Observation.rs", Some("p1"), "GET /Observation?subject=Patient/p1", None, Allow),
-    ("compartment.pinned-subject-encoded", "patient/Observation.rs", Some("p1"), "GET /Observation?subject=Patient%2Fp1&code=x", None, Allow),
-    ("compartment.pinned-performer", "patient/Observation.rs", Some("p1"), "GET /Observation?performer=Patient/p1", None, Allow),
-    ("compartment.pinned-patient-param", "patient/Condition.rs", Some("p1"), "GET /Condition?patient=p1", None, Allow),
-    ("compartment.pinned-patient-param-ref", "patient/Condition.rs", Some("p1"), "GET /Condition?patient=Patient/p1", None, Allow),
-    ("compartment.pinned-asserter", "patient/Condition.rs", Some("p1"), "GET /Condition?asserter=Patient/p1", None, Allow),
-    ("compartment.pinned-encounter", "patient/Encounter.rs", Some("p1"), "GET /Encounter?patient=p1&date=ge2020", None, Allow),
-    ("compartment.pinned-medicationrequest", "patient/MedicationRequest.rs", Some("p1"), "GET /MedicationRequest?subject=Patient/p1", None, Allow),
-    ("compartment.pinned-coverage", "patient/Coverage.rs", Some("p1"), "GET /Coverage?beneficiary=Patient/p1", None, Allow),
-    ("compartment.pinned-allergy-recorder", "patient/AllergyIntolerance.rs", Some("p1"), "GET /AllergyIntolerance?recorder=Patient/p1", None, Allow),
-    ("compartment.pinned-type-modifier", "patient/Observation.rs", Some("p1"), "GET /Observation?subject:Patient=p1", None, Allow),
-    ("compartment.clinical-patient-param", "patient/Observation.rs", Some("p1"), "GET /Observation?patient=p1", None, Allow),
-    ("compartment.clinical-patient-param-reference", "patient/DiagnosticReport.rs", Some("p1"), "GET /DiagnosticReport?patient=Patient/p1&code=x", None, Allow),
+    ("compartment.pinned-subject", "patient/Observation.rs", Some("p1"), "GET /Observation?subject=Patient/p1", None, Strict),
+    ("compartment.pinned-subject-encoded", "patient/Observation.rs", Some("p1"), "GET /Observation?subject=Patient%2Fp1&code=x", None, Strict),
+    ("compartment.pinned-performer", "patient/Observation.rs", Some("p1"), "GET /Observation?performer=Patient/p1", None, Strict),
+    ("compartment.pinned-patient-param", "patient/Condition.rs", Some("p1"), "GET /Condition?patient=p1", None, Strict),
+    ("compartment.pinned-patient-param-ref", "patient/Condition.rs", Some("p1"), "GET /Condition?patient=Patient/p1", None, Strict),
+    ("compartment.pinned-asserter", "patient/Condition.rs", Some("p1"), "GET /Condition?asserter=Patient/p1", None, Strict),
+    ("compartment.pinned-encounter", "patient/Encounter.rs", Some("p1"), "GET /Encounter?patient=p1&date=ge2020", None, Strict),
+    ("compartment.pinned-medicationrequest", "patient/MedicationRequest.rs", Some("p1"), "GET /MedicationRequest?subject=Patient/p1", None, Strict),
+    ("compartment.pinned-coverage", "patient/Coverage.rs", Some("p1"), "GET /Coverage?beneficiary=Patient/p1", None, Strict),
+    ("compartment.pinned-allergy-recorder", "patient/AllergyIntolerance.rs", Some("p1"), "GET /AllergyIntolerance?recorder=Patient/p1", None, Strict),
+    ("compartment.pinned-type-modifier", "patient/Observation.rs", Some("p1"), "GET /Observation?subject:Patient=p1", None, Strict),
+    ("compartment.clinical-patient-param", "patient/Observation.rs", Some("p1"), "GET /Observation?patient=p1", None, Strict),
+    ("compartment.clinical-patient-param-reference", "patient/DiagnosticReport.rs", Some("p1"), "GET /DiagnosticReport?patient=Patient/p1&code=x", None, Strict),
     ("compartment.clinical-patient-param-other", "patient/Observation.rs", Some("p1"), "GET /Observation?patient=p2", None, Deny),
     ("compartment.clinical-patient-param-missing-modifier", "patient/Observation.rs", Some("p1"), "GET /Observation?patient:missing=true", None, Deny),
     ("compartment.patient-param-only-for-clinical-types", "patient/Coverage.rs", Some("p1"), "GET /Coverage?patient=p1", None, Deny),
     ("compartment.pinned-repeated", "patient/Observation.rs", Some("p1"), "GET /Observation?subject=Patient/p1&subject=p1x", None, Deny),
-    ("compartment.pinned-list-all-ctx", "patient/Observation.rs", Some("p1"), "GET /Observation?subject=Patient/p1,Patient/p1", None, Allow),
+    ("compartment.pinned-list-all-ctx", "patient/Observation.rs", Some("p1"), "GET /Observation?subject=Patient/p1,Patient/p1", None, Strict),
     ("compartment.unpinned", "patient/Observation.rs", Some("p1"), "GET /Observation?code=x", None, Deny),
     ("compartment.unpinned-empty", "patient/Observation.rs", Some("p1"), "GET /Observation", None, Deny),
     ("compartment.non-compartment-param", "patient/Observation.rs", Some("p1"), "GET /Observation?encounter=Encounter/e1", None, Deny),
@@ -236,17 +249,17 @@ const ROWS: &[Row] = &[
     ("compartment.versioned-reference", "patient/Observation.rs", Some("p1"), "GET /Observation?subject=Patient/p1/_history/1", None, Deny),
     ("compartment.group-reference", "patient/Observation.rs", Some("p1"), "GET /Observation?subject=Group/p1", None, Deny),
     ("compartment.post-search-pinned", "patient/Observation.rs", Some("p1"), "POST /Observation/_search", None, Deny),
-    ("compartment.url", "patient/Observation.rs", Some("p1"), "GET /Patient/p1/Observation", None, Allow),
-    ("compartment.url-with-params", "patient/Observation.rs", Some("p1"), "GET /Patient/p1/Observation?code=x", None, Allow),
+    ("compartment.url", "patient/Observation.rs", Some("p1"), "GET /Patient/p1/Observation", None, Strict),
+    ("compartment.url-with-params", "patient/Observation.rs", Some("p1"), "GET /Patient/p1/Observation?code=x", None, Strict),
     ("compartment.url-other-patient", "patient/Observation.rs", Some("p1"), "GET /Patient/p2/Observation", None, Deny),
-    ("compartment.url-all-types", "patient/*.rs", Some("p1"), "GET /Patient/p1/*", None, Allow),
+    ("compartment.url-all-types", "patient/*.rs", Some("p1"), "GET /Patient/p1/*", None, Strict),
     ("compartment.url-all-types-needs-wildcard", "patient/Observation.rs", Some("p1"), "GET /Patient/p1/*", None, Deny),
     ("compartment.url-other-compartment", "patient/Observation.rs", Some("p1"), "GET /Encounter/e1/Observation", None, Deny),
     ("compartment.url-needs-s", "patient/Observation.r", Some("p1"), "GET /Patient/p1/Observation", None, Deny),
     ("compartment.url-user-scope", "user/Observation.rs", None, "GET /Encounter/e1/Observation", None, Allow),
     // --- Patient?_id= ---
-    ("patient-search.id-is-context", "patient/Patient.rs", Some("p1"), "GET /Patient?_id=p1", None, Allow),
-    ("patient-search.id-with-other-params", "patient/Patient.rs", Some("p1"), "GET /Patient?_id=p1&name=x", None, Allow),
+    ("patient-search.id-is-context", "patient/Patient.rs", Some("p1"), "GET /Patient?_id=p1", None, Strict),
+    ("patient-search.id-with-other-params", "patient/Patient.rs", Some("p1"), "GET /Patient?_id=p1&name=x", None, Strict),
     ("patient-search.id-other", "patient/Patient.rs", Some("p1"), "GET /Patient?_id=p2", None, Deny),
     ("patient-search.id-list-with-other", "patient/Patient.rs", Some("p1"), "GET /Patient?_id=p1,p2", None, Deny),
     ("patient-search.no-id", "patient/Patient.rs", Some("p1"), "GET /Patient?name=smith", None, Deny),
@@ -259,12 +272,12 @@ const ROWS: &[Row] = &[
     ("include.no-target-type-wildcard", "user/*.rs", None, "GET /Observation?code=x&_include=Observation:performer", None, Allow),
     ("include.star", "user/Observation.rs user/Patient.rs", None, "GET /Observation?code=x&_include=*", None, Deny),
     ("include.iterate-needs-wildcard", "user/Observation.rs user/Practitioner.rs", None, "GET /Observation?code=x&_include:iterate=Observation:performer:Practitioner", None, Deny),
-    ("include.patient-scope-covered", "patient/Observation.rs patient/Patient.rs", Some("p1"), "GET /Observation?subject=Patient/p1&_include=Observation:subject:Patient", None, Allow),
+    ("include.patient-scope-covered", "patient/Observation.rs patient/Patient.rs", Some("p1"), "GET /Observation?subject=Patient/p1&_include=Observation:subject:Patient", None, Strict),
     ("include.patient-scope-not-covered", "patient/Observation.rs", Some("p1"), "GET /Observation?subject=Patient/p1&_include=Observation:subject:Patient", None, Deny),
     ("include.granular-scope-does-not-cover", "user/Observation.rs user/Practitioner.rs?active=true", None, "GET /Observation?code=x&_include=Observation:performer:Practitioner", None, Deny),
     ("revinclude.source-covered", "user/Patient.rs user/Provenance.rs", None, "GET /Patient?name=x&_revinclude=Provenance:target", None, Allow),
     ("revinclude.source-not-covered", "user/Patient.rs", None, "GET /Patient?name=x&_revinclude=Provenance:target", None, Deny),
-    ("revinclude.patient-scope", "patient/Observation.rs patient/Provenance.rs", Some("p1"), "GET /Observation?subject=Patient/p1&_revinclude=Provenance:target", None, Allow),
+    ("revinclude.patient-scope", "patient/Observation.rs patient/Provenance.rs", Some("p1"), "GET /Observation?subject=Patient/p1&_revinclude=Provenance:target", None, Strict),
     // --- reads, updates and deletes by id depend on the stored resource ---
     ("lookup.read-in-compartment", "patient/Observation.rs", Some("p1"), "GET /Observation/o1", None, Allow),
     ("lookup.read-other-compartment", "patient/Observation.rs", Some("p1"), "GET /Observation/o2", None, Deny),
@@ -310,27 +323,27 @@ const ROWS: &[Row] = &[
     ("body.patch-own-patient", "patient/Patient.u", Some("p1"), "PATCH /Patient/p1", None, Allow),
     ("body.patch-not-provable", "patient/Observation.u", Some("p1"), "PATCH /Observation/o1", None, Deny),
     // --- conditional interactions under patient scopes ---
-    ("conditional.update-pinned", "patient/Observation.us", Some("p1"), "PUT /Observation?subject=Patient/p1&identifier=a|b", Some(OBS_P1), Allow),
+    ("conditional.update-pinned", "patient/Observation.us", Some("p1"), "PUT /Observation?subject=Patient/p1&identifier=a|b", Some(OBS_P1), Strict),
     ("conditional.update-unpinned", "patient/Observation.us", Some("p1"), "PUT /Observation?identifier=a|b", Some(OBS_P1), Deny),
     ("conditional.update-body-elsewhere", "patient/Observation.us", Some("p1"), "PUT /Observation?subject=Patient/p1&identifier=a|b", Some(OBS_P2), Deny),
     ("conditional.update-criteria-other", "patient/Observation.us", Some("p1"), "PUT /Observation?subject=Patient/p2", Some(OBS_P1), Deny),
-    ("conditional.delete-pinned", "patient/Observation.ds", Some("p1"), "DELETE /Observation?subject=Patient/p1&code=x", None, Allow),
+    ("conditional.delete-pinned", "patient/Observation.ds", Some("p1"), "DELETE /Observation?subject=Patient/p1&code=x", None, Strict),
     ("conditional.delete-unpinned", "patient/Observation.ds", Some("p1"), "DELETE /Observation?code=x", None, Deny),
     ("conditional.delete-other", "patient/Observation.ds", Some("p1"), "DELETE /Observation?subject=Patient/p2", None, Deny),
     ("conditional.patch-refused", "patient/Observation.us", Some("p1"), "PATCH /Observation?subject=Patient/p1", None, Deny),
-    ("conditional.patient-update-pinned", "patient/Patient.us", Some("p1"), "PUT /Patient?_id=p1", Some(PAT_P1), Allow),
+    ("conditional.patient-update-pinned", "patient/Patient.us", Some("p1"), "PUT /Patient?_id=p1", Some(PAT_P1), Strict),
     // --- granular (v2 query) scopes ---
-    ("granular.search-with-filter", "user/Observation.rs?category=laboratory", None, "GET /Observation?category=laboratory", None, Allow),
-    ("granular.search-with-filter-and-more", "user/Observation.rs?category=laboratory", None, "GET /Observation?category=laboratory&code=x", None, Allow),
+    ("granular.search-with-filter", "user/Observation.rs?category=laboratory", None, "GET /Observation?category=laboratory", None, Strict),
+    ("granular.search-with-filter-and-more", "user/Observation.rs?category=laboratory", None, "GET /Observation?category=laboratory&code=x", None, Strict),
     ("granular.search-without-filter", "user/Observation.rs?category=laboratory", None, "GET /Observation?code=x", None, Deny),
     ("granular.search-other-value", "user/Observation.rs?category=laboratory", None, "GET /Observation?category=vital-signs", None, Deny),
     ("granular.search-widened-list", "user/Observation.rs?category=laboratory", None, "GET /Observation?category=laboratory,vital-signs", None, Deny),
     ("granular.search-repeated-other", "user/Observation.rs?category=laboratory", None, "GET /Observation?category=laboratory&category=vital-signs", None, Deny),
-    ("granular.system-value", "user/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory", None, "GET /Observation?category=http://terminology.hl7.org/CodeSystem/observation-category%7Claboratory", None, Allow),
+    ("granular.system-value", "user/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory", None, "GET /Observation?category=http://terminology.hl7.org/CodeSystem/observation-category%7Claboratory", None, Strict),
     ("granular.read-by-id-unprovable", "user/Observation.rs?category=laboratory", None, "GET /Observation/o1", None, Deny),
     ("granular.write-unprovable", "user/Observation.cud?category=laboratory", None, "POST /Observation", Some(OBS_P1), Deny),
     ("granular.patient-needs-pin-too", "patient/Observation.rs?category=laboratory", Some("p1"), "GET /Observation?category=laboratory", None, Deny),
-    ("granular.patient-pinned", "patient/Observation.rs?category=laboratory", Some("p1"), "GET /Observation?category=laboratory&subject=Patient/p1", None, Allow),
+    ("granular.patient-pinned", "patient/Observation.rs?category=laboratory", Some("p1"), "GET /Observation?category=laboratory&subject=Patient/p1", None, Strict),
     ("granular.union-with-plain", "user/Observation.rs?category=laboratory user/Observation.r", None, "GET /Observation/o1", None, Allow),
     // --- $everything ---
     ("everything.own-patient-wildcard", "patient/*.rs", Some("p1"), "GET /Patient/p1/$everything", None, Allow),
@@ -357,7 +370,7 @@ const ROWS: &[Row] = &[
     ("export.needs-rs", "system/*.r", None, "GET /$export", None, Deny),
     // --- batch and transaction: every entry decides; one refusal refuses the bundle ---
     ("bundle.all-entries-pass", "patient/Observation.rs patient/Patient.r", Some("p1"), "POST /",
-        Some(r#"{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"GET","url":"Patient/p1"}},{"request":{"method":"GET","url":"Observation?subject=Patient/p1"}}]}"#), Allow),
+        Some(r#"{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"GET","url":"Patient/p1"}},{"request":{"method":"GET","url":"Observation?subject=Patient/p1"}}]}"#), Strict),
     ("bundle.one-entry-fails", "patient/Observation.rs patient/Patient.r", Some("p1"), "POST /",
         Some(r#"{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"GET","url":"Patient/p1"}},{"request":{"method":"GET","url":"Patient/p2"}}]}"#), Deny),
     ("bundle.transaction-create-other", "patient/Observation.c", Some("p1"), "POST /",
@@ -387,7 +400,7 @@ const NARROW_ROWS: &[Row] = &[
     ("narrow.unpinned-condition-prefers-patient", "patient/Condition.rs", Some("p1"), "GET /Condition", None, Narrow("patient=Patient/p1")),
     ("narrow.unpinned-patient", "patient/Patient.rs", Some("p1"), "GET /Patient?name=x", None, Narrow("_id=p1")),
     ("narrow.unpinned-coverage", "patient/Coverage.rs", Some("p1"), "GET /Coverage", None, Narrow("policy-holder=Patient/p1")),
-    ("narrow.pinned-unchanged", "patient/Observation.rs", Some("p1"), "GET /Observation?subject=Patient/p1", None, Allow),
+    ("narrow.pinned-unchanged", "patient/Observation.rs", Some("p1"), "GET /Observation?subject=Patient/p1", None, Strict),
     ("narrow.other-patient-still-refused", "patient/Observation.rs", Some("p1"), "GET /Observation?subject=Patient/p2", None, Deny),
     ("narrow.chained-still-refused", "patient/Observation.rs", Some("p1"), "GET /Observation?subject.name=x", None, Deny),
     ("narrow.has-still-refused", "patient/Observation.rs", Some("p1"), "GET /Observation?_has:Observation:part-of:code=x", None, Deny),
@@ -416,7 +429,7 @@ const NO_LOOKUP_ROWS: &[Row] = &[
     ("no-lookup.delete-refused", "patient/Observation.d", Some("p1"), "DELETE /Observation/o1", None, Deny),
     ("no-lookup.update-refused", "patient/Observation.u", Some("p1"), "PUT /Observation/o1", Some(OBS_O1_P1), Deny),
     ("no-lookup.own-patient-fine", "patient/Patient.r", Some("p1"), "GET /Patient/p1", None, Allow),
-    ("no-lookup.search-fine", "patient/Observation.rs", Some("p1"), "GET /Observation?subject=Patient/p1", None, Allow),
+    ("no-lookup.search-fine", "patient/Observation.rs", Some("p1"), "GET /Observation?subject=Patient/p1", None, Strict),
     ("no-lookup.create-fine", "patient/Observation.c", Some("p1"), "POST /Observation", Some(OBS_P1), Allow),
     ("no-lookup.user-fine", "user/Observation.rs", None, "GET /Observation/o1", None, Allow),
 ];
@@ -449,7 +462,13 @@ fn first_round_asks_for_lookups_and_second_decides() {
         lookups: Some(&answers),
         ..g
     };
-    assert_eq!(authorize(&g, &req), Verdict::Allow { narrow: vec![] });
+    assert_eq!(
+        authorize(&g, &req),
+        Verdict::Allow {
+            narrow: vec![],
+            strict: false
+        }
+    );
 }
 
 #[test]
