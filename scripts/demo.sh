@@ -7,12 +7,28 @@
 #
 #   scripts/demo.sh           run the walk-through, then stop everything
 #   scripts/demo.sh --keep    leave the stack running (Ctrl-C stops it) to try your own requests
+#   scripts/demo.sh --hfs     use a real FHIR R4 server, helios-hfs, instead of the stand-in
+#                             (`cargo install helios-hfs --locked` first, about 35 minutes on
+#                             2 cores, or point HFS_BIN at the binary); seeds a few resources
 #
 # Exits non-zero if any answer differs from what the walk-through expects (CI runs it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-keep=0
-[ "${1:-}" = "--keep" ] && keep=1
+keep=0 hfs=0
+for arg in "$@"; do
+  case "$arg" in
+    --keep) keep=1 ;;
+    --hfs) hfs=1 ;;
+    *) echo "usage: scripts/demo.sh [--keep] [--hfs]" >&2; exit 2 ;;
+  esac
+done
+if [ "$hfs" = 1 ]; then
+  HFS_BIN=${HFS_BIN:-$(command -v hfs || true)}
+  if [ -z "$HFS_BIN" ] || [ ! -x "$HFS_BIN" ]; then
+    echo "--hfs needs the helios-hfs server: cargo install helios-hfs --locked (or set HFS_BIN)" >&2
+    exit 2
+  fi
+fi
 step() { printf '\n==> %s\n' "$*"; }
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -34,18 +50,44 @@ step "3/7 rendering examples/quickstart into $work/config (what the operator wou
 target/debug/fhirguard-operator render -f examples/quickstart -o "$work/config"
 target/debug/fhirguard-authz validate --config-dir "$work/config"
 
-step "4/7 starting the stand-in FHIR upstream (:8081, a Python echo, not a FHIR server), fhirguard-authz (:9001 gRPC, :9090 HTTP) and Envoy (:10000)"
-python3 scripts/demo_upstream.py 8081 & pids+=($!)
+if [ "$hfs" = 1 ]; then
+  step "4/7 starting helios-hfs (:8081, a real FHIR R4 server, SQLite in $work/hfs), fhirguard-authz (:9001 gRPC, :9090 HTTP) and Envoy (:10000)"
+  mkdir -p "$work/hfs"
+  (cd "$work/hfs" && exec "$HFS_BIN" --host 127.0.0.1 --port 8081 --data-dir "$work/hfs" \
+    --base-url http://127.0.0.1:10000/fhir/r4 --log-level warn) >"$work/hfs.log" 2>&1 & pids+=($!)
+else
+  step "4/7 starting the stand-in FHIR upstream (:8081, a Python echo, not a FHIR server), fhirguard-authz (:9001 gRPC, :9090 HTTP) and Envoy (:10000)"
+  python3 scripts/demo_upstream.py 8081 & pids+=($!)
+fi
 target/debug/fhirguard-authz serve --config-dir "$work/config" \
   --grpc-addr 127.0.0.1:9001 --http-addr 127.0.0.1:9090 --log-format text 2>"$work/authz.log" & pids+=($!)
 .venv/bin/envoy -c examples/envoy/demo-envoy.yaml --concurrency 1 --log-level warn 2>"$work/envoy.log" & pids+=($!)
 up=0
 for _ in $(seq 1 150); do
   if curl -sf http://127.0.0.1:9090/readyz >/dev/null && curl -sf http://127.0.0.1:9901/ready >/dev/null \
-    && curl -sf http://127.0.0.1:8081/ >/dev/null; then up=1; break; fi
+    && curl -sf http://127.0.0.1:8081/metadata >/dev/null; then up=1; break; fi
   sleep 0.2
 done
 [ "$up" = 1 ] || { echo "the stack did not come up; logs in $work" >&2; tail -20 "$work"/*.log >&2; exit 1; }
+
+# Expected answers that depend on the upstream: fhirguard's own refusals never do.
+E_DELETE=200 E_PINNED=200
+if [ "$hfs" = 1 ]; then
+  # Seeded straight into the server (not through Envoy): two patients, one Observation each.
+  for r in 'Patient/1 {"resourceType":"Patient","id":"1","name":[{"family":"Demo","given":["One"]}]}' \
+      'Patient/123 {"resourceType":"Patient","id":"123","name":[{"family":"Demo","given":["Jo"]}]}' \
+      'Patient/456 {"resourceType":"Patient","id":"456","name":[{"family":"Other","given":["Sam"]}]}' \
+      'Observation/obs-123 {"resourceType":"Observation","id":"obs-123","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/123"}}' \
+      'Observation/obs-456 {"resourceType":"Observation","id":"obs-456","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/456"}}'; do
+    curl -sf -o /dev/null -X PUT -H 'Content-Type: application/fhir+json' -d "${r#* }" "http://127.0.0.1:8081/${r%% *}" \
+      || { echo "seeding ${r%% *} into helios-hfs failed; log in $work/hfs.log" >&2; exit 1; }
+  done
+  echo "  seeded Patient/1, Patient/123, Patient/456 and an Observation for 123 and for 456"
+  # A real server answers a delete with 204. Its default build does not support `patient` on
+  # Observation; under the strict handling fhirguard asks for, it refuses the pinned search
+  # (400) instead of ignoring the parameter and returning patient 456's Observation too.
+  E_DELETE=204 E_PINNED=400
+fi
 
 step "5/7 minting demo tokens (ES256, examples/demo/demo-signing-key.pem; the policy trusts its public key)"
 B=http://127.0.0.1:10000/fhir/r4
@@ -68,9 +110,17 @@ import json, sys
 try:
     d = json.load(open(sys.argv[1]))
 except Exception:
-    print(open(sys.argv[1]).read()[:100].strip()); sys.exit()
+    print(open(sys.argv[1]).read()[:100].strip() or "(no body)"); sys.exit()
 if d.get("resourceType") == "OperationOutcome":
-    print(d["issue"][0]["code"] + ": " + d["issue"][0].get("diagnostics", "")[:110])
+    i = d["issue"][0]
+    by = "" if any(e.get("url", "").startswith("https://fhirguard.dev/") for e in d.get("extension", [])) else "FHIR server: "
+    print(by + i["code"] + ": " + (i.get("diagnostics") or i.get("details", {}).get("text", ""))[:110])
+elif d.get("resourceType") == "Bundle":
+    hits = [e["resource"]["resourceType"] + "/" + e["resource"].get("id", "?") for e in d.get("entry", [])
+            if e.get("search", {}).get("mode", "match") == "match"]
+    print("FHIR server: " + d.get("type", "") + " Bundle with " + (", ".join(hits) or "no matches"))
+elif d.get("resourceType"):
+    print("FHIR server: " + d["resourceType"] + ("/" + d["id"] if d.get("id") else ""))
 elif d.get("stand_in_upstream"):
     ident = {k.lower(): v for k, v in d["identity"].items() if k.lower() != "x-fhirguard-decision-id"}
     prefer = " [Prefer: " + d["prefer"] + "]" if d.get("prefer") else ""
@@ -90,10 +140,10 @@ show 401 "GET /Patient/1 as alice, wrong password"           -u alice:wrong "$B/
 show 200 "GET /Patient/1 as alice"                           -u alice:alice-pw "$B/Patient/1"
 show 200 "GET /Observation?code=x as bob (Read)"             -u bob:bob-pw "$B/Observation?code=x"
 show 403 "DELETE /Patient/1 as bob (Read)"                   -u bob:bob-pw -X DELETE "$B/Patient/1"
-show 200 "DELETE /Patient/1 as alice (ReadWrite)"            -u alice:alice-pw -X DELETE "$B/Patient/1"
+show $E_DELETE "DELETE /Patient/1 as alice (ReadWrite)"      -u alice:alice-pw -X DELETE "$B/Patient/1"
 show 400 "GET /Patient/%2e%2e/admin as alice (path trick)"   -u alice:alice-pw "$B/Patient/%2e%2e/admin"
 show 200 "token: GET /Patient/123 (its own patient)"         -H "Authorization: Bearer $T_PATIENT" "$B/Patient/123"
-show 200 "token: GET /Observation?patient=123"               -H "Authorization: Bearer $T_PATIENT" "$B/Observation?patient=123"
+show $E_PINNED "token: GET /Observation?patient=123"         -H "Authorization: Bearer $T_PATIENT" "$B/Observation?patient=123"
 show 403 "token: GET /Observation?patient=456 (another one)" -H "Authorization: Bearer $T_PATIENT" "$B/Observation?patient=456"
 show 403 "token: GET /Observation (no patient in search)"    -H "Authorization: Bearer $T_PATIENT" "$B/Observation"
 show 403 "token: POST /Observation (scope lacks c)"          -H "Authorization: Bearer $T_PATIENT" \
