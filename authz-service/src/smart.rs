@@ -417,13 +417,12 @@ fn general(g: &Grant<'_>, req: &FhirRequest) -> Verdict {
                 continue;
             }
         }
-        let granted = if s.query.is_some() {
-            allow_if_applied(req)
-        } else {
-            allow()
-        };
         match s.context {
-            Context::User | Context::System => return includes_checked(g, req, granted),
+            // A granular scope's filter passed above: the allow rests on that parameter.
+            Context::User | Context::System if s.query.is_some() => {
+                return includes_checked(g, req, allow_if_applied(req));
+            }
+            Context::User | Context::System => return includes_checked(g, req, allow()),
             Context::Patient => {
                 let Some(ctx) = g.patient else {
                     refusal.get_or_insert_with(|| {

@@ -333,19 +333,11 @@ async fn hot_reload_under_load_and_fail_closed() {
     let mut bad = standard_config(3, &s.idp.jwks.uri(), "");
     bad.policies[0].base_path = "fhir/../r4".into();
     s.idp.dir.publish_config(&bad, Some(&s.idp.pki.ca_pem));
-    let http = reqwest::Client::new();
     eventually(
         "the invalid config is counted",
         Duration::from_secs(10),
         async || {
-            let m = http
-                .get(format!("http://{}/metrics", s.idp.svc.http))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let m = s.idp.svc.metrics().await;
             metric(&m, r#"fhirguard_config_reloads_total{result="invalid"}"#).unwrap_or(0.0) >= 1.0
         },
     )

@@ -191,12 +191,7 @@ async fn basic_auth_answers() {
     assert_eq!(view(&r).0, 200);
 
     // The second check of the same credentials is served from the cache.
-    let m = reqwest::get(format!("http://{}/metrics", s.svc.http))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = s.svc.metrics().await;
     assert!(
         metric(
             &m,
@@ -231,12 +226,7 @@ async fn a_flood_of_wrong_passwords_is_refused_and_real_users_still_get_in() {
         let (i, got, want) = joined.unwrap();
         assert_eq!(got.unwrap(), want, "attempt {i}");
     }
-    let m = reqwest::get(format!("http://{}/metrics", s.svc.http))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = s.svc.metrics().await;
     assert_eq!(
         metric(&m, "fhirguard_password_checks_waiting"),
         Some(0.0),
@@ -434,12 +424,7 @@ async fn unknown_kid_refetches_and_last_good_keys_survive_an_outage() {
         .0,
         200
     );
-    let m = reqwest::get(format!("http://{}/metrics", s.svc.http))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = s.svc.metrics().await;
     assert!(
         m.contains(r#"fhirguard_jwks_stale{source="clinical/ehr/idp"} 1"#),
         "{m}"
@@ -570,12 +555,7 @@ async fn reload_swaps_valid_configs_and_keeps_the_last_good_one() {
         .publish(&[("config.json", "{not json"), ("idp-ca.pem", &s.pki.ca_pem)]);
     assert!(fhirguard_authz::reload::reload_now(&s.svc.service, s.dir.path()).is_err());
     assert_eq!(view(&check(g, carol()).await.unwrap()).0, 200);
-    let m = reqwest::get(format!("http://{}/metrics", s.svc.http))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = s.svc.metrics().await;
     assert!(m.contains("fhirguard_config_generation 2"), "{m}");
     assert!(
         metric(&m, r#"fhirguard_config_reloads_total{result="invalid"}"#).unwrap() >= 2.0,

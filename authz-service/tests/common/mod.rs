@@ -343,6 +343,18 @@ pub struct RunningService {
     pub http: SocketAddr,
 }
 
+impl RunningService {
+    /// The Prometheus text from the service's HTTP port.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.http))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
 pub async fn start_service(dir: &Path, poll: Duration) -> RunningService {
     let metrics = Arc::new(Metrics::new());
     let options = JwksOptions {
