@@ -22,6 +22,8 @@ pub mod policy;
 pub mod smart;
 
 #[cfg(feature = "server")]
+pub mod backoff;
+#[cfg(feature = "server")]
 pub mod basic;
 #[cfg(feature = "server")]
 pub mod envoy;

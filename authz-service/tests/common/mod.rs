@@ -360,6 +360,7 @@ pub async fn start_service(dir: &Path, poll: Duration) -> RunningService {
     let options = JwksOptions {
         min_refetch_interval: Duration::from_millis(500),
         retry_after_failure: Duration::from_millis(200),
+        max_retry: Duration::from_secs(1),
     };
     let oauth = fhirguard_authz::oauth::OAuthOptions {
         min_retry: Duration::from_millis(200),
