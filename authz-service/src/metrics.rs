@@ -63,6 +63,8 @@ pub struct Metrics {
     pub jwks_fetches: Family<SourceResultLabels, Counter>,
     pub jwks_stale: Family<SourceLabels, Gauge>,
     pub cache: Family<CacheLabels, Counter>,
+    /// 1 while the config directory holds a refused config (the last good one is in force).
+    pub config_refused: Gauge,
     pub oauth_fetches: Family<ConnectionResultLabels, Counter>,
     pub oauth_token_valid: Family<ConnectionLabels, Gauge>,
     pub password_checks_waiting: Gauge,
@@ -122,6 +124,12 @@ impl Metrics {
             "Credential cache lookups by cache (basic, token) and result (hit, miss)",
             cache.clone(),
         );
+        let config_refused = Gauge::default();
+        registry.register(
+            "config_refused",
+            "1 while the config directory holds a refused config and the last good one is in force",
+            config_refused.clone(),
+        );
         let oauth_fetches = Family::<ConnectionResultLabels, Counter>::default();
         registry.register(
             "oauth_token_fetches",
@@ -152,6 +160,7 @@ impl Metrics {
             jwks_fetches,
             jwks_stale,
             cache,
+            config_refused,
         }
     }
 

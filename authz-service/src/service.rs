@@ -31,6 +31,8 @@ pub struct Answer {
 
 pub struct Service {
     runtime: ArcSwapOption<Runtime>,
+    /// Digest of the content last refused by a reload, so it is reported once.
+    refused: std::sync::Mutex<Option<[u8; 32]>>,
     /// Slots for uncached password checks. A flood of wrong passwords (each a bcrypt/argon2
     /// hash of milliseconds) then queues here instead of occupying every CPU and hundreds of
     /// blocking threads, so token decisions and cached Basic users keep their latency.
@@ -80,6 +82,7 @@ impl Service {
         let slots = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
         Service {
             runtime: ArcSwapOption::empty(),
+            refused: std::sync::Mutex::new(None),
             password_checks: Arc::new(tokio::sync::Semaphore::new(slots)),
             registry: JwksRegistry::new(jwks, metrics.clone()),
             oauth: OAuthRegistry::new(oauth, metrics.clone()),
@@ -101,6 +104,21 @@ impl Service {
 
     pub fn is_ready(&self) -> bool {
         self.runtime.load().is_some()
+    }
+
+    /// Whether this content was refused by the last reload that refused anything.
+    pub fn refused_before(&self, digest: &[u8; 32]) -> bool {
+        self.refused
+            .lock()
+            .is_ok_and(|r| r.as_ref() == Some(digest))
+    }
+
+    /// Remembers refused content (or that the directory holds none).
+    pub fn remember_refused(&self, digest: Option<[u8; 32]>) {
+        self.metrics.config_refused.set(i64::from(digest.is_some()));
+        if let Ok(mut r) = self.refused.lock() {
+            *r = digest;
+        }
     }
 
     pub async fn check(&self, req: &Request<'_>) -> Answer {

@@ -42,19 +42,49 @@ pub struct Runtime {
 /// Reads and validates a config directory without building verifiers (for `validate` and
 /// as the first step of a load).
 pub fn read_dir(dir: &Path) -> Result<(CompiledConfig, [u8; 32]), ConfigError> {
-    let path = dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let config = CompiledConfig::from_json(&text).map_err(|source| ConfigError::Parse {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let mut problems = config.validate();
+    let (digest, result) = read_dir_digest(dir);
+    result.map(|c| (c, digest))
+}
+
+/// Like [`read_dir`], but the digest of what was read comes back whether or not it is valid:
+/// the reloader remembers refused content by it, so that it refuses (and reports) a broken
+/// config once instead of on every re-read. A file that cannot be read enters the digest as
+/// its error, so it counts as changed once it can be read.
+pub fn read_dir_digest(dir: &Path) -> ([u8; 32], Result<CompiledConfig, ConfigError>) {
     let mut digest = Sha256::new();
+    let path = dir.join(CONFIG_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(source) => {
+            digest.update(b"unreadable config: ");
+            digest.update(source.kind().to_string().as_bytes());
+            return (
+                digest.finalize().into(),
+                Err(ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                }),
+            );
+        }
+    };
     digest.update(text.as_bytes());
+    let config = match CompiledConfig::from_json(&text) {
+        Ok(c) => c,
+        Err(source) => {
+            return (
+                digest.finalize().into(),
+                Err(ConfigError::Parse {
+                    path: path.display().to_string(),
+                    source,
+                }),
+            );
+        }
+    };
+    let mut problems = config.validate();
     for file in config.ca_files() {
+        digest.update([0]);
+        digest.update(file.as_bytes());
+        digest.update([0]);
         match std::fs::read(dir.join(file)) {
             Ok(pem) => {
                 if let Err(e) = crate::tls::roots_from_pem(file, &pem) {
@@ -64,20 +94,24 @@ pub fn read_dir(dir: &Path) -> Result<(CompiledConfig, [u8; 32]), ConfigError> {
                         message: e.to_string(),
                     });
                 }
-                digest.update(file.as_bytes());
                 digest.update(&pem);
             }
-            Err(e) => problems.push(Problem {
-                object: "config".into(),
-                field: format!("files[{file}]"),
-                message: format!("the CA bundle named by the config cannot be read: {e}"),
-            }),
+            Err(e) => {
+                digest.update(b"unreadable: ");
+                digest.update(e.kind().to_string().as_bytes());
+                problems.push(Problem {
+                    object: "config".into(),
+                    field: format!("files[{file}]"),
+                    message: format!("the CA bundle named by the config cannot be read: {e}"),
+                });
+            }
         }
     }
+    let digest: [u8; 32] = digest.finalize().into();
     if !problems.is_empty() {
-        return Err(ConfigError::Invalid(problems));
+        return (digest, Err(ConfigError::Invalid(problems)));
     }
-    Ok((config, digest.finalize().into()))
+    (digest, Ok(config))
 }
 
 impl Runtime {
