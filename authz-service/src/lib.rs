@@ -26,6 +26,8 @@ pub mod backoff;
 #[cfg(feature = "server")]
 pub mod basic;
 #[cfg(feature = "server")]
+pub mod cache;
+#[cfg(feature = "server")]
 pub mod envoy;
 #[cfg(feature = "server")]
 pub mod http;

@@ -1,17 +1,21 @@
 //! Compartment lookups: fetching a stored resource through a FhirConnection to learn whose
-//! compartment it is in. Answers are cached briefly; the cache belongs to one loaded config,
-//! so a config change never reuses an answer fetched under the old one.
+//! compartment it is in. Answers are cached briefly in the shared lookup cache under a digest
+//! salted per client, so a config change (which builds new clients) never reuses an answer
+//! fetched under the old one.
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sha2::{Digest, Sha256};
+
+use crate::cache::{ByteCache, alloc_bytes, string_bytes};
 use crate::config::ConnectionConfig;
 use crate::smart::Stored;
 
 pub const CACHE_TTL: Duration = Duration::from_secs(30);
-pub const CACHE_CAPACITY: usize = 10_000;
+/// The cache a client made without one gets (tests and tools).
+const PRIVATE_CACHE_BYTES: usize = 1 << 20;
 /// A request (a bundle) needing more lookups than this is refused rather than fanned out.
 pub const MAX_LOOKUPS_PER_REQUEST: usize = 50;
 
@@ -35,7 +39,18 @@ pub struct LookupClient {
     client: reqwest::Client,
     authorization: Option<String>,
     oauth: Option<std::sync::Arc<crate::oauth::TokenSource>>,
-    cache: Mutex<HashMap<(String, String), (Instant, Stored)>>,
+    cache_salt: [u8; 32],
+    cache: Arc<ByteCache<Stored>>,
+}
+
+fn stored_bytes(s: &Stored) -> usize {
+    match s {
+        Stored::Found(patients) => {
+            alloc_bytes(patients.len() * std::mem::size_of::<String>())
+                + patients.iter().map(|p| string_bytes(p)).sum::<usize>()
+        }
+        _ => 0,
+    }
 }
 
 impl LookupClient {
@@ -46,6 +61,23 @@ impl LookupClient {
         dir: &Path,
         oauth: Option<std::sync::Arc<crate::oauth::TokenSource>>,
     ) -> Result<Self, LookupError> {
+        Self::with_cache(
+            conn,
+            dir,
+            oauth,
+            Arc::new(ByteCache::new(PRIVATE_CACHE_BYTES)),
+        )
+    }
+
+    /// A client whose answers go to `cache` (shared by every policy).
+    pub fn with_cache(
+        conn: &ConnectionConfig,
+        dir: &Path,
+        oauth: Option<std::sync::Arc<crate::oauth::TokenSource>>,
+        cache: Arc<ByteCache<Stored>>,
+    ) -> Result<Self, LookupError> {
+        let mut cache_salt = [0u8; 32];
+        rand::fill(&mut cache_salt);
         let authorization = conn
             .auth
             .basic
@@ -57,18 +89,25 @@ impl LookupClient {
             client: crate::tls::http_client(&conn.tls, dir)?,
             authorization,
             oauth,
-            cache: Mutex::new(HashMap::new()),
+            cache_salt,
+            cache,
         })
+    }
+
+    fn cache_slot(&self, resource_type: &str, id: &str) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(self.cache_salt);
+        h.update(resource_type.as_bytes());
+        h.update([0]);
+        h.update(id.as_bytes());
+        h.finalize().into()
     }
 
     /// Whose compartment `type/id` is in, or that nothing is stored there.
     pub async fn stored(&self, resource_type: &str, id: &str) -> Result<Stored, LookupError> {
-        let key = (resource_type.to_string(), id.to_string());
-        if let Ok(cache) = self.cache.lock()
-            && let Some((at, s)) = cache.get(&key)
-            && at.elapsed() < CACHE_TTL
-        {
-            return Ok(s.clone());
+        let key = self.cache_slot(resource_type, id);
+        if let Some(s) = self.cache.get(&key, Instant::now(), |s| Some(s.clone())) {
+            return Ok(s);
         }
         let what = format!("{resource_type}/<id> through {}", self.connection);
         let mut req = self
@@ -103,15 +142,12 @@ impl LookupClient {
             }
             _ => return Err(LookupError::Status { what, status }),
         };
-        if let Ok(mut cache) = self.cache.lock() {
-            if cache.len() >= CACHE_CAPACITY {
-                cache.retain(|_, (at, _)| at.elapsed() < CACHE_TTL);
-                if cache.len() >= CACHE_CAPACITY {
-                    cache.clear();
-                }
-            }
-            cache.insert(key, (Instant::now(), stored.clone()));
-        }
+        self.cache.insert(
+            key,
+            stored.clone(),
+            stored_bytes(&stored),
+            Instant::now() + CACHE_TTL,
+        );
         Ok(stored)
     }
 }

@@ -8,7 +8,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use fhirguard_authz::{
-    envoy, http, jwks::JwksOptions, metrics::Metrics, reload, service::Service, state,
+    cache::{Budget, DEFAULT_BUDGET_MIB},
+    envoy, http,
+    jwks::JwksOptions,
+    metrics::Metrics,
+    reload,
+    service::{Options, Service},
+    state,
 };
 
 #[derive(Parser)]
@@ -38,6 +44,11 @@ enum Command {
         /// Minimum seconds between two JWKS refetches caused by unknown key ids.
         #[arg(long, default_value_t = 30)]
         jwks_min_refetch_seconds: u64,
+        /// Memory for all caches together (verified tokens, Basic successes, compartment
+        /// lookups), in MiB. Keep it well below the container's memory limit; the process
+        /// itself needs about 20 MiB besides.
+        #[arg(long, default_value_t = DEFAULT_BUDGET_MIB, env = "FHIRGUARD_CACHE_MEMORY_MIB")]
+        cache_memory_mib: usize,
         /// Log format: json or text.
         #[arg(long, default_value = "json", env = "FHIRGUARD_LOG_FORMAT")]
         log_format: String,
@@ -102,6 +113,7 @@ fn main() -> anyhow::Result<()> {
             http_addr,
             poll_seconds,
             jwks_min_refetch_seconds,
+            cache_memory_mib,
             log_format,
         } => {
             init_logging(&log_format);
@@ -114,6 +126,7 @@ fn main() -> anyhow::Result<()> {
                 http_addr,
                 poll_seconds,
                 jwks_min_refetch_seconds,
+                cache_memory_mib,
             ))
         }
     }
@@ -125,13 +138,23 @@ async fn serve(
     http_addr: SocketAddr,
     poll_seconds: u64,
     jwks_min_refetch_seconds: u64,
+    cache_memory_mib: usize,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
-    let jwks = JwksOptions {
-        min_refetch_interval: Duration::from_secs(jwks_min_refetch_seconds),
-        ..JwksOptions::default()
+    let cache = Budget::from_mib(cache_memory_mib);
+    let options = Options {
+        jwks: JwksOptions {
+            min_refetch_interval: Duration::from_secs(jwks_min_refetch_seconds),
+            ..JwksOptions::default()
+        },
+        cache,
+        ..Options::default()
     };
-    let service = Arc::new(Service::new(metrics, jwks));
+    let service = Arc::new(Service::configured(metrics, options));
+    tracing::info!(
+        cache_budget_bytes = cache.tokens + cache.basic + cache.lookups,
+        "cache memory budget"
+    );
     if let Err(e) = reload::reload_now(&service, &config_dir) {
         // Not fatal: the directory may be filled later. Until then every Check is UNAVAILABLE
         // and /readyz says not ready.

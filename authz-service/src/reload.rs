@@ -55,6 +55,7 @@ pub fn reload_now(service: &Service, dir: &Path) -> Result<ReloadOutcome, Config
             dir,
             &service.registry,
             &service.oauth,
+            &service.caches,
             &service.metrics,
         )
     });

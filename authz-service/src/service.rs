@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
 
+use crate::cache::{Budget, Caches};
 use crate::jwks::{JwksOptions, JwksRegistry};
 use crate::jwt::TokenError;
 use crate::metrics::{DecisionLabels, Metrics};
@@ -29,6 +30,15 @@ pub struct Answer {
     pub outcome: Outcome,
 }
 
+/// Everything a service is started with besides its config.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    pub jwks: JwksOptions,
+    pub oauth: OAuthOptions,
+    /// The memory budget of the caches (`--cache-memory-mib`).
+    pub cache: Budget,
+}
+
 pub struct Service {
     runtime: ArcSwapOption<Runtime>,
     /// Digest of the content last refused by a reload, so it is reported once.
@@ -40,6 +50,7 @@ pub struct Service {
     pub metrics: Arc<Metrics>,
     pub registry: JwksRegistry,
     pub oauth: OAuthRegistry,
+    pub caches: Caches,
 }
 
 /// Counts a wait in a gauge for exactly as long as it lasts, also when the request is
@@ -79,13 +90,25 @@ impl Service {
     }
 
     pub fn with_options(metrics: Arc<Metrics>, jwks: JwksOptions, oauth: OAuthOptions) -> Self {
+        Self::configured(
+            metrics,
+            Options {
+                jwks,
+                oauth,
+                cache: Budget::default(),
+            },
+        )
+    }
+
+    pub fn configured(metrics: Arc<Metrics>, options: Options) -> Self {
         let slots = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
         Service {
             runtime: ArcSwapOption::empty(),
             refused: std::sync::Mutex::new(None),
             password_checks: Arc::new(tokio::sync::Semaphore::new(slots)),
-            registry: JwksRegistry::new(jwks, metrics.clone()),
-            oauth: OAuthRegistry::new(oauth, metrics.clone()),
+            registry: JwksRegistry::new(options.jwks, metrics.clone()),
+            oauth: OAuthRegistry::new(options.oauth, metrics.clone()),
+            caches: Caches::new(options.cache, &metrics),
             metrics,
         }
     }
@@ -94,12 +117,14 @@ impl Service {
         self.runtime.load_full()
     }
 
-    /// Swaps in a new runtime (already validated and built).
+    /// Swaps in a new runtime (already validated and built). Cached verdicts belong to the
+    /// config they were made under, so the caches are emptied with the swap.
     pub fn install(&self, rt: Runtime) {
         self.metrics
             .config_generation
             .set(rt.config.generation as i64);
         self.runtime.store(Some(Arc::new(rt)));
+        self.caches.clear();
     }
 
     pub fn is_ready(&self) -> bool {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use crate::basic::BasicVerifier;
+use crate::cache::Caches;
 use crate::config::{CONFIG_FILE, CompiledConfig, ConfigError, Problem};
 use crate::jwks::JwksRegistry;
 use crate::jwt::{JwtVerifier, Provider};
@@ -122,6 +123,7 @@ impl Runtime {
         dir: &Path,
         registry: &JwksRegistry,
         oauth: &OAuthRegistry,
+        caches: &Caches,
         metrics: &Arc<Metrics>,
     ) -> Result<Runtime, ConfigError> {
         let mut problems = Vec::new();
@@ -153,7 +155,7 @@ impl Runtime {
             let id = format!("{}/{}", p.namespace, p.name);
             let basic = match &p.authentication.basic {
                 None => None,
-                Some(b) => match BasicVerifier::new(&b.htpasswd) {
+                Some(b) => match BasicVerifier::with_cache(&b.htpasswd, caches.basic.clone()) {
                     Ok(v) => Some(Arc::new(v)),
                     Err(e) => {
                         problems.push(Problem {
@@ -180,7 +182,11 @@ impl Runtime {
                             }),
                         }
                     }
-                    Some(JwtVerifier::new(providers, metrics.clone()))
+                    Some(JwtVerifier::new(
+                        providers,
+                        caches.tokens.clone(),
+                        metrics.clone(),
+                    ))
                 }
             };
             let lookup = match &p.authorization.smart.compartment_lookup {
@@ -194,7 +200,14 @@ impl Runtime {
                         Outbound::OAuth(s) => Some(s.clone()),
                         Outbound::Fixed(_) => None,
                     });
-                    match conn.map(|c| crate::lookup::LookupClient::new(c, dir, token)) {
+                    match conn.map(|c| {
+                        crate::lookup::LookupClient::with_cache(
+                            c,
+                            dir,
+                            token,
+                            caches.lookups.clone(),
+                        )
+                    }) {
                         Some(Ok(client)) => Some(client),
                         Some(Err(e)) => {
                             problems.push(Problem {
@@ -230,10 +243,11 @@ pub fn load(
     dir: &Path,
     registry: &JwksRegistry,
     oauth: &OAuthRegistry,
+    caches: &Caches,
     metrics: &Arc<Metrics>,
 ) -> Result<Runtime, ConfigError> {
     let (config, digest) = read_dir(dir)?;
-    Runtime::build(config, digest, dir, registry, oauth, metrics)
+    Runtime::build(config, digest, dir, registry, oauth, caches, metrics)
 }
 
 /// Where the config lives, for logs.
