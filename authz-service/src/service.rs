@@ -41,6 +41,10 @@ pub struct Options {
 
 pub struct Service {
     runtime: ArcSwapOption<Runtime>,
+    /// True while a config is loaded and the process is not shutting down: what
+    /// `grpc.health.v1` and `/readyz` report.
+    serving: tokio::sync::watch::Sender<bool>,
+    draining: std::sync::atomic::AtomicBool,
     /// Digest of the content last refused by a reload, so it is reported once.
     refused: std::sync::Mutex<Option<[u8; 32]>>,
     /// Slots for uncached password checks. A flood of wrong passwords (each a bcrypt/argon2
@@ -104,6 +108,8 @@ impl Service {
         let slots = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
         Service {
             runtime: ArcSwapOption::empty(),
+            serving: tokio::sync::watch::Sender::new(false),
+            draining: std::sync::atomic::AtomicBool::new(false),
             refused: std::sync::Mutex::new(None),
             password_checks: Arc::new(tokio::sync::Semaphore::new(slots)),
             registry: JwksRegistry::new(options.jwks, metrics.clone()),
@@ -125,10 +131,28 @@ impl Service {
             .set(rt.config.generation as i64);
         self.runtime.store(Some(Arc::new(rt)));
         self.caches.clear();
+        self.update_serving();
     }
 
+    /// Ready to decide: a config is loaded and the process is not draining.
     pub fn is_ready(&self) -> bool {
-        self.runtime.load().is_some()
+        self.runtime.load().is_some() && !self.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Shutting down: report not serving (so Envoy's health checks and Kubernetes take this
+    /// replica out of rotation) while Checks keep being answered.
+    pub fn start_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.update_serving();
+    }
+
+    fn update_serving(&self) {
+        self.serving.send_replace(self.is_ready());
     }
 
     /// Whether this content was refused by the last reload that refused anything.
@@ -144,6 +168,11 @@ impl Service {
         if let Ok(mut r) = self.refused.lock() {
             *r = digest;
         }
+    }
+
+    /// Follows [`Service::is_ready`].
+    pub fn serving(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.serving.subscribe()
     }
 
     pub async fn check(&self, req: &Request<'_>) -> Answer {

@@ -378,6 +378,7 @@ pub async fn start_service(dir: &Path, poll: Duration) -> RunningService {
     let svc = envoy::EnvoyAuthz::new(service.clone()).into_server();
     tokio::spawn(
         tonic::transport::Server::builder()
+            .add_service(fhirguard_authz::health::server(&service))
             .add_service(svc)
             .serve_with_incoming(incoming),
     );
