@@ -458,6 +458,19 @@ pub fn prepare(policies: &[PolicyConfig], req: &Request<'_>) -> Result<Pending, 
     if query_tokens.len() > 1 {
         return Err(bad_request("more than one access_token query parameter"));
     }
+    // A name that only decodes to access_token (`%61ccess_token`) is not taken for a token
+    // above, yet a server that decodes the query reads it as one: a credential nobody checked.
+    if raw_query.into_iter().flat_map(|q| q.split('&')).any(|kv| {
+        let name = kv.split('=').next().unwrap_or("");
+        name.contains('%')
+            && percent_encoding::percent_decode_str(name)
+                .decode_utf8()
+                .is_ok_and(|n| n == "access_token")
+    }) {
+        return Err(bad_request(
+            "the access_token parameter name must not be percent-encoded",
+        ));
+    }
     let query_bearer = match query_tokens.first() {
         None => None,
         Some(_) if !query_allowed => {
