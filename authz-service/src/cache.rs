@@ -417,6 +417,61 @@ mod tests {
         assert_eq!(c.get(&key(2), Instant::now(), |v| Some(*v)), None);
     }
 
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert(u8, u16),
+        Get(u8),
+        Clear,
+    }
+
+    proptest! {
+        /// Any sequence of inserts, reads and clears: the accounted bytes are exactly the
+        /// entries' weights, never above the budget, and a read returns the value last
+        /// stored under its key or nothing.
+        #[test]
+        fn accounting_holds_for_any_sequence(ops in proptest::collection::vec(
+            prop_oneof![
+                10 => (any::<u8>(), 0u16..1200).prop_map(|(k, w)| Op::Insert(k, w)),
+                10 => any::<u8>().prop_map(Op::Get),
+                1 => Just(Op::Clear),
+            ],
+            0..600,
+        )) {
+            // Room for about a hundred entries, keys for 256, some too heavy to cache.
+            let budget = 48 * 1024;
+            let c: ByteCache<(u8, u16)> = ByteCache::new(budget);
+            let mut last = std::collections::HashMap::new();
+            for op in ops {
+                match op {
+                    Op::Insert(k, w) => {
+                        if c.insert(key(u64::from(k)), (k, w), usize::from(w), later()) {
+                            last.insert(k, w);
+                        }
+                    }
+                    Op::Get(k) => {
+                        if let Some((gk, gw)) = c.get(&key(u64::from(k)), Instant::now(), |v| Some(*v)) {
+                            prop_assert_eq!(gk, k);
+                            prop_assert_eq!(Some(&gw), last.get(&k));
+                        }
+                    }
+                    Op::Clear => {
+                        c.clear();
+                        last.clear();
+                    }
+                }
+                let inner = c.inner.read().unwrap();
+                let weights: usize = inner.map.values().map(|s| s.weight).sum();
+                prop_assert_eq!(weights, inner.bytes);
+                prop_assert!(inner.bytes <= budget);
+                prop_assert_eq!(inner.small.len() + inner.main.len(), inner.map.len());
+                let small: usize = inner.map.values().filter(|s| !s.in_main).map(|s| s.weight).sum();
+                prop_assert_eq!(small, inner.small_bytes);
+            }
+        }
+    }
+
     #[test]
     fn the_budget_split_adds_up() {
         let b = Budget::from_mib(64);
