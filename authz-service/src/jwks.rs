@@ -33,6 +33,8 @@ use crate::metrics::{Metrics, SourceLabels, SourceResultLabels};
 
 /// A JWKS document above this size is refused: real ones are a few kilobytes.
 const MAX_JWKS_BYTES: usize = 512 * 1024;
+/// How long a token request waits for a fetch under way while no key set was ever obtained.
+const FIRST_FETCH_WAIT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum JwksError {
@@ -242,7 +244,14 @@ impl JwksSource {
             return Ok(k);
         }
         self.check_backoff()?;
-        let _guard = self.fetch_lock.lock().await;
+        // Wait for a fetch already under way, but not for as long as a hanging IdP can make
+        // it take (connect and request timeouts): Envoy would give up first anyway.
+        let Ok(_guard) = tokio::time::timeout(FIRST_FETCH_WAIT, self.fetch_lock.lock()).await
+        else {
+            return Err(
+                self.unavailable("the first fetch of the key set is still under way".into())
+            );
+        };
         if let Some(k) = self.keys.load_full() {
             return Ok(k);
         }
@@ -576,6 +585,51 @@ mod tests {
             "the key's alg must match"
         );
         assert_eq!(set.candidates(JwtAlg::HS256, None).count(), 0, "never HMAC");
+    }
+
+    /// An IdP that accepts connections and never answers: token requests do not wait for
+    /// the fetch's own timeouts, and they never start a fetch of their own meanwhile.
+    #[tokio::test]
+    async fn a_hanging_first_fetch_answers_unavailable_quickly() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(tcp);
+            }
+        });
+        let registry = JwksRegistry::new(JwksOptions::default(), Arc::new(Metrics::new()));
+        let config = JwksConfig {
+            uri: Some(format!("https://127.0.0.1:{port}/jwks")),
+            refresh_interval_seconds: 600,
+            tls: TlsConfig {
+                mode: crate::config::TlsMode::SkipVerification,
+                ca_file: None,
+            },
+            document: None,
+        };
+        let source = registry.source("t/p/idp", &config, Path::new(".")).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for _ in 0..3 {
+            let started = Instant::now();
+            let err = source.keys().await.err().unwrap();
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "{:?}",
+                started.elapsed()
+            );
+            assert!(err.reason.contains("under way"), "{err}");
+        }
+        assert_eq!(
+            accepted.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "only the refresher's fetch reached the IdP"
+        );
     }
 
     #[test]
