@@ -190,7 +190,9 @@ impl Default for JwksOptions {
         JwksOptions {
             min_refetch_interval: Duration::from_secs(30),
             retry_after_failure: Duration::from_secs(1),
-            max_retry: Duration::from_secs(30),
+            // An IdP that comes back is used within 10 s; a dead one sees six fetches a
+            // minute per replica and key source.
+            max_retry: Duration::from_secs(10),
         }
     }
 }

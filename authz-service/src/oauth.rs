@@ -42,9 +42,9 @@ impl Default for OAuthOptions {
     fn default() -> Self {
         OAuthOptions {
             min_retry: Duration::from_secs(1),
-            // Short enough that an endpoint that comes back is used within half a minute,
-            // long enough that a dead one sees two requests a minute from each replica.
-            max_retry: Duration::from_secs(30),
+            // Short enough that outbound calls work again within 10 s of the endpoint's
+            // return, long enough that a dead one sees six requests a minute per replica.
+            max_retry: Duration::from_secs(10),
             max_lifetime: Duration::from_secs(3600),
             refresh_margin: Duration::from_secs(60),
             default_lifetime: Duration::from_secs(3600),

@@ -807,9 +807,9 @@ async fn fhirguard_under_faults_never_allows_wrongly_and_recovers() {
         .metric(jwks_failures)
         .await
         .max(r2.metric(jwks_failures).await);
-    // The step after the last failure: 1 s doubling, at most 30 s (jittered into its upper
+    // The step after the last failure: 1 s doubling, at most 10 s (jittered into its upper
     // half, so the full step bounds it).
-    let step = Duration::from_secs((1u64 << (failures as u32).saturating_sub(1).min(5)).min(30));
+    let step = Duration::from_secs((1u64 << (failures as u32).saturating_sub(1).min(4)).min(10));
     assert!(
         recovered <= step + Duration::from_secs(2),
         "tokens accepted {recovered:?} after the IdP returned; the backoff step was {step:?}"
@@ -830,17 +830,17 @@ async fn fhirguard_under_faults_never_allows_wrongly_and_recovers() {
             .unwrap_or(10),
     );
     // The most failures an outage this long can see per replica: each step waits at least
-    // half its full delay (1 s doubling, at most 30 s).
+    // half its full delay (1 s doubling, at most 10 s).
     let (mut most_failures, mut t) = (1u32, 0.0f64);
     loop {
-        let next = (0.5 * f64::from(1u32 << (most_failures - 1).min(5))).min(15.0);
+        let next = (0.5 * f64::from(1u32 << (most_failures - 1).min(4))).min(5.0);
         if t + next > outage.as_secs_f64() {
             break;
         }
         t += next;
         most_failures += 1;
     }
-    let longest_step = Duration::from_secs(u64::from(1u32 << (most_failures - 1).min(5)).min(30));
+    let longest_step = Duration::from_secs(u64::from(1u32 << (most_failures - 1).min(4)).min(10));
     until("egress works", Duration::from_secs(10), async || {
         send(&client, &target, Class::Egress, 0).await.0 == 200
     })
@@ -878,8 +878,8 @@ async fn fhirguard_under_faults_never_allows_wrongly_and_recovers() {
         },
     )
     .await;
-    // Within one step of the longest the outage can reach (16 s for 10 s); when a request and
-    // the refresher both counted every failure, a 25 s outage reached the 60 s cap.
+    // Within one step of the longest the outage can reach (10 s); when a request and the
+    // refresher both counted every failure, a 25 s outage reached the old 60 s cap.
     assert!(
         back <= longest_step + Duration::from_secs(1),
         "recovery took {back:?}; the longest backoff step was {longest_step:?}"
