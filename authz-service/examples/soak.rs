@@ -18,12 +18,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
     HttpRequest, Request as AttrRequest,
 };
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -69,7 +69,9 @@ fn b64(b: &[u8]) -> String {
 }
 
 fn free_port() -> Result<u16, Error> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn now() -> u64 {
@@ -137,7 +139,9 @@ async fn main() -> Result<(), Error> {
     let raw = kp.public_key_raw();
     let jwks = serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "use": "sig",
         "alg": "ES256", "kid": "soak", "x": b64(&raw[1..33]), "y": b64(&raw[33..65])}]});
-    let key = Arc::new(jsonwebtoken::EncodingKey::from_ec_pem(kp.serialize_pem().as_bytes())?);
+    let key = Arc::new(jsonwebtoken::EncodingKey::from_ec_pem(
+        kp.serialize_pem().as_bytes(),
+    )?);
     let htpasswd = format!("alice:{}\n", bcrypt::hash("alice-pw", 5)?);
     let cfg = serde_json::json!({"version": 1, "generation": 1, "connections": [], "policies": [{
         "namespace": "soak", "name": "ehr", "basePath": "/fhir",
@@ -245,7 +249,9 @@ async fn main() -> Result<(), Error> {
         }));
     }
 
-    println!("   t      RSS  cache bytes (token)  entries  evicted  checks/s  allowed/refused/unavailable/errors");
+    println!(
+        "   t      RSS  cache bytes (token)  entries  evicted  checks/s  allowed/refused/unavailable/errors"
+    );
     let mut samples = Vec::new();
     let mut last = (Instant::now(), 0usize);
     while Instant::now() < deadline {
