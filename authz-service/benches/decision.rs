@@ -115,6 +115,7 @@ fn request<'a>(auth: &'a str, path: &'a str) -> Request<'a> {
         path,
         authorization: Some(auth),
         if_none_exist: None,
+        headers: &[],
         body: None,
         policy_ref: None,
     }

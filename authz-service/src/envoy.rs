@@ -12,9 +12,7 @@ use envoy_types::ext_authz::v3::pb::{
 use envoy_types::pb::google::rpc;
 use tonic::{Request as GrpcRequest, Response, Status};
 
-use crate::answer::{
-    self, DECISION_ID_HEADER, HEADER_PREFIX, PATIENT_HEADER, SCOPES_HEADER, SUBJECT_HEADER,
-};
+use crate::answer::{self, DECISION_ID_HEADER, PATIENT_HEADER, SCOPES_HEADER, SUBJECT_HEADER};
 use crate::fhir::Body;
 use crate::policy::{Decision, OutboundAuth, Request};
 use crate::service::{Outcome, Service};
@@ -128,11 +126,11 @@ pub fn to_check_response(
                 .iter()
                 .filter_map(|h| h.header.as_ref().map(|h| h.key.as_str()))
                 .collect();
-            let mut headers_to_remove: Vec<String> = incoming
-                .keys()
-                .filter(|k| k.starts_with(HEADER_PREFIX) && !ours.contains(&k.as_str()))
-                .cloned()
-                .collect();
+            let mut headers_to_remove: Vec<String> =
+                answer::forged_headers(incoming.keys().map(String::as_str))
+                    .into_iter()
+                    .filter(|k| !ours.contains(&k.as_str()))
+                    .collect();
             if remove_authorization {
                 headers_to_remove.push("authorization".into());
             }
@@ -245,8 +243,13 @@ impl Authorization for EnvoyAuthz {
         } else {
             &http.host
         };
+        let header_list: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let r = Request {
             method: &http.method,
+            headers: &header_list,
             host,
             path: &http.path,
             authorization: headers.get("authorization").map(String::as_str),

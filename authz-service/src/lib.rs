@@ -16,8 +16,11 @@
 pub mod answer;
 pub mod compartment;
 pub mod config;
+pub mod definitions;
 pub mod fhir;
 pub mod htpasswd;
+pub mod json;
+pub mod operations;
 pub mod policy;
 pub mod smart;
 

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::config::ConnectionConfig;
-use crate::smart::Stored;
+use crate::smart::{LookupKey, Stored};
 
 pub const CACHE_TTL: Duration = Duration::from_secs(30);
 pub const CACHE_CAPACITY: usize = 10_000;
@@ -35,7 +35,7 @@ pub struct LookupClient {
     client: reqwest::Client,
     authorization: Option<String>,
     oauth: Option<std::sync::Arc<crate::oauth::TokenSource>>,
-    cache: Mutex<HashMap<(String, String), (Instant, Stored)>>,
+    cache: Mutex<HashMap<LookupKey, (Instant, Stored)>>,
 }
 
 impl LookupClient {
@@ -61,19 +61,19 @@ impl LookupClient {
         })
     }
 
-    /// Whose compartment `type/id` is in, or that nothing is stored there.
-    pub async fn stored(&self, resource_type: &str, id: &str) -> Result<Stored, LookupError> {
-        let key = (resource_type.to_string(), id.to_string());
+    /// What is stored under `key` (the current version, or one version for a vread).
+    pub async fn stored(&self, key: &LookupKey) -> Result<Stored, LookupError> {
         if let Ok(cache) = self.cache.lock()
-            && let Some((at, s)) = cache.get(&key)
+            && let Some((at, s)) = cache.get(key)
             && at.elapsed() < CACHE_TTL
         {
             return Ok(s.clone());
         }
+        let resource_type = key.resource_type.as_str();
         let what = format!("{resource_type}/<id> through {}", self.connection);
         let mut req = self
             .client
-            .get(format!("{}/{resource_type}/{id}", self.base))
+            .get(format!("{}/{}", self.base, key.path()))
             .header("accept", "application/fhir+json");
         if let Some(a) = &self.authorization {
             req = req.header("authorization", a);
@@ -87,19 +87,27 @@ impl LookupClient {
         })?;
         let status = resp.status().as_u16();
         let stored = match status {
-            404 | 410 => Stored::NotFound,
+            404 => Stored::NotFound,
+            // Deleted: it existed, and a 410 says nothing of whose it was.
+            410 => Stored::Gone,
             200 => {
-                let body: serde_json::Value =
-                    resp.json().await.map_err(|e| LookupError::Fetch {
-                        what: what.clone(),
-                        message: e.to_string(),
-                    })?;
+                let bytes = resp.bytes().await.map_err(|e| LookupError::Fetch {
+                    what: what.clone(),
+                    message: e.to_string(),
+                })?;
+                let body = crate::json::parse_strict(&bytes).map_err(|e| LookupError::Fetch {
+                    what: what.clone(),
+                    message: e.to_string(),
+                })?;
                 let same = body.get("resourceType").and_then(|t| t.as_str()) == Some(resource_type)
-                    && body.get("id").and_then(|i| i.as_str()) == Some(id);
+                    && body.get("id").and_then(|i| i.as_str()) == Some(key.id.as_str())
+                    && key.version.as_deref().is_none_or(|v| {
+                        body.pointer("/meta/versionId").and_then(|x| x.as_str()) == Some(v)
+                    });
                 if !same {
                     return Err(LookupError::Unexpected { what });
                 }
-                Stored::Found(crate::compartment::patients_of(&body))
+                Stored::Found(std::sync::Arc::new(body))
             }
             _ => return Err(LookupError::Status { what, status }),
         };
@@ -110,7 +118,7 @@ impl LookupClient {
                     cache.clear();
                 }
             }
-            cache.insert(key, (Instant::now(), stored.clone()));
+            cache.insert(key.clone(), (Instant::now(), stored.clone()));
         }
         Ok(stored)
     }

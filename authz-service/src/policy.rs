@@ -198,6 +198,9 @@ pub struct Request<'a> {
     pub path: &'a str,
     pub authorization: Option<&'a str>,
     pub if_none_exist: Option<&'a str>,
+    /// Every request header (lower-cased names), for rules about headers the decision does
+    /// not otherwise read (method overrides).
+    pub headers: &'a [(String, String)],
     /// `None` when Envoy did not send the body, or sent only part of it.
     pub body: Option<fhir::Body<'a>>,
     /// The `fhirguard.dev/policy` context extension.
@@ -373,6 +376,19 @@ pub fn prepare(policies: &[PolicyConfig], req: &Request<'_>) -> Result<Pending, 
         return Err(deny(None, 403, DenyReason::NoPolicy, vec![], why));
     };
     let p = &policies[index];
+    if let Some(name) = method_override(req.headers) {
+        // Servers and frameworks that honour these turn an allowed POST or GET into a DELETE
+        // or PUT that fhirguard never judged.
+        return Err(deny(
+            Some(p),
+            400,
+            DenyReason::MalformedRequest,
+            vec![],
+            format!(
+                "the {name} header (a method override) is not accepted; send the real HTTP method"
+            ),
+        ));
+    }
     let base = base_segments(&p.base_path);
     if segments.len() < base.len() || segments.iter().zip(&base).any(|(a, b)| a != b) {
         return Err(deny(
@@ -391,13 +407,18 @@ pub fn prepare(policies: &[PolicyConfig], req: &Request<'_>) -> Result<Pending, 
     if matches!(req.method, "GET" | "HEAD") {
         let rel_path = format!("/{}", rel.join("/"));
         if p.public_paths.contains(&rel_path) {
+            // A token sent along is not needed here and must not reach the server's logs.
+            let remove_query = match raw_query {
+                Some(q) if q.contains("access_token") => vec!["access_token".to_string()],
+                _ => vec![],
+            };
             return Err(Decision::Allow(Allow {
                 policy: policy_id(p),
                 reason: AllowReason::PublicPath,
                 subject: None,
                 patient: None,
                 scopes: None,
-                remove_query: vec![],
+                remove_query,
                 set_query: vec![],
                 strict_search: false,
                 interaction: None,
@@ -431,11 +452,8 @@ pub fn prepare(policies: &[PolicyConfig], req: &Request<'_>) -> Result<Pending, 
     }
 
     let (basic, header_bearer) = parse_authorization(p, req.authorization)?;
-    let query_tokens: Vec<&str> = raw_query
-        .into_iter()
-        .flat_map(|q| q.split('&'))
-        .filter_map(|kv| kv.strip_prefix("access_token="))
-        .collect();
+    // The one query parser (classification's, which decodes names) finds every spelling.
+    let query_tokens = &request.access_tokens;
     let auth = &p.authentication;
     let jwt = auth.jwt.as_ref();
     let query_allowed = auth.combine == Combine::AllOf
@@ -466,16 +484,16 @@ pub fn prepare(policies: &[PolicyConfig], req: &Request<'_>) -> Result<Pending, 
                 "this policy does not accept tokens in the access_token query parameter",
             ));
         }
-        Some(raw) => {
-            let token = percent_encoding::percent_decode_str(raw)
-                .decode_utf8()
-                .map_err(|_| bad_request("the access_token parameter is not valid UTF-8"))?
-                .into_owned();
-            Some(BearerCredential {
-                token,
-                source: TokenSource::QueryParameter,
-            })
+        Some(t) if !t.plain => {
+            // Envoy removes the parameter by its literal name; another spelling would travel on.
+            return Err(bad_request(
+                "the token parameter must be spelled exactly access_token",
+            ));
         }
+        Some(t) => Some(BearerCredential {
+            token: t.value.clone(),
+            source: TokenSource::QueryParameter,
+        }),
     };
     if header_bearer.is_some() && query_bearer.is_some() {
         // RFC 6750 §2: a client must not use more than one method to send the token.
@@ -531,6 +549,21 @@ pub fn prepare(policies: &[PolicyConfig], req: &Request<'_>) -> Result<Pending, 
         request,
         basic,
         bearer,
+    })
+}
+
+/// Headers with which frameworks let a request claim another method. Matched in every
+/// spelling a server could read as the same name (case, `_` for `-`).
+const METHOD_OVERRIDE_HEADERS: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+fn method_override(headers: &[(String, String)]) -> Option<&'static str> {
+    headers.iter().find_map(|(k, _)| {
+        let norm = k.to_ascii_lowercase().replace('_', "-");
+        METHOD_OVERRIDE_HEADERS.iter().copied().find(|h| *h == norm)
     })
 }
 
@@ -609,9 +642,9 @@ pub fn basic_permission(rules: &[crate::config::AccessRule], user: &str) -> Opti
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     Done(Decision),
-    /// Look these `(type, id)` up through the policy's compartmentLookup connection and call
+    /// Look these up through the policy's compartmentLookup connection and call
     /// [`authorize`] again with the answers.
-    Lookup(Vec<(String, String)>),
+    Lookup(Vec<smart::LookupKey>),
 }
 
 /// Step 3: decide from the verified identity. Every presented credential's permissions must

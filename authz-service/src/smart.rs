@@ -7,10 +7,13 @@
 //! Enforcement here is the type-level part of SMART: which permission letter an interaction
 //! needs and on which type. Patient scopes grant only what is provably inside the context
 //! patient's compartment; what cannot be proven from the request is refused (fail closed).
-//! Granular scopes (with a `?query`) grant nothing yet, because honouring one requires
-//! proving that the request stays inside its filter.
+//! Granular scopes (with a `?query`) allow only searches that carry their filter.
 
+use std::sync::Arc;
+
+use crate::compartment;
 use crate::fhir::{FhirRequest, Interaction};
+use crate::operations::OpKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Context {
@@ -31,7 +34,7 @@ impl Context {
 
 /// The v2 permission letters as a bit set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Perms(u8);
+pub struct Perms(pub(crate) u8);
 
 impl Perms {
     pub const C: Perms = Perms(1);
@@ -176,7 +179,8 @@ pub fn parse_scopes<'a>(tokens: impl IntoIterator<Item = &'a str>) -> ScopeSet {
 /// Why a token's scopes do not allow a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScopeDenial {
-    /// Which rule refused, for the OperationOutcome and the log.
+    /// Which rule refused, for the OperationOutcome and the log. Never repeats a value of the
+    /// request (a parameter value can be another patient's id).
     pub rule: String,
     /// A scope that would have allowed the request, for `WWW-Authenticate`.
     pub needed: String,
@@ -193,16 +197,45 @@ pub fn context_patient_id(claim: &str) -> Option<&str> {
     .then_some(id)
 }
 
-/// What is stored under a `Type/id`, as far as the patient compartment is concerned.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Stored {
-    /// The resource exists; these are the patients whose compartment it is in.
-    Found(Vec<String>),
-    NotFound,
+/// A stored resource a decision depends on: the current version, or one version (vread).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LookupKey {
+    pub resource_type: String,
+    pub id: String,
+    pub version: Option<String>,
 }
 
-/// Answers of compartment lookups, keyed by (type, id).
-pub type Lookups = std::collections::HashMap<(String, String), Stored>;
+impl LookupKey {
+    pub fn current(resource_type: &str, id: &str) -> Self {
+        LookupKey {
+            resource_type: resource_type.to_string(),
+            id: id.to_string(),
+            version: None,
+        }
+    }
+
+    /// The path to fetch, relative to the server's base.
+    pub fn path(&self) -> String {
+        match &self.version {
+            None => format!("{}/{}", self.resource_type, self.id),
+            Some(v) => format!("{}/{}/_history/{v}", self.resource_type, self.id),
+        }
+    }
+}
+
+/// What is stored under a lookup key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stored {
+    Found(Arc<serde_json::Value>),
+    /// 404: nothing was ever stored there (as far as the server says).
+    NotFound,
+    /// 410: something was stored and deleted. It existed, and whose it was is unknown: not
+    /// free to overwrite.
+    Gone,
+}
+
+/// Answers of compartment lookups.
+pub type Lookups = std::collections::HashMap<LookupKey, Stored>;
 
 /// Everything scope evaluation needs besides the request.
 #[derive(Debug, Clone, Copy)]
@@ -230,8 +263,8 @@ pub enum Verdict {
         narrow: Vec<(String, String)>,
         strict: bool,
     },
-    /// The decision depends on stored resources: look these `(type, id)` up, then ask again.
-    Lookup(Vec<(String, String)>),
+    /// The decision depends on stored resources: look these up, then ask again.
+    Lookup(Vec<LookupKey>),
     Deny(ScopeDenial),
 }
 
@@ -241,6 +274,8 @@ fn allow() -> Verdict {
         strict: false,
     }
 }
+
+const RS: Perms = Perms(Perms::R.0 | Perms::S.0);
 
 /// An allow that holds only if the server applies every search parameter of `req`: searches
 /// and conditional interactions, and operations that carry parameters.
@@ -258,9 +293,10 @@ fn allow_if_applied(req: &FhirRequest) -> Verdict {
 
 /// What a patient-context check says about one request.
 enum PatientCheck {
+    /// Allowed; the search parameters the decision rests on are these pins.
     Allow,
     Narrow(String, String),
-    Lookup(String, String),
+    Lookup(LookupKey),
     Deny(String),
 }
 
@@ -277,16 +313,7 @@ pub fn authorize(g: &Grant<'_>, req: &FhirRequest) -> Verdict {
             Perms::ALL,
             "the bundle's body was not sent to fhirguard, so its entries cannot be checked (enable with_request_body on this route)",
         ),
-        OperationSystem | OperationType | OperationInstance
-            if req.operation.as_deref() == Some("everything") =>
-        {
-            everything(g, req)
-        }
-        OperationSystem | OperationType | OperationInstance
-            if req.operation.as_deref() == Some("export") =>
-        {
-            export(g, req)
-        }
+        OperationSystem | OperationType | OperationInstance => operation(g, req),
         _ => general(g, req),
     }
 }
@@ -356,6 +383,7 @@ fn deny(g: &Grant<'_>, req: &FhirRequest, perm: Perms, rule: impl Into<String>) 
 /// clinical data"): r for reads by id, s for searches, c/u/d for writes.
 fn needed_permission(req: &FhirRequest) -> Perms {
     use Interaction::*;
+    use OpKind as K;
     match req.interaction {
         Read | VRead | HistoryInstance => Perms::R,
         SearchType | SearchSystem | SearchCompartment | HistoryType | HistorySystem => Perms::S,
@@ -366,8 +394,12 @@ fn needed_permission(req: &FhirRequest) -> Perms {
         ConditionalCreate => Perms::C.union(Perms::S),
         ConditionalUpdate | ConditionalPatch => Perms::U.union(Perms::S),
         ConditionalDelete => Perms::D.union(Perms::S),
-        OperationSystem | OperationType | OperationInstance if req.writes => Perms::ALL,
-        OperationSystem | OperationType | OperationInstance => Perms::R.union(Perms::S),
+        OperationSystem | OperationType | OperationInstance => match req.op.map(|o| o.kind) {
+            Some(K::Search | K::NoPatientData) => RS,
+            Some(K::ReadInstance) => Perms::R,
+            Some(K::WriteInstance) => Perms::U,
+            _ => Perms::ALL,
+        },
         Capabilities | Batch | Transaction | BundleUninspected => Perms::R,
     }
 }
@@ -376,7 +408,7 @@ fn is_search(req: &FhirRequest) -> bool {
     matches!(
         req.interaction,
         Interaction::SearchType | Interaction::SearchSystem | Interaction::SearchCompartment
-    )
+    ) || req.op.is_some_and(|o| o.kind == OpKind::Search)
 }
 
 fn covers_type(scope: &Scope, t: Option<&str>) -> bool {
@@ -388,12 +420,79 @@ fn covers_type(scope: &Scope, t: Option<&str>) -> bool {
     }
 }
 
+/// The operation's name for a message: only names from fhirguard's table, never a name the
+/// request made up.
+fn op_name(req: &FhirRequest) -> String {
+    match req.op {
+        Some(o) => format!("${}", o.name),
+        None => "this operation".into(),
+    }
+}
+
+/// Operations: decided by what the operation is (see [`crate::operations`]).
+fn operation(g: &Grant<'_>, req: &FhirRequest) -> Verdict {
+    use OpKind as K;
+    let name = op_name(req);
+    let rw = if req.writes { Perms::ALL } else { RS };
+    match req.op.map(|o| o.kind) {
+        None => any_type(
+            g,
+            Perms::ALL,
+            format!(
+                "{name} is not one fhirguard knows; it may return or change anything, so it needs a user/ or system/ *.cruds scope (and is never allowed under patient/ scopes)"
+            ),
+        ),
+        Some(K::PatientRecord) => record(g, req),
+        Some(K::AnyType) => any_type(
+            g,
+            rw,
+            format!(
+                "{name} can return resources of any type and of any patient, so it needs a user/ or system/ *.{} scope",
+                rw.letters()
+            ),
+        ),
+        Some(K::CrossPatient) => any_type(
+            g,
+            rw,
+            format!(
+                "{name} works across patients, so it needs a user/ or system/ *.{} scope",
+                rw.letters()
+            ),
+        ),
+        Some(K::Export) => export(g, req),
+        Some(K::Search | K::ReadInstance | K::WriteInstance | K::NoPatientData) => general(g, req),
+    }
+}
+
+/// Operations whose result is not bounded by a type or a patient: only a user/ or system/
+/// scope on every type with `perm` allows them.
+fn any_type(g: &Grant<'_>, perm: Perms, rule: String) -> Verdict {
+    let ok = g.scopes.scopes.iter().any(|s| {
+        s.context != Context::Patient
+            && s.query.is_none()
+            && s.resource_type.is_none()
+            && s.perms.contains(perm)
+    });
+    if ok {
+        return allow();
+    }
+    let context = if g.scopes.scopes.iter().any(|s| s.context == Context::System) {
+        "system"
+    } else {
+        "user"
+    };
+    Verdict::Deny(ScopeDenial {
+        rule,
+        needed: format!("{context}/*.{}", perm.letters()),
+    })
+}
+
 fn general(g: &Grant<'_>, req: &FhirRequest) -> Verdict {
     let perm = needed_permission(req);
     let t = req.resource_type.as_deref();
     let mut refusal: Option<String> = None;
-    let mut lookup: Option<Verdict> = None;
-    let mut narrow: Option<Verdict> = None;
+    let mut lookup: Vec<LookupKey> = Vec::new();
+    let mut narrow: Option<(String, String)> = None;
     for s in g
         .scopes
         .scopes
@@ -405,24 +504,22 @@ fn general(g: &Grant<'_>, req: &FhirRequest) -> Verdict {
                 && req.params_complete
                 && granular_filter_holds(filter, &req.params))
         {
-            {
-                refusal.get_or_insert_with(|| {
-                    format!(
-                        "the granular scope {}/{}.{}?{filter} allows only searches that carry exactly that filter",
-                        s.context.as_str(),
-                        t.unwrap_or("*"),
-                        s.perms.letters()
-                    )
-                });
-                continue;
-            }
+            refusal.get_or_insert_with(|| {
+                format!(
+                    "the granular scope {}/{}.{}?<filter> allows only searches that carry exactly its filter",
+                    s.context.as_str(),
+                    t.unwrap_or("*"),
+                    s.perms.letters()
+                )
+            });
+            continue;
         }
         match s.context {
             // A granular scope's filter passed above: the allow rests on that parameter.
             Context::User | Context::System if s.query.is_some() => {
-                return includes_checked(g, req, allow_if_applied(req));
+                return includes_checked(g, req, allow_if_applied(req), None);
             }
-            Context::User | Context::System => return includes_checked(g, req, allow()),
+            Context::User | Context::System => return includes_checked(g, req, allow(), None),
             Context::Patient => {
                 let Some(ctx) = g.patient else {
                     refusal.get_or_insert_with(|| {
@@ -433,16 +530,15 @@ fn general(g: &Grant<'_>, req: &FhirRequest) -> Verdict {
                 };
                 match patient_check(g, req, ctx) {
                     PatientCheck::Allow => {
-                        return includes_checked(g, req, allow_if_applied(req));
+                        return includes_checked(g, req, allow_if_applied(req), None);
                     }
-                    PatientCheck::Lookup(t, id) => {
-                        lookup.get_or_insert(Verdict::Lookup(vec![(t, id)]));
+                    PatientCheck::Lookup(key) => {
+                        if !lookup.contains(&key) {
+                            lookup.push(key);
+                        }
                     }
                     PatientCheck::Narrow(k, v) => {
-                        narrow.get_or_insert(Verdict::Allow {
-                            narrow: vec![(k, v)],
-                            strict: true,
-                        });
+                        narrow.get_or_insert((k, v));
                     }
                     PatientCheck::Deny(why) => {
                         refusal.get_or_insert(why);
@@ -451,11 +547,15 @@ fn general(g: &Grant<'_>, req: &FhirRequest) -> Verdict {
             }
         }
     }
-    if let Some(l) = lookup {
-        return l;
+    if !lookup.is_empty() {
+        return Verdict::Lookup(lookup);
     }
-    if let Some(n) = narrow {
-        return includes_checked(g, req, n);
+    if let Some((k, v)) = narrow {
+        let verdict = Verdict::Allow {
+            narrow: vec![(k.clone(), v)],
+            strict: true,
+        };
+        return includes_checked(g, req, verdict, Some(&k));
     }
     let rule = refusal.unwrap_or_else(|| {
         format!(
@@ -491,192 +591,417 @@ fn granular_filter_holds(filter: &str, params: &[(String, String)]) -> bool {
     })
 }
 
-/// `_include` and `_revinclude` pull in resources of other types; each must be covered by a
-/// scope that may read or search that type.
-fn includes_checked(g: &Grant<'_>, req: &FhirRequest, ok: Verdict) -> Verdict {
-    for (k, v) in &req.params {
-        let (base, modifier) = k
-            .split_once(':')
-            .map_or((k.as_str(), None), |(b, m)| (b, Some(m)));
-        let included: Option<&str> = match base {
-            "_include" => {
-                let parts: Vec<&str> = v.split(':').collect();
-                if v == "*" || modifier.is_some() {
-                    None
-                } else {
-                    parts.get(2).copied().or(Some("*"))
-                }
-            }
-            "_revinclude" => {
-                if v == "*" || modifier.is_some() {
-                    None
-                } else {
-                    v.split(':').next()
-                }
-            }
-            _ => continue,
-        };
-        // `*`, `:iterate` and an include without a target type can reach any type.
-        let target = included.filter(|t| *t != "*");
-        let covered = g.scopes.scopes.iter().any(|s| {
-            s.query.is_none()
-                && (s.perms.contains(Perms::R) || s.perms.contains(Perms::S))
-                && match (&s.resource_type, target) {
-                    (None, _) => true,
-                    (Some(st), Some(t)) => st == t,
-                    (Some(_), None) => false,
-                }
-        });
-        if !covered {
-            return deny(
-                g,
-                req,
-                Perms::R.union(Perms::S),
-                format!(
-                    "{k}={v} can return {} resources, which no granted scope covers",
-                    target.unwrap_or("any type of")
-                ),
-            );
+/// One `_include` / `_revinclude` parameter.
+struct Include<'a> {
+    rev: bool,
+    /// `*`, `Type:*` or `:iterate`: can reach any type.
+    any: bool,
+    source: &'a str,
+    param: &'a str,
+    target: Option<&'a str>,
+}
+
+fn is_code(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+fn parse_include<'a>(k: &'a str, v: &'a str) -> Option<Result<Include<'a>, String>> {
+    let (base, modifier) = k.split_once(':').map_or((k, None), |(b, m)| (b, Some(m)));
+    let rev = match base {
+        "_include" => false,
+        "_revinclude" => true,
+        _ => return None,
+    };
+    let iterate = match modifier {
+        None => false,
+        Some("iterate" | "recurse") => true,
+        Some(_) => {
+            return Some(Err(format!("{base} takes no modifier other than :iterate")));
         }
+    };
+    if v == "*" {
+        return Some(Ok(Include {
+            rev,
+            any: true,
+            source: "",
+            param: "",
+            target: None,
+        }));
+    }
+    let parts: Vec<&str> = v.split(':').collect();
+    let (source, param, target) = match parts.as_slice() {
+        [s, p] => (*s, *p, None),
+        [s, p, t] => (*s, *p, Some(*t)),
+        _ => {
+            return Some(Err(format!(
+                "{base} needs the form Type:parameter[:TargetType]"
+            )));
+        }
+    };
+    if !crate::definitions::is_resource_type(source)
+        || !(param == "*" || is_code(param))
+        || target.is_some_and(|t| !crate::definitions::is_resource_type(t))
+    {
+        return Some(Err(format!(
+            "{base} names a type or parameter that FHIR R4 does not define"
+        )));
+    }
+    Some(Ok(Include {
+        rev,
+        any: iterate || param == "*",
+        source,
+        param,
+        target,
+    }))
+}
+
+/// The single-valued element paths a patient-scoped search proves to hold exactly the
+/// context patient's reference (see [`compartment::single_valued_paths`]).
+fn proven_paths(req: &FhirRequest, narrowed: Option<&str>) -> Vec<&'static [&'static str]> {
+    let Some(t) = req.resource_type.as_deref() else {
+        return Vec::new();
+    };
+    let mut out: Vec<&'static [&'static str]> = Vec::new();
+    match req.interaction {
+        Interaction::SearchType => {
+            // `pinned` has already refused any pin parameter naming someone else.
+            for (k, _) in &req.params {
+                let base = k.split(':').next().unwrap_or(k);
+                if compartment::is_pin_param(t, base) {
+                    out.extend(compartment::single_valued_paths(t, base));
+                }
+            }
+            if let Some(k) = narrowed {
+                out.extend(compartment::single_valued_paths(t, k));
+            }
+        }
+        Interaction::SearchCompartment => {
+            // Membership is by any compartment path: only a type with exactly one, single-
+            // valued, proves what that element holds.
+            let paths = compartment::compartment_paths(t);
+            if let [only] = paths.as_slice()
+                && !only.multi
+            {
+                out.push(only.keys);
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+/// Whether every resource an include can return is provably in the context patient's
+/// compartment, and which types it returns then.
+fn provable_include(
+    req: &FhirRequest,
+    inc: &Include<'_>,
+    narrowed: Option<&str>,
+) -> Option<Vec<&'static str>> {
+    let t = req.resource_type.as_deref()?;
+    if inc.any || inc.source != t {
+        return None;
+    }
+    let sp = crate::definitions::search_param(inc.source, inc.param)?;
+    if sp.paths.is_empty() {
+        return None;
+    }
+    if !inc.rev {
+        // Following a reference that the pin proves to be exactly the context patient.
+        let proven = proven_paths(req, narrowed);
+        let all_proven = sp
+            .paths
+            .iter()
+            .all(|p| !p.multi && proven.contains(&p.keys));
+        return all_proven.then(|| vec!["Patient"]);
+    }
+    None
+}
+
+fn provable_revinclude(
+    req: &FhirRequest,
+    inc: &Include<'_>,
+    narrowed: Option<&str>,
+    ctx: &str,
+) -> Option<Vec<&'static str>> {
+    if inc.any || !inc.rev || req.resource_type.as_deref() != Some("Patient") {
+        return None;
+    }
+    // The primary results must be only the context Patient.
+    let only_ctx = match req.interaction {
+        Interaction::SearchType => {
+            narrowed == Some("_id")
+                || req
+                    .params
+                    .iter()
+                    .any(|(k, v)| k == "_id" && v.split(',').all(|id| id == ctx))
+        }
+        _ => false,
+    };
+    if !only_ctx || inc.target.is_some_and(|t| t != "Patient") {
+        return None;
+    }
+    let source = crate::definitions::RESOURCE_TYPES
+        .iter()
+        .find(|t| **t == inc.source)?;
+    let sp = crate::definitions::search_param(source, inc.param)?;
+    let paths = compartment::compartment_paths(source);
+    let through_compartment = !sp.paths.is_empty()
+        && sp
+            .paths
+            .iter()
+            .all(|p| paths.iter().any(|c| c.keys == p.keys));
+    through_compartment.then(|| vec![*source])
+}
+
+/// `_include` and `_revinclude` pull in other resources. Each must be covered: by a user/ or
+/// system/ scope on every type it can return, or — under a patient/ scope — only when every
+/// resource it can return is provably in the context patient's compartment (an `_include`
+/// following the very reference the search is pinned by, on a single-valued element; a
+/// `_revinclude` from `Patient?_id=<context>` through a compartment parameter of its source).
+fn includes_checked(
+    g: &Grant<'_>,
+    req: &FhirRequest,
+    ok: Verdict,
+    narrowed: Option<&str>,
+) -> Verdict {
+    for (k, v) in &req.params {
+        let inc = match parse_include(k, v) {
+            None => continue,
+            Some(Err(why)) => return deny(g, req, RS, why),
+            Some(Ok(inc)) => inc,
+        };
+        let label = if inc.rev { "_revinclude" } else { "_include" };
+        // The types the include can return, from the R4 definitions.
+        let targets: Option<Vec<&str>> = if inc.any {
+            None
+        } else if inc.rev {
+            Some(vec![inc.source])
+        } else {
+            let Some(sp) = crate::definitions::search_param(inc.source, inc.param)
+                .filter(|sp| sp.kind == crate::definitions::ParamKind::Reference)
+            else {
+                return deny(
+                    g,
+                    req,
+                    RS,
+                    format!(
+                        "{label} names a parameter that is not a reference search parameter of {}",
+                        inc.source
+                    ),
+                );
+            };
+            match inc.target {
+                Some(t) if !sp.targets.contains(&t) => {
+                    return deny(
+                        g,
+                        req,
+                        RS,
+                        format!(
+                            "{label}: {t} is not a target type of {}:{}",
+                            inc.source, inc.param
+                        ),
+                    );
+                }
+                Some(t) => Some(vec![t]),
+                None => Some(sp.targets.to_vec()),
+            }
+        };
+        let by_user = |types: &Option<Vec<&str>>| -> bool {
+            let covers = |t: Option<&str>| {
+                g.scopes.scopes.iter().any(|s| {
+                    s.context != Context::Patient
+                        && s.query.is_none()
+                        && (s.perms.contains(Perms::R) || s.perms.contains(Perms::S))
+                        && covers_type(s, t)
+                })
+            };
+            match types {
+                None => covers(None),
+                Some(ts) => ts.iter().all(|t| covers(Some(t))),
+            }
+        };
+        if by_user(&targets) {
+            continue;
+        }
+        let by_patient = g.patient.and_then(|ctx| {
+            let types = if inc.rev {
+                provable_revinclude(req, &inc, narrowed, ctx)
+            } else {
+                provable_include(req, &inc, narrowed)
+            }?;
+            types
+                .iter()
+                .all(|t| {
+                    g.scopes.scopes.iter().any(|s| {
+                        s.context == Context::Patient
+                            && s.query.is_none()
+                            && (s.perms.contains(Perms::R) || s.perms.contains(Perms::S))
+                            && covers_type(s, Some(t))
+                    })
+                })
+                .then_some(())
+        });
+        if by_patient.is_some() {
+            continue;
+        }
+        let patient_only = g.patient.is_some()
+            && !g
+                .scopes
+                .scopes
+                .iter()
+                .any(|s| s.context != Context::Patient);
+        let why = if inc.any {
+            format!(
+                "{label}=* and :iterate can return resources of any type{}; they need a user/ or system/ *.rs scope",
+                if patient_only {
+                    " and of any patient"
+                } else {
+                    ""
+                }
+            )
+        } else if patient_only {
+            if inc.rev {
+                format!(
+                    "{label} can return resources outside the context patient's compartment: under a patient/ scope a _revinclude must start from Patient?_id=<context patient> and go through a compartment parameter of its source type"
+                )
+            } else {
+                format!(
+                    "{label} can return resources outside the context patient's compartment: under a patient/ scope an _include must follow the single-valued reference the search is pinned to the context patient by, and the scopes must cover Patient"
+                )
+            }
+        } else {
+            format!(
+                "{label} can return {} resources, which no granted scope covers",
+                targets
+                    .map(|ts| ts.join(", "))
+                    .unwrap_or_else(|| "any type of".into())
+            )
+        };
+        return deny(g, req, RS, why);
     }
     ok
 }
 
-fn patient_check(g: &Grant<'_>, req: &FhirRequest, ctx: &str) -> PatientCheck {
-    use crate::compartment;
-    use Interaction::*;
-    let t = req.resource_type.as_deref().unwrap_or("");
-    let is_patient = t == "Patient";
-    let in_table = compartment::in_compartment_table(t);
-    let own_patient = is_patient && req.id.as_deref() == Some(ctx);
-    let outside = || {
-        PatientCheck::Deny(format!(
-            "{t} is not in the patient compartment, so a patient/ scope cannot reach it"
-        ))
-    };
-    let lookup = |verb: &str| -> PatientCheck {
-        let id = req.id.clone().unwrap_or_default();
-        if !g.lookup_configured {
-            return PatientCheck::Deny(format!(
-                "{verb} {t}/<id> under a patient/ scope depends on the stored resource, and this policy has no compartmentLookup"
-            ));
-        }
-        match g.lookups.and_then(|l| l.get(&(t.to_string(), id.clone()))) {
-            None => PatientCheck::Lookup(t.to_string(), id),
-            Some(Stored::Found(patients)) if patients.iter().any(|p| p == ctx) => {
-                PatientCheck::Allow
-            }
-            Some(Stored::Found(_)) => PatientCheck::Deny(format!(
-                "the stored {t} is not in the context patient's compartment"
-            )),
-            Some(Stored::NotFound) if req.interaction == Update => PatientCheck::Allow,
-            Some(Stored::NotFound) => {
-                PatientCheck::Deny(format!("nothing is stored under that {t} id"))
-            }
-        }
-    };
-    match req.interaction {
-        Read | VRead | HistoryInstance if is_patient => {
-            if own_patient { PatientCheck::Allow } else { PatientCheck::Deny("a patient/ scope reaches only the context patient's own Patient resource".into()) }
-        }
-        Read | VRead | HistoryInstance if in_table => lookup("reading"),
-        Read | VRead | HistoryInstance => outside(),
-        Delete if is_patient => {
-            if own_patient { PatientCheck::Allow } else { PatientCheck::Deny("a patient/ scope reaches only the context patient's own Patient resource".into()) }
-        }
-        Delete if in_table => lookup("deleting"),
-        Patch if own_patient => PatientCheck::Allow,
-        Patch | ConditionalPatch => PatientCheck::Deny("a patch cannot be proven to keep the resource in the context patient's compartment; use update".into()),
-        Update => {
-            if !is_patient && !in_table {
-                return outside();
-            }
-            if is_patient && !own_patient {
-                return PatientCheck::Deny("a patient/ scope reaches only the context patient's own Patient resource".into());
-            }
-            if let Err(why) = body_in_compartment(req, t, ctx, true) {
-                return PatientCheck::Deny(why);
-            }
-            if is_patient { PatientCheck::Allow } else { lookup("updating") }
-        }
-        Create | ConditionalCreate => {
-            if is_patient {
-                return PatientCheck::Deny("creating a Patient needs a user/ or system/ scope".into());
-            }
-            if !in_table {
-                return outside();
-            }
-            if let Err(why) = body_in_compartment(req, t, ctx, false) {
-                return PatientCheck::Deny(why);
-            }
-            if req.interaction == ConditionalCreate {
-                return match pinned(t, &req.params, req.params_complete, ctx) {
-                    Pinned::Yes => PatientCheck::Allow,
-                    Pinned::No => PatientCheck::Deny("the If-None-Exist criteria must name the context patient".into()),
-                    Pinned::Refused(why) => PatientCheck::Deny(why),
-                };
-            }
-            PatientCheck::Allow
-        }
-        ConditionalUpdate | ConditionalDelete => {
-            if !is_patient && !in_table {
-                return outside();
-            }
-            match pinned(t, &req.params, req.params_complete, ctx) {
-                Pinned::Yes => {}
-                Pinned::No => return PatientCheck::Deny("conditional criteria must name the context patient".into()),
-                Pinned::Refused(why) => return PatientCheck::Deny(why),
-            }
-            if req.interaction == ConditionalUpdate
-                && let Err(why) = body_in_compartment(req, t, ctx, false)
-            {
-                return PatientCheck::Deny(why);
-            }
-            PatientCheck::Allow
-        }
-        SearchType => {
-            if !is_patient && !in_table {
-                return outside();
-            }
-            match pinned(t, &req.params, req.params_complete, ctx) {
-                Pinned::Yes => PatientCheck::Allow,
-                Pinned::Refused(why) => PatientCheck::Deny(why),
-                Pinned::No if g.narrow && req.params_complete => {
-                    if is_patient {
-                        PatientCheck::Narrow("_id".into(), ctx.to_string())
-                    } else {
-                        match compartment::narrowing_param(t) {
-                            Some(p) => PatientCheck::Narrow(p.to_string(), format!("Patient/{ctx}")),
-                            None => outside(),
-                        }
-                    }
-                }
-                Pinned::No => PatientCheck::Deny(format!(
-                    "a patient-scoped search must be limited to the context patient ({})",
-                    if is_patient { "_id".to_string() } else { compartment::params(t).join(", ") }
-                )),
-            }
-        }
-        SearchCompartment => match &req.compartment {
-            Some((ct, id)) if ct == "Patient" && id == ctx => {
-                if req.resource_type.is_none() || is_patient || in_table { PatientCheck::Allow } else { outside() }
-            }
-            Some((ct, _)) if ct == "Patient" => PatientCheck::Deny("the compartment search names another patient".into()),
-            _ => PatientCheck::Deny("under a patient/ scope only the context patient's compartment can be searched".into()),
-        },
-        OperationInstance if own_patient => PatientCheck::Allow,
-        OperationInstance if in_table && !req.writes => lookup("running an operation on"),
-        _ => PatientCheck::Deny(format!("{} cannot be limited to the context patient", req.describe())),
+fn lookup_state<'a>(
+    g: &Grant<'a>,
+    key: LookupKey,
+    verb: &str,
+    t: &str,
+) -> Result<&'a Stored, PatientCheck> {
+    if !g.lookup_configured {
+        return Err(PatientCheck::Deny(format!(
+            "{verb} {t}/<id> under a patient/ scope depends on the stored resource, and this policy has no compartmentLookup"
+        )));
+    }
+    match g.lookups.and_then(|l| l.get(&key)) {
+        None => Err(PatientCheck::Lookup(key)),
+        Some(s) => Ok(s),
     }
 }
 
-/// Checks the body of a create or update under a patient scope.
-fn body_in_compartment(
-    req: &FhirRequest,
+fn other_patient() -> PatientCheck {
+    PatientCheck::Deny(
+        "a patient/ scope reaches only the context patient's own Patient resource".into(),
+    )
+}
+
+/// Reads: the stored resource (that version, for a vread) must be in the compartment.
+fn check_read(g: &Grant<'_>, key: LookupKey, t: &str, ctx: &str, verb: &str) -> PatientCheck {
+    match lookup_state(g, key, verb, t) {
+        Err(c) => c,
+        Ok(Stored::Found(res)) if compartment::resource_in_compartment(res, ctx) => {
+            PatientCheck::Allow
+        }
+        Ok(Stored::Found(_)) => PatientCheck::Deny(format!(
+            "the stored {t} is not in the context patient's compartment"
+        )),
+        Ok(Stored::NotFound | Stored::Gone) => {
+            PatientCheck::Deny(format!("nothing readable is stored under that {t} id"))
+        }
+    }
+}
+
+/// Writes to a stored resource: it must be the context patient's (every patient reference on
+/// its compartment paths the context patient). `upsert` allows a write where nothing was ever
+/// stored; a deleted resource (410) is never free to overwrite.
+fn check_write(
+    g: &Grant<'_>,
     t: &str,
+    id: &str,
     ctx: &str,
-    id_must_match: bool,
-) -> Result<(), String> {
+    verb: &str,
+    upsert: bool,
+) -> PatientCheck {
+    match lookup_state(g, LookupKey::current(t, id), verb, t) {
+        Err(c) => c,
+        Ok(Stored::Found(res)) => match compartment::owned_stored(res, t, ctx) {
+            Ok(()) => PatientCheck::Allow,
+            Err(why) => PatientCheck::Deny(format!(
+                "the stored {t} cannot be changed: {}",
+                why.explain(t)
+            )),
+        },
+        Ok(Stored::NotFound) if upsert => PatientCheck::Allow,
+        Ok(Stored::NotFound) => PatientCheck::Deny(format!("nothing is stored under that {t} id")),
+        Ok(Stored::Gone) => PatientCheck::Deny(format!(
+            "a {t} was stored under that id and deleted; whose it was cannot be checked, so it cannot be {verb} under a patient/ scope"
+        )),
+    }
+}
+
+/// Whether a patch under a patient scope stays clear of what links the resource to patients.
+fn patch_stays_in_compartment(req: &FhirRequest, t: &str, ctx: &str) -> Result<(), String> {
+    use crate::fhir::PatchBody;
+    let Some(PatchBody::Ops(ops)) = &req.patch else {
+        return Err(
+            "the patch body was not visible as a JSON Patch or FHIRPath Patch, so it cannot be checked"
+                .into(),
+        );
+    };
+    let linking: Vec<&str> = if t == "Patient" {
+        vec!["link"]
+    } else {
+        compartment::compartment_paths(t)
+            .iter()
+            .filter_map(|p| p.keys.first().copied())
+            .collect()
+    };
+    for op in ops {
+        let Some(target) = op.element.as_deref() else {
+            return Err("a patch operation's target element cannot be read".into());
+        };
+        for el in std::iter::once(target).chain(op.from_element.as_deref()) {
+            if matches!(
+                el,
+                "id" | "meta" | "resourceType" | "contained" | "implicitRules"
+            ) {
+                return Err(format!(
+                    "a patch may not change {el} under a patient/ scope"
+                ));
+            }
+            if linking.contains(&el) {
+                return Err(format!(
+                    "a patch may not change {el}, which links the {t} to patients, under a patient/ scope"
+                ));
+            }
+        }
+        if op
+            .value
+            .as_ref()
+            .is_some_and(|v| compartment::names_other_patient(v, ctx))
+        {
+            return Err("a patch value references a patient other than the context patient".into());
+        }
+    }
+    Ok(())
+}
+
+/// Checks the body of a create or update under a patient scope: ownership (see
+/// [`compartment::owned_body`]).
+fn body_owned(req: &FhirRequest, t: &str, ctx: &str, id_must_match: bool) -> Result<(), String> {
     let Some(body) = &req.resource else {
         return Err(
             "the resource body was not visible to fhirguard as JSON, so it cannot be checked"
@@ -689,78 +1014,245 @@ fn body_in_compartment(
     if id_must_match && body.get("id").and_then(|v| v.as_str()) != req.id.as_deref() {
         return Err("the body's id does not match the id in the URL".into());
     }
-    if crate::compartment::resource_in_compartment(body, ctx) {
-        Ok(())
-    } else {
-        Err(format!(
-            "the {t} does not reference the context patient through {}",
-            if t == "Patient" {
-                "its id".to_string()
-            } else {
-                crate::compartment::params(t).join(", ")
-            }
+    compartment::owned_body(body, t, ctx).map_err(|e| e.explain(t))
+}
+
+fn patient_check(g: &Grant<'_>, req: &FhirRequest, ctx: &str) -> PatientCheck {
+    use Interaction::*;
+    use OpKind as K;
+    let t = req.resource_type.as_deref().unwrap_or("");
+    let is_patient = t == "Patient";
+    let in_table = compartment::in_compartment_table(t);
+    let id = req.id.as_deref().unwrap_or("");
+    let own_patient = is_patient && id == ctx;
+    let outside = || {
+        PatientCheck::Deny(format!(
+            "{t} is not in the patient compartment, so a patient/ scope cannot reach it"
         ))
+    };
+    match req.interaction {
+        Read | VRead | HistoryInstance if is_patient => {
+            if own_patient { PatientCheck::Allow } else { other_patient() }
+        }
+        Read if in_table => check_read(g, LookupKey::current(t, id), t, ctx, "reading"),
+        VRead if in_table => {
+            // The version asked for, not the current one: a resource can move between
+            // patients, and its old versions stay readable.
+            let key = LookupKey {
+                resource_type: t.to_string(),
+                id: id.to_string(),
+                version: req.version_id.clone(),
+            };
+            check_read(g, key, t, ctx, "reading a version of")
+        }
+        HistoryInstance if in_table => PatientCheck::Deny(format!(
+            "instance history returns every version of the {t}, and only the current one can be checked; read the resource, or one version by id"
+        )),
+        Read | VRead | HistoryInstance => outside(),
+        Delete if is_patient => {
+            if own_patient { PatientCheck::Allow } else { other_patient() }
+        }
+        Delete if in_table => check_write(g, t, id, ctx, "deleted", false),
+        Delete => outside(),
+        Patch if is_patient && !own_patient => other_patient(),
+        Patch if own_patient => match patch_stays_in_compartment(req, t, ctx) {
+            Ok(()) => PatientCheck::Allow,
+            Err(why) => PatientCheck::Deny(why),
+        },
+        Patch | ConditionalPatch => PatientCheck::Deny("a patch cannot be proven to keep the resource in the context patient's compartment; use update".into()),
+        Update => {
+            if !in_table {
+                return outside();
+            }
+            if is_patient && !own_patient {
+                return other_patient();
+            }
+            if let Err(why) = body_owned(req, t, ctx, true) {
+                return PatientCheck::Deny(why);
+            }
+            if is_patient { PatientCheck::Allow } else { check_write(g, t, id, ctx, "overwritten", true) }
+        }
+        Create | ConditionalCreate => {
+            if is_patient {
+                return PatientCheck::Deny("creating a Patient needs a user/ or system/ scope".into());
+            }
+            if !in_table {
+                return outside();
+            }
+            if let Err(why) = body_owned(req, t, ctx, false) {
+                return PatientCheck::Deny(why);
+            }
+            if req.interaction == ConditionalCreate {
+                // A match is returned to the client: the criteria must keep it in the compartment.
+                return match pinned(t, &req.params, req.params_complete, ctx) {
+                    Pinned::Yes(_) => PatientCheck::Allow,
+                    Pinned::No => PatientCheck::Deny("the If-None-Exist criteria must name the context patient".into()),
+                    Pinned::Refused(why) => PatientCheck::Deny(why),
+                };
+            }
+            PatientCheck::Allow
+        }
+        ConditionalUpdate | ConditionalDelete => {
+            if !in_table {
+                return outside();
+            }
+            let primary = compartment::primary_pin_params(t);
+            match pinned(t, &req.params, req.params_complete, ctx) {
+                Pinned::Yes(pins) if pins.iter().any(|p| primary.contains(&p.as_str())) => {}
+                Pinned::Yes(_) | Pinned::No if primary.is_empty() => {
+                    return PatientCheck::Deny(format!(
+                        "a conditional update or delete of {t} under a patient/ scope cannot be limited to the context patient's own resources ({t} has no single element that says whose it is); use the resource's id"
+                    ));
+                }
+                Pinned::Yes(_) | Pinned::No => {
+                    return PatientCheck::Deny(format!(
+                        "a conditional update or delete under a patient/ scope must name the context patient through {} (the element that says whose the {t} is)",
+                        primary.join(" or ")
+                    ));
+                }
+                Pinned::Refused(why) => return PatientCheck::Deny(why),
+            }
+            if req.interaction == ConditionalUpdate
+                && let Err(why) = body_owned(req, t, ctx, false)
+            {
+                return PatientCheck::Deny(why);
+            }
+            PatientCheck::Allow
+        }
+        SearchType => search_check(g, req, t, ctx, g.narrow),
+        SearchCompartment => match &req.compartment {
+            Some((ct, cid)) if ct == "Patient" && cid == ctx => {
+                if let Err(why) = refused_search_params(&req.params) {
+                    return PatientCheck::Deny(why);
+                }
+                if req.resource_type.is_none() || in_table { PatientCheck::Allow } else { outside() }
+            }
+            Some((ct, _)) if ct == "Patient" => PatientCheck::Deny("the compartment search names another patient".into()),
+            _ => PatientCheck::Deny("under a patient/ scope only the context patient's compartment can be searched".into()),
+        },
+        OperationType if req.op.is_some_and(|o| o.kind == K::Search) => search_check(g, req, t, ctx, false),
+        OperationInstance if req.op.is_some_and(|o| o.kind == K::ReadInstance) => {
+            if own_patient {
+                PatientCheck::Allow
+            } else if is_patient {
+                other_patient()
+            } else if in_table {
+                check_read(g, LookupKey::current(t, id), t, ctx, "running an operation on")
+            } else {
+                outside()
+            }
+        }
+        OperationSystem | OperationType | OperationInstance
+            if req.op.is_some_and(|o| o.kind == K::NoPatientData) =>
+        {
+            PatientCheck::Deny(format!(
+                "{} touches no patient's data and is not reachable with a patient/ scope; it needs a user/ or system/ scope",
+                op_name(req)
+            ))
+        }
+        _ => PatientCheck::Deny(format!("{} cannot be limited to the context patient", req.describe())),
+    }
+}
+
+fn search_check(
+    g: &Grant<'_>,
+    req: &FhirRequest,
+    t: &str,
+    ctx: &str,
+    narrow: bool,
+) -> PatientCheck {
+    let is_patient = t == "Patient";
+    if !is_patient && !compartment::in_compartment_table(t) {
+        return PatientCheck::Deny(format!(
+            "{t} is not in the patient compartment, so a patient/ scope cannot reach it"
+        ));
+    }
+    let _ = g;
+    match pinned(t, &req.params, req.params_complete, ctx) {
+        Pinned::Yes(_) => PatientCheck::Allow,
+        Pinned::Refused(why) => PatientCheck::Deny(why),
+        Pinned::No if narrow && req.params_complete => {
+            if is_patient {
+                PatientCheck::Narrow("_id".into(), ctx.to_string())
+            } else {
+                match compartment::narrowing_param(t) {
+                    Some(p) => PatientCheck::Narrow(p.to_string(), format!("Patient/{ctx}")),
+                    None => PatientCheck::Deny(format!("{t} cannot be narrowed to a patient")),
+                }
+            }
+        }
+        Pinned::No => PatientCheck::Deny(format!(
+            "a patient-scoped search must be limited to the context patient ({})",
+            compartment::pin_params(t).join(", ")
+        )),
     }
 }
 
 enum Pinned {
-    Yes,
+    /// Pinned; the pin parameters present.
+    Yes(Vec<String>),
     No,
     Refused(String),
 }
 
-/// Whether search parameters pin a search to the context patient: some compartment parameter
-/// is present and every value of every compartment parameter is the context patient.
+/// Parameters that reach outside whatever the search is pinned to, refused under patient scopes.
+fn refused_search_params(params: &[(String, String)]) -> Result<(), String> {
+    for (k, v) in params {
+        let (base, _) = k.split_once(':').unwrap_or((k.as_str(), ""));
+        let refused = match base {
+            "_has" => Some("_has reaches across patients"),
+            "_query" => Some("named queries (_query) can search anything"),
+            // `_containedType=container` returns the resources that contain a match, whoever
+            // they belong to; `_contained=true` returns contained resources as results.
+            "_containedType" => {
+                Some("_containedType can return resources that merely contain a match")
+            }
+            "_contained" if v != "false" => {
+                Some("_contained can return resources that merely contain a match")
+            }
+            _ if base.contains('.') => Some("chained parameters reach other resources"),
+            _ => None,
+        };
+        if let Some(why) = refused {
+            return Err(format!("{why}, and is not allowed under a patient/ scope"));
+        }
+    }
+    Ok(())
+}
+
+/// Whether search parameters pin a search to the context patient: some pin parameter is
+/// present and every value of every pin parameter is the context patient.
 fn pinned(t: &str, params: &[(String, String)], complete: bool, ctx: &str) -> Pinned {
     if !complete {
         return Pinned::Refused(
-            "the search parameters (a POST _search body) were not visible to fhirguard".into(),
+            "the search parameters (a POST body) were not visible to fhirguard".into(),
         );
     }
-    let compartment_params = crate::compartment::pin_params(t);
-    let mut found = false;
+    if let Err(why) = refused_search_params(params) {
+        return Pinned::Refused(why);
+    }
+    let mut found = Vec::new();
     for (k, v) in params {
         let (base, modifier) = k
             .split_once(':')
             .map_or((k.as_str(), None), |(b, m)| (b, Some(m)));
-        if base == "_has" {
-            return Pinned::Refused(
-                "_has reaches across patients and is not allowed under a patient/ scope".into(),
-            );
-        }
-        if base.contains('.') {
-            return Pinned::Refused(format!(
-                "chained parameter {k} is not allowed under a patient/ scope"
-            ));
-        }
-        if base == "_query" {
-            return Pinned::Refused(
-                "named queries (_query) are not allowed under a patient/ scope".into(),
-            );
-        }
-        let is_pin = if t == "Patient" {
-            base == "_id"
-        } else {
-            compartment_params.contains(&base)
-        };
-        if !is_pin {
+        if !compartment::is_pin_param(t, base) {
             continue;
         }
         match modifier {
             None => {}
             Some("Patient") if t != "Patient" => {}
-            Some("missing") => {
-                return Pinned::Refused(format!("{k} is not allowed under a patient/ scope"));
-            }
-            Some(m) => {
+            Some(_) => {
                 return Pinned::Refused(format!(
-                    "the :{m} modifier on {base} is not allowed under a patient/ scope"
+                    "a modifier on {base} is not allowed under a patient/ scope (only :Patient)"
                 ));
             }
         }
-        let bare_ok = t == "Patient" || base == "patient" || modifier == Some("Patient");
+        let bare_ok = t == "Patient"
+            || modifier == Some("Patient")
+            || compartment::bare_id_means_patient(t, base);
         for item in v.split(',') {
-            let names_ctx = crate::compartment::patient_id_of_reference(item) == Some(ctx)
+            let names_ctx = compartment::patient_id_of_reference(item) == Some(ctx)
                 && !item.contains("/_history/")
                 || (bare_ok && item == ctx);
             if !names_ctx {
@@ -769,39 +1261,24 @@ fn pinned(t: &str, params: &[(String, String)], complete: bool, ctx: &str) -> Pi
                 ));
             }
         }
-        found = true;
+        found.push(base.to_string());
     }
-    if found { Pinned::Yes } else { Pinned::No }
+    if found.is_empty() {
+        Pinned::No
+    } else {
+        Pinned::Yes(found)
+    }
 }
 
-/// `$everything`: the context patient's own record only; needs `*.rs` or read on every
-/// `_type` listed.
-fn everything(g: &Grant<'_>, req: &FhirRequest) -> Verdict {
-    let rs = Perms::R.union(Perms::S);
-    if req.interaction != Interaction::OperationInstance
-        || req.resource_type.as_deref() != Some("Patient")
-    {
-        let ok = g.scopes.scopes.iter().any(|s| {
-            s.query.is_none()
-                && s.context != Context::Patient
-                && s.resource_type.is_none()
-                && s.perms.contains(rs)
-        });
-        return if ok {
-            allow()
-        } else {
-            deny(
-                g,
-                req,
-                rs,
-                "$everything across patients needs a user/ or system/ *.rs scope",
-            )
-        };
-    }
+/// `Patient/<id>/$everything` and `$summary`: one patient's record. Needs `rs` on every type
+/// (a `*` scope), or for `$everything` rs on every type listed in `_type` (read from the query
+/// and the POSTed Parameters body alike); patient scopes only for the context patient.
+fn record(g: &Grant<'_>, req: &FhirRequest) -> Verdict {
     let id = req.id.as_deref().unwrap_or("");
+    let name = op_name(req);
     let usable = |s: &&Scope| -> bool {
         s.query.is_none()
-            && s.perms.contains(rs)
+            && s.perms.contains(RS)
             && match s.context {
                 Context::Patient => g.patient == Some(id),
                 _ => true,
@@ -816,13 +1293,16 @@ fn everything(g: &Grant<'_>, req: &FhirRequest) -> Verdict {
         return allow();
     }
     let types = listed_types(req);
-    if !types.is_empty()
+    if req.operation.as_deref() == Some("everything")
+        && req.params_complete
+        && !types.is_empty()
         && types.iter().all(|t| {
-            g.scopes
-                .scopes
-                .iter()
-                .filter(usable)
-                .any(|s| s.resource_type.as_deref() == Some(t))
+            g.scopes.scopes.iter().filter(usable).any(|s| {
+                s.resource_type.as_deref() == Some(t)
+                    && (s.context != Context::Patient
+                        || *t == "Patient"
+                        || compartment::in_compartment_table(t))
+            })
         })
     {
         return allow();
@@ -834,9 +1314,13 @@ fn everything(g: &Grant<'_>, req: &FhirRequest) -> Verdict {
             .iter()
             .any(|s| s.context != Context::Patient)
     {
-        "$everything under a patient/ scope is allowed only for the context patient".to_string()
+        format!("{name} under a patient/ scope is allowed only for the context patient")
+    } else if !req.params_complete {
+        format!(
+            "{name} was POSTed without a visible Parameters body, so it can return every type: it needs a *.rs scope"
+        )
     } else {
-        "$everything needs a *.rs scope, or rs on every type listed in _type".to_string()
+        format!("{name} needs a *.rs scope, or (for $everything) rs on every type listed in _type")
     };
     Verdict::Deny(ScopeDenial {
         rule: why,
@@ -862,17 +1346,17 @@ fn listed_types(req: &FhirRequest) -> Vec<&str> {
 
 /// Bulk `$export` is for backend services: it needs system/ scopes.
 fn export(g: &Grant<'_>, req: &FhirRequest) -> Verdict {
-    let rs = Perms::R.union(Perms::S);
     let system = |t: Option<&str>| {
         g.scopes.scopes.iter().any(|s| {
             s.context == Context::System
                 && s.query.is_none()
-                && s.perms.contains(rs)
+                && s.perms.contains(RS)
                 && (s.resource_type.is_none() || s.resource_type.as_deref() == t)
         })
     };
     let types = listed_types(req);
-    let ok = system(None) || (!types.is_empty() && types.iter().all(|t| system(Some(t))));
+    let ok = system(None)
+        || (req.params_complete && !types.is_empty() && types.iter().all(|t| system(Some(t))));
     if ok {
         allow()
     } else {

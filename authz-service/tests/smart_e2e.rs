@@ -10,51 +10,6 @@ use common::real_envoy::*;
 use common::*;
 use fhirguard_authz::config::*;
 
-fn smart_policy(name: &str, host: &str, jwks: &str, narrow: bool) -> PolicyConfig {
-    PolicyConfig {
-        namespace: "clinical".into(),
-        name: name.into(),
-        hosts: vec![host.into()],
-        base_path: "/fhir/r4".into(),
-        public_paths: default_public_paths(),
-        unauthenticated_access: false,
-        authentication: AuthenticationConfig {
-            combine: Combine::AnyOf,
-            basic: None,
-            jwt: Some(JwtConfig {
-                token_sources: vec![TokenSource::Header],
-                require_subject_matches_basic_user: false,
-                providers: vec![ProviderConfig {
-                    name: "idp".into(),
-                    issuer: ISSUER.into(),
-                    audiences: vec![AUDIENCE.into()],
-                    algorithms: vec![Algorithm::ES256],
-                    clock_skew_seconds: 5,
-                    jwks: JwksConfig {
-                        uri: None,
-                        refresh_interval_seconds: 600,
-                        tls: TlsConfig::default(),
-                        document: Some(jwks.into()),
-                    },
-                    claims: ClaimNames::default(),
-                }],
-            }),
-        },
-        authorization: AuthorizationConfig {
-            smart: SmartConfig {
-                patient_search: if narrow {
-                    PatientSearch::Narrow
-                } else {
-                    PatientSearch::Reject
-                },
-                compartment_lookup: (!narrow).then(|| CompartmentLookup {
-                    connection: "clinical/ehr-internal".into(),
-                }),
-            },
-        },
-    }
-}
-
 struct Stack {
     key: SigningKey,
     stub: FhirStub,
