@@ -133,8 +133,9 @@ pub struct Authentication {
 pub struct BasicAuth {
     /// The Secret key holding an htpasswd file: one `user:hash` per line. Accepted hashes are
     /// bcrypt (`htpasswd -B`: `$2a$`/`$2b$`/`$2y$`), SHA-512-crypt (`$6$`) and argon2id (PHC
-    /// string). Unsalted `{SHA}`, MD5 (`$apr1$`) and plain text are refused. `key` defaults
-    /// to `htpasswd`.
+    /// string). Unsalted `{SHA}`, MD5 (`$apr1$`) and plain text are refused. bcrypt reads
+    /// only 72 bytes, so against a bcrypt entry a password of 72 bytes or more is refused
+    /// (use argon2id for longer ones). `key` defaults to `htpasswd`.
     pub htpasswd_secret_ref: HtpasswdSecretRef,
 
     /// Optional per-user permissions, checked in order; the first rule naming the user (or
