@@ -18,6 +18,7 @@ pub mod compartment;
 pub mod config;
 pub mod definitions;
 pub mod fhir;
+pub mod granular;
 pub mod htpasswd;
 pub mod json;
 pub mod operations;

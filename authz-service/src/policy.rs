@@ -732,11 +732,18 @@ pub fn authorize(
                     Some(p),
                     403,
                     DenyReason::InsufficientScope,
-                    vec![format!(
-                        r#"Bearer realm="fhir", error="insufficient_scope", scope="{}""#,
-                        d.needed
-                    )],
-                    d.rule,
+                    // RFC 6750 §3: `scope` names what would help; it is left out when no
+                    // scope can (another patient's data), and the diagnostics say why.
+                    vec![match &d.needed {
+                        Some(scope) => format!(
+                            r#"Bearer realm="fhir", error="insufficient_scope", scope="{scope}""#
+                        ),
+                        None => r#"Bearer realm="fhir", error="insufficient_scope""#.to_string(),
+                    }],
+                    match &d.needed {
+                        Some(_) => d.rule,
+                        None => format!("{} (no scope grants this)", d.rule),
+                    },
                 ));
             }
         }

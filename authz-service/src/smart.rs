@@ -182,8 +182,27 @@ pub struct ScopeDenial {
     /// Which rule refused, for the OperationOutcome and the log. Never repeats a value of the
     /// request (a parameter value can be another patient's id).
     pub rule: String,
-    /// A scope that would have allowed the request, for `WWW-Authenticate`.
-    pub needed: String,
+    /// A scope the token does not hold that would have allowed the request, for
+    /// `WWW-Authenticate`; `None` when no scope can help (another patient's data, a request
+    /// that cannot be proven to stay in the compartment) or the token already holds it.
+    pub needed: Option<String>,
+}
+
+/// `candidate` as a hint, unless the token already holds a scope that grants at least as much
+/// (then the refusal is not about scopes, and naming one would send the client in circles).
+fn hint(g: &Grant<'_>, candidate: &str) -> Option<String> {
+    let c = parse_scope(candidate)?;
+    let held = g.scopes.scopes.iter().any(|s| {
+        s.context == c.context
+            && s.query.is_none()
+            && s.perms.contains(c.perms)
+            && match (&s.resource_type, &c.resource_type) {
+                (None, _) => true,
+                (Some(a), Some(b)) => a == b,
+                (Some(_), None) => false,
+            }
+    });
+    (!held).then(|| candidate.to_string())
 }
 
 /// A patient id from the context claim: `abc` or `Patient/abc`.
@@ -283,6 +302,7 @@ fn allow_if_applied(req: &FhirRequest) -> Verdict {
     use Interaction::*;
     let searches = match req.interaction {
         OperationSystem | OperationType | OperationInstance => !req.params.is_empty(),
+        ConditionalCreate | ConditionalUpdate | ConditionalPatch | ConditionalDelete => true,
         _ => needed_permission(req).contains(Perms::S),
     };
     Verdict::Allow {
@@ -359,16 +379,23 @@ fn bundle(g: &Grant<'_>, req: &FhirRequest) -> Verdict {
     }
 }
 
-fn needed_scope(g: &Grant<'_>, req: &FhirRequest, perm: Perms) -> String {
+/// The scope that would allow `req` with `perm`, in the context the token works in: patient
+/// when it has a patient context, system when it carries system scopes, else user.
+fn needed_scope(g: &Grant<'_>, req: &FhirRequest, perm: Perms) -> Option<String> {
     let context = if g.patient.is_some() {
         "patient"
+    } else if g.scopes.scopes.iter().any(|s| s.context == Context::System) {
+        "system"
     } else {
         "user"
     };
-    format!(
-        "{context}/{}.{}",
-        req.resource_type.as_deref().unwrap_or("*"),
-        perm.letters()
+    hint(
+        g,
+        &format!(
+            "{context}/{}.{}",
+            req.resource_type.as_deref().unwrap_or("*"),
+            perm.letters()
+        ),
     )
 }
 
@@ -376,6 +403,15 @@ fn deny(g: &Grant<'_>, req: &FhirRequest, perm: Perms, rule: impl Into<String>) 
     Verdict::Deny(ScopeDenial {
         rule: rule.into(),
         needed: needed_scope(g, req, perm),
+    })
+}
+
+/// A refusal no scope can lift: another patient's data, or something that cannot be proven to
+/// stay inside the context patient's compartment.
+fn deny_without_hint(rule: impl Into<String>) -> Verdict {
+    Verdict::Deny(ScopeDenial {
+        rule: rule.into(),
+        needed: None,
     })
 }
 
@@ -390,10 +426,13 @@ fn needed_permission(req: &FhirRequest) -> Perms {
         Create => Perms::C,
         Update | Patch => Perms::U,
         Delete => Perms::D,
-        // Conditional interactions search first, so they also need s.
+        // Conditional interactions need the permission of what they do. An update whose
+        // criteria match nothing creates, so it needs c as well. A conditional create returns
+        // the match when there is one, so its search needs s.
         ConditionalCreate => Perms::C.union(Perms::S),
-        ConditionalUpdate | ConditionalPatch => Perms::U.union(Perms::S),
-        ConditionalDelete => Perms::D.union(Perms::S),
+        ConditionalUpdate => Perms::U.union(Perms::C),
+        ConditionalPatch => Perms::U,
+        ConditionalDelete => Perms::D,
         OperationSystem | OperationType | OperationInstance => match req.op.map(|o| o.kind) {
             Some(K::Search | K::NoPatientData) => RS,
             Some(K::ReadInstance) => Perms::R,
@@ -483,65 +522,96 @@ fn any_type(g: &Grant<'_>, perm: Perms, rule: String) -> Verdict {
     };
     Verdict::Deny(ScopeDenial {
         rule,
-        needed: format!("{context}/*.{}", perm.letters()),
+        needed: hint(g, &format!("{context}/*.{}", perm.letters())),
     })
+}
+
+/// Why one scope did not allow a request, and whether another scope could.
+enum Refusal {
+    /// A scope of another shape (no filter, more letters) would allow it: hint it.
+    Scope(String),
+    /// No scope can: another patient, or not provable. No hint.
+    Final(String),
 }
 
 fn general(g: &Grant<'_>, req: &FhirRequest) -> Verdict {
     let perm = needed_permission(req);
     let t = req.resource_type.as_deref();
-    let mut refusal: Option<String> = None;
+    let mut refusal: Option<Refusal> = None;
     let mut lookup: Vec<LookupKey> = Vec::new();
     let mut narrow: Option<(String, String)> = None;
+    let add_lookup = |key: LookupKey, lookup: &mut Vec<LookupKey>| {
+        if !lookup.contains(&key) {
+            lookup.push(key);
+        }
+    };
     for s in g
         .scopes
         .scopes
         .iter()
         .filter(|s| s.perms.contains(perm) && covers_type(s, t))
     {
-        if let Some(filter) = &s.query
-            && !(is_search(req)
-                && req.params_complete
-                && granular_filter_holds(filter, &req.params))
-        {
-            refusal.get_or_insert_with(|| {
-                format!(
-                    "the granular scope {}/{}.{}?<filter> allows only searches that carry exactly its filter",
-                    s.context.as_str(),
-                    t.unwrap_or("*"),
-                    s.perms.letters()
-                )
-            });
-            continue;
+        let mut needs_lookup = Vec::new();
+        if let Some(filter) = &s.query {
+            match granular_check(g, req, filter) {
+                Check::Allow => {}
+                Check::Lookup(key) => needs_lookup.push(key),
+                Check::Deny(why) => {
+                    refusal.get_or_insert(Refusal::Scope(why));
+                    continue;
+                }
+            }
         }
         match s.context {
-            // A granular scope's filter passed above: the allow rests on that parameter.
-            Context::User | Context::System if s.query.is_some() => {
-                return includes_checked(g, req, allow_if_applied(req), None);
+            Context::User | Context::System if needs_lookup.is_empty() => {
+                // A granular scope's filter passed: the allow rests on that parameter (for a
+                // search) or on the resource it was checked against.
+                let ok = if s.query.is_some() {
+                    allow_if_applied(req)
+                } else {
+                    allow()
+                };
+                return includes_checked(g, req, ok, None);
             }
-            Context::User | Context::System => return includes_checked(g, req, allow(), None),
+            Context::User | Context::System => {
+                for k in needs_lookup {
+                    add_lookup(k, &mut lookup);
+                }
+            }
             Context::Patient => {
                 let Some(ctx) = g.patient else {
-                    refusal.get_or_insert_with(|| {
+                    refusal.get_or_insert(Refusal::Final(
                         "a patient/ scope grants nothing without a patient context in the token"
-                            .into()
-                    });
+                            .into(),
+                    ));
                     continue;
                 };
                 match patient_check(g, req, ctx) {
-                    PatientCheck::Allow => {
+                    PatientCheck::Allow if needs_lookup.is_empty() => {
                         return includes_checked(g, req, allow_if_applied(req), None);
                     }
-                    PatientCheck::Lookup(key) => {
-                        if !lookup.contains(&key) {
-                            lookup.push(key);
+                    PatientCheck::Allow => {
+                        for k in needs_lookup {
+                            add_lookup(k, &mut lookup);
                         }
                     }
-                    PatientCheck::Narrow(k, v) => {
+                    PatientCheck::Lookup(key) => {
+                        add_lookup(key, &mut lookup);
+                        for k in needs_lookup {
+                            add_lookup(k, &mut lookup);
+                        }
+                    }
+                    PatientCheck::Narrow(k, v) if s.query.is_none() => {
                         narrow.get_or_insert((k, v));
                     }
+                    PatientCheck::Narrow(..) => {
+                        refusal.get_or_insert(Refusal::Scope(
+                            "a search under a granular patient/ scope must carry its filter and name the context patient; it is not narrowed"
+                                .into(),
+                        ));
+                    }
                     PatientCheck::Deny(why) => {
-                        refusal.get_or_insert(why);
+                        refusal.get_or_insert(Refusal::Final(why));
                     }
                 }
             }
@@ -557,20 +627,169 @@ fn general(g: &Grant<'_>, req: &FhirRequest) -> Verdict {
         };
         return includes_checked(g, req, verdict, Some(&k));
     }
-    let rule = refusal.unwrap_or_else(|| {
-        format!(
-            "{} needs scope permission '{}' on {}; {}",
-            req.describe(),
-            perm.letters(),
-            t.unwrap_or("every type (*)"),
-            if g.scopes.scopes.is_empty() {
-                "the token carries no usable resource scope"
+    match refusal {
+        Some(Refusal::Final(why)) => deny_without_hint(why),
+        Some(Refusal::Scope(why)) => deny(g, req, perm, why),
+        None => deny(
+            g,
+            req,
+            perm,
+            format!(
+                "{} needs scope permission '{}' on {}; {}",
+                req.describe(),
+                perm.letters(),
+                t.unwrap_or("every type (*)"),
+                if g.scopes.scopes.is_empty() {
+                    "the token carries no usable resource scope"
+                } else {
+                    "no granted scope covers it"
+                }
+            ),
+        ),
+    }
+}
+
+/// What a check against one scope says: allowed, needs a stored resource first, or refused.
+enum Check {
+    Allow,
+    Lookup(LookupKey),
+    Deny(String),
+}
+
+/// Whether a granular scope's filter holds for the request: a search must carry the filter; a
+/// read, update, delete or patch by id needs the stored resource to match it (that version for
+/// a vread); a create or update needs the body to match it; conditional writes need criteria
+/// that carry it.
+fn granular_check(g: &Grant<'_>, req: &FhirRequest, filter: &str) -> Check {
+    use Interaction::*;
+    let t = req.resource_type.as_deref().unwrap_or("");
+    if let Err(e) = crate::granular::check(t, filter) {
+        // A filter fhirguard cannot evaluate never grants anything but searches carrying it.
+        if !is_search(req) {
+            return Check::Deny(format!(
+                "the granular scope's filter cannot be checked against a resource: {e}"
+            ));
+        }
+    }
+    let carried = || req.params_complete && granular_filter_holds(filter, &req.params);
+    let resource_matches = |res: &serde_json::Value, what: &str| -> Result<(), String> {
+        match crate::granular::matches(res, t, filter) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!("{what} does not match the granular scope's filter")),
+            Err(e) => Err(format!(
+                "the granular scope's filter cannot be checked against a resource: {e}"
+            )),
+        }
+    };
+    let id = req.id.as_deref().unwrap_or("");
+    let stored = |key: LookupKey, upsert: bool| -> Check {
+        if !g.lookup_configured {
+            return Check::Deny(format!(
+                "a granular scope allows {} only when the stored resource can be checked, and this policy has no compartmentLookup",
+                req.describe()
+            ));
+        }
+        match g.lookups.and_then(|l| l.get(&key)) {
+            None => Check::Lookup(key),
+            Some(Stored::Found(res)) => match resource_matches(res, &format!("the stored {t}")) {
+                Ok(()) => Check::Allow,
+                Err(why) => Check::Deny(why),
+            },
+            Some(Stored::NotFound) if upsert => Check::Allow,
+            Some(_) => Check::Deny(format!("nothing readable is stored under that {t} id")),
+        }
+    };
+    let body = || -> Result<(), String> {
+        match &req.resource {
+            Some(res) => resource_matches(res, "the body"),
+            None => Err("the body was not visible as JSON, so the granular scope's filter cannot be checked".into()),
+        }
+    };
+    match req.interaction {
+        _ if is_search(req) => {
+            if carried() {
+                Check::Allow
             } else {
-                "no granted scope covers it"
+                Check::Deny("a search under a granular scope must carry exactly its filter".into())
             }
-        )
-    });
-    deny(g, req, perm, rule)
+        }
+        Read => stored(LookupKey::current(t, id), false),
+        VRead => stored(
+            LookupKey {
+                resource_type: t.to_string(),
+                id: id.to_string(),
+                version: req.version_id.clone(),
+            },
+            false,
+        ),
+        Delete => stored(LookupKey::current(t, id), false),
+        Create | ConditionalCreate => match body() {
+            Ok(()) => Check::Allow,
+            Err(why) => Check::Deny(why),
+        },
+        Update => match body() {
+            Ok(()) => stored(LookupKey::current(t, id), true),
+            Err(why) => Check::Deny(why),
+        },
+        Patch => {
+            let touched = patch_touches(req, &crate::granular::elements(t, filter));
+            match touched {
+                Some(el) => Check::Deny(format!(
+                    "the patch changes {el}, which the granular scope's filter is about"
+                )),
+                None => stored(LookupKey::current(t, id), false),
+            }
+        }
+        ConditionalUpdate | ConditionalDelete | ConditionalPatch => {
+            if !carried() {
+                return Check::Deny(
+                    "conditional criteria under a granular scope must carry exactly its filter"
+                        .into(),
+                );
+            }
+            if req.interaction == ConditionalUpdate
+                && let Err(why) = body()
+            {
+                return Check::Deny(why);
+            }
+            if req.interaction == ConditionalPatch
+                && let Some(el) = patch_touches(req, &crate::granular::elements(t, filter))
+            {
+                return Check::Deny(format!(
+                    "the patch changes {el}, which the granular scope's filter is about"
+                ));
+            }
+            Check::Allow
+        }
+        OperationInstance if req.op.is_some_and(|o| o.kind == OpKind::ReadInstance) => {
+            stored(LookupKey::current(t, id), false)
+        }
+        _ => Check::Deny(format!(
+            "{} cannot be checked against a granular scope's filter",
+            req.describe()
+        )),
+    }
+}
+
+/// The first element among `elements` that a patch changes (or `"an element"` when a
+/// patch's target cannot be read or its body was not visible).
+fn patch_touches(req: &FhirRequest, elements: &[&str]) -> Option<String> {
+    use crate::fhir::PatchBody;
+    let Some(PatchBody::Ops(ops)) = &req.patch else {
+        return Some("an element it does not show (the patch body was not visible)".into());
+    };
+    for op in ops.iter().filter(|o| o.op != "test") {
+        for el in [op.element.as_deref(), op.from_element.as_deref()] {
+            match el {
+                Some(e) if elements.contains(&e) => return Some(e.to_string()),
+                None if op.from_element.is_none() && op.element.is_none() => {
+                    return Some("an element it does not name".into());
+                }
+                _ => {}
+            }
+        }
+    }
+    None
 }
 
 /// A granular scope's filter holds when every one of its parameters is present in the
@@ -952,7 +1171,11 @@ fn check_write(
     }
 }
 
-/// Whether a patch under a patient scope stays clear of what links the resource to patients.
+/// Whether a patch under a patient scope keeps the resource the context patient's: no
+/// operation touches `id`, `meta` or what contains other resources, and an operation on an
+/// element that links the resource to patients may only set references to the context patient
+/// there. Values elsewhere may not name another patient. Refusals name the operation and the
+/// element.
 fn patch_stays_in_compartment(req: &FhirRequest, t: &str, ctx: &str) -> Result<(), String> {
     use crate::fhir::PatchBody;
     let Some(PatchBody::Ops(ops)) = &req.patch else {
@@ -961,17 +1184,40 @@ fn patch_stays_in_compartment(req: &FhirRequest, t: &str, ctx: &str) -> Result<(
                 .into(),
         );
     };
-    let linking: Vec<&str> = if t == "Patient" {
-        vec!["link"]
+    // Patient links to other patients through `link`; there is nothing to set it to.
+    let (linking, settable): (Vec<&str>, bool) = if t == "Patient" {
+        (vec!["link"], false)
     } else {
-        compartment::compartment_paths(t)
-            .iter()
-            .filter_map(|p| p.keys.first().copied())
-            .collect()
+        (
+            compartment::compartment_paths(t)
+                .iter()
+                .filter_map(|p| p.keys.first().copied())
+                .collect(),
+            true,
+        )
     };
-    for op in ops {
+    let sets_only_ctx = |v: &serde_json::Value| -> bool {
+        match v {
+            serde_json::Value::String(r) => compartment::patient_id_of_reference(r) == Some(ctx),
+            other => {
+                let mut refs = Vec::new();
+                collect_reference_strings(other, &mut refs);
+                !refs.is_empty()
+                    && refs
+                        .iter()
+                        .all(|r| compartment::patient_id_of_reference(r) == Some(ctx))
+            }
+        }
+    };
+    for (i, op) in ops.iter().enumerate() {
+        if op.op == "test" {
+            continue;
+        }
         let Some(target) = op.element.as_deref() else {
-            return Err("a patch operation's target element cannot be read".into());
+            return Err(format!(
+                "patch operation {i} ({}): its target element cannot be read",
+                op.op
+            ));
         };
         for el in std::iter::once(target).chain(op.from_element.as_deref()) {
             if matches!(
@@ -979,12 +1225,30 @@ fn patch_stays_in_compartment(req: &FhirRequest, t: &str, ctx: &str) -> Result<(
                 "id" | "meta" | "resourceType" | "contained" | "implicitRules"
             ) {
                 return Err(format!(
-                    "a patch may not change {el} under a patient/ scope"
+                    "patch operation {i} ({} {el}): {el} may not be changed under a patient/ scope",
+                    op.op
                 ));
             }
-            if linking.contains(&el) {
+        }
+        if op
+            .from_element
+            .as_deref()
+            .is_some_and(|f| linking.contains(&f))
+        {
+            return Err(format!(
+                "patch operation {i} ({} from {}): moving or copying a patient link is not allowed under a patient/ scope",
+                op.op,
+                op.from_element.as_deref().unwrap_or("")
+            ));
+        }
+        if linking.contains(&target) {
+            let sets_ctx = settable
+                && matches!(op.op.as_str(), "add" | "replace" | "insert")
+                && op.value.as_ref().is_some_and(sets_only_ctx);
+            if !sets_ctx {
                 return Err(format!(
-                    "a patch may not change {el}, which links the {t} to patients, under a patient/ scope"
+                    "patch operation {i} ({} {target}): {target} links the {t} to patients, and under a patient/ scope a patch may only set it to the context patient",
+                    op.op
                 ));
             }
         }
@@ -993,10 +1257,30 @@ fn patch_stays_in_compartment(req: &FhirRequest, t: &str, ctx: &str) -> Result<(
             .as_ref()
             .is_some_and(|v| compartment::names_other_patient(v, ctx))
         {
-            return Err("a patch value references a patient other than the context patient".into());
+            return Err(format!(
+                "patch operation {i} ({} {target}): the value references a patient other than the context patient",
+                op.op
+            ));
         }
     }
     Ok(())
+}
+
+fn collect_reference_strings<'a>(v: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+    match v {
+        serde_json::Value::Object(o) => {
+            if let Some(serde_json::Value::String(r)) = o.get("reference") {
+                out.push(r);
+            }
+            for (k, x) in o {
+                if k != "reference" {
+                    collect_reference_strings(x, out);
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| collect_reference_strings(x, out)),
+        _ => {}
+    }
 }
 
 /// Checks the body of a create or update under a patient scope: ownership (see
@@ -1032,7 +1316,11 @@ fn patient_check(g: &Grant<'_>, req: &FhirRequest, ctx: &str) -> PatientCheck {
     };
     match req.interaction {
         Read | VRead | HistoryInstance if is_patient => {
-            if own_patient { PatientCheck::Allow } else { other_patient() }
+            if own_patient {
+                PatientCheck::Allow
+            } else {
+                other_patient()
+            }
         }
         Read if in_table => check_read(g, LookupKey::current(t, id), t, ctx, "reading"),
         VRead if in_table => {
@@ -1050,7 +1338,11 @@ fn patient_check(g: &Grant<'_>, req: &FhirRequest, ctx: &str) -> PatientCheck {
         )),
         Read | VRead | HistoryInstance => outside(),
         Delete if is_patient => {
-            if own_patient { PatientCheck::Allow } else { other_patient() }
+            if own_patient {
+                PatientCheck::Allow
+            } else {
+                other_patient()
+            }
         }
         Delete if in_table => check_write(g, t, id, ctx, "deleted", false),
         Delete => outside(),
@@ -1059,7 +1351,20 @@ fn patient_check(g: &Grant<'_>, req: &FhirRequest, ctx: &str) -> PatientCheck {
             Ok(()) => PatientCheck::Allow,
             Err(why) => PatientCheck::Deny(why),
         },
-        Patch | ConditionalPatch => PatientCheck::Deny("a patch cannot be proven to keep the resource in the context patient's compartment; use update".into()),
+        Patch if in_table => match patch_stays_in_compartment(req, t, ctx) {
+            Ok(()) => check_write(g, t, id, ctx, "patched", false),
+            Err(why) => PatientCheck::Deny(why),
+        },
+        Patch => outside(),
+        ConditionalPatch => {
+            if !in_table {
+                return outside();
+            }
+            if let Err(why) = patch_stays_in_compartment(req, t, ctx) {
+                return PatientCheck::Deny(why);
+            }
+            conditional_pin(req, t, ctx)
+        }
         Update => {
             if !in_table {
                 return outside();
@@ -1070,11 +1375,17 @@ fn patient_check(g: &Grant<'_>, req: &FhirRequest, ctx: &str) -> PatientCheck {
             if let Err(why) = body_owned(req, t, ctx, true) {
                 return PatientCheck::Deny(why);
             }
-            if is_patient { PatientCheck::Allow } else { check_write(g, t, id, ctx, "overwritten", true) }
+            if is_patient {
+                PatientCheck::Allow
+            } else {
+                check_write(g, t, id, ctx, "overwritten", true)
+            }
         }
         Create | ConditionalCreate => {
             if is_patient {
-                return PatientCheck::Deny("creating a Patient needs a user/ or system/ scope".into());
+                return PatientCheck::Deny(
+                    "creating a Patient needs a user/ or system/ scope".into(),
+                );
             }
             if !in_table {
                 return outside();
@@ -1086,7 +1397,9 @@ fn patient_check(g: &Grant<'_>, req: &FhirRequest, ctx: &str) -> PatientCheck {
                 // A match is returned to the client: the criteria must keep it in the compartment.
                 return match pinned(t, &req.params, req.params_complete, ctx) {
                     Pinned::Yes(_) => PatientCheck::Allow,
-                    Pinned::No => PatientCheck::Deny("the If-None-Exist criteria must name the context patient".into()),
+                    Pinned::No => PatientCheck::Deny(
+                        "the If-None-Exist criteria must name the context patient".into(),
+                    ),
                     Pinned::Refused(why) => PatientCheck::Deny(why),
                 };
             }
@@ -1096,28 +1409,12 @@ fn patient_check(g: &Grant<'_>, req: &FhirRequest, ctx: &str) -> PatientCheck {
             if !in_table {
                 return outside();
             }
-            let primary = compartment::primary_pin_params(t);
-            match pinned(t, &req.params, req.params_complete, ctx) {
-                Pinned::Yes(pins) if pins.iter().any(|p| primary.contains(&p.as_str())) => {}
-                Pinned::Yes(_) | Pinned::No if primary.is_empty() => {
-                    return PatientCheck::Deny(format!(
-                        "a conditional update or delete of {t} under a patient/ scope cannot be limited to the context patient's own resources ({t} has no single element that says whose it is); use the resource's id"
-                    ));
-                }
-                Pinned::Yes(_) | Pinned::No => {
-                    return PatientCheck::Deny(format!(
-                        "a conditional update or delete under a patient/ scope must name the context patient through {} (the element that says whose the {t} is)",
-                        primary.join(" or ")
-                    ));
-                }
-                Pinned::Refused(why) => return PatientCheck::Deny(why),
-            }
             if req.interaction == ConditionalUpdate
                 && let Err(why) = body_owned(req, t, ctx, false)
             {
                 return PatientCheck::Deny(why);
             }
-            PatientCheck::Allow
+            conditional_pin(req, t, ctx)
         }
         SearchType => search_check(g, req, t, ctx, g.narrow),
         SearchCompartment => match &req.compartment {
@@ -1125,19 +1422,36 @@ fn patient_check(g: &Grant<'_>, req: &FhirRequest, ctx: &str) -> PatientCheck {
                 if let Err(why) = refused_search_params(&req.params) {
                     return PatientCheck::Deny(why);
                 }
-                if req.resource_type.is_none() || in_table { PatientCheck::Allow } else { outside() }
+                if req.resource_type.is_none() || in_table {
+                    PatientCheck::Allow
+                } else {
+                    outside()
+                }
             }
-            Some((ct, _)) if ct == "Patient" => PatientCheck::Deny("the compartment search names another patient".into()),
-            _ => PatientCheck::Deny("under a patient/ scope only the context patient's compartment can be searched".into()),
+            Some((ct, _)) if ct == "Patient" => {
+                PatientCheck::Deny("the compartment search names another patient".into())
+            }
+            _ => PatientCheck::Deny(
+                "under a patient/ scope only the context patient's compartment can be searched"
+                    .into(),
+            ),
         },
-        OperationType if req.op.is_some_and(|o| o.kind == K::Search) => search_check(g, req, t, ctx, false),
+        OperationType if req.op.is_some_and(|o| o.kind == K::Search) => {
+            search_check(g, req, t, ctx, false)
+        }
         OperationInstance if req.op.is_some_and(|o| o.kind == K::ReadInstance) => {
             if own_patient {
                 PatientCheck::Allow
             } else if is_patient {
                 other_patient()
             } else if in_table {
-                check_read(g, LookupKey::current(t, id), t, ctx, "running an operation on")
+                check_read(
+                    g,
+                    LookupKey::current(t, id),
+                    t,
+                    ctx,
+                    "running an operation on",
+                )
             } else {
                 outside()
             }
@@ -1150,7 +1464,28 @@ fn patient_check(g: &Grant<'_>, req: &FhirRequest, ctx: &str) -> PatientCheck {
                 op_name(req)
             ))
         }
-        _ => PatientCheck::Deny(format!("{} cannot be limited to the context patient", req.describe())),
+        _ => PatientCheck::Deny(format!(
+            "{} cannot be limited to the context patient",
+            req.describe()
+        )),
+    }
+}
+
+/// Conditional writes must be pinned through the element that says whose the resource is.
+fn conditional_pin(req: &FhirRequest, t: &str, ctx: &str) -> PatientCheck {
+    let primary = compartment::primary_pin_params(t);
+    match pinned(t, &req.params, req.params_complete, ctx) {
+        Pinned::Yes(pins) if pins.iter().any(|p| primary.contains(&p.as_str())) => {
+            PatientCheck::Allow
+        }
+        Pinned::Yes(_) | Pinned::No if primary.is_empty() => PatientCheck::Deny(format!(
+            "a conditional write of {t} under a patient/ scope cannot be limited to the context patient's own resources ({t} has no single element that says whose it is); use the resource's id"
+        )),
+        Pinned::Yes(_) | Pinned::No => PatientCheck::Deny(format!(
+            "a conditional write under a patient/ scope must name the context patient through {} (the element that says whose the {t} is)",
+            primary.join(" or ")
+        )),
+        Pinned::Refused(why) => PatientCheck::Deny(why),
     }
 }
 
@@ -1322,16 +1657,26 @@ fn record(g: &Grant<'_>, req: &FhirRequest) -> Verdict {
     } else {
         format!("{name} needs a *.rs scope, or (for $everything) rs on every type listed in _type")
     };
+    let other_patient_only = g.patient.is_some_and(|p| p != id)
+        && !g
+            .scopes
+            .scopes
+            .iter()
+            .any(|s| s.context != Context::Patient);
     Verdict::Deny(ScopeDenial {
         rule: why,
-        needed: format!(
-            "{}/*.rs",
-            if g.patient.is_some() {
-                "patient"
-            } else {
-                "user"
-            }
-        ),
+        needed: if other_patient_only {
+            None
+        } else {
+            hint(
+                g,
+                if g.patient.is_some() {
+                    "patient/*.rs"
+                } else {
+                    "user/*.rs"
+                },
+            )
+        },
     })
 }
 
@@ -1362,7 +1707,7 @@ fn export(g: &Grant<'_>, req: &FhirRequest) -> Verdict {
     } else {
         Verdict::Deny(ScopeDenial {
             rule: "bulk $export needs system/ scopes: system/*.rs, or rs on every type listed in _type".into(),
-            needed: "system/*.rs".into(),
+            needed: hint(g, "system/*.rs"),
         })
     }
 }

@@ -10,6 +10,8 @@
 //! Rules built on them (pins, includes, write checks, granular filters) are only as strong as
 //! these facts, which is why they come from the definitions rather than from memory.
 
+// Generated; rustfmt would reformat it away from what the generator writes.
+#[rustfmt::skip]
 mod r4;
 
 pub use r4::{PATIENT_COMPARTMENT, RESOURCE_TYPES, SEARCH_PARAMS};
