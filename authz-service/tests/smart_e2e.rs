@@ -164,6 +164,22 @@ async fn smart_through_real_envoy() {
         )
         .await;
     assert_eq!(st, 403, "{body}");
+    // The token holds patient/Observation.s already: the search is refused for not naming the
+    // patient, which no scope would change, so no scope is named.
+    assert_eq!(
+        h["www-authenticate"],
+        r#"Bearer realm="fhir", error="insufficient_scope""#
+    );
+    let (st, h, _) = s
+        .call(
+            "smart.test",
+            M::GET,
+            "/fhir/r4/Observation?subject=Patient/p1",
+            "patient/Observation.r",
+            None,
+        )
+        .await;
+    assert_eq!(st, 403);
     assert_eq!(
         h["www-authenticate"],
         r#"Bearer realm="fhir", error="insufficient_scope", scope="patient/Observation.s""#
@@ -177,7 +193,9 @@ async fn smart_through_real_envoy() {
             .contains("limited to the context patient"),
         "{oo}"
     );
-    let (st, _, _) = s
+    // Another patient's data: no scope would help, so the challenge names none and the
+    // OperationOutcome says why.
+    let (st, h, body) = s
         .call(
             "smart.test",
             M::GET,
@@ -187,6 +205,21 @@ async fn smart_through_real_envoy() {
         )
         .await;
     assert_eq!(st, 403);
+    assert_eq!(
+        h["www-authenticate"],
+        r#"Bearer realm="fhir", error="insufficient_scope""#
+    );
+    assert!(body.contains("no scope grants this"), "{body}");
+    // A hint is never a scope the token already holds.
+    let (st, h, _) = s
+        .call("smart.test", M::GET, "/fhir/r4/Patient/p2", "patient/Patient.r", None)
+        .await;
+    assert_eq!(st, 403);
+    assert!(
+        !h["www-authenticate"].to_str().unwrap().contains("scope="),
+        "{:?}",
+        h["www-authenticate"]
+    );
 
     // Narrowing: the unpinned search goes upstream with the context patient added by Envoy.
     let (st, _, body) = s
