@@ -100,9 +100,13 @@ fn subject_element(resource_type: &str) -> Option<&'static [&'static str]> {
     }
 }
 
-/// The pin parameters that say whose record a resource *is* (its subject). A conditional
-/// update or delete pinned only through another compartment parameter (`performer`) would
-/// change records of other patients that merely mention the context patient.
+/// The pin parameters through which a conditional write can be proven to change only the
+/// context patient's own resources: those of the element that says whose the resource is
+/// (its subject), and only for types linked to patients through that element alone. A
+/// conditional update or delete pinned through `performer` would change other patients'
+/// records that merely mention the context patient; one pinned through `subject` on a type
+/// that also links through `performer` could still change a resource another patient
+/// performed. The by-id forms check the stored resource instead.
 pub fn primary_pin_params(resource_type: &str) -> Vec<&'static str> {
     if resource_type == "Patient" {
         return vec!["_id"];
@@ -110,6 +114,9 @@ pub fn primary_pin_params(resource_type: &str) -> Vec<&'static str> {
     let Some(subject) = subject_element(resource_type) else {
         return Vec::new();
     };
+    if compartment_paths(resource_type).len() != 1 {
+        return Vec::new();
+    }
     pin_params(resource_type)
         .into_iter()
         .filter(|code| {
@@ -363,6 +370,7 @@ pub enum NotOwned {
     OtherPatient,
     Unidentified,
     ElsewhereOtherPatient,
+    Conditional,
 }
 
 impl NotOwned {
@@ -385,6 +393,9 @@ impl NotOwned {
             NotOwned::ElsewhereOtherPatient => {
                 format!("the {resource_type} references a patient other than the context patient")
             }
+            NotOwned::Conditional => format!(
+                "the {resource_type} holds a conditional reference (Type?criteria), which the server resolves with its own rights: not allowed under a patient/ scope"
+            ),
         }
     }
 }
@@ -426,7 +437,24 @@ pub fn owned_body(resource: &Value, resource_type: &str, ctx: &str) -> Result<()
     if names_other_patient(resource, ctx) {
         return Err(NotOwned::ElsewhereOtherPatient);
     }
+    if has_conditional_reference(resource) {
+        return Err(NotOwned::Conditional);
+    }
     Ok(())
+}
+
+/// Whether any reference in `value` is a conditional one (`Observation?subject=...`): the
+/// server runs that search with its own rights, so a write carrying one is an oracle on data
+/// the writer may not read (it fails unless exactly one resource matches).
+pub fn has_conditional_reference(value: &Value) -> bool {
+    let mut found = false;
+    walk_references(value, &mut |obj| {
+        found |= obj
+            .get("reference")
+            .and_then(Value::as_str)
+            .is_some_and(|r| r.contains('?'));
+    });
+    found
 }
 
 /// Whether any reference anywhere in `value` names a patient other than `ctx`, or a patient

@@ -137,6 +137,9 @@ const CONTROL_PARAMS: &[&str] = &[
     "_typeFilter",
 ];
 
+/// At most this many parameters in one query string, form or Parameters body.
+pub const MAX_PARAMS: usize = 100;
+
 fn parse_query_raw(query: &str) -> Result<Vec<RawParam>, RequestError> {
     if query.contains(';') {
         // Some frameworks split the query on `;` as well as `&`: `?a=1;_revinclude=...` would
@@ -145,8 +148,18 @@ fn parse_query_raw(query: &str) -> Result<Vec<RawParam>, RequestError> {
             "';' in the query (send it percent-encoded as %3B)",
         ));
     }
+    if query.contains('#') {
+        // Only bundle entry URLs can carry one; a server that parses them as URLs drops
+        // everything after it, pins included.
+        return Err(RequestError::Query("'#' in the query"));
+    }
     let mut out = Vec::new();
     for part in query.split('&').filter(|p| !p.is_empty()) {
+        if out.len() == MAX_PARAMS {
+            // Node's querystring and qs keep the first 1000, Tomcat its maxParameterCount:
+            // a pin after the cut would be judged here and never applied.
+            return Err(RequestError::Query("more than 100 parameters"));
+        }
         // Validate escapes ourselves: form_urlencoded silently keeps bad ones.
         let bytes = part.as_bytes();
         for (i, b) in bytes.iter().enumerate() {
@@ -215,6 +228,18 @@ pub fn parse_query(query: &str) -> Result<Vec<(String, String)>, RequestError> {
         ));
     }
     Ok(raw.into_iter().map(|p| (p.name, p.value)).collect())
+}
+
+/// The access tokens of a query string, in every spelling (see [`QueryToken`]).
+pub fn query_tokens(query: &str) -> Result<Vec<QueryToken>, RequestError> {
+    Ok(parse_query_raw(query)?
+        .into_iter()
+        .filter(|p| is_access_token_name(&p.name))
+        .map(|p| QueryToken {
+            plain: p.raw_name == "access_token",
+            value: p.value,
+        })
+        .collect())
 }
 
 fn decode_query_component(s: &str) -> Result<String, RequestError> {
@@ -318,6 +343,9 @@ pub struct PatchOp {
     pub from_element: Option<String>,
     /// The value written, when there is one.
     pub value: Option<serde_json::Value>,
+    /// The operation writes a `reference` member itself (a pointer ending in `/reference`):
+    /// its value is a reference string.
+    pub to_reference: bool,
 }
 
 /// A PATCH body as far as fhirguard reads it.
@@ -512,6 +540,11 @@ pub fn classify(req: HttpRequest<'_>) -> Result<FhirRequest, RequestError> {
         [] => match method {
             "GET" | "HEAD" => FhirRequest::new(Interaction::SearchSystem),
             "POST" => {
+                if query.iter().any(|(k, _)| k != "_format" && k != "_pretty") {
+                    return Err(RequestError::Query(
+                        "a batch or transaction takes no parameters but _format and _pretty",
+                    ));
+                }
                 let mut r = classify_bundle(req)?;
                 r.access_tokens = access_tokens;
                 return Ok(r);
@@ -611,6 +644,11 @@ pub fn classify(req: HttpRequest<'_>) -> Result<FhirRequest, RequestError> {
         }
     };
 
+    if let Some(t) = out.resource_type.as_deref() {
+        check_param_spellings(t, query.iter().chain(out.params.iter()))?;
+    }
+    check_instance_query(out.interaction, &query)?;
+
     // Parameters a body added (a form, a Parameters resource) must not also come in the URL:
     // which of two values a server uses is its own choice.
     if out
@@ -679,6 +717,59 @@ pub fn classify(req: HttpRequest<'_>) -> Result<FhirRequest, RequestError> {
     Ok(out)
 }
 
+/// A parameter named like one of the type's search parameters but in another case
+/// (`Subject=` next to `subject=`): a server with a case-insensitive parameter map reads one
+/// of them, fhirguard the other.
+fn check_param_spellings<'a>(
+    t: &str,
+    params: impl Iterator<Item = &'a (String, String)>,
+) -> Result<(), RequestError> {
+    let defined = crate::definitions::search_params(t);
+    for (k, _) in params {
+        let base = k.split([':', '.']).next().unwrap_or("");
+        if defined
+            .iter()
+            .any(|sp| sp.code != base && sp.code.eq_ignore_ascii_case(base))
+        {
+            return Err(RequestError::Query(
+                "a search parameter of this type in another spelling (parameter names are case-sensitive)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Interactions on one resource take no search parameters; only these presentation ones.
+/// Anything else is a server extension fhirguard did not judge: HAPI's `_cascade=delete`
+/// deletes every resource that references the target, other patients' included.
+fn check_instance_query(
+    interaction: Interaction,
+    query: &[(String, String)],
+) -> Result<(), RequestError> {
+    let allowed: &[&str] = match interaction {
+        Interaction::Read | Interaction::VRead => &["_format", "_pretty", "_summary", "_elements"],
+        Interaction::HistoryInstance | Interaction::HistoryType | Interaction::HistorySystem => &[
+            "_format",
+            "_pretty",
+            "_summary",
+            "_elements",
+            "_count",
+            "_since",
+            "_at",
+        ],
+        Interaction::Update | Interaction::Patch | Interaction::Delete | Interaction::Create => {
+            &["_format", "_pretty"]
+        }
+        _ => return Ok(()),
+    };
+    match query.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
+        None => Ok(()),
+        Some(_) => Err(RequestError::Query(
+            "this interaction takes no parameters but _format, _pretty (and, for reads and history, _summary, _elements, _count, _since, _at)",
+        )),
+    }
+}
+
 fn instance(interaction: Interaction, t: &str, id: &str) -> FhirRequest {
     let mut r = FhirRequest::new(interaction);
     r.resource_type = Some(t.to_string());
@@ -707,6 +798,13 @@ fn operation(
         Interaction::OperationType => Level::Type,
         _ => Level::Instance,
     };
+    if !matches!(req.method, "GET" | "HEAD" | "POST") {
+        // A framework routing on the path's shape could run a delete or an update here.
+        return Err(RequestError::NotFhir(format!(
+            "operations are invoked with GET or POST, not {}",
+            req.method
+        )));
+    }
     let spec = operations::lookup(name, level, resource_type);
     let is_get = matches!(req.method, "GET" | "HEAD");
     if is_get && spec.is_some_and(|s| s.affects_state) {
@@ -746,11 +844,15 @@ fn operation(
     r.writes = match (spec, name) {
         // GraphQL mutations can ride a POST, or (on a lax server) a GET.
         (Some(_), "graphql") => !is_get || mentions("mutation"),
-        // `$document` stores the document when asked to persist it.
-        (Some(_), "document") => query
-            .iter()
-            .chain(r.params.iter())
-            .any(|(k, v)| k == "persist" && v != "false"),
+        // `$document` stores the document when asked to persist it (possibly in a body
+        // fhirguard did not see).
+        (Some(_), "document") => {
+            !r.params_complete
+                || query
+                    .iter()
+                    .chain(r.params.iter())
+                    .any(|(k, v)| k == "persist" && v != "false")
+        }
         (Some(s), _) => s.affects_state,
         // An operation fhirguard does not know may change anything.
         (None, _) => true,
@@ -779,6 +881,18 @@ fn parameters_of(doc: &serde_json::Value) -> Result<Vec<(String, String)>, Reque
         if is_access_token_name(name) || name.eq_ignore_ascii_case("_method") {
             return Err(RequestError::Body(
                 "access_token and _method are not accepted as operation parameters".into(),
+            ));
+        }
+        let members = p
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| k.starts_with("value") || *k == "resource" || *k == "part")
+            .count();
+        if members > 1 {
+            // One parameter, two values: which one a server reads is its own choice.
+            return Err(RequestError::Body(
+                "a Parameters parameter carries more than one value".into(),
             ));
         }
         let value = p
@@ -847,6 +961,7 @@ fn patch_body(body: Body<'_>) -> Result<PatchBody, RequestError> {
                 .ok_or_else(|| RequestError::Body("a JSON Patch operation has no path".into()))?;
             ops.push(PatchOp {
                 op: op.to_string(),
+                to_reference: path.ends_with("/reference"),
                 element: pointer_element(path),
                 from_element: item
                     .get("from")
@@ -889,6 +1004,30 @@ fn fhirpath_patch_ops(doc: &serde_json::Value) -> Result<Vec<PatchOp>, RequestEr
                 .flatten()
                 .find(|x| x.get("name").and_then(|n| n.as_str()) == Some(name))
         };
+        let parts: Vec<&serde_json::Value> = p
+            .get("part")
+            .and_then(|v| v.as_array())
+            .into_iter()
+            .flatten()
+            .collect();
+        for x in &parts {
+            let values = x
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(k, _)| k.starts_with("value") || *k == "part" || *k == "resource")
+                .count();
+            let name = x.get("name").and_then(|n| n.as_str()).unwrap_or("");
+            let repeats = parts
+                .iter()
+                .filter(|y| y.get("name").and_then(|n| n.as_str()) == Some(name))
+                .count();
+            if values > 1 || repeats > 1 {
+                return Err(RequestError::Body(
+                    "a FHIRPath Patch operation part repeats or carries two values".into(),
+                ));
+            }
+        }
         let text = |name: &str| {
             part(name).and_then(|x| {
                 x.as_object()?
@@ -914,6 +1053,8 @@ fn fhirpath_patch_ops(doc: &serde_json::Value) -> Result<Vec<PatchOp>, RequestEr
                 .map(|(_, v)| v.clone())
         });
         ops.push(PatchOp {
+            to_reference: path.ends_with(".reference")
+                || text("name").as_deref() == Some("reference"),
             op,
             element,
             from_element: None,
@@ -1126,7 +1267,9 @@ mod tests {
         ("POST", "/Patient/123/$meta-delete", OperationInstance, Some("Patient"), Some("123"), true),
         ("POST", "/ValueSet/$expand", OperationType, Some("ValueSet"), None, false),
         ("POST", "/Observation/$validate", OperationType, Some("Observation"), None, false),
-        ("POST", "/Composition/1/$document", OperationInstance, Some("Composition"), Some("1"), false),
+        // Without a visible body, `persist` may be in it.
+        ("POST", "/Composition/1/$document", OperationInstance, Some("Composition"), Some("1"), true),
+        ("GET", "/Composition/1/$document", OperationInstance, Some("Composition"), Some("1"), false),
         ("GET", "/Composition/1/$document?persist=true", OperationInstance, Some("Composition"), Some("1"), true),
         ("GET", "/Observation/$reindex", OperationType, Some("Observation"), None, true),
         ("GET", "/$graphql?query=mutation", OperationSystem, None, None, true),
@@ -1426,6 +1569,29 @@ mod tests {
             Some(("application/fhir+json", r#"{"resourceType":"Parameters","parameter":[{"name":"_type","valueString":"Observation","valueString":"Condition"}]}"#))),
         ("json.duplicate-in-json-patch", "PATCH", "/Patient/1",
             Some(("application/json-patch+json", r#"[{"op":"replace","path":"/name","path":"/link","value":[]}]"#))),
+        // found by the attack review
+        ("review.cascade-delete-param", "DELETE", "/Patient/1?_cascade=delete", None),
+        ("review.cascade-delete-observation", "DELETE", "/Observation/1?_cascade=delete", None),
+        ("review.update-with-a-parameter", "PUT", "/Observation/1?_cascade=delete", None),
+        ("review.read-with-a-search-parameter", "GET", "/Patient/1?_revinclude=Observation:subject", None),
+        ("review.create-with-a-parameter", "POST", "/Observation?subject=Patient/1", None),
+        ("review.bundle-with-a-parameter", "POST", "/?_cascade=delete", Some(("application/fhir+json", r#"{"resourceType":"Bundle","type":"batch"}"#))),
+        ("review.operation-by-delete", "DELETE", "/Patient/1/$meta", None),
+        ("review.operation-by-put", "PUT", "/Patient/1/$meta", None),
+        ("review.operation-by-patch", "PATCH", "/$everything", None),
+        ("review.parameters-two-values", "POST", "/Patient/1/$everything",
+            Some(("application/fhir+json", r#"{"resourceType":"Parameters","parameter":[{"name":"_type","valueCode":"Observation","valueString":"Condition,MedicationRequest"}]}"#))),
+        ("review.parameters-value-and-part", "POST", "/$export",
+            Some(("application/fhir+json", r#"{"resourceType":"Parameters","parameter":[{"name":"_type","valueString":"Observation","part":[]}]}"#))),
+        ("review.fhirpath-patch-part-twice", "PATCH", "/Patient/1",
+            Some(("application/fhir+json", r#"{"resourceType":"Parameters","parameter":[{"name":"operation","part":[{"name":"type","valueCode":"replace"},{"name":"path","valueString":"Patient.name"},{"name":"path","valueString":"Patient.link"}]}]}"#))),
+        ("review.fragment-in-entry-url", "POST", "/",
+            Some(("application/fhir+json", r##"{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"GET","url":"Observation?code=x#&subject=Patient/1"}}]}"##))),
+        ("review.pin-in-another-case", "GET", "/Observation?subject=Patient/1&Subject=Patient/2", None),
+        ("review.pin-in-upper-case", "GET", "/Observation?SUBJECT=Patient/2", None),
+        ("review.pin-case-chained", "GET", "/Observation?Subject.name=x", None),
+        ("review.reference-member-case", "POST", "/Observation",
+            Some(("application/fhir+json", r#"{"resourceType":"Observation","subject":{"reference":"Patient/1","Reference":"Patient/2"}}"#))),
         ("json.escaped-duplicate", "POST", "/Observation",
             Some(("application/fhir+json", r#"{"resourceType":"Observation","subject":{"reference":"Patient/1"},"subj\u0065ct":{"reference":"Patient/2"}}"#))),
     ];
@@ -1440,6 +1606,33 @@ mod tests {
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn at_most_a_hundred_parameters() {
+        // Node's querystring and qs keep 1000, Tomcat its maxParameterCount: a pin after the
+        // cut would be judged here and never applied.
+        let mut q = String::from("/Observation?");
+        for _ in 0..MAX_PARAMS {
+            q.push_str("_lastUpdated=ge1900&");
+        }
+        let ok = classify_str("GET", q.trim_end_matches('&'), None, None);
+        assert!(ok.is_ok(), "{ok:?}");
+        q.push_str("subject=Patient/1");
+        assert_eq!(
+            classify_str("GET", &q, None, None)
+                .map_err(|e| e.http_status())
+                .err(),
+            Some(400)
+        );
+        let form: String = (0..=MAX_PARAMS).map(|i| format!("a{i}=1&")).collect();
+        let e = classify_str(
+            "POST",
+            "/Observation/_search",
+            Some(("application/x-www-form-urlencoded", &form)),
+            None,
+        );
+        assert_eq!(e.map_err(|e| e.http_status()).err(), Some(400));
     }
 
     #[test]

@@ -144,8 +144,11 @@ impl<'de> Visitor<'de> for StrictValue<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let StrictValue { path, dup } = self;
         let mut out = Map::new();
+        // Case-insensitive binders (.NET's, some Java ones) treat `Reference` and `reference`
+        // as one member: two names that differ only in case are a duplicate too.
+        let mut folded = std::collections::HashSet::new();
         while let Some(key) = map.next_key::<String>()? {
-            if out.contains_key(&key) {
+            if !folded.insert(key.to_lowercase()) {
                 let at = render(&path);
                 *dup = Some((safe_name(&key), at));
                 return Err(de::Error::custom("duplicate member"));
@@ -188,6 +191,17 @@ mod tests {
                 "the document",
             ),
             (r#"[{"x":{"y":1,"y":1}}]"#, "y", "[0].x"),
+            // Names that differ only in case are one member to case-insensitive binders.
+            (
+                r#"{"subject":{"reference":"Patient/1","Reference":"Patient/2"}}"#,
+                "Reference",
+                "subject",
+            ),
+            (
+                r#"{"resourceType":"Observation","ResourceType":"Patient"}"#,
+                "ResourceType",
+                "the document",
+            ),
         ];
         for (doc, name, at) in cases {
             assert_eq!(

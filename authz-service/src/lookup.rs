@@ -63,8 +63,12 @@ impl LookupClient {
 
     /// What is stored under `key` (the current version, or one version for a vread).
     pub async fn stored(&self, key: &LookupKey) -> Result<Stored, LookupError> {
-        if let Ok(cache) = self.cache.lock()
-            && let Some((at, s)) = cache.get(key)
+        // A write is decided on a fresh answer only: a resource moved to another patient, or
+        // created under an id that was empty when last asked, must not be written on the
+        // strength of an old one.
+        if !key.for_write
+            && let Ok(cache) = self.cache.lock()
+            && let Some((at, s)) = cache.get(&key.read())
             && at.elapsed() < CACHE_TTL
         {
             return Ok(s.clone());
@@ -111,14 +115,17 @@ impl LookupClient {
             }
             _ => return Err(LookupError::Status { what, status }),
         };
-        if let Ok(mut cache) = self.cache.lock() {
+        // Only what exists is remembered: "nothing there" may stop being true at any moment.
+        if matches!(stored, Stored::Found(_))
+            && let Ok(mut cache) = self.cache.lock()
+        {
             if cache.len() >= CACHE_CAPACITY {
                 cache.retain(|_, (at, _)| at.elapsed() < CACHE_TTL);
                 if cache.len() >= CACHE_CAPACITY {
                     cache.clear();
                 }
             }
-            cache.insert(key.clone(), (Instant::now(), stored.clone()));
+            cache.insert(key.read(), (Instant::now(), stored.clone()));
         }
         Ok(stored)
     }

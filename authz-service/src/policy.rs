@@ -376,16 +376,14 @@ pub fn prepare(policies: &[PolicyConfig], req: &Request<'_>) -> Result<Pending, 
         return Err(deny(None, 403, DenyReason::NoPolicy, vec![], why));
     };
     let p = &policies[index];
-    if let Some(name) = method_override(req.headers) {
-        // Servers and frameworks that honour these turn an allowed POST or GET into a DELETE
-        // or PUT that fhirguard never judged.
+    if let Some((name, what)) = method_override(req.headers) {
         return Err(deny(
             Some(p),
             400,
             DenyReason::MalformedRequest,
             vec![],
             format!(
-                "the {name} header (a method override) is not accepted; send the real HTTP method"
+                "the {name} header ({what}) is not accepted: it would make the server do something fhirguard did not judge"
             ),
         ));
     }
@@ -407,10 +405,26 @@ pub fn prepare(policies: &[PolicyConfig], req: &Request<'_>) -> Result<Pending, 
     if matches!(req.method, "GET" | "HEAD") {
         let rel_path = format!("/{}", rel.join("/"));
         if p.public_paths.contains(&rel_path) {
-            // A token sent along is not needed here and must not reach the server's logs.
-            let remove_query = match raw_query {
-                Some(q) if q.contains("access_token") => vec!["access_token".to_string()],
-                _ => vec![],
+            // A token sent along is not needed here and must not reach the server's logs. It
+            // is found by the classification's parser, in every spelling; only the literal one
+            // can be removed by Envoy, any other is refused.
+            let tokens = match raw_query {
+                Some(q) => fhir::query_tokens(q).map_err(|e| request_error(Some(p), &e))?,
+                None => Vec::new(),
+            };
+            if tokens.iter().any(|t| !t.plain) {
+                return Err(deny(
+                    Some(p),
+                    400,
+                    DenyReason::MalformedCredentials,
+                    vec![],
+                    "the token parameter must be spelled exactly access_token",
+                ));
+            }
+            let remove_query = if tokens.is_empty() {
+                vec![]
+            } else {
+                vec!["access_token".to_string()]
             };
             return Err(Decision::Allow(Allow {
                 policy: policy_id(p),
@@ -552,18 +566,21 @@ pub fn prepare(policies: &[PolicyConfig], req: &Request<'_>) -> Result<Pending, 
     })
 }
 
-/// Headers with which frameworks let a request claim another method. Matched in every
-/// spelling a server could read as the same name (case, `_` for `-`).
-const METHOD_OVERRIDE_HEADERS: &[&str] = &[
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
+/// Headers that change what a server does beyond what fhirguard judged: method overrides
+/// turn an allowed POST or GET into a DELETE or PUT; HAPI's `X-Cascade: delete` deletes every
+/// resource that references the target, other patients' included. Matched in every spelling a
+/// server could read as the same name (case, `_` for `-`).
+const REFUSED_HEADERS: &[(&str, &str)] = &[
+    ("x-http-method-override", "a method override"),
+    ("x-http-method", "a method override"),
+    ("x-method-override", "a method override"),
+    ("x-cascade", "a cascading delete"),
 ];
 
-fn method_override(headers: &[(String, String)]) -> Option<&'static str> {
+fn method_override(headers: &[(String, String)]) -> Option<(&'static str, &'static str)> {
     headers.iter().find_map(|(k, _)| {
         let norm = k.to_ascii_lowercase().replace('_', "-");
-        METHOD_OVERRIDE_HEADERS.iter().copied().find(|h| *h == norm)
+        REFUSED_HEADERS.iter().copied().find(|(h, _)| *h == norm)
     })
 }
 

@@ -222,6 +222,10 @@ pub struct LookupKey {
     pub resource_type: String,
     pub id: String,
     pub version: Option<String>,
+    /// The answer decides a write: it must be fetched now, never taken from a cache (a
+    /// resource moved to another patient, or created under an id that was empty a moment
+    /// ago, must not be written on the strength of an old answer).
+    pub for_write: bool,
 }
 
 impl LookupKey {
@@ -230,6 +234,23 @@ impl LookupKey {
             resource_type: resource_type.to_string(),
             id: id.to_string(),
             version: None,
+            for_write: false,
+        }
+    }
+
+    /// The current version, fetched fresh because a write depends on it.
+    pub fn for_write(resource_type: &str, id: &str) -> Self {
+        LookupKey {
+            for_write: true,
+            ..Self::current(resource_type, id)
+        }
+    }
+
+    /// The same resource as a read would ask for it (the key fresh answers are cached under).
+    pub fn read(&self) -> Self {
+        LookupKey {
+            for_write: false,
+            ..self.clone()
         }
     }
 
@@ -481,7 +502,16 @@ fn operation(g: &Grant<'_>, req: &FhirRequest) -> Verdict {
                 "{name} is not one fhirguard knows; it may return or change anything, so it needs a user/ or system/ *.cruds scope (and is never allowed under patient/ scopes)"
             ),
         ),
-        Some(K::PatientRecord) => record(g, req),
+        // What a server returns for a patient's record is its own choice: HAPI follows every
+        // reference recursively (the Patients of co-members, of performers, of links) and
+        // applies `_type` only to the first hop; Microsoft's server adds `seealso` patients.
+        Some(K::PatientRecord) => any_type(
+            g,
+            RS,
+            format!(
+                "{name} returns whatever the server links to the record, other patients' resources included, so it needs a user/ or system/ *.rs scope; under a patient/ scope search the compartment by type instead (Patient/<id>/Observation, ...)"
+            ),
+        ),
         Some(K::AnyType) => any_type(
             g,
             rw,
@@ -520,9 +550,21 @@ fn any_type(g: &Grant<'_>, perm: Perms, rule: String) -> Verdict {
     } else {
         "user"
     };
+    // An app launched for a patient holds patient/ scopes only: no scope it could hold
+    // would allow this, so none is named.
+    let patient_app = g.patient.is_some()
+        && !g
+            .scopes
+            .scopes
+            .iter()
+            .any(|s| s.context != Context::Patient);
     Verdict::Deny(ScopeDenial {
         rule,
-        needed: hint(g, &format!("{context}/*.{}", perm.letters())),
+        needed: if patient_app {
+            None
+        } else {
+            hint(g, &format!("{context}/*.{}", perm.letters()))
+        },
     })
 }
 
@@ -561,6 +603,20 @@ fn general(g: &Grant<'_>, req: &FhirRequest) -> Verdict {
                     continue;
                 }
             }
+        }
+        // Parameters fhirguard did not see (a POST body cut at Envoy's limit, or not sent)
+        // could hold includes, _query or _containedType: only a scope on every type can
+        // cover what such a search returns. Patient scopes refuse it in `pinned`.
+        if is_search(req)
+            && !req.params_complete
+            && s.context != Context::Patient
+            && !(s.resource_type.is_none() && s.query.is_none() && s.perms.contains(Perms::S))
+        {
+            refusal.get_or_insert(Refusal::Scope(
+                "the search parameters (a POST body) were not visible to fhirguard; without them only a *.s scope covers what the search can return"
+                    .into(),
+            ));
+            continue;
         }
         match s.context {
             Context::User | Context::System if needs_lookup.is_empty() => {
@@ -719,16 +775,17 @@ fn granular_check(g: &Grant<'_>, req: &FhirRequest, filter: &str) -> Check {
                 resource_type: t.to_string(),
                 id: id.to_string(),
                 version: req.version_id.clone(),
+                for_write: false,
             },
             false,
         ),
-        Delete => stored(LookupKey::current(t, id), false),
+        Delete => stored(LookupKey::for_write(t, id), false),
         Create | ConditionalCreate => match body() {
             Ok(()) => Check::Allow,
             Err(why) => Check::Deny(why),
         },
         Update => match body() {
-            Ok(()) => stored(LookupKey::current(t, id), true),
+            Ok(()) => stored(LookupKey::for_write(t, id), true),
             Err(why) => Check::Deny(why),
         },
         Patch => {
@@ -737,7 +794,7 @@ fn granular_check(g: &Grant<'_>, req: &FhirRequest, filter: &str) -> Check {
                 Some(el) => Check::Deny(format!(
                     "the patch changes {el}, which the granular scope's filter is about"
                 )),
-                None => stored(LookupKey::current(t, id), false),
+                None => stored(LookupKey::for_write(t, id), false),
             }
         }
         ConditionalUpdate | ConditionalDelete | ConditionalPatch => {
@@ -877,6 +934,45 @@ fn parse_include<'a>(k: &'a str, v: &'a str) -> Option<Result<Include<'a>, Strin
     }))
 }
 
+/// Search parameters that reach past the searched type, checked for every scope (under
+/// patient scopes `pinned` refuses them outright): `_query` (a named query returns anything),
+/// `_contained`/`_containedType` (containers of any type), and `_has:Type:...` (an oracle on
+/// `Type`). The first two need a scope on every type; `_has` one that may search `Type`.
+fn reach_checked(g: &Grant<'_>, req: &FhirRequest) -> Result<(), String> {
+    if !is_search(req) {
+        return Ok(());
+    }
+    let wide = |perm: Perms, t: Option<&str>| {
+        g.scopes.scopes.iter().any(|s| {
+            s.context != Context::Patient
+                && s.query.is_none()
+                && s.perms.contains(perm)
+                && covers_type(s, t)
+        })
+    };
+    for (k, v) in &req.params {
+        let base = k.split(':').next().unwrap_or(k);
+        match base {
+            "_query" if !wide(Perms::S, None) => {
+                return Err("named queries (_query) can return anything: they need a user/ or system/ *.s scope".into());
+            }
+            "_containedType" | "_contained"
+                if (base == "_containedType" || v != "false") && !wide(Perms::S, None) =>
+            {
+                return Err("_contained and _containedType return contained resources or their containers, of any type: they need a user/ or system/ *.s scope".into());
+            }
+            "_has" => {
+                let source = k.split(':').nth(1).unwrap_or("");
+                if !crate::definitions::is_resource_type(source) || !wide(Perms::S, Some(source)) {
+                    return Err("_has searches another type: it needs a user/ or system/ scope that may search that type".into());
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// The single-valued element paths a patient-scoped search proves to hold exactly the
 /// context patient's reference (see [`compartment::single_valued_paths`]).
 fn proven_paths(req: &FhirRequest, narrowed: Option<&str>) -> Vec<&'static [&'static str]> {
@@ -959,7 +1055,8 @@ fn provable_revinclude(
         }
         _ => false,
     };
-    if !only_ctx || inc.target.is_some_and(|t| t != "Patient") {
+    // `Patient:link` would return the other Patients that link to this one.
+    if !only_ctx || inc.target.is_some_and(|t| t != "Patient") || inc.source == "Patient" {
         return None;
     }
     let source = crate::definitions::RESOURCE_TYPES
@@ -986,6 +1083,9 @@ fn includes_checked(
     ok: Verdict,
     narrowed: Option<&str>,
 ) -> Verdict {
+    if let Err(why) = reach_checked(g, req) {
+        return deny(g, req, RS, why);
+    }
     for (k, v) in &req.params {
         let inc = match parse_include(k, v) {
             None => continue,
@@ -1154,7 +1254,7 @@ fn check_write(
     verb: &str,
     upsert: bool,
 ) -> PatientCheck {
-    match lookup_state(g, LookupKey::current(t, id), verb, t) {
+    match lookup_state(g, LookupKey::for_write(t, id), verb, t) {
         Err(c) => c,
         Ok(Stored::Found(res)) => match compartment::owned_stored(res, t, ctx) {
             Ok(()) => PatientCheck::Allow,
@@ -1252,10 +1352,34 @@ fn patch_stays_in_compartment(req: &FhirRequest, t: &str, ctx: &str) -> Result<(
                 ));
             }
         }
-        if op
-            .value
-            .as_ref()
-            .is_some_and(|v| compartment::names_other_patient(v, ctx))
+        // A pointer that ends in `/reference` writes a reference string itself.
+        let bare_reference = match (&op.value, op.to_reference) {
+            (Some(serde_json::Value::String(r)), true) => Some(r.as_str()),
+            _ => None,
+        };
+        if bare_reference.is_some_and(|r| r.contains('?'))
+            || op
+                .value
+                .as_ref()
+                .is_some_and(compartment::has_conditional_reference)
+        {
+            return Err(format!(
+                "patch operation {i} ({} {target}): conditional references are resolved by the server with its own rights and are not allowed under a patient/ scope",
+                op.op
+            ));
+        }
+        let bare_names_other = bare_reference.is_some_and(|r| {
+            matches!(
+                compartment::read_reference(Some(r), None, false, &[]),
+                compartment::Ref::Patient(id) if id != ctx
+            ) || compartment::read_reference(Some(r), None, false, &[])
+                == compartment::Ref::UnidentifiedPatient
+        });
+        if bare_names_other
+            || op
+                .value
+                .as_ref()
+                .is_some_and(|v| compartment::names_other_patient(v, ctx))
         {
             return Err(format!(
                 "patch operation {i} ({} {target}): the value references a patient other than the context patient",
@@ -1330,6 +1454,7 @@ fn patient_check(g: &Grant<'_>, req: &FhirRequest, ctx: &str) -> PatientCheck {
                 resource_type: t.to_string(),
                 id: id.to_string(),
                 version: req.version_id.clone(),
+                for_write: false,
             };
             check_read(g, key, t, ctx, "reading a version of")
         }
@@ -1409,10 +1534,25 @@ fn patient_check(g: &Grant<'_>, req: &FhirRequest, ctx: &str) -> PatientCheck {
             if !in_table {
                 return outside();
             }
-            if req.interaction == ConditionalUpdate
-                && let Err(why) = body_owned(req, t, ctx, false)
-            {
-                return PatientCheck::Deny(why);
+            if req.interaction == ConditionalUpdate {
+                if let Err(why) = body_owned(req, t, ctx, false) {
+                    return PatientCheck::Deny(why);
+                }
+                // With no match and an id in the body the server updates (or creates) that
+                // id: another patient's resource, on the strength of criteria naming this one.
+                let body_id = req
+                    .resource
+                    .as_ref()
+                    .and_then(|b| b.get("id"))
+                    .map(|i| i.as_str());
+                // Only the context Patient may be named: criteria `_id=<ctx>` and body id <ctx>
+                // can write nothing else.
+                if body_id.is_some() && !(is_patient && body_id == Some(Some(ctx))) {
+                    return PatientCheck::Deny(
+                        "a conditional update under a patient/ scope may not carry an id in its body (with no match the server would write to that id); update by id instead"
+                            .into(),
+                    );
+                }
             }
             conditional_pin(req, t, ctx)
         }
@@ -1422,11 +1562,7 @@ fn patient_check(g: &Grant<'_>, req: &FhirRequest, ctx: &str) -> PatientCheck {
                 if let Err(why) = refused_search_params(&req.params) {
                     return PatientCheck::Deny(why);
                 }
-                if req.resource_type.is_none() || in_table {
-                    PatientCheck::Allow
-                } else {
-                    outside()
-                }
+                compartment_search(req, ctx)
             }
             Some((ct, _)) if ct == "Patient" => {
                 PatientCheck::Deny("the compartment search names another patient".into())
@@ -1479,13 +1615,52 @@ fn conditional_pin(req: &FhirRequest, t: &str, ctx: &str) -> PatientCheck {
             PatientCheck::Allow
         }
         Pinned::Yes(_) | Pinned::No if primary.is_empty() => PatientCheck::Deny(format!(
-            "a conditional write of {t} under a patient/ scope cannot be limited to the context patient's own resources ({t} has no single element that says whose it is); use the resource's id"
+            "a conditional write of {t} under a patient/ scope cannot be limited to the context patient's own resources: {t} links to patients through {} ({}), and criteria cannot show that none of them is another patient; write by id instead",
+            compartment::params(t).join(", "),
+            "the resource's id is checked against the stored resource"
         )),
         Pinned::Yes(_) | Pinned::No => PatientCheck::Deny(format!(
             "a conditional write under a patient/ scope must name the context patient through {} (the element that says whose the {t} is)",
             primary.join(" or ")
         )),
         Pinned::Refused(why) => PatientCheck::Deny(why),
+    }
+}
+
+/// `Patient/<ctx>/Type` and `Patient/<ctx>/*`. The compartment holds other Patients (those
+/// that link to the context patient), which a patient/ scope may not read: `Patient` is never
+/// searched this way, and `*` only with a `_type` that lists compartment types other than
+/// Patient.
+fn compartment_search(req: &FhirRequest, ctx: &str) -> PatientCheck {
+    let _ = ctx;
+    match req.resource_type.as_deref() {
+        Some("Patient") => PatientCheck::Deny(
+            "Patient/<id>/Patient returns the other Patients that link to the context patient; read Patient/<id> instead"
+                .into(),
+        ),
+        Some(t) if compartment::in_compartment_table(t) => PatientCheck::Allow,
+        Some(t) => PatientCheck::Deny(format!(
+            "{t} is not in the patient compartment, so a patient/ scope cannot reach it"
+        )),
+        None => {
+            let types = listed_types(req);
+            if !req.params_complete {
+                return PatientCheck::Deny(
+                    "the search parameters (a POST body) were not visible to fhirguard".into(),
+                );
+            }
+            if types.is_empty()
+                || types
+                    .iter()
+                    .any(|t| *t == "Patient" || !compartment::in_compartment_table(t))
+            {
+                return PatientCheck::Deny(
+                    "Patient/<id>/* under a patient/ scope needs a _type listing compartment types other than Patient (the compartment holds other Patients that link to this one)"
+                        .into(),
+                );
+            }
+            PatientCheck::Allow
+        }
     }
 }
 
@@ -1603,81 +1778,6 @@ fn pinned(t: &str, params: &[(String, String)], complete: bool, ctx: &str) -> Pi
     } else {
         Pinned::Yes(found)
     }
-}
-
-/// `Patient/<id>/$everything` and `$summary`: one patient's record. Needs `rs` on every type
-/// (a `*` scope), or for `$everything` rs on every type listed in `_type` (read from the query
-/// and the POSTed Parameters body alike); patient scopes only for the context patient.
-fn record(g: &Grant<'_>, req: &FhirRequest) -> Verdict {
-    let id = req.id.as_deref().unwrap_or("");
-    let name = op_name(req);
-    let usable = |s: &&Scope| -> bool {
-        s.query.is_none()
-            && s.perms.contains(RS)
-            && match s.context {
-                Context::Patient => g.patient == Some(id),
-                _ => true,
-            }
-    };
-    if g.scopes
-        .scopes
-        .iter()
-        .filter(usable)
-        .any(|s| s.resource_type.is_none())
-    {
-        return allow();
-    }
-    let types = listed_types(req);
-    if req.operation.as_deref() == Some("everything")
-        && req.params_complete
-        && !types.is_empty()
-        && types.iter().all(|t| {
-            g.scopes.scopes.iter().filter(usable).any(|s| {
-                s.resource_type.as_deref() == Some(t)
-                    && (s.context != Context::Patient
-                        || *t == "Patient"
-                        || compartment::in_compartment_table(t))
-            })
-        })
-    {
-        return allow();
-    }
-    let why = if g.patient.is_some_and(|p| p != id)
-        && !g
-            .scopes
-            .scopes
-            .iter()
-            .any(|s| s.context != Context::Patient)
-    {
-        format!("{name} under a patient/ scope is allowed only for the context patient")
-    } else if !req.params_complete {
-        format!(
-            "{name} was POSTed without a visible Parameters body, so it can return every type: it needs a *.rs scope"
-        )
-    } else {
-        format!("{name} needs a *.rs scope, or (for $everything) rs on every type listed in _type")
-    };
-    let other_patient_only = g.patient.is_some_and(|p| p != id)
-        && !g
-            .scopes
-            .scopes
-            .iter()
-            .any(|s| s.context != Context::Patient);
-    Verdict::Deny(ScopeDenial {
-        rule: why,
-        needed: if other_patient_only {
-            None
-        } else {
-            hint(
-                g,
-                if g.patient.is_some() {
-                    "patient/*.rs"
-                } else {
-                    "user/*.rs"
-                },
-            )
-        },
-    })
 }
 
 /// The types a `_type` parameter lists (comma-separated, possibly repeated).

@@ -212,7 +212,13 @@ async fn smart_through_real_envoy() {
     assert!(body.contains("no scope grants this"), "{body}");
     // A hint is never a scope the token already holds.
     let (st, h, _) = s
-        .call("smart.test", M::GET, "/fhir/r4/Patient/p2", "patient/Patient.r", None)
+        .call(
+            "smart.test",
+            M::GET,
+            "/fhir/r4/Patient/p2",
+            "patient/Patient.r",
+            None,
+        )
         .await;
     assert_eq!(st, 403);
     assert!(
@@ -373,13 +379,29 @@ async fn smart_through_real_envoy() {
     assert_eq!(st, 403, "{body}");
     assert!(body.contains("entry[1]"), "{body}");
 
-    // $everything: the context patient's own record with *.rs.
-    let (st, _, _) = s
+    // $everything follows references past the compartment on real servers: never under a
+    // patient/ scope, even for the context patient; a user/ *.rs scope may.
+    let (st, h, body) = s
         .call(
             "smart.test",
             M::GET,
             "/fhir/r4/Patient/p1/$everything",
             "patient/*.rs",
+            None,
+        )
+        .await;
+    assert_eq!(st, 403);
+    assert_eq!(
+        h["www-authenticate"],
+        r#"Bearer realm="fhir", error="insufficient_scope""#
+    );
+    assert!(body.contains("search the compartment by type"), "{body}");
+    let (st, _, _) = s
+        .call(
+            "smart.test",
+            M::GET,
+            "/fhir/r4/Patient/p1/$everything",
+            "user/*.rs",
             None,
         )
         .await;

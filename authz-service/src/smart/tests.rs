@@ -38,7 +38,12 @@ fn request(line: &str, body: Option<&str>) -> FhirRequest {
         query,
         body: body.map(|b| Body {
             bytes: b.as_bytes(),
-            content_type: Some("application/fhir+json"),
+            // JSON Patch bodies go with their own media type.
+            content_type: Some(if b.starts_with('[') {
+                "application/json-patch+json"
+            } else {
+                "application/fhir+json"
+            }),
         }),
         if_none_exist: None,
     })
@@ -47,15 +52,19 @@ fn request(line: &str, body: Option<&str>) -> FhirRequest {
 
 fn stored() -> Lookups {
     let mut m = Lookups::new();
+    // The same answers whether fetched for a read or (fresh) for a write.
     let mut put = |t: &str, id: &str, version: Option<&str>, s: Stored| {
-        m.insert(
-            LookupKey {
-                resource_type: t.to_string(),
-                id: id.to_string(),
-                version: version.map(str::to_string),
-            },
-            s,
-        );
+        for for_write in [false, true] {
+            m.insert(
+                LookupKey {
+                    resource_type: t.to_string(),
+                    id: id.to_string(),
+                    version: version.map(str::to_string),
+                    for_write,
+                },
+                s.clone(),
+            );
+        }
     };
     let found = |v: serde_json::Value| Stored::Found(std::sync::Arc::new(v));
     let obs = |id: &str, subject: &str| {
@@ -161,6 +170,7 @@ const COND_P1: &str = r#"{"resourceType":"Condition","subject":{"reference":"Pat
 const PAT_P1: &str = r#"{"resourceType":"Patient","id":"p1"}"#;
 const PAT_NEW: &str = r#"{"resourceType":"Patient"}"#;
 const MED: &str = r#"{"resourceType":"Medication"}"#;
+const ENC_P1: &str = r#"{"resourceType":"Encounter","subject":{"reference":"Patient/p1"}}"#;
 /// FHIRPath Patch: replace Patient.name.
 const PATCH_NAME: &str = r#"{"resourceType":"Parameters","parameter":[{"name":"operation","part":[{"name":"type","valueCode":"replace"},{"name":"path","valueString":"Patient.name"},{"name":"value","valueHumanName":{"family":"X"}}]}]}"#;
 
@@ -311,7 +321,11 @@ const ROWS: &[Row] = &[
     ("compartment.url", "patient/Observation.rs", Some("p1"), "GET /Patient/p1/Observation", None, Strict),
     ("compartment.url-with-params", "patient/Observation.rs", Some("p1"), "GET /Patient/p1/Observation?code=x", None, Strict),
     ("compartment.url-other-patient", "patient/Observation.rs", Some("p1"), "GET /Patient/p2/Observation", None, Deny),
-    ("compartment.url-all-types", "patient/*.rs", Some("p1"), "GET /Patient/p1/*", None, Strict),
+    // The compartment holds the other Patients that link to the context patient.
+    ("compartment.url-all-types-needs-type-list", "patient/*.rs", Some("p1"), "GET /Patient/p1/*", None, Deny),
+    ("compartment.url-all-types-listed", "patient/*.rs", Some("p1"), "GET /Patient/p1/*?_type=Observation,Condition", None, Strict),
+    ("compartment.url-all-types-listing-patient", "patient/*.rs", Some("p1"), "GET /Patient/p1/*?_type=Observation,Patient", None, Deny),
+    ("compartment.url-type-patient", "patient/Patient.rs", Some("p1"), "GET /Patient/p1/Patient", None, Deny),
     ("compartment.url-all-types-needs-wildcard", "patient/Observation.rs", Some("p1"), "GET /Patient/p1/*", None, Deny),
     ("compartment.url-other-compartment", "patient/Observation.rs", Some("p1"), "GET /Encounter/e1/Observation", None, Deny),
     ("compartment.url-needs-s", "patient/Observation.r", Some("p1"), "GET /Patient/p1/Observation", None, Deny),
@@ -388,12 +402,18 @@ const ROWS: &[Row] = &[
     ("body.patch-own-patient-unseen", "patient/Patient.u", Some("p1"), "PATCH /Patient/p1", None, Deny),
     ("body.patch-not-provable", "patient/Observation.u", Some("p1"), "PATCH /Observation/o1", None, Deny),
     // --- conditional interactions under patient scopes ---
-    ("conditional.update-pinned", "patient/Observation.cu", Some("p1"), "PUT /Observation?subject=Patient/p1&identifier=a|b", Some(OBS_P1), Strict),
+    // Conditional writes only on types linked to patients through their subject alone
+    // (Observation also links through performer, so a match could be another patient's).
+    ("conditional.update-pinned-shared-type", "patient/Observation.cu", Some("p1"), "PUT /Observation?subject=Patient/p1&identifier=a|b", Some(OBS_P1), Deny),
+    ("conditional.update-pinned", "patient/Encounter.cu", Some("p1"), "PUT /Encounter?patient=p1&identifier=a|b", Some(ENC_P1), Strict),
+    ("conditional.update-pinned-body-id", "patient/Encounter.cu", Some("p1"), "PUT /Encounter?patient=p1&identifier=a|b", Some(r#"{"resourceType":"Encounter","id":"e2","subject":{"reference":"Patient/p1"}}"#), Deny),
     ("conditional.update-pinned-needs-c", "patient/Observation.us", Some("p1"), "PUT /Observation?subject=Patient/p1&identifier=a|b", Some(OBS_P1), Deny),
     ("conditional.update-unpinned", "patient/Observation.cu", Some("p1"), "PUT /Observation?identifier=a|b", Some(OBS_P1), Deny),
     ("conditional.update-body-elsewhere", "patient/Observation.cu", Some("p1"), "PUT /Observation?subject=Patient/p1&identifier=a|b", Some(OBS_P2), Deny),
     ("conditional.update-criteria-other", "patient/Observation.cu", Some("p1"), "PUT /Observation?subject=Patient/p2", Some(OBS_P1), Deny),
-    ("conditional.delete-pinned", "patient/Observation.d", Some("p1"), "DELETE /Observation?subject=Patient/p1&code=x", None, Strict),
+    ("conditional.delete-pinned-shared-type", "patient/Observation.d", Some("p1"), "DELETE /Observation?subject=Patient/p1&code=x", None, Deny),
+    ("conditional.delete-pinned", "patient/MedicationRequest.d", Some("p1"), "DELETE /MedicationRequest?subject=Patient/p1&status=draft", None, Strict),
+    ("conditional.delete-pinned-patient-param", "patient/DiagnosticReport.d", Some("p1"), "DELETE /DiagnosticReport?patient=p1&code=x", None, Strict),
     ("conditional.delete-unpinned", "patient/Observation.ds", Some("p1"), "DELETE /Observation?code=x", None, Deny),
     ("conditional.delete-other", "patient/Observation.ds", Some("p1"), "DELETE /Observation?subject=Patient/p2", None, Deny),
     ("conditional.patch-refused", "patient/Observation.us", Some("p1"), "PATCH /Observation?subject=Patient/p1", None, Deny),
@@ -412,13 +432,16 @@ const ROWS: &[Row] = &[
     ("granular.patient-pinned", "patient/Observation.rs?category=laboratory", Some("p1"), "GET /Observation?category=laboratory&subject=Patient/p1", None, Strict),
     ("granular.union-with-plain", "user/Observation.rs?category=laboratory user/Observation.r", None, "GET /Observation/o1", None, Allow),
     // --- $everything ---
-    ("everything.own-patient-wildcard", "patient/*.rs", Some("p1"), "GET /Patient/p1/$everything", None, Allow),
-    ("everything.own-patient-post", "patient/*.rs", Some("p1"), "POST /Patient/p1/$everything", None, Allow),
+    // A server's $everything follows references past the compartment (HAPI: recursively;
+    // Microsoft: seealso patients): never under patient/ scopes.
+    ("everything.own-patient-wildcard", "patient/*.rs", Some("p1"), "GET /Patient/p1/$everything", None, Deny),
+    ("everything.own-patient-post", "patient/*.rs", Some("p1"), "POST /Patient/p1/$everything", None, Deny),
     ("everything.other-patient", "patient/*.rs", Some("p1"), "GET /Patient/p2/$everything", None, Deny),
     ("everything.type-level", "patient/*.rs", Some("p1"), "GET /Patient/$everything", None, Deny),
     ("everything.type-level-user", "user/*.rs", None, "GET /Patient/$everything", None, Allow),
     ("everything.needs-wildcard", "patient/Observation.rs patient/Patient.rs", Some("p1"), "GET /Patient/p1/$everything", None, Deny),
-    ("everything.types-listed-covered", "patient/Observation.rs patient/Patient.rs", Some("p1"), "GET /Patient/p1/$everything?_type=Observation,Patient", None, Allow),
+    ("everything.types-listed-do-not-bound-it", "patient/Observation.rs patient/Patient.rs", Some("p1"), "GET /Patient/p1/$everything?_type=Observation,Patient", None, Deny),
+    ("everything.user-types-listed-do-not-bound-it", "user/Observation.rs user/Patient.rs", None, "GET /Patient/p1/$everything?_type=Observation,Patient", None, Deny),
     ("everything.types-listed-not-covered", "patient/Observation.rs", Some("p1"), "GET /Patient/p1/$everything?_type=Observation,Condition", None, Deny),
     ("everything.needs-rs", "patient/*.r", Some("p1"), "GET /Patient/p1/$everything", None, Deny),
     ("everything.user-any-patient", "user/*.rs", None, "GET /Patient/p2/$everything", None, Allow),
@@ -560,10 +583,10 @@ fn denials_name_a_scope_that_would_allow() {
         ),
         ("user/*.rs", None, "GET /$export", "system/*.rs"),
         (
-            "patient/Observation.rs",
-            Some("p1"),
+            "user/Observation.rs",
+            None,
             "GET /Patient/p1/$everything",
-            "patient/*.rs",
+            "user/*.rs",
         ),
     ];
     for (scopes, patient, line, want) in cases {
@@ -676,6 +699,12 @@ const EXPORT_TYPES_OBS: &str =
     r#"{"resourceType":"Parameters","parameter":[{"name":"_type","valueCode":"Observation"}]}"#;
 const EMPTY_PARAMETERS: &str = r#"{"resourceType":"Parameters"}"#;
 
+const JSON_PATCH_GP_P2: &str =
+    r#"[{"op":"replace","path":"/generalPractitioner/0/reference","value":"Patient/p2"}]"#;
+const JSON_PATCH_GP_CONDITIONAL: &str = r#"[{"op":"replace","path":"/generalPractitioner/0/reference","value":"Practitioner?identifier=x"}]"#;
+const JSON_PATCH_GP_PRACTITIONER: &str =
+    r#"[{"op":"replace","path":"/generalPractitioner/0/reference","value":"Practitioner/d1"}]"#;
+
 fn tx(entries: &[&str]) -> String {
     format!(
         r#"{{"resourceType":"Bundle","type":"transaction","entry":[{}]}}"#,
@@ -748,8 +777,9 @@ const ISOLATION_ROWS: &[Row] = &[
     ("iso.write.conditional-delete-asserter-pin", "patient/Condition.ds", Some("p1"), "DELETE /Condition?asserter=Patient/p1", None, Deny),
     ("iso.write.conditional-delete-multi-valued-patient", "patient/Appointment.ds", Some("p1"), "DELETE /Appointment?patient=p1", None, Deny),
     ("iso.write.conditional-delete-group", "patient/Group.ds", Some("p1"), "DELETE /Group?member=Patient/p1", None, Deny),
-    ("iso.write.conditional-delete-subject-pin", "patient/Observation.ds", Some("p1"), "DELETE /Observation?patient=p1&code=x", None, Strict),
-    ("iso.write.conditional-delete-condition-patient", "patient/Condition.ds", Some("p1"), "DELETE /Condition?patient=p1", None, Strict),
+    ("iso.write.conditional-delete-subject-pin-shared-type", "patient/Observation.ds", Some("p1"), "DELETE /Observation?patient=p1&code=x", None, Deny),
+    ("iso.write.conditional-delete-condition-asserted-by-others", "patient/Condition.ds", Some("p1"), "DELETE /Condition?patient=p1", None, Deny),
+    ("iso.write.conditional-delete-single-link-type", "patient/Immunization.ds", Some("p1"), "DELETE /Immunization?patient=p1&status=entered-in-error", None, Strict),
     ("iso.write.conditional-update-body-other-performer", "patient/Observation.us", Some("p1"), "PUT /Observation?subject=Patient/p1", Some(OBS_P1_PERFORMER_P2), Deny),
     ("iso.write.patch-own-patient-link", "patient/Patient.u", Some("p1"), "PATCH /Patient/p1", Some(PATCH_LINK), Deny),
     ("iso.write.patch-own-patient-meta", "patient/Patient.u", Some("p1"), "PATCH /Patient/p1", Some(PATCH_META), Deny),
@@ -766,7 +796,8 @@ const ISOLATION_ROWS: &[Row] = &[
     ("iso.op.graphql-post-with-cruds", "user/*.cruds", None, "POST /$graphql", Some(EMPTY_PARAMETERS), Allow),
     ("iso.op.graphql-get-mutation", "user/*.rs", None, "GET /$graphql?query=mutation%20%7B%7D", None, Deny),
     ("iso.op.summary-needs-every-type", "patient/Patient.rs", Some("p1"), "GET /Patient/p1/$summary", None, Deny),
-    ("iso.op.summary-own", "patient/*.rs", Some("p1"), "GET /Patient/p1/$summary", None, Allow),
+    ("iso.op.summary-own", "patient/*.rs", Some("p1"), "GET /Patient/p1/$summary", None, Deny),
+    ("iso.op.summary-user", "user/*.rs", None, "GET /Patient/p1/$summary", None, Allow),
     ("iso.op.summary-other", "patient/*.rs", Some("p1"), "GET /Patient/p2/$summary", None, Deny),
     ("iso.op.everything-encounter", "patient/*.rs", Some("p1"), "GET /Encounter/e1/$everything", None, Deny),
     ("iso.op.everything-encounter-user", "user/*.rs", None, "GET /Encounter/e1/$everything", None, Allow),
@@ -794,9 +825,10 @@ const ISOLATION_ROWS: &[Row] = &[
     ("iso.op.export-patient-scope", "patient/*.rs", Some("p1"), "GET /Group/g1/$export", None, Deny),
     // --- 4. POSTed operation bodies are read ---
     ("iso.body.everything-types-from-body", "patient/Observation.rs patient/Patient.rs", Some("p1"), "POST /Patient/p1/$everything", Some(EVERYTHING_TYPES_OTHER), Deny),
-    ("iso.body.everything-types-from-body-covered", "patient/Observation.rs patient/Patient.rs", Some("p1"), "POST /Patient/p1/$everything", Some(EVERYTHING_TYPES_OBS), Allow),
+    ("iso.body.everything-types-from-body-covered", "patient/Observation.rs patient/Patient.rs", Some("p1"), "POST /Patient/p1/$everything", Some(EVERYTHING_TYPES_OBS), Deny),
     ("iso.body.everything-body-unseen", "patient/Observation.rs patient/Patient.rs", Some("p1"), "POST /Patient/p1/$everything?_type=Observation", None, Deny),
-    ("iso.body.everything-body-unseen-wildcard", "patient/*.rs", Some("p1"), "POST /Patient/p1/$everything", None, Allow),
+    ("iso.body.everything-body-unseen-wildcard", "patient/*.rs", Some("p1"), "POST /Patient/p1/$everything", None, Deny),
+    ("iso.body.everything-user-wildcard", "user/*.rs", None, "POST /Patient/p1/$everything", None, Allow),
     ("iso.body.export-types-from-body", "system/Observation.rs", None, "POST /$export", Some(EXPORT_TYPES_TWO), Deny),
     ("iso.body.export-types-from-body-covered", "system/Observation.rs", None, "POST /$export", Some(EXPORT_TYPES_OBS), Allow),
     ("iso.body.export-body-unseen", "system/Observation.rs", None, "POST /$export?_type=Observation", None, Deny),
@@ -811,6 +843,36 @@ const ISOLATION_ROWS: &[Row] = &[
     ("iso.history.read-deleted", "patient/Observation.r", Some("p1"), "GET /Observation/deleted", None, Deny),
     ("iso.history.delete-deleted", "patient/Observation.d", Some("p1"), "DELETE /Observation/deleted", None, Deny),
     ("iso.history.type-history", "patient/*.rs", Some("p1"), "GET /Observation/_history?_since=2020", None, Deny),
+    // --- found by the attack review ---
+    ("review.everything-mdm-expansion", "patient/*.rs", Some("p1"), "GET /Patient/p1/$everything?_mdm=true", None, Deny),
+    ("review.revinclude-patient-link", "patient/Patient.rs", Some("p1"), "GET /Patient?_id=p1&_revinclude=Patient:link", None, Deny),
+    ("review.conditional-reference-to-foreign-resource", "patient/Observation.c", Some("p1"), "POST /Observation",
+        Some(r#"{"resourceType":"Observation","subject":{"reference":"Patient/p1"},"hasMember":[{"reference":"Observation?subject=Patient/p2&code=http://loinc.org|1234-5"}]}"#), Deny),
+    ("review.conditional-reference-practitioner", "patient/Observation.c", Some("p1"), "POST /Observation",
+        Some(r#"{"resourceType":"Observation","subject":{"reference":"Patient/p1"},"performer":[{"reference":"Practitioner?identifier=npi|1"}]}"#), Deny),
+    // A reference by id to a resource the app cannot read is written, but never followed for
+    // it: includes, $everything and $graphql that would follow it are refused.
+    ("review.reference-to-unreadable-resource", "patient/*.cruds", Some("p1"), "POST /DiagnosticReport",
+        Some(r#"{"resourceType":"DiagnosticReport","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/p1"},"result":[{"reference":"Observation/o2"}]}"#), Allow),
+    ("review.follow-it-by-include", "patient/*.rs", Some("p1"), "GET /DiagnosticReport?patient=p1&_include=DiagnosticReport:result", None, Deny),
+    ("review.conditional-update-shared", "patient/Observation.cu", Some("p1"), "PUT /Observation?patient=p1&_id=o3", Some(OBS_P1), Deny),
+    ("review.conditional-delete-shared", "patient/Observation.d", Some("p1"), "DELETE /Observation?subject=Patient/p1&_id=o3", None, Deny),
+    ("review.conditional-update-body-id", "patient/Encounter.cu", Some("p1"), "PUT /Encounter?patient=p1&identifier=urn:x|nomatch",
+        Some(r#"{"resourceType":"Encounter","id":"e2","subject":{"reference":"Patient/p1"}}"#), Deny),
+    ("review.user-post-search-unseen-body", "user/Observation.rs", None, "POST /Observation/_search", None, Deny),
+    ("review.user-wildcard-post-search-unseen-body", "user/*.rs", None, "POST /Observation/_search", None, Allow),
+    ("review.user-type-operation-unseen-body", "user/Observation.rs", None, "POST /Observation/$lastn", None, Deny),
+    ("review.user-contained-container", "user/Observation.rs", None, "GET /Observation?code=x&_contained=true&_containedType=container", None, Deny),
+    ("review.user-contained-false", "user/Observation.rs", None, "GET /Observation?code=x&_contained=false", None, Allow),
+    ("review.user-named-query", "user/Observation.rs", None, "GET /Observation?_query=anything", None, Deny),
+    ("review.user-wildcard-named-query", "user/*.rs", None, "GET /Observation?_query=anything", None, Allow),
+    ("review.granular-named-query", "user/Observation.rs?category=laboratory", None, "GET /Observation?category=laboratory&_query=anything", None, Deny),
+    ("review.granular-contained-container", "user/Observation.rs?category=laboratory", None, "GET /Observation?category=laboratory&_contained=true&_containedType=container", None, Deny),
+    ("review.user-has-oracle", "user/Patient.rs", None, "GET /Patient?_has:Observation:patient:code=hiv", None, Deny),
+    ("review.user-has-covered", "user/Patient.rs user/Observation.s", None, "GET /Patient?_has:Observation:patient:code=hiv", None, Allow),
+    ("review.json-patch-bare-reference", "patient/Patient.u", Some("p1"), "PATCH /Patient/p1", Some(JSON_PATCH_GP_P2), Deny),
+    ("review.json-patch-bare-conditional-reference", "patient/Patient.u", Some("p1"), "PATCH /Patient/p1", Some(JSON_PATCH_GP_CONDITIONAL), Deny),
+    ("review.json-patch-bare-reference-practitioner", "patient/Patient.u", Some("p1"), "PATCH /Patient/p1", Some(JSON_PATCH_GP_PRACTITIONER), Allow),
     // --- search parameters that reach past the pin ---
     ("iso.search.contained-container", "patient/Observation.rs", Some("p1"), "GET /Observation?subject=Patient/p1&_containedType=container", None, Deny),
     ("iso.search.contained-true", "patient/Observation.rs", Some("p1"), "GET /Observation?subject=Patient/p1&_contained=true", None, Deny),
@@ -938,6 +1000,7 @@ const OBS_LAB1_P1: &str = r#"{"resourceType":"Observation","id":"lab1","category
 const OBS_LAB1_VITAL: &str = r#"{"resourceType":"Observation","id":"lab1","category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"vital-signs"}]}],"subject":{"reference":"Patient/p1"}}"#;
 const OBS_VIT1_LAB: &str = r#"{"resourceType":"Observation","id":"vit1","category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"laboratory"}]}],"subject":{"reference":"Patient/p1"}}"#;
 const JSON_PATCH_STATUS: &str = r#"[{"op":"replace","path":"/status","value":"amended"}]"#;
+const FP_PATCH_DR_STATUS: &str = r#"{"resourceType":"Parameters","parameter":[{"name":"operation","part":[{"name":"type","valueCode":"replace"},{"name":"path","valueString":"DiagnosticReport.status"},{"name":"value","valueCode":"amended"}]}]}"#;
 const FP_PATCH_STATUS: &str = r#"{"resourceType":"Parameters","parameter":[{"name":"operation","part":[{"name":"type","valueCode":"replace"},{"name":"path","valueString":"Observation.status"},{"name":"value","valueCode":"amended"}]}]}"#;
 const FP_PATCH_SUBJECT_OTHER: &str = r#"{"resourceType":"Parameters","parameter":[{"name":"operation","part":[{"name":"type","valueCode":"replace"},{"name":"path","valueString":"Observation.subject"},{"name":"value","valueReference":{"reference":"Patient/p2"}}]}]}"#;
 const FP_PATCH_SUBJECT_OWN: &str = r#"{"resourceType":"Parameters","parameter":[{"name":"operation","part":[{"name":"type","valueCode":"replace"},{"name":"path","valueString":"Observation.subject"},{"name":"value","valueReference":{"reference":"Patient/p1"}}]}]}"#;
@@ -950,19 +1013,21 @@ const FP_PATCH_CATEGORY: &str = r#"{"resourceType":"Parameters","parameter":[{"n
 fn precision_stored() -> Lookups {
     let mut m = stored();
     let found = |v: &str| Stored::Found(std::sync::Arc::new(serde_json::from_str(v).unwrap()));
-    m.insert(
-        LookupKey::current("Observation", "lab1"),
-        found(OBS_LAB1_P1),
-    );
-    m.insert(
-        LookupKey::current("Observation", "vit1"),
-        found(&OBS_LAB1_VITAL.replace("\"lab1\"", "\"vit1\"")),
-    );
+    for for_write in [false, true] {
+        let key = |id: &str| LookupKey {
+            for_write,
+            ..LookupKey::current("Observation", id)
+        };
+        m.insert(key("lab1"), found(OBS_LAB1_P1));
+        m.insert(
+            key("vit1"),
+            found(&OBS_LAB1_VITAL.replace("\"lab1\"", "\"vit1\"")),
+        );
+    }
     m.insert(
         LookupKey {
-            resource_type: "Observation".into(),
-            id: "lab1".into(),
             version: Some("1".into()),
+            ..LookupKey::current("Observation", "lab1")
         },
         found(OBS_LAB1_VITAL),
     );
@@ -1014,7 +1079,8 @@ const PRECISION_ROWS: &[Row] = &[
     ("patch.value-names-other", "patient/Observation.u", Some("p1"), "PATCH /Observation/o1", Some(FP_PATCH_NOTE_NAMES_OTHER), Deny),
     ("patch.unseen-body", "patient/Observation.u", Some("p1"), "PATCH /Observation/o1", None, Deny),
     ("patch.outside-compartment", "patient/Medication.u", Some("p1"), "PATCH /Medication/m1", Some(FP_PATCH_STATUS), Deny),
-    ("patch.conditional-pinned", "patient/Observation.u", Some("p1"), "PATCH /Observation?patient=p1&code=x", Some(FP_PATCH_STATUS), Strict),
+    ("patch.conditional-pinned-shared-type", "patient/Observation.u", Some("p1"), "PATCH /Observation?patient=p1&code=x", Some(FP_PATCH_STATUS), Deny),
+    ("patch.conditional-pinned", "patient/DiagnosticReport.u", Some("p1"), "PATCH /DiagnosticReport?patient=p1&code=x", Some(FP_PATCH_DR_STATUS), Strict),
     ("patch.conditional-performer-pin", "patient/Observation.u", Some("p1"), "PATCH /Observation?performer=Patient/p1", Some(FP_PATCH_STATUS), Deny),
     ("patch.needs-u", "patient/Observation.rs", Some("p1"), "PATCH /Observation/o1", Some(FP_PATCH_STATUS), Deny),
 ];
@@ -1032,26 +1098,7 @@ fn precision_table() {
             lookup_configured: true,
             lookups: Some(&lookups),
         };
-        // JSON Patch bodies go with their own media type.
-        let content_type = if body.is_some_and(|b| b.starts_with('[')) {
-            "application/json-patch+json"
-        } else {
-            "application/fhir+json"
-        };
-        let (method, target) = line.split_once(' ').unwrap();
-        let (path, query) = split_path(target);
-        let segs = normalize_path(path).unwrap();
-        let req = classify(HttpRequest {
-            method,
-            segments: &segs,
-            query,
-            body: body.map(|b| Body {
-                bytes: b.as_bytes(),
-                content_type: Some(content_type),
-            }),
-            if_none_exist: None,
-        })
-        .unwrap_or_else(|e| panic!("{line}: {e}"));
+        let req = request(line, *body);
         let got = authorize(&g, &req);
         let ok = match (want, &got) {
             (Allow, Verdict::Allow { narrow, strict }) => narrow.is_empty() && !strict,
@@ -1127,7 +1174,7 @@ fn scope_hints_help() {
             "patient/Observation.rs",
             Some("p1"),
             "GET /Patient/p1/$everything",
-            Some("patient/*.rs"),
+            None,
         ),
         (
             "user/Patient.rs",
