@@ -184,6 +184,7 @@ fn bench(c: &mut Criterion) {
         narrow: false,
         lookup_configured: true,
         lookups: None,
+        reference_data: false,
     };
     g.bench_function("smart_authorize_pinned_search", |b| {
         b.iter(|| fhirguard_authz::smart::authorize(&grant, std::hint::black_box(&req)))

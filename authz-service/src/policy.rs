@@ -737,8 +737,14 @@ pub fn authorize(
             narrow: smart_cfg.patient_search == PatientSearch::Narrow,
             lookup_configured: smart_cfg.compartment_lookup.is_some(),
             lookups,
+            reference_data: smart_cfg.reference_data == crate::config::ReferenceData::ReadWithScope,
         };
-        match smart::authorize(&grant, req) {
+        let verdict = if smart_cfg.user_scopes == crate::config::UserScopes::ConfineToFhirUser {
+            smart::authorize_confined(&grant, tok.fhir_user.as_deref(), req)
+        } else {
+            smart::authorize(&grant, req)
+        };
+        match verdict {
             smart::Verdict::Allow { narrow, strict } => {
                 allow.set_query = narrow;
                 allow.strict_search = strict;

@@ -7,7 +7,8 @@
 //! Enforcement here is the type-level part of SMART: which permission letter an interaction
 //! needs and on which type. Patient scopes grant only what is provably inside the context
 //! patient's compartment; what cannot be proven from the request is refused (fail closed).
-//! Granular scopes (with a `?query`) allow only searches that carry their filter.
+//! Granular scopes (with a `?query`) allow searches that carry their filter and reads and
+//! writes of resources that match it ([`crate::granular`]).
 
 use std::sync::Arc;
 
@@ -289,6 +290,9 @@ pub struct Grant<'a> {
     pub lookup_configured: bool,
     /// Answers of lookups made so far.
     pub lookups: Option<&'a Lookups>,
+    /// `referenceData: ReadWithScope`: patient/ scopes read and search types outside the
+    /// patient compartment (Medication, Practitioner, ...).
+    pub reference_data: bool,
 }
 
 /// The outcome of scope evaluation.
@@ -356,6 +360,98 @@ pub fn authorize(g: &Grant<'_>, req: &FhirRequest) -> Verdict {
         ),
         OperationSystem | OperationType | OperationInstance => operation(g, req),
         _ => general(g, req),
+    }
+}
+
+/// The types a `fhirUser` may name for a user who is not confined (SMART App Launch: the
+/// user is a Patient, Practitioner, PractitionerRole, RelatedPerson or Person).
+const USER_TYPES: &[&str] = &[
+    "Practitioner",
+    "PractitionerRole",
+    "RelatedPerson",
+    "Person",
+];
+
+/// `Type/id` at the end of a `fhirUser` claim (relative, or an absolute URL).
+fn fhir_user_parts(claim: &str) -> Option<(&str, &str)> {
+    let mut it = claim.rsplit('/');
+    let id = it.next()?;
+    let t = it.next()?;
+    (crate::definitions::is_resource_type(t) && context_patient_id(id).is_some()).then_some((t, id))
+}
+
+/// `userScopes: ConfineToFhirUser`: `user/` scopes are evaluated as patient scopes for the
+/// Patient the `fhirUser` claim names (as Microsoft's FHIR server and FHIR Works on AWS do),
+/// pass unchanged for Practitioner-like users, and grant nothing without a user or for a
+/// `fhirUser` of another type. `patient/` and `system/` scopes are evaluated as always; the
+/// request is allowed when either evaluation allows it.
+pub fn authorize_confined(g: &Grant<'_>, fhir_user: Option<&str>, req: &FhirRequest) -> Verdict {
+    let (user, rest): (Vec<Scope>, Vec<Scope>) = g
+        .scopes
+        .scopes
+        .iter()
+        .cloned()
+        .partition(|s| s.context == Context::User);
+    if user.is_empty() {
+        return authorize(g, req);
+    }
+    let user_kind = fhir_user.and_then(fhir_user_parts);
+    let confined_patient = match user_kind {
+        Some(("Patient", id)) => Some(id),
+        Some((t, _)) if USER_TYPES.contains(&t) => return authorize(g, req),
+        _ => None,
+    };
+    let others = ScopeSet {
+        scopes: rest,
+        ignored: Vec::new(),
+    };
+    let first = authorize(
+        &Grant {
+            scopes: &others,
+            ..*g
+        },
+        req,
+    );
+    if matches!(first, Verdict::Allow { .. }) {
+        return first;
+    }
+    let Some(patient) = confined_patient else {
+        let why = "userScopes: ConfineToFhirUser: user/ scopes need a fhirUser claim naming a Patient, Practitioner, PractitionerRole, RelatedPerson or Person";
+        return match first {
+            Verdict::Deny(d) if !others.scopes.is_empty() => Verdict::Deny(d),
+            Verdict::Lookup(l) => Verdict::Lookup(l),
+            _ => deny_without_hint(why),
+        };
+    };
+    let as_patient = ScopeSet {
+        scopes: user
+            .into_iter()
+            .map(|s| Scope {
+                context: Context::Patient,
+                ..s
+            })
+            .collect(),
+        ignored: Vec::new(),
+    };
+    let second = authorize(
+        &Grant {
+            scopes: &as_patient,
+            patient: Some(patient),
+            ..*g
+        },
+        req,
+    );
+    match (first, second) {
+        (_, allowed @ Verdict::Allow { .. }) => allowed,
+        (Verdict::Lookup(mut a), Verdict::Lookup(b)) => {
+            a.extend(b);
+            a.sort();
+            a.dedup();
+            Verdict::Lookup(a)
+        }
+        (Verdict::Lookup(a), _) | (_, Verdict::Lookup(a)) => Verdict::Lookup(a),
+        (Verdict::Deny(d), _) if !others.scopes.is_empty() => Verdict::Deny(d),
+        (_, denied) => denied,
     }
 }
 
@@ -1145,6 +1241,24 @@ fn includes_checked(
         if by_user(&targets) {
             continue;
         }
+        // Reference data (types no patient's compartment holds) under patient/ scopes.
+        let reference_only = g.reference_data
+            && g.patient.is_some()
+            && targets.as_ref().is_some_and(|ts| {
+                ts.iter()
+                    .all(|t| *t != "Patient" && !compartment::in_compartment_table(t))
+                    && ts.iter().all(|t| {
+                        g.scopes.scopes.iter().any(|s| {
+                            s.context == Context::Patient
+                                && s.query.is_none()
+                                && (s.perms.contains(Perms::R) || s.perms.contains(Perms::S))
+                                && covers_type(s, Some(t))
+                        })
+                    })
+            });
+        if reference_only {
+            continue;
+        }
         let by_patient = g.patient.and_then(|ctx| {
             let types = if inc.rev {
                 provable_revinclude(req, &inc, narrowed, ctx)
@@ -1461,6 +1575,8 @@ fn patient_check(g: &Grant<'_>, req: &FhirRequest, ctx: &str) -> PatientCheck {
         HistoryInstance if in_table => PatientCheck::Deny(format!(
             "instance history returns every version of the {t}, and only the current one can be checked; read the resource, or one version by id"
         )),
+        // Reference data holds no patient's data: readable where the policy says so.
+        Read | VRead if g.reference_data && !in_table => PatientCheck::Allow,
         Read | VRead | HistoryInstance => outside(),
         Delete if is_patient => {
             if own_patient {
@@ -1593,6 +1709,14 @@ fn patient_check(g: &Grant<'_>, req: &FhirRequest, ctx: &str) -> PatientCheck {
             }
         }
         OperationSystem | OperationType | OperationInstance
+            if req.op.is_some_and(|o| o.kind == K::NoPatientData)
+                && g.reference_data
+                && !in_table
+                && !req.writes =>
+        {
+            PatientCheck::Allow
+        }
+        OperationSystem | OperationType | OperationInstance
             if req.op.is_some_and(|o| o.kind == K::NoPatientData) =>
         {
             PatientCheck::Deny(format!(
@@ -1673,8 +1797,19 @@ fn search_check(
 ) -> PatientCheck {
     let is_patient = t == "Patient";
     if !is_patient && !compartment::in_compartment_table(t) {
+        if g.reference_data {
+            // No pin is needed, but nothing may reach from the reference data into patients'
+            // records (`Medication?_has:MedicationRequest:medication:subject=...`).
+            return match refused_search_params(&req.params) {
+                Ok(()) if req.params_complete => PatientCheck::Allow,
+                Ok(()) => PatientCheck::Deny(
+                    "the search parameters (a POST body) were not visible to fhirguard".into(),
+                ),
+                Err(why) => PatientCheck::Deny(why),
+            };
+        }
         return PatientCheck::Deny(format!(
-            "{t} is not in the patient compartment, so a patient/ scope cannot reach it"
+            "{t} is not in the patient compartment, so a patient/ scope cannot reach it (a policy may allow reading such reference data: referenceData: ReadWithScope)"
         ));
     }
     let _ = g;

@@ -824,6 +824,14 @@ fn compile_policy(
             crd::PatientSearch::Reject => config::PatientSearch::Reject,
             crd::PatientSearch::Narrow => config::PatientSearch::Narrow,
         };
+        smart.user_scopes = match authz.smart.user_scopes {
+            crd::UserScopes::Unrestricted => config::UserScopes::Unrestricted,
+            crd::UserScopes::ConfineToFhirUser => config::UserScopes::ConfineToFhirUser,
+        };
+        smart.reference_data = match authz.smart.reference_data {
+            crd::ReferenceData::Deny => config::ReferenceData::Deny,
+            crd::ReferenceData::ReadWithScope => config::ReferenceData::ReadWithScope,
+        };
         if let Some(lookup) = &authz.smart.compartment_lookup {
             let field = "authorization.smart.compartmentLookup.connectionRef";
             let r = &lookup.connection_ref;

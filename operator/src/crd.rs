@@ -359,6 +359,44 @@ pub struct Smart {
     /// (to the protected server itself). Without it such requests are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compartment_lookup: Option<CompartmentLookup>,
+
+    /// What a `user/` scope reaches. `Unrestricted` (default): every resource of the scoped
+    /// types, as SMART leaves the user's own permissions to the FHIR server.
+    /// `ConfineToFhirUser`: a token whose `fhirUser` is a Patient is held to that patient's
+    /// compartment exactly like a patient context (as Microsoft's FHIR server and FHIR Works on
+    /// AWS do); a token without `fhirUser`, or one naming a type that is no user (e.g.
+    /// Organization), gets nothing from its `user/` scopes. Practitioner, PractitionerRole,
+    /// RelatedPerson and Person users are not restricted.
+    #[serde(default)]
+    pub user_scopes: UserScopes,
+
+    /// Whether `patient/` scopes reach types outside the patient compartment (Medication,
+    /// Practitioner, Organization, Location, ...). `Deny` (default): never; grant them with
+    /// `user/` scopes. `ReadWithScope`: reads and searches (never writes) when a `patient/`
+    /// scope names the type or `*`, including `_include`s that only return such types (US
+    /// Core's `MedicationRequest:medication`).
+    #[serde(default)]
+    pub reference_data: ReferenceData,
+}
+
+/// What a `user/` scope reaches.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum UserScopes {
+    /// Every resource of the scoped types.
+    #[default]
+    Unrestricted,
+    /// A Patient user is held to its own compartment; a token without a user gets nothing.
+    ConfineToFhirUser,
+}
+
+/// Whether `patient/` scopes reach types outside the patient compartment.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ReferenceData {
+    /// Never.
+    #[default]
+    Deny,
+    /// Reads and searches when a `patient/` scope names the type or `*`.
+    ReadWithScope,
 }
 
 /// Compartment lookups through a connection.

@@ -513,3 +513,25 @@ fn output_is_deterministic_whatever_the_input_order() {
         output::content_hash(&changed)
     );
 }
+
+#[test]
+fn the_contested_smart_rules_compile_to_their_settings() {
+    use fhirguard_authz::config::{ReferenceData, UserScopes};
+    let secret = users_secret("ns", "users", HTPASSWD);
+    // Defaults: the fail-closed side of each.
+    let c = compile_yaml(&format!("{secret}{}", basic_policy("ns", "a", "")));
+    let smart = &c.config.policies[0].authorization.smart;
+    assert_eq!(smart.user_scopes, UserScopes::Unrestricted);
+    assert_eq!(smart.reference_data, ReferenceData::Deny);
+    let c = compile_yaml(&format!(
+        "{secret}{}",
+        basic_policy(
+            "ns",
+            "b",
+            "  authorization:\n    smart: {userScopes: ConfineToFhirUser, referenceData: ReadWithScope}\n"
+        )
+    ));
+    let smart = &c.config.policies[0].authorization.smart;
+    assert_eq!(smart.user_scopes, UserScopes::ConfineToFhirUser);
+    assert_eq!(smart.reference_data, ReferenceData::ReadWithScope);
+}

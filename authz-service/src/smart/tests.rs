@@ -116,6 +116,30 @@ fn stored() -> Lookups {
 }
 
 fn run(rows: &[Row], narrow: bool, lookup_configured: bool, lookups: Option<&Lookups>) -> usize {
+    run_with(
+        rows,
+        narrow,
+        lookup_configured,
+        lookups,
+        &Settings::default(),
+    )
+}
+
+/// The contested rules' settings (`userScopes`, `referenceData`).
+#[derive(Default)]
+struct Settings {
+    reference_data: bool,
+    /// `userScopes: ConfineToFhirUser`, with this `fhirUser` claim.
+    confine: Option<Option<&'static str>>,
+}
+
+fn run_with(
+    rows: &[Row],
+    narrow: bool,
+    lookup_configured: bool,
+    lookups: Option<&Lookups>,
+    settings: &Settings,
+) -> usize {
     let mut failures = Vec::new();
     for (rule, scopes, patient, line, body, want) in rows {
         let set = parse_scopes(scopes.split(' '));
@@ -125,8 +149,13 @@ fn run(rows: &[Row], narrow: bool, lookup_configured: bool, lookups: Option<&Loo
             narrow,
             lookup_configured,
             lookups,
+            reference_data: settings.reference_data,
         };
-        let got = authorize(&g, &request(line, *body));
+        let req = request(line, *body);
+        let got = match settings.confine {
+            Some(fhir_user) => authorize_confined(&g, fhir_user, &req),
+            None => authorize(&g, &req),
+        };
         let ok = match (want, &got) {
             (Allow, Verdict::Allow { narrow, strict }) => narrow.is_empty() && !strict,
             (Strict, Verdict::Allow { narrow, strict }) => narrow.is_empty() && *strict,
@@ -541,6 +570,7 @@ fn first_round_asks_for_lookups_and_second_decides() {
         narrow: false,
         lookup_configured: true,
         lookups: None,
+        reference_data: false,
     };
     assert_eq!(
         authorize(&g, &req),
@@ -549,6 +579,7 @@ fn first_round_asks_for_lookups_and_second_decides() {
     let answers = stored();
     let g = Grant {
         lookups: Some(&answers),
+        reference_data: false,
         ..g
     };
     assert_eq!(
@@ -597,6 +628,7 @@ fn denials_name_a_scope_that_would_allow() {
             narrow: false,
             lookup_configured: true,
             lookups: None,
+            reference_data: false,
         };
         let Verdict::Deny(d) = authorize(&g, &request(line, None)) else {
             panic!("{line}")
@@ -975,6 +1007,7 @@ fn denials_never_repeat_request_values() {
         narrow: false,
         lookup_configured: true,
         lookups: Some(&stored()),
+        reference_data: false,
     };
     for line in &lines {
         match authorize(&g, &request(line, None)) {
@@ -1097,6 +1130,7 @@ fn precision_table() {
             narrow: false,
             lookup_configured: true,
             lookups: Some(&lookups),
+            reference_data: false,
         };
         let req = request(line, *body);
         let got = authorize(&g, &req);
@@ -1218,10 +1252,123 @@ fn scope_hints_help() {
             narrow: false,
             lookup_configured: true,
             lookups: Some(&lookups),
+            reference_data: false,
         };
         let Verdict::Deny(d) = authorize(&g, &request(line, None)) else {
             panic!("{scopes} {line} was not refused")
         };
         assert_eq!(d.needed.as_deref(), *want, "{scopes} {line}: {}", d.rule);
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// The contested rules, each with both settings.
+
+/// (rule, scopes, patient, request, body, want with the default, want with the other value)
+type TwoSettings = (
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    &'static str,
+    Option<&'static str>,
+    Want,
+    Want,
+);
+/// (rule, scopes, fhirUser, request, want Unrestricted, want ConfineToFhirUser)
+type UserScopeRow = (
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    &'static str,
+    Want,
+    Want,
+);
+
+#[rustfmt::skip]
+const REFERENCE_DATA_ROWS: &[TwoSettings] = &[
+    // (rule, scopes, patient, request, body, with Deny (default), with ReadWithScope)
+    ("refdata.read-medication", "patient/Medication.rs", Some("p1"), "GET /Medication/m1", None, Deny, Allow),
+    ("refdata.read-practitioner-wildcard", "patient/*.rs", Some("p1"), "GET /Practitioner/d1", None, Deny, Allow),
+    ("refdata.search-organization", "patient/Organization.s", Some("p1"), "GET /Organization?name=x", None, Deny, Strict),
+    ("refdata.search-needs-s", "patient/Organization.r", Some("p1"), "GET /Organization?name=x", None, Deny, Deny),
+    ("refdata.never-write", "patient/Medication.cruds", Some("p1"), "POST /Medication", Some(MED), Deny, Deny),
+    ("refdata.never-delete", "patient/Medication.cruds", Some("p1"), "DELETE /Medication/m1", None, Deny, Deny),
+    ("refdata.type-must-match", "patient/Medication.rs", Some("p1"), "GET /Practitioner/d1", None, Deny, Deny),
+    ("refdata.has-reaches-records", "patient/*.rs", Some("p1"), "GET /Medication?_has:MedicationRequest:medication:subject=Patient/p2", None, Deny, Deny),
+    ("refdata.revinclude-reaches-records", "patient/*.rs", Some("p1"), "GET /Medication?code=x&_revinclude=MedicationRequest:medication", None, Deny, Deny),
+    ("refdata.us-core-medication-include", "patient/MedicationRequest.rs patient/Medication.rs", Some("p1"), "GET /MedicationRequest?patient=p1&_include=MedicationRequest:medication", None, Deny, Strict),
+    ("refdata.include-wildcard", "patient/*.rs", Some("p1"), "GET /MedicationRequest?patient=p1&_include=MedicationRequest:requester", None, Deny, Deny),
+    ("refdata.include-practitioner", "patient/*.rs", Some("p1"), "GET /Encounter?patient=p1&_include=Encounter:practitioner", None, Deny, Strict),
+    ("refdata.include-iterate", "patient/*.rs", Some("p1"), "GET /MedicationRequest?patient=p1&_include:iterate=MedicationRequest:medication", None, Deny, Deny),
+    ("refdata.terminology", "patient/ValueSet.rs", Some("p1"), "GET /ValueSet/$expand?url=x", None, Deny, Strict),
+    ("refdata.compartment-types-unchanged", "patient/Observation.rs", Some("p1"), "GET /Observation?code=x", None, Deny, Deny),
+    ("refdata.user-unaffected", "user/Medication.rs", None, "GET /Medication/m1", None, Allow, Allow),
+];
+
+#[test]
+fn reference_data_setting_table() {
+    for (setting, pick) in [(false, 0), (true, 1)] {
+        let rows: Vec<Row> = REFERENCE_DATA_ROWS
+            .iter()
+            .map(|(rule, scopes, patient, line, body, deny, with)| {
+                (
+                    *rule,
+                    *scopes,
+                    *patient,
+                    *line,
+                    *body,
+                    if pick == 0 { *deny } else { *with },
+                )
+            })
+            .collect();
+        let settings = Settings {
+            reference_data: setting,
+            ..Settings::default()
+        };
+        assert_eq!(
+            run_with(&rows, false, true, Some(&stored()), &settings),
+            rows.len()
+        );
+    }
+}
+
+/// (rule, scopes, fhirUser, request, with Unrestricted, with ConfineToFhirUser)
+#[rustfmt::skip]
+const USER_SCOPE_ROWS: &[UserScopeRow] = &[
+    ("user.patient-user-own-record", "user/Observation.rs", Some("Patient/p1"), "GET /Observation?subject=Patient/p1", Allow, Strict),
+    ("user.patient-user-other-record", "user/Observation.rs", Some("Patient/p1"), "GET /Observation?subject=Patient/p2", Allow, Deny),
+    ("user.patient-user-unpinned", "user/Observation.rs", Some("Patient/p1"), "GET /Observation?code=x", Allow, Deny),
+    ("user.patient-user-absolute-claim", "user/Patient.r", Some("https://ehr.example/fhir/Patient/p1"), "GET /Patient/p2", Allow, Deny),
+    ("user.patient-user-own-patient", "user/Patient.r", Some("https://ehr.example/fhir/Patient/p1"), "GET /Patient/p1", Allow, Allow),
+    ("user.patient-user-stored-other", "user/Observation.r", Some("Patient/p1"), "GET /Observation/o2", Allow, Deny),
+    ("user.patient-user-stored-own", "user/Observation.r", Some("Patient/p1"), "GET /Observation/o1", Allow, Allow),
+    ("user.practitioner-unrestricted", "user/Observation.rs", Some("Practitioner/d1"), "GET /Observation?code=x", Allow, Allow),
+    ("user.practitioner-role-unrestricted", "user/Observation.rs", Some("PractitionerRole/r1"), "GET /Observation?code=x", Allow, Allow),
+    ("user.related-person-unrestricted", "user/Observation.rs", Some("RelatedPerson/x"), "GET /Observation?code=x", Allow, Allow),
+    ("user.no-fhir-user", "user/Observation.rs", None, "GET /Observation?code=x", Allow, Deny),
+    ("user.organization-is-no-user", "user/Observation.rs", Some("Organization/o1"), "GET /Observation?code=x", Allow, Deny),
+    ("user.device-is-no-user", "user/Observation.rs", Some("Device/d1"), "GET /Observation?code=x", Allow, Deny),
+    ("user.malformed-claim", "user/Observation.rs", Some("not a reference"), "GET /Observation?code=x", Allow, Deny),
+    ("user.system-unaffected", "system/Observation.rs", None, "GET /Observation?code=x", Allow, Allow),
+];
+
+#[test]
+fn user_scopes_setting_table() {
+    for confine in [false, true] {
+        for (rule, scopes, fhir_user, line, unrestricted, confined) in USER_SCOPE_ROWS {
+            let rows: Vec<Row> = vec![(
+                rule,
+                scopes,
+                None,
+                line,
+                None,
+                if confine { *confined } else { *unrestricted },
+            )];
+            let settings = Settings {
+                confine: confine.then_some(*fhir_user),
+                ..Settings::default()
+            };
+            assert_eq!(run_with(&rows, false, true, Some(&stored()), &settings), 1);
+        }
     }
 }

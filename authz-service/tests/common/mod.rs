@@ -611,6 +611,7 @@ pub fn smart_policy(name: &str, host: &str, jwks: &str, narrow: bool) -> PolicyC
                 compartment_lookup: (!narrow).then(|| CompartmentLookup {
                     connection: "clinical/ehr-internal".into(),
                 }),
+                ..SmartConfig::default()
             },
         },
     }
