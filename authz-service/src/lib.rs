@@ -17,6 +17,7 @@ pub mod answer;
 pub mod compartment;
 pub mod config;
 pub mod definitions;
+pub mod driver;
 pub mod fhir;
 pub mod granular;
 pub mod htpasswd;
