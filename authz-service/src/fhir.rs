@@ -654,7 +654,7 @@ pub fn classify(req: HttpRequest<'_>) -> Result<FhirRequest, RequestError> {
     if out
         .params
         .iter()
-        .any(|(k, _)| query.iter().any(|(q, _)| q == k))
+        .any(|(k, _)| query.iter().any(|(q, _)| q.eq_ignore_ascii_case(k)))
         && matches!(
             out.interaction,
             Interaction::OperationSystem
@@ -703,8 +703,16 @@ pub fn classify(req: HttpRequest<'_>) -> Result<FhirRequest, RequestError> {
                 "the body is not a FHIR resource (no resourceType)".into(),
             ));
         }
+        // The resource is created or updated as its own type, whatever the URL says: a
+        // server that creates `Patient` from `POST /Observation` would be judged on the URL.
+        if out.resource_type.as_deref() != resource.get("resourceType").and_then(|t| t.as_str()) {
+            return Err(RequestError::Body(
+                "the body's resourceType is not the type the URL names".into(),
+            ));
+        }
         out.resource = Some(resource);
     }
+    check_conditional_params(out.interaction, &out.params)?;
     if matches!(
         out.interaction,
         Interaction::Patch | Interaction::ConditionalPatch
@@ -768,6 +776,48 @@ fn check_instance_query(
             "this interaction takes no parameters but _format, _pretty (and, for reads and history, _summary, _elements, _count, _since, _at)",
         )),
     }
+}
+
+/// Conditional criteria take search parameters of the type and the common search parameters,
+/// nothing else: HAPI skips other `_` names when it matches and then acts on them
+/// (`_cascade=delete` deletes every resource referencing what matched, `_expunge`).
+fn check_conditional_params(
+    interaction: Interaction,
+    params: &[(String, String)],
+) -> Result<(), RequestError> {
+    const COMMON: &[&str] = &[
+        "_id",
+        "_lastUpdated",
+        "_tag",
+        "_profile",
+        "_security",
+        "_source",
+        "_list",
+        "_has",
+        "_text",
+        "_content",
+        "_filter",
+        "_format",
+        "_pretty",
+    ];
+    if !matches!(
+        interaction,
+        Interaction::ConditionalCreate
+            | Interaction::ConditionalUpdate
+            | Interaction::ConditionalPatch
+            | Interaction::ConditionalDelete
+    ) {
+        return Ok(());
+    }
+    for (k, _) in params {
+        let base = k.split([':', '.']).next().unwrap_or("");
+        if base.starts_with('_') && !COMMON.contains(&base) {
+            return Err(RequestError::Query(
+                "conditional criteria take search parameters only (no _cascade, _expunge or other server switches)",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn instance(interaction: Interaction, t: &str, id: &str) -> FhirRequest {
@@ -881,6 +931,16 @@ fn parameters_of(doc: &serde_json::Value) -> Result<Vec<(String, String)>, Reque
         if is_access_token_name(name) || name.eq_ignore_ascii_case("_method") {
             return Err(RequestError::Body(
                 "access_token and _method are not accepted as operation parameters".into(),
+            ));
+        }
+        let base = name.split([':', '.']).next().unwrap_or("");
+        if CONTROL_PARAMS
+            .iter()
+            .any(|c| c.eq_ignore_ascii_case(base) && *c != base)
+        {
+            return Err(RequestError::Body(
+                "a control parameter in another spelling (parameter names are case-sensitive)"
+                    .into(),
             ));
         }
         let members = p
@@ -1122,6 +1182,37 @@ fn classify_bundle(req: HttpRequest<'_>) -> Result<FhirRequest, RequestError> {
     Ok(out)
 }
 
+/// The members of `Bundle.entry.request` fhirguard judges. `ifMatch` and `ifNoneMatch` carry
+/// only ETags: HAPI reads a transaction PATCH's `ifMatch` as a match URL that beats the id in
+/// `url`, so `ifMatch: "Observation?_id=o2"` would patch another resource.
+fn check_entry_request(request: &serde_json::Value) -> Result<(), RequestError> {
+    let Some(members) = request.as_object() else {
+        return Err(RequestError::Body("request must be an object".into()));
+    };
+    let etag = |v: &serde_json::Value| {
+        v.as_str().is_some_and(|s| {
+            let s = s.strip_prefix("W/").unwrap_or(s);
+            s.len() >= 2
+                && s.starts_with('"')
+                && s.ends_with('"')
+                && !s[1..s.len() - 1].contains('"')
+        })
+    };
+    for (k, v) in members {
+        let ok = match k.as_str() {
+            "method" | "url" | "ifNoneExist" | "ifModifiedSince" | "id" | "extension" => true,
+            "ifMatch" | "ifNoneMatch" => etag(v),
+            _ => false,
+        };
+        if !ok {
+            return Err(RequestError::Body(
+                "request carries a member fhirguard does not judge (ifMatch and ifNoneMatch take ETags only)".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn classify_entry(entry: &serde_json::Value) -> Result<FhirRequest, RequestError> {
     let request = entry
         .get("request")
@@ -1149,7 +1240,24 @@ fn classify_entry(entry: &serde_json::Value) -> Result<FhirRequest, RequestError
         // A bundle inside a bundle: FHIR gives it no meaning, and it would hide entries.
         return Err(RequestError::Body("nested batch or transaction".into()));
     }
+    check_entry_request(request)?;
     let resource = entry.get("resource");
+    // On some servers (HAPI) a POST entry creates its resource whatever the URL names: an
+    // operation URL with a resource to create would be judged as the operation. A POST entry
+    // carries a resource only to create it at its own type, or a Parameters for an operation.
+    if method == "POST"
+        && let Some(r) = resource
+    {
+        let rt = r.get("resourceType").and_then(|t| t.as_str()).unwrap_or("");
+        let creates_own_type = segments.len() == 1 && segments[0] == rt;
+        let operation_parameters =
+            rt == "Parameters" && segments.last().is_some_and(|s| s.starts_with('$'));
+        if !(creates_own_type || operation_parameters) {
+            return Err(RequestError::Body(
+                "a POST entry's resource must be of the type its URL creates (or Parameters for an operation)".into(),
+            ));
+        }
+    }
     // A PATCH entry carries its patch as a Binary (JSON Patch, base64) or a Parameters
     // (FHIRPath Patch) resource.
     let patch_bytes;
@@ -1569,6 +1677,40 @@ mod tests {
             Some(("application/fhir+json", r#"{"resourceType":"Parameters","parameter":[{"name":"_type","valueString":"Observation","valueString":"Condition"}]}"#))),
         ("json.duplicate-in-json-patch", "PATCH", "/Patient/1",
             Some(("application/json-patch+json", r#"[{"op":"replace","path":"/name","path":"/link","value":[]}]"#))),
+        // a body of another type than the URL's (servers create it at its own type)
+        ("type.create-other-type", "POST", "/Observation",
+            Some(("application/fhir+json", r#"{"resourceType":"Condition","subject":{"reference":"Patient/1"}}"#))),
+        ("type.update-other-type", "PUT", "/Observation/1",
+            Some(("application/fhir+json", r#"{"resourceType":"Patient","id":"1"}"#))),
+        ("type.conditional-update-other-type", "PUT", "/Observation?identifier=a|b",
+            Some(("application/fhir+json", r#"{"resourceType":"Patient"}"#))),
+        ("type.entry-create-other-type", "POST", "/",
+            Some(("application/fhir+json", r#"{"resourceType":"Bundle","type":"transaction","entry":[{"resource":{"resourceType":"Patient"},"request":{"method":"POST","url":"Observation"}}]}"#))),
+        ("type.entry-operation-with-a-resource", "POST", "/",
+            Some(("application/fhir+json", r#"{"resourceType":"Bundle","type":"batch","entry":[{"resource":{"resourceType":"Observation","subject":{"reference":"Patient/2"}},"request":{"method":"POST","url":"Observation/$lastn?patient=1"}}]}"#))),
+        ("type.entry-instance-operation-with-a-resource", "POST", "/",
+            Some(("application/fhir+json", r#"{"resourceType":"Bundle","type":"transaction","entry":[{"resource":{"resourceType":"Observation"},"request":{"method":"POST","url":"Patient/1/$meta"}}]}"#))),
+        ("type.entry-search-with-a-resource", "POST", "/",
+            Some(("application/fhir+json", r#"{"resourceType":"Bundle","type":"batch","entry":[{"resource":{"resourceType":"Observation"},"request":{"method":"POST","url":"Observation/_search"}}]}"#))),
+        // bundle entry request members
+        ("entry.if-match-as-a-match-url", "POST", "/",
+            Some(("application/fhir+json", r#"{"resourceType":"Bundle","type":"transaction","entry":[{"resource":{"resourceType":"Parameters"},"request":{"method":"PATCH","url":"Observation/1","ifMatch":"Observation?_id=2"}}]}"#))),
+        ("entry.if-none-match-not-an-etag", "POST", "/",
+            Some(("application/fhir+json", r#"{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"GET","url":"Observation/1","ifNoneMatch":"*"}}]}"#))),
+        ("entry.unknown-request-member", "POST", "/",
+            Some(("application/fhir+json", r#"{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"GET","url":"Observation/1","modifierExtension":[]}}]}"#))),
+        // conditional criteria are search parameters only
+        ("conditional.cascade", "DELETE", "/Patient?_id=1&_cascade=delete", None),
+        ("conditional.expunge", "DELETE", "/Observation?code=x&_expunge=true", None),
+        ("conditional.cascade-in-entry", "POST", "/",
+            Some(("application/fhir+json", r#"{"resourceType":"Bundle","type":"transaction","entry":[{"request":{"method":"DELETE","url":"Encounter?patient=1&_cascade=delete"}}]}"#))),
+        ("conditional.if-none-exist-switch", "POST", "/",
+            Some(("application/fhir+json", r#"{"resourceType":"Bundle","type":"transaction","entry":[{"resource":{"resourceType":"Observation"},"request":{"method":"POST","url":"Observation","ifNoneExist":"code=x&_cascade=delete"}}]}"#))),
+        // respelled control names in a Parameters body
+        ("parameters.respelled-type", "POST", "/$export?_type=Observation",
+            Some(("application/fhir+json", r#"{"resourceType":"Parameters","parameter":[{"name":"_TYPE","valueString":"Patient,Condition"}]}"#))),
+        ("parameters.same-name-other-case", "POST", "/Patient/1/$everything?start=2020",
+            Some(("application/fhir+json", r#"{"resourceType":"Parameters","parameter":[{"name":"Start","valueString":"2000"}]}"#))),
         // found by the attack review
         ("review.cascade-delete-param", "DELETE", "/Patient/1?_cascade=delete", None),
         ("review.cascade-delete-observation", "DELETE", "/Observation/1?_cascade=delete", None),

@@ -37,6 +37,54 @@ pub enum Unevaluable {
     },
     #[error("the :{modifier} modifier on {param} is not evaluated by fhirguard")]
     Modifier { param: String, modifier: String },
+    #[error("the element {param} reads has a shape its definition does not allow")]
+    Shape { param: String },
+}
+
+/// Whether any step of `keys` holds an array (on a path whose elements are all single-valued).
+fn path_holds_an_array(value: &Value, keys: &[&str]) -> bool {
+    match keys.split_first() {
+        None => false,
+        Some((k, rest)) => match value.get(*k) {
+            Some(Value::Array(_)) => true,
+            Some(v) => path_holds_an_array(v, rest),
+            None => false,
+        },
+    }
+}
+
+/// Whether a value has the JSON shape of its FHIR type, as far as matching reads it.
+fn shape_fits(v: &Value, value_type: &str) -> bool {
+    let array_of_objects = |x: Option<&Value>| match x {
+        None => true,
+        Some(Value::Array(items)) => items.iter().all(Value::is_object),
+        Some(_) => false,
+    };
+    let string_member = |k: &str| v.get(k).is_none_or(Value::is_string);
+    match value_type {
+        "CodeableConcept" => {
+            v.is_object() && array_of_objects(v.get("coding")) && string_member("text") && {
+                v.get("coding")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .all(|c| {
+                        c.get("system").is_none_or(Value::is_string)
+                            && c.get("code").is_none_or(Value::is_string)
+                    })
+            }
+        }
+        "Coding" | "Identifier" | "ContactPoint" => {
+            v.is_object()
+                && ["system", "code", "value", "display"]
+                    .iter()
+                    .all(|k| string_member(k))
+        }
+        "Reference" => v.is_object() && string_member("reference"),
+        "HumanName" | "Address" => v.is_object(),
+        "boolean" => v.is_boolean(),
+        _ => v.is_string(),
+    }
 }
 
 /// Whether `resource` (of `resource_type`) matches every item of `filter`.
@@ -60,8 +108,8 @@ pub fn check(resource_type: &str, filter: &str) -> Result<(), Unevaluable> {
     matches(&empty, resource_type, filter).map(|_| ())
 }
 
-/// The top-level elements a filter's parameters read (`category`), so that a patch can be
-/// kept away from them.
+/// The top-level elements a filter's parameters read, as FHIR names them (`category`,
+/// `medication` for `medicationCodeableConcept`), so that a patch can be kept away from them.
 pub fn elements(resource_type: &str, filter: &str) -> Vec<&'static str> {
     let Ok(items) = crate::fhir::parse_query(filter) else {
         return Vec::new();
@@ -71,10 +119,8 @@ pub fn elements(resource_type: &str, filter: &str) -> Vec<&'static str> {
         let code = name.split(':').next().unwrap_or("");
         if let Some(sp) = definitions::search_param(resource_type, code) {
             for p in sp.paths {
-                if let Some(first) = p.keys.first()
-                    && !out.contains(first)
-                {
-                    out.push(*first);
+                if !out.contains(&p.root) {
+                    out.push(p.root);
                 }
             }
         }
@@ -101,11 +147,26 @@ fn item_matches(resource: &Value, t: &str, name: &str, value: &str) -> Result<bo
         param: code.to_string(),
         modifier: m.to_string(),
     };
-    // The values at every path of the parameter, with the path's type filter.
+    // The values at every path of the parameter, with the path's type filter. A value whose
+    // shape disagrees with the definitions (an array on a single-valued element, a `coding`
+    // that is not an array) is read differently by different servers: the filter cannot be
+    // evaluated against it.
     let mut found: Vec<(&Value, &str, Option<&str>)> = Vec::new();
     for p in sp.paths {
         let mut vals = Vec::new();
         values_at(resource, p.keys, &mut vals);
+        if !p.multi && path_holds_an_array(resource, p.keys) {
+            return Err(Unevaluable::Shape {
+                param: code.to_string(),
+            });
+        }
+        for v in &vals {
+            if !shape_fits(v, p.value_type) {
+                return Err(Unevaluable::Shape {
+                    param: code.to_string(),
+                });
+            }
+        }
         found.extend(vals.into_iter().map(|v| (v, p.value_type, p.only_type)));
     }
     let alternatives: Vec<&str> = split_alternatives(value);
@@ -113,7 +174,18 @@ fn item_matches(resource: &Value, t: &str, name: &str, value: &str) -> Result<bo
         ParamKind::Token => {
             let negate = match modifier {
                 None => false,
-                Some("not") => true,
+                // "No value matches" must be provable: a system on a primitive code, which
+                // fhirguard cannot compare, makes it unevaluable rather than true.
+                Some("not") => {
+                    if alternatives.iter().any(|a| {
+                        found
+                            .iter()
+                            .any(|(_, ty, _)| primitive_token(ty) && a.contains('|'))
+                    }) {
+                        return Err(bad_modifier("not"));
+                    }
+                    true
+                }
                 Some("text") => {
                     return Ok(alternatives
                         .iter()
@@ -187,6 +259,13 @@ fn split_alternatives(value: &str) -> Vec<&str> {
         return vec![value];
     }
     value.split(',').collect()
+}
+
+fn primitive_token(value_type: &str) -> bool {
+    matches!(
+        value_type,
+        "code" | "string" | "uri" | "id" | "canonical" | "boolean"
+    )
 }
 
 /// `system|code`, `|code`, `system|`, or `code`.

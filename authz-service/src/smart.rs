@@ -499,6 +499,14 @@ fn bundle(g: &Grant<'_>, req: &FhirRequest) -> Verdict {
 /// The scope that would allow `req` with `perm`, in the context the token works in: patient
 /// when it has a patient context, system when it carries system scopes, else user.
 fn needed_scope(g: &Grant<'_>, req: &FhirRequest, perm: Perms) -> Option<String> {
+    // Only names FHIR defines: a type-shaped path segment is the request's own text.
+    if req
+        .resource_type
+        .as_deref()
+        .is_some_and(|t| !crate::definitions::is_resource_type(t))
+    {
+        return None;
+    }
     let context = if g.patient.is_some() {
         "patient"
     } else if g.scopes.scopes.iter().any(|s| s.context == Context::System) {
@@ -790,7 +798,11 @@ fn general(g: &Grant<'_>, req: &FhirRequest) -> Verdict {
                 "{} needs scope permission '{}' on {}; {}",
                 req.describe(),
                 perm.letters(),
-                t.unwrap_or("every type (*)"),
+                match t {
+                    None => "every type (*)",
+                    Some(t) if crate::definitions::is_resource_type(t) => t,
+                    Some(_) => "a type FHIR R4 does not define",
+                },
                 if g.scopes.scopes.is_empty() {
                     "the token carries no usable resource scope"
                 } else {
@@ -823,7 +835,14 @@ fn granular_check(g: &Grant<'_>, req: &FhirRequest, filter: &str) -> Check {
             ));
         }
     }
-    let carried = || req.params_complete && granular_filter_holds(filter, &req.params);
+    let carried = || {
+        req.params_complete
+            && granular_filter_holds(
+                req.resource_type.as_deref().unwrap_or(""),
+                filter,
+                &req.params,
+            )
+    };
     let resource_matches = |res: &serde_json::Value, what: &str| -> Result<(), String> {
         match crate::granular::matches(res, t, filter) {
             Ok(true) => Ok(()),
@@ -858,6 +877,10 @@ fn granular_check(g: &Grant<'_>, req: &FhirRequest, filter: &str) -> Check {
         }
     };
     match req.interaction {
+        // `$stats` takes none of the search parameters a filter is made of.
+        _ if req.op.is_some_and(|o| o.name == "stats") => Check::Deny(
+            "$stats cannot carry a granular scope's filter (it takes no search parameters)".into(),
+        ),
         _ if is_search(req) => {
             if carried() {
                 Check::Allow
@@ -876,8 +899,16 @@ fn granular_check(g: &Grant<'_>, req: &FhirRequest, filter: &str) -> Check {
             false,
         ),
         Delete => stored(LookupKey::for_write(t, id), false),
-        Create | ConditionalCreate => match body() {
+        Create => match body() {
             Ok(()) => Check::Allow,
+            Err(why) => Check::Deny(why),
+        },
+        // A match is returned instead of created: the criteria must stay inside the filter.
+        ConditionalCreate => match body() {
+            Ok(()) if carried() => Check::Allow,
+            Ok(()) => Check::Deny(
+                "If-None-Exist under a granular scope must carry exactly its filter (a match is returned to the client)".into(),
+            ),
             Err(why) => Check::Deny(why),
         },
         Update => match body() {
@@ -900,10 +931,16 @@ fn granular_check(g: &Grant<'_>, req: &FhirRequest, filter: &str) -> Check {
                         .into(),
                 );
             }
-            if req.interaction == ConditionalUpdate
-                && let Err(why) = body()
-            {
-                return Check::Deny(why);
+            if req.interaction == ConditionalUpdate {
+                if let Err(why) = body() {
+                    return Check::Deny(why);
+                }
+                // With no match the server writes to the body's id, which the filter never saw.
+                if req.resource.as_ref().is_some_and(|b| b.get("id").is_some()) {
+                    return Check::Deny(
+                        "a conditional update under a granular scope may not carry an id in its body".into(),
+                    );
+                }
             }
             if req.interaction == ConditionalPatch
                 && let Some(el) = patch_touches(req, &crate::granular::elements(t, filter))
@@ -924,6 +961,16 @@ fn granular_check(g: &Grant<'_>, req: &FhirRequest, filter: &str) -> Check {
     }
 }
 
+/// Whether a patched element name (`medication`, `medicationReference`,
+/// `medicationCodeableConcept`) is the FHIR element `root` (`medication`): a choice element
+/// has one JSON spelling per type.
+fn same_element(name: &str, root: &str) -> bool {
+    name == root
+        || name
+            .strip_prefix(root)
+            .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_uppercase()))
+}
+
 /// The first element among `elements` that a patch changes (or `"an element"` when a
 /// patch's target cannot be read or its body was not visible).
 fn patch_touches(req: &FhirRequest, elements: &[&str]) -> Option<String> {
@@ -934,7 +981,9 @@ fn patch_touches(req: &FhirRequest, elements: &[&str]) -> Option<String> {
     for op in ops.iter().filter(|o| o.op != "test") {
         for el in [op.element.as_deref(), op.from_element.as_deref()] {
             match el {
-                Some(e) if elements.contains(&e) => return Some(e.to_string()),
+                Some(e) if elements.iter().any(|root| same_element(e, root)) => {
+                    return Some(e.to_string());
+                }
                 None if op.from_element.is_none() && op.element.is_none() => {
                     return Some("an element it does not name".into());
                 }
@@ -945,16 +994,45 @@ fn patch_touches(req: &FhirRequest, elements: &[&str]) -> Option<String> {
     None
 }
 
-/// A granular scope's filter holds when every one of its parameters is present in the
-/// search with exactly the scope's value (every comma-separated alternative included).
-fn granular_filter_holds(filter: &str, params: &[(String, String)]) -> bool {
+/// A granular scope's filter holds for a search when every one of its parameters is present
+/// and every value the search gives it stays inside the filter's values: each alternative
+/// (comma-separated) of the search is one of the filter's alternatives, or a narrower token
+/// (`system|code` inside a filter of `code`, any `code` of `system|`). Repeating the parameter
+/// only narrows further (FHIR ANDs repeats).
+fn granular_filter_holds(t: &str, filter: &str, params: &[(String, String)]) -> bool {
     let Ok(wanted) = crate::fhir::parse_query(filter) else {
         return false;
     };
+    let alternatives = |v: &str| -> Vec<String> {
+        // FHIR escapes separators with `\`; such a value is compared whole (never wider).
+        if v.contains('\\') {
+            vec![v.to_string()]
+        } else {
+            v.split(',').map(str::to_string).collect()
+        }
+    };
     wanted.iter().all(|(k, v)| {
+        let code = k.split(':').next().unwrap_or(k);
+        let token = k == code
+            && crate::definitions::search_param(t, code)
+                .is_some_and(|sp| sp.kind == crate::definitions::ParamKind::Token);
+        let allowed = alternatives(v);
+        let inside = |alt: &str| {
+            allowed.iter().any(|f| {
+                alt == f
+                    || (token
+                        && match (alt.split_once('|'), f.split_once('|')) {
+                            // `sys|code` inside `code` (any system).
+                            (Some((_, c)), None) => c == f,
+                            // `sys|code` inside `sys|` (any code of the system).
+                            (Some((s, c)), Some((fs, ""))) => s == fs && !c.is_empty(),
+                            _ => false,
+                        })
+            })
+        };
         let mut seen = false;
         for (_, pv) in params.iter().filter(|(pk, _)| pk == k) {
-            if pv.split(',').any(|alt| alt != v) {
+            if !alternatives(pv).iter().all(|alt| inside(alt)) {
                 return false;
             }
             seen = true;
@@ -1061,6 +1139,30 @@ fn reach_checked(g: &Grant<'_>, req: &FhirRequest) -> Result<(), String> {
                 let source = k.split(':').nth(1).unwrap_or("");
                 if !crate::definitions::is_resource_type(source) || !wide(Perms::S, Some(source)) {
                     return Err("_has searches another type: it needs a user/ or system/ scope that may search that type".into());
+                }
+            }
+            // A chain searches the resources its reference points to: the forward form of
+            // `_has`, and an oracle on them without a scope that may search them.
+            _ if k.contains('.') => {
+                let link = k.split('.').next().unwrap_or("");
+                let (param, typed) = link
+                    .split_once(':')
+                    .map_or((link, None), |(p, t)| (p, Some(t)));
+                let t = req.resource_type.as_deref().unwrap_or("");
+                let targets: Vec<&str> = match typed {
+                    Some(x) if crate::definitions::is_resource_type(x) => vec![x],
+                    Some(_) => Vec::new(),
+                    None => crate::definitions::search_param(t, param)
+                        .map(|sp| sp.targets.to_vec())
+                        .unwrap_or_default(),
+                };
+                let covered = if targets.is_empty() {
+                    wide(Perms::S, None)
+                } else {
+                    targets.iter().all(|x| wide(Perms::S, Some(x)))
+                };
+                if !covered {
+                    return Err("a chained parameter searches the resources its reference points to: it needs a user/ or system/ scope that may search every type it can reach".into());
                 }
             }
             _ => {}
@@ -1221,6 +1323,8 @@ fn includes_checked(
                     );
                 }
                 Some(t) => Some(vec![t]),
+                // No known target types: the include can return anything.
+                None if sp.targets.is_empty() => None,
                 None => Some(sp.targets.to_vec()),
             }
         };
@@ -1341,6 +1445,51 @@ fn other_patient() -> PatientCheck {
     )
 }
 
+/// A Binary under a patient/ scope: readable when its `securityContext` is the context
+/// Patient or a resource in the context patient's compartment (US Core clinical notes keep
+/// their content in Binary, referenced from a DocumentReference). Two lookups: the Binary,
+/// then what its securityContext names.
+fn check_binary(g: &Grant<'_>, req: &FhirRequest, ctx: &str) -> PatientCheck {
+    let key = LookupKey {
+        version: req.version_id.clone(),
+        ..LookupKey::current("Binary", req.id.as_deref().unwrap_or(""))
+    };
+    let binary = match lookup_state(g, key, "reading", "Binary") {
+        Err(c) => return c,
+        Ok(Stored::Found(res)) => res,
+        Ok(_) => {
+            return PatientCheck::Deny("nothing readable is stored under that Binary id".into());
+        }
+    };
+    let reference = binary
+        .pointer("/securityContext/reference")
+        .and_then(|r| r.as_str());
+    let no_context = || {
+        PatientCheck::Deny(
+            "a Binary is readable under a patient/ scope only when its securityContext is the context patient or a resource in the patient's compartment".into(),
+        )
+    };
+    match compartment::read_reference(reference, None, false, &[]) {
+        compartment::Ref::Patient(id) if id == ctx => PatientCheck::Allow,
+        compartment::Ref::Other => {
+            let Some((t, id)) = reference.and_then(|r| r.split_once('/')) else {
+                return no_context();
+            };
+            if !compartment::in_compartment_table(t) || t == "Patient" || id.contains('/') {
+                return no_context();
+            }
+            check_read(
+                g,
+                LookupKey::current(t, id),
+                t,
+                ctx,
+                "reading the securityContext of a Binary,",
+            )
+        }
+        _ => no_context(),
+    }
+}
+
 /// Reads: the stored resource (that version, for a vread) must be in the compartment.
 fn check_read(g: &Grant<'_>, key: LookupKey, t: &str, ctx: &str, verb: &str) -> PatientCheck {
     match lookup_state(g, key, verb, t) {
@@ -1370,7 +1519,13 @@ fn check_write(
 ) -> PatientCheck {
     match lookup_state(g, LookupKey::for_write(t, id), verb, t) {
         Err(c) => c,
-        Ok(Stored::Found(res)) => match compartment::owned_stored(res, t, ctx) {
+        Ok(Stored::Found(res)) => match compartment::owned_stored(res, t, ctx).and_then(|()| {
+            if compartment::names_other_patient(res, ctx) {
+                Err(compartment::NotOwned::ElsewhereOtherPatient)
+            } else {
+                Ok(())
+            }
+        }) {
             Ok(()) => PatientCheck::Allow,
             Err(why) => PatientCheck::Deny(format!(
                 "the stored {t} cannot be changed: {}",
@@ -1405,7 +1560,7 @@ fn patch_stays_in_compartment(req: &FhirRequest, t: &str, ctx: &str) -> Result<(
         (
             compartment::compartment_paths(t)
                 .iter()
-                .filter_map(|p| p.keys.first().copied())
+                .map(|p| p.root)
                 .collect(),
             true,
         )
@@ -1447,7 +1602,7 @@ fn patch_stays_in_compartment(req: &FhirRequest, t: &str, ctx: &str) -> Result<(
         if op
             .from_element
             .as_deref()
-            .is_some_and(|f| linking.contains(&f))
+            .is_some_and(|f| linking.iter().any(|root| same_element(f, root)))
         {
             return Err(format!(
                 "patch operation {i} ({} from {}): moving or copying a patient link is not allowed under a patient/ scope",
@@ -1455,7 +1610,7 @@ fn patch_stays_in_compartment(req: &FhirRequest, t: &str, ctx: &str) -> Result<(
                 op.from_element.as_deref().unwrap_or("")
             ));
         }
-        if linking.contains(&target) {
+        if linking.iter().any(|root| same_element(target, root)) {
             let sets_ctx = settable
                 && matches!(op.op.as_str(), "add" | "replace" | "insert")
                 && op.value.as_ref().is_some_and(sets_only_ctx);
@@ -1575,6 +1730,8 @@ fn patient_check(g: &Grant<'_>, req: &FhirRequest, ctx: &str) -> PatientCheck {
         HistoryInstance if in_table => PatientCheck::Deny(format!(
             "instance history returns every version of the {t}, and only the current one can be checked; read the resource, or one version by id"
         )),
+        // A Binary (a document's content, say) says whose it is through securityContext.
+        Read | VRead if t == "Binary" => check_binary(g, req, ctx),
         // Reference data holds no patient's data: readable where the policy says so.
         Read | VRead if g.reference_data && !in_table => PatientCheck::Allow,
         Read | VRead | HistoryInstance => outside(),
@@ -1678,6 +1835,13 @@ fn patient_check(g: &Grant<'_>, req: &FhirRequest, ctx: &str) -> PatientCheck {
                 if let Err(why) = refused_search_params(&req.params) {
                     return PatientCheck::Deny(why);
                 }
+                // A pin naming someone else next to the compartment: a server that merged
+                // the compartment into its parameters could answer for that one.
+                if let Some(t) = req.resource_type.as_deref()
+                    && let Pinned::Refused(why) = pinned(t, &req.params, req.params_complete, ctx)
+                {
+                    return PatientCheck::Deny(why);
+                }
                 compartment_search(req, ctx)
             }
             Some((ct, _)) if ct == "Patient" => {
@@ -1688,6 +1852,29 @@ fn patient_check(g: &Grant<'_>, req: &FhirRequest, ctx: &str) -> PatientCheck {
                     .into(),
             ),
         },
+        // `$stats` is no search: of the pins, it takes only `subject` (`patient=` would be
+        // ignored, and the statistics cover every patient).
+        OperationType if req.op.is_some_and(|o| o.name == "stats") => {
+            let subjects: Vec<&str> = req
+                .params
+                .iter()
+                .filter(|(k, _)| k == "subject")
+                .map(|(_, v)| v.as_str())
+                .collect();
+            if !subjects.is_empty()
+                && subjects.iter().all(|v| {
+                    v.split(',')
+                        .all(|x| compartment::patient_id_of_reference(x) == Some(ctx))
+                })
+                && refused_search_params(&req.params).is_ok()
+            {
+                PatientCheck::Allow
+            } else {
+                PatientCheck::Deny(
+                    "$stats under a patient/ scope must name the context patient in its subject parameter".into(),
+                )
+            }
+        }
         OperationType if req.op.is_some_and(|o| o.kind == K::Search) => {
             search_check(g, req, t, ctx, false)
         }

@@ -238,12 +238,14 @@ def extract():
 
 
 def resolve(data, type_name, steps, cast):
-    """-> (json keys, multi, value type) or None."""
+    """-> (json keys, multi, value type, reference targets) or None. The targets are those of
+    the last element's Reference type (None: any type)."""
     elements = data["elements"]
     keys = []
     multi = False
     path = type_name
     value_types = []
+    targets = None
     for i, step in enumerate(steps):
         plain, choice = f"{path}.{step}", f"{path}.{step}[x]"
         if plain in elements:
@@ -265,6 +267,7 @@ def resolve(data, type_name, steps, cast):
         keys.append(key)
         multi |= el["max"] != "1"
         value_types = [cast] if path == choice else el["types"]
+        targets = el.get("targets") or None
         if el.get("ref"):
             path = el["ref"].lstrip("#")
     if len(value_types) != 1:
@@ -272,15 +275,15 @@ def resolve(data, type_name, steps, cast):
     vt = value_types[0]
     if vt.startswith("http://hl7.org/fhirpath/System."):
         vt = vt.rsplit(".", 1)[1].lower()
-    return keys, multi, vt
+    return keys, multi, vt, targets
 
 
 def _continue(data, dtype, steps, cast, keys, multi):
     r = resolve(data, dtype, steps, cast)
     if r is None:
         return None
-    k, m, t = r
-    return keys + k, multi or m, t
+    k, m, t, targets = r
+    return keys + k, multi or m, t, targets
 
 
 def rust_str_list(items):
@@ -316,6 +319,11 @@ def generate(data):
         for code, p in sorted(ps.items()):
             paths = []
             ok = True
+            # A reference parameter can return what its elements can hold: the union of the
+            # parameter's declared targets and the elements' (DeviceUseStatement.patient is
+            # DeviceUseStatement.subject, which may be a Group). Unknown ("any") is empty.
+            element_targets = set()
+            any_target = False
             for part in [x.strip() for x in p["expression"].split("|") if x.strip()]:
                 parsed = parse_part(part, base)
                 if parsed is None:
@@ -326,15 +334,25 @@ def generate(data):
                 if r is None:
                     ok = False
                     break
-                keys, multi, vtype = r
+                keys, multi, vtype, etargets = r
+                if vtype == "Reference":
+                    if only:
+                        element_targets.add(only)
+                    elif etargets is None:
+                        any_target = True
+                    else:
+                        element_targets.update(etargets)
                 only_s = f"Some({json.dumps(only)})" if only else "None"
                 paths.append(
-                    f"ElementPath {{ keys: {rust_str_list(keys)}, multi: {str(multi).lower()}, value_type: {json.dumps(vtype)}, only_type: {only_s} }}"
+                    f"ElementPath {{ keys: {rust_str_list(keys)}, root: {json.dumps(steps[0])}, multi: {str(multi).lower()}, value_type: {json.dumps(vtype)}, only_type: {only_s} }}"
                 )
             if not ok or not p["expression"]:
                 paths = []
+            targets = p["targets"]
+            if p["type"] == "reference" and paths:
+                targets = [] if any_target else sorted(set(targets) | element_targets)
             lines.append(
-                f"    SearchParam {{ base: {json.dumps(base)}, code: {json.dumps(code)}, kind: ParamKind::{kinds[p['type']]}, targets: {rust_str_list(p['targets'])}, paths: &[{', '.join(paths)}] }},"
+                f"    SearchParam {{ base: {json.dumps(base)}, code: {json.dumps(code)}, kind: ParamKind::{kinds[p['type']]}, targets: {rust_str_list(targets)}, paths: &[{', '.join(paths)}] }},"
             )
     lines += ["];", ""]
     return "\n".join(lines)

@@ -29,6 +29,9 @@ pub enum ParamKind {
 pub struct ElementPath {
     /// JSON member names; a choice element is already resolved (`valueQuantity`).
     pub keys: &'static [&'static str],
+    /// The top-level element as FHIR names it (`value` for `valueQuantity`), which is what a
+    /// FHIRPath Patch names and the stem every JSON spelling of a choice element shares.
+    pub root: &'static str,
     /// Whether any step can repeat, so that the path can hold more than one value.
     pub multi: bool,
     /// The FHIR type at the end of the path (`Reference`, `CodeableConcept`, `string`, ...).
@@ -42,7 +45,9 @@ pub struct SearchParam {
     pub base: &'static str,
     pub code: &'static str,
     pub kind: ParamKind,
-    /// For reference parameters: the types a matching reference can point to.
+    /// For reference parameters: the types a matching reference can point to (the
+    /// parameter's declared targets and those of the elements it reads); empty when any type
+    /// can be referenced.
     pub targets: &'static [&'static str],
     /// Empty when the expression is of a form fhirguard does not evaluate.
     pub paths: &'static [ElementPath],

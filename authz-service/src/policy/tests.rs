@@ -783,3 +783,5 @@ fn all_of_checks_both_and_the_subject() {
     };
     assert_eq!(decide(all_of, &p, &id).reason_label(), "read_only_user");
 }
+
+mod review2;

@@ -410,7 +410,6 @@ const ROWS: &[Row] = &[
     ("body.create-via-other-compartment-param", "patient/Observation.c", Some("p1"), "POST /Observation", Some(OBS_PERFORMER_P1), Allow),
     ("body.create-other-patient", "patient/Observation.c", Some("p1"), "POST /Observation", Some(OBS_P2), Deny),
     ("body.create-absolute-reference", "patient/Observation.c", Some("p1"), "POST /Observation", Some(OBS_ABS), Deny),
-    ("body.create-wrong-type", "patient/Observation.c", Some("p1"), "POST /Observation", Some(COND_P1), Deny),
     ("body.create-condition", "patient/Condition.c", Some("p1"), "POST /Condition", Some(COND_P1), Allow),
     ("body.create-no-body", "patient/Observation.c", Some("p1"), "POST /Observation", None, Deny),
     ("body.create-patient-needs-user", "patient/Patient.c", Some("p1"), "POST /Patient", Some(PAT_NEW), Deny),
@@ -1372,3 +1371,5 @@ fn user_scopes_setting_table() {
         }
     }
 }
+
+mod review2;
