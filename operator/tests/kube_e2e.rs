@@ -331,6 +331,68 @@ async fn operator_against_a_real_api_server() {
     )
     .await;
 
+    // --- a malformed object stored under a looser CRD (as after rolling the CRDs back and
+    // forth): a typed watch would fail its whole list on it. The operator reads it field by
+    // field, reports exactly what `render` reports for the same YAML, and everything else keeps
+    // publishing (the deletion below still reaches the config).
+    let (_, strict_policy_crd) = fhirguard_operator::crd::crd_documents()
+        .unwrap()
+        .into_iter()
+        .find(|(f, _)| f.starts_with("fhirsecuritypolicies"))
+        .unwrap();
+    let mut loose: serde_json::Value = serde_saphyr::from_str(&strict_policy_crd).unwrap();
+    loose["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"] =
+        serde_json::json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
+    let loose_file = stack.dir.path().join("loose-crd.json");
+    std::fs::write(&loose_file, loose.to_string()).unwrap();
+    k(&[
+        "apply",
+        "--validate=false",
+        "-f",
+        loose_file.to_str().unwrap(),
+    ]);
+    let broken = "apiVersion: fhirguard.dev/v1alpha1\nkind: FhirSecurityPolicy\nmetadata: {name: broken, namespace: clinical}\nspec:\n  match: {hosts: ehr.example.org, basepath: /fhir/broken}\n  authentication:\n    basic: {htpaswdSecretRef: {name: users}}\n";
+    let broken_file = stack.dir.path().join("broken.yaml");
+    std::fs::write(&broken_file, broken).unwrap();
+    let r = std::process::Command::new(env!("CARGO_BIN_EXE_fhirguard-operator"))
+        .args(["render", "-f"])
+        .arg(&broken_file)
+        .arg("-o")
+        .arg(stack.dir.path().join("broken-out"))
+        .output()
+        .unwrap();
+    let render_lines: Vec<String> = String::from_utf8_lossy(&r.stderr)
+        .lines()
+        .filter_map(|l| l.strip_prefix("clinical/broken: ").map(str::to_string))
+        .collect();
+    assert_eq!(render_lines.len(), 5, "{render_lines:?}");
+    // The server accepts it now; the operator's view must not be blocked by it.
+    eventually("the loose CRD accepts the malformed object", T, || async {
+        stack.apply(broken).status.success().then_some(())
+    })
+    .await;
+    let want = format!(
+        "not used; requests it governs are refused until fixed: {}",
+        render_lines.join("; ")
+    );
+    // Read untyped: the typed client cannot deserialise this object either.
+    let got = eventually("the malformed object named field by field", T, || async {
+        let out = stack.kubectl_output(&["-n", "clinical", "get", "fsp", "broken", "-o", "json"]);
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let status: ObjectStatus = serde_json::from_value(doc.get("status")?.clone()).ok()?;
+        let a = condition(Some(&status), "Accepted")?;
+        (a.0 == "False").then(|| (a.1.to_string(), a.2.to_string()))
+    })
+    .await;
+    assert_eq!(got, ("InvalidSpec".to_string(), want));
+    k(&["-n", "clinical", "delete", "fhirsecuritypolicy", "broken"]);
+    k(&[
+        "apply",
+        "--validate=false",
+        "-f",
+        repo.join("crds").to_str().unwrap(),
+    ]);
+
     // --- delete a policy: it leaves the config ----------------------------------------------
     k(&["-n", "clinical", "delete", "fhirsecuritypolicy", "ehr"]);
     let (rv4, gen4, data4) = eventually("ehr removed", T, || async {

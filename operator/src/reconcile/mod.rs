@@ -20,10 +20,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{PartialObjectMeta, Patch, PatchParams};
+use kube::api::{ApiResource, DynamicObject, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -34,8 +35,9 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::compile::{self, Compiled, Kind, Secrets};
-use crate::crd::{FhirConnection, FhirSecurityPolicy, ObjectStatus};
+use crate::crd::{FhirConnection, FhirSecurityPolicy};
 use crate::metrics::{Metrics, ObjectLabels, ResultLabels};
+use crate::object::{self, Loaded};
 use crate::output::{self, FIELD_MANAGER, Published};
 use crate::status::{self, PublishOutcome};
 use lease::{Elector, LeaseSettings};
@@ -155,8 +157,11 @@ struct Ctx {
     client: Client,
     settings: Settings,
     metrics: Arc<Metrics>,
-    policies: Vec<Store<FhirSecurityPolicy>>,
-    connections: Vec<Store<FhirConnection>>,
+    /// Both kinds are watched untyped and read through [`object`]: a typed watch fails the
+    /// whole list on one object it cannot deserialise (say, one written against a newer CRD),
+    /// which would silently freeze the config for everyone.
+    policies: Vec<Store<DynamicObject>>,
+    connections: Vec<Store<DynamicObject>>,
     secret_meta: Vec<Store<PartialObjectMeta<Secret>>>,
     /// Referenced Secrets' data by (namespace, name), with the resourceVersion it was read at.
     secret_cache: Mutex<SecretCache>,
@@ -239,6 +244,44 @@ where
         .collect()
 }
 
+/// Like [`watch_kind`], for a custom resource watched as [`DynamicObject`]s.
+fn watch_dynamic(
+    client: &Client,
+    namespaces: &[String],
+    ar: &ApiResource,
+    notify: &Arc<Notify>,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Vec<Store<DynamicObject>> {
+    let apis: Vec<Api<DynamicObject>> = if namespaces.is_empty() {
+        vec![Api::all_with(client.clone(), ar)]
+    } else {
+        namespaces
+            .iter()
+            .map(|ns| Api::namespaced_with(client.clone(), ns, ar))
+            .collect()
+    };
+    apis.into_iter()
+        .map(|api| {
+            let writer = reflector::store::Writer::new(ar.clone());
+            let store = writer.as_reader();
+            let stream = reflector::reflector(
+                writer,
+                watcher::watcher(api, watcher::Config::default()).default_backoff(),
+            );
+            tasks.push(drive(stream, notify.clone(), any_change::<DynamicObject>));
+            store
+        })
+        .collect()
+}
+
+fn policy_resource() -> ApiResource {
+    ApiResource::erase::<FhirSecurityPolicy>(&())
+}
+
+fn connection_resource() -> ApiResource {
+    ApiResource::erase::<FhirConnection>(&())
+}
+
 async fn lead(
     client: Client,
     settings: &Settings,
@@ -251,19 +294,19 @@ async fn lead(
     let referenced: Referenced = Arc::default();
     let mut tasks = Vec::new();
     // Resource changes always matter; a Secret change only when a resource references it.
-    let policies = watch_kind::<FhirSecurityPolicy, _>(
+    let policies = watch_dynamic(
         &client,
         &settings.namespaces,
+        &policy_resource(),
         &notify,
         &mut tasks,
-        any_change::<_>,
     );
-    let connections = watch_kind::<FhirConnection, _>(
+    let connections = watch_dynamic(
         &client,
         &settings.namespaces,
+        &connection_resource(),
         &notify,
         &mut tasks,
-        any_change::<_>,
     );
     let refs = referenced.clone();
     let secret_meta = watch_kind::<PartialObjectMeta<Secret>, _>(
@@ -374,9 +417,28 @@ where
         .collect()
 }
 
+/// Every object in the stores, read through [`object`]. An object whose metadata cannot even be
+/// read is skipped with a warning (the API server does not store such objects).
+fn loaded<K>(
+    stores: &[Store<DynamicObject>],
+    parse: fn(&serde_json::Value) -> Result<Loaded<K>, String>,
+) -> Vec<Loaded<K>> {
+    snapshot(stores)
+        .iter()
+        .filter_map(|d| {
+            let doc = serde_json::to_value(d).ok()?;
+            parse(&doc)
+                .map_err(
+                    |e| tracing::warn!(object = %d.name_any(), error = %e, "unreadable object"),
+                )
+                .ok()
+        })
+        .collect()
+}
+
 async fn reconcile_once(cx: &Ctx) -> Result<(), Error> {
-    let policies = snapshot(&cx.policies);
-    let connections = snapshot(&cx.connections);
+    let policies = loaded(&cx.policies, object::parse_policy);
+    let connections = loaded(&cx.connections, object::parse_connection);
     let referenced = compile::referenced_secrets(&policies, &connections);
     if let Ok(mut r) = cx.referenced.write() {
         r.clone_from(&referenced);
@@ -569,55 +631,66 @@ fn now() -> Time {
 
 async fn update_statuses(
     cx: &Ctx,
-    policies: &[FhirSecurityPolicy],
-    connections: &[FhirConnection],
+    policies: &[Loaded<FhirSecurityPolicy>],
+    connections: &[Loaded<FhirConnection>],
     compiled: &Compiled,
     outcome: &PublishOutcome,
 ) {
     let now = now();
-    for p in policies {
+    let policy_ar = policy_resource();
+    let connection_ar = connection_resource();
+    let all = policies
+        .iter()
+        .map(|p| {
+            (
+                Kind::FhirSecurityPolicy,
+                &p.meta,
+                p.status.as_ref(),
+                &policy_ar,
+            )
+        })
+        .chain(connections.iter().map(|c| {
+            (
+                Kind::FhirConnection,
+                &c.meta,
+                c.status.as_ref(),
+                &connection_ar,
+            )
+        }));
+    for (kind, meta, status, ar) in all {
         let key = compile::ObjectKey {
-            kind: Kind::FhirSecurityPolicy,
-            namespace: p.namespace().unwrap_or_default(),
-            name: p.name_any(),
+            kind,
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
         };
         if let Some(result) = compiled.objects.get(&key) {
-            let api: Api<FhirSecurityPolicy> = Api::namespaced(cx.client.clone(), &key.namespace);
-            apply_status(cx, &api, p, p.status.as_ref(), result, outcome, &now).await;
-        }
-    }
-    for c in connections {
-        let key = compile::ObjectKey {
-            kind: Kind::FhirConnection,
-            namespace: c.namespace().unwrap_or_default(),
-            name: c.name_any(),
-        };
-        if let Some(result) = compiled.objects.get(&key) {
-            let api: Api<FhirConnection> = Api::namespaced(cx.client.clone(), &key.namespace);
-            apply_status(cx, &api, c, c.status.as_ref(), result, outcome, &now).await;
+            apply_status(cx, ar, meta, status, result, outcome, &now).await;
         }
     }
 }
 
-async fn apply_status<K>(
+async fn apply_status(
     cx: &Ctx,
-    api: &Api<K>,
-    obj: &K,
-    current: Option<&ObjectStatus>,
+    ar: &ApiResource,
+    meta: &kube::api::ObjectMeta,
+    current: Option<&crate::crd::ObjectStatus>,
     result: &compile::ObjectResult,
     outcome: &PublishOutcome,
     now: &Time,
-) where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
-{
+) {
     let desired = status::desired(result, outcome, current, now);
     if !status::differs(current, &desired) {
         return;
     }
     let patch = serde_json::json!({ "status": desired });
-    let name = obj.name_any();
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(cx.client.clone(), &result.key.namespace, ar);
     match api
-        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .patch_status(
+            &result.key.name,
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
         .await
     {
         Ok(_) => {
@@ -638,7 +711,15 @@ async fn apply_status<K>(
             return;
         }
     }
-    let reference = obj.object_ref(&());
+    let reference = ObjectReference {
+        api_version: Some(ar.api_version.clone()),
+        kind: Some(ar.kind.clone()),
+        name: meta.name.clone(),
+        namespace: meta.namespace.clone(),
+        uid: meta.uid.clone(),
+        resource_version: meta.resource_version.clone(),
+        ..ObjectReference::default()
+    };
     for ev in status::transitions(current, &desired) {
         let event = KubeEvent {
             type_: if ev.warning {
