@@ -204,3 +204,59 @@ fn chart_crds_are_the_generated_ones() {
         );
     }
 }
+
+/// ConfigMap access exists only for the trust ConfigMap: create (which RBAC cannot limit by
+/// name) and everything else by name; with `trustConfigMapName=""` there is none, and the
+/// operator is told to publish none.
+#[test]
+fn trust_configmap_access_is_limited_to_its_name_and_optional() {
+    let Some(h) = common::helm_bin() else { return };
+    let rules = |extra: &[&str]| {
+        let chart = chart();
+        let mut args: Vec<String> = ["template", "fhirguard", chart.to_str().unwrap()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = helm(&h, &refs);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let docs: Vec<serde_json::Value> =
+            serde_saphyr::from_str_multiple(&String::from_utf8(out.stdout).unwrap()).unwrap();
+        let cm_rules: Vec<serde_json::Value> = docs
+            .iter()
+            .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role")
+            .flat_map(|d| d["rules"].as_array().cloned().unwrap_or_default())
+            .filter(|r| r["resources"][0] == "configmaps")
+            .collect();
+        let args: Vec<String> = docs
+            .iter()
+            .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "fhirguard-operator")
+            .map(|d| {
+                d["spec"]["template"]["spec"]["containers"][0]["args"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a.as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap();
+        (cm_rules, args)
+    };
+    let (on, args) = rules(&[]);
+    assert_eq!(
+        on,
+        vec![
+            serde_json::json!({"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]}),
+            serde_json::json!({"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["fhirguard-trust"], "verbs": ["get", "list", "watch", "patch", "update", "delete"]}),
+        ]
+    );
+    assert!(args.contains(&"--trust-configmap=fhirguard-trust".to_string()));
+    let (off, args) = rules(&["--set", "trustConfigMapName="]);
+    assert!(off.is_empty(), "{off:?}");
+    assert!(args.contains(&"--trust-configmap=".to_string()));
+}

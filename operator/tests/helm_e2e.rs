@@ -186,6 +186,21 @@ async fn helm_install_and_every_example_reaches_ready() {
         "jsonpath={.data.config\\.json}",
     ]);
     assert!(!data.is_empty());
+    // The chart's RBAC lets the operator publish the egress trust ConfigMap next to the
+    // example FhirConnection that has a CA bundle.
+    let trust = stack.kubectl(&[
+        "-n",
+        "clinical",
+        "get",
+        "configmap",
+        "fhirguard-trust",
+        "-o",
+        "jsonpath={.data}",
+    ]);
+    assert!(
+        trust.contains("connection_clinical_partner_ca.pem") && trust.contains("BEGIN CERTIFICATE"),
+        "{trust}"
+    );
 
     helm_cmd(&["uninstall", "fhirguard", "-n", "fhirguard-system"]);
 }

@@ -298,3 +298,52 @@ fn broken_inputs_name_every_field_in_one_run() {
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
+
+/// `--trust-dir` writes what the controller publishes as the trust ConfigMap of each namespace:
+/// the CustomBundle CA of every accepted FhirConnection there, and nothing else (no JWKS
+/// endpoint CAs, which only fhirguard uses; no config.json; no credentials).
+#[test]
+fn trust_dir_holds_connection_ca_bundles_only() {
+    let out = tempfile::tempdir().unwrap();
+    let trust = tempfile::tempdir().unwrap();
+    // A namespace directory left by an earlier render whose connection is gone.
+    std::fs::create_dir(trust.path().join("gone")).unwrap();
+    std::fs::write(
+        trust.path().join("gone/connection_gone_old_ca.pem"),
+        "stale",
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fhirguard-operator"));
+    let r = cmd
+        .arg("render")
+        .arg("-f")
+        .arg(here().join("fixtures/valid"))
+        .arg("-o")
+        .arg(out.path())
+        .arg("--trust-dir")
+        .arg(trust.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("wrote 1 CA bundle(s) for egress Envoys"),
+        "{stderr}"
+    );
+    let mut namespaces: Vec<String> = std::fs::read_dir(trust.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    namespaces.sort();
+    assert_eq!(namespaces, ["clinical"], "the stale namespace is gone");
+    let files = read_dir(&trust.path().join("clinical"));
+    let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["connection_clinical_ehr-internal_ca.pem"]);
+    // The same bytes the config directory carries for fhirguard-authz.
+    assert_eq!(
+        files[0].1,
+        std::fs::read_to_string(out.path().join("connection_clinical_ehr-internal_ca.pem"))
+            .unwrap()
+    );
+    assert!(files[0].1.starts_with("-----BEGIN CERTIFICATE-----"));
+}

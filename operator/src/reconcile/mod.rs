@@ -20,8 +20,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ApiResource, DynamicObject, PartialObjectMeta, Patch, PatchParams};
@@ -49,6 +48,9 @@ pub struct Settings {
     /// Where the compiled config Secret is published.
     pub output_namespace: String,
     pub output_name: String,
+    /// Name of the per-namespace ConfigMap with the FhirConnections' CA bundles for egress
+    /// Envoys; `None` publishes none.
+    pub trust_configmap: Option<String>,
     pub lease: LeaseSettings,
     /// Changes arriving within this window are compiled together.
     pub debounce: Duration,
@@ -163,6 +165,8 @@ struct Ctx {
     policies: Vec<Store<DynamicObject>>,
     connections: Vec<Store<DynamicObject>>,
     secret_meta: Vec<Store<PartialObjectMeta<Secret>>>,
+    /// The trust ConfigMaps (by name, in every watched namespace) as they are now.
+    trust: Vec<Store<ConfigMap>>,
     /// Referenced Secrets' data by (namespace, name), with the resourceVersion it was read at.
     secret_cache: Mutex<SecretCache>,
     referenced: Referenced,
@@ -335,6 +339,23 @@ async fn lead(
         notify.clone(),
         |ev: &Event<PartialObjectMeta<Secret>>| matches!(ev, Event::Apply(_) | Event::Delete(_)),
     ));
+    // The trust ConfigMaps, by name: to know which exist (and delete those no longer needed)
+    // and to put back hand edits at once.
+    let mut trust = Vec::new();
+    if let Some(name) = &settings.trust_configmap {
+        let by_name = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        for api in apis::<ConfigMap>(&client, &settings.namespaces) {
+            let (store, writer) = reflector::store();
+            let stream = reflector::reflector(
+                writer,
+                watcher::watcher(api, by_name.clone()).default_backoff(),
+            );
+            tasks.push(drive(stream, notify.clone(), |ev: &Event<ConfigMap>| {
+                matches!(ev, Event::Apply(_) | Event::Delete(_))
+            }));
+            trust.push(store);
+        }
+    }
     let _tasks = Tasks(tasks);
 
     let cx = Ctx {
@@ -351,6 +372,7 @@ async fn lead(
         policies,
         connections,
         secret_meta,
+        trust,
         secret_cache: Mutex::default(),
         referenced,
         last_generation: AtomicU64::new(0),
@@ -364,6 +386,9 @@ async fn lead(
             s.wait_until_ready().await.ok();
         }
         for s in &cx.secret_meta {
+            s.wait_until_ready().await.ok();
+        }
+        for s in &cx.trust {
             s.wait_until_ready().await.ok();
         }
     };
@@ -449,13 +474,114 @@ async fn reconcile_once(cx: &Ctx) -> Result<(), Error> {
     record_objects(&cx.metrics, &compiled);
 
     let outcome = publish(cx, &compiled).await;
-    update_statuses(cx, &policies, &connections, &compiled, &outcome).await;
+    let trust = publish_trust(cx, &compiled).await;
+    update_statuses(cx, &policies, &connections, &compiled, &outcome, &trust).await;
     match outcome {
-        PublishOutcome::Published { .. } => Ok(()),
+        PublishOutcome::Published { .. } if trust.values().all(Result::is_ok) => Ok(()),
+        PublishOutcome::Published { .. } => Err(Error::Kube(kube::Error::Service(
+            "publishing a trust ConfigMap failed".into(),
+        ))),
         PublishOutcome::Failed { .. } => Err(Error::Kube(kube::Error::Service(
             "publishing the config Secret failed".into(),
         ))),
     }
+}
+
+/// Brings the trust ConfigMaps in line with the compile: one per namespace whose accepted
+/// FhirConnections have a CA bundle, written only when its content differs, and ours deleted
+/// where no longer needed. Returns, per namespace that needs one, whether it is in place.
+async fn publish_trust(cx: &Ctx, compiled: &Compiled) -> BTreeMap<String, Result<String, String>> {
+    let mut results = BTreeMap::new();
+    let Some(name) = &cx.settings.trust_configmap else {
+        return results;
+    };
+    let desired = output::trust_files(compiled);
+    let existing: Vec<ConfigMap> = cx
+        .trust
+        .iter()
+        .flat_map(|s| s.state())
+        .map(|c| (*c).clone())
+        .collect();
+    let count = |result: &'static str| {
+        cx.metrics
+            .trust_publishes
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    };
+    for (ns, files) in &desired {
+        let target = format!("{ns}/{name}");
+        let current = existing
+            .iter()
+            .find(|c| c.metadata.namespace.as_deref() == Some(ns.as_str()));
+        if current.is_some_and(|c| {
+            output::is_our_trust_configmap(c) && output::configmap_files(c) == *files
+        }) {
+            results.insert(ns.clone(), Ok(target));
+            continue;
+        }
+        let api: Api<ConfigMap> = Api::namespaced(cx.client.clone(), ns);
+        let cm = output::trust_configmap(ns, name, files);
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let applied = match api.patch(name, &params, &Patch::Apply(&cm)).await {
+            // Keys another field manager added survive an apply; remove them explicitly.
+            Ok(applied) => {
+                let stray: serde_json::Map<String, serde_json::Value> =
+                    output::configmap_files(&applied)
+                        .into_keys()
+                        .filter(|k| !files.contains_key(k))
+                        .map(|k| (k, serde_json::Value::Null))
+                        .collect();
+                if stray.is_empty() {
+                    Ok(())
+                } else {
+                    let patch = serde_json::json!({ "data": stray.clone(), "binaryData": stray });
+                    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                        .map(|_| ())
+                }
+            }
+            Err(e) => Err(e),
+        };
+        match applied {
+            Ok(()) => {
+                count("written");
+                tracing::info!(configmap = %target, files = files.len(), "published CA bundles for egress Envoys");
+                results.insert(ns.clone(), Ok(target));
+            }
+            Err(e) => {
+                count("error");
+                tracing::error!(configmap = %target, error = %e, "cannot write the trust ConfigMap");
+                results.insert(
+                    ns.clone(),
+                    Err(format!("cannot write ConfigMap {target}: {e}")),
+                );
+            }
+        }
+    }
+    for c in existing
+        .iter()
+        .filter(|c| output::is_our_trust_configmap(c))
+    {
+        let Some(ns) = c.metadata.namespace.as_deref() else {
+            continue;
+        };
+        if desired.contains_key(ns) {
+            continue;
+        }
+        let api: Api<ConfigMap> = Api::namespaced(cx.client.clone(), ns);
+        match api.delete(name, &Default::default()).await {
+            Ok(_) => {
+                count("deleted");
+                tracing::info!(configmap = %format!("{ns}/{name}"), "deleted a trust ConfigMap no connection needs");
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => {
+                count("error");
+                tracing::warn!(configmap = %format!("{ns}/{name}"), error = %e, "cannot delete a stale trust ConfigMap");
+            }
+        }
+    }
+    results
 }
 
 fn record_objects(metrics: &Metrics, compiled: &Compiled) {
@@ -560,6 +686,7 @@ async fn publish(cx: &Ctx, compiled: &Compiled) -> PublishOutcome {
             PublishOutcome::Published {
                 generation,
                 secret: target,
+                trust: None,
             }
         }
         Some((secret, generation)) => {
@@ -591,6 +718,7 @@ async fn publish(cx: &Ctx, compiled: &Compiled) -> PublishOutcome {
                     PublishOutcome::Published {
                         generation,
                         secret: target,
+                        trust: None,
                     }
                 }
                 Err(e) => failed(e, "cannot write the config Secret"),
@@ -635,6 +763,7 @@ async fn update_statuses(
     connections: &[Loaded<FhirConnection>],
     compiled: &Compiled,
     outcome: &PublishOutcome,
+    trust: &BTreeMap<String, Result<String, String>>,
 ) {
     let now = now();
     let policy_ar = policy_resource();
@@ -664,8 +793,43 @@ async fn update_statuses(
             name: meta.name.clone().unwrap_or_default(),
         };
         if let Some(result) = compiled.objects.get(&key) {
-            apply_status(cx, ar, meta, status, result, outcome, &now).await;
+            let own = object_outcome(&key, compiled, outcome, trust);
+            apply_status(cx, ar, meta, status, result, &own, &now).await;
         }
+    }
+}
+
+/// The publish outcome as one object sees it: a connection whose CA bundle goes to a trust
+/// ConfigMap is only Ready once that ConfigMap is in place too, and says where it is.
+fn object_outcome(
+    key: &compile::ObjectKey,
+    compiled: &Compiled,
+    outcome: &PublishOutcome,
+    trust: &BTreeMap<String, Result<String, String>>,
+) -> PublishOutcome {
+    let has_bundle =
+        key.kind == Kind::FhirConnection
+            && compiled.config.connections.iter().any(|c| {
+                c.namespace == key.namespace && c.name == key.name && c.tls.ca_file.is_some()
+            });
+    match (
+        outcome,
+        has_bundle.then(|| trust.get(&key.namespace)).flatten(),
+    ) {
+        (
+            PublishOutcome::Published {
+                generation, secret, ..
+            },
+            Some(Ok(cm)),
+        ) => PublishOutcome::Published {
+            generation: *generation,
+            secret: secret.clone(),
+            trust: Some(cm.clone()),
+        },
+        (PublishOutcome::Published { .. }, Some(Err(e))) => {
+            PublishOutcome::Failed { message: e.clone() }
+        }
+        _ => outcome.clone(),
     }
 }
 
