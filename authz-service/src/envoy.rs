@@ -128,11 +128,18 @@ pub fn to_check_response(
                 .iter()
                 .filter_map(|h| h.header.as_ref().map(|h| h.key.as_str()))
                 .collect();
+            // The identity headers are removed even when the check request did not show them:
+            // a mesh may send fhirguard only some headers (Envoy Gateway's headersToExtAuth,
+            // Envoy's allowed_headers), and a forged x-fhirguard-patient must not survive that.
             let mut headers_to_remove: Vec<String> = incoming
                 .keys()
-                .filter(|k| k.starts_with(HEADER_PREFIX) && !ours.contains(&k.as_str()))
-                .cloned()
+                .map(String::as_str)
+                .chain([SUBJECT_HEADER, PATIENT_HEADER, SCOPES_HEADER])
+                .filter(|k| k.starts_with(HEADER_PREFIX) && !ours.contains(k))
+                .map(str::to_string)
                 .collect();
+            headers_to_remove.sort();
+            headers_to_remove.dedup();
             if remove_authorization {
                 headers_to_remove.push("authorization".into());
             }

@@ -157,8 +157,11 @@ async fn basic_auth_answers() {
     };
     assert_eq!(
         ok.headers_to_remove,
-        vec!["x-fhirguard-patient".to_string()],
-        "forged identity headers are dropped"
+        vec![
+            "x-fhirguard-patient".to_string(),
+            "x-fhirguard-scopes".to_string()
+        ],
+        "forged identity headers are dropped, seen or not"
     );
 
     let r = check(g, get("/fhir/r4/Patient/1").auth(basic("alice", "wrong")))

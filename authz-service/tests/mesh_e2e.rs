@@ -309,9 +309,27 @@ static_resources:
 /// An Envoy Gateway proxy with three SecurityPolicies (one per HTTPRoute): `gateway/ehr` and
 /// `gateway/research` chosen by host and basePath, and `gateway/named` whose route names the
 /// policy with `contextExtensions`.
-async fn envoy_gateway(bin: &PathBuf, mesh: &Mesh, grpc: SocketAddr, max_body: u32) -> Envoy {
+async fn envoy_gateway(
+    bin: &PathBuf,
+    mesh: &Mesh,
+    grpc: SocketAddr,
+    max_body: u32,
+    headers_to_ext_auth: &[&str],
+) -> Envoy {
     let (port, admin) = (free_port(), free_port());
     let authz_cluster = "securitypolicy/gateway/fhirguard-authz/0";
+    let allowed = if headers_to_ext_auth.is_empty() {
+        String::new()
+    } else {
+        let patterns: Vec<String> = headers_to_ext_auth
+            .iter()
+            .map(|h| format!("{{exact: \"{h}\", ignore_case: true}}"))
+            .collect();
+        format!(
+            "\n              allowed_headers: {{patterns: [{}]}}",
+            patterns.join(", ")
+        )
+    };
     let filter = |policy: &str| {
         format!(
             r#"
@@ -319,7 +337,7 @@ async fn envoy_gateway(bin: &PathBuf, mesh: &Mesh, grpc: SocketAddr, max_body: u
             disabled: true
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
-              transport_api_version: V3
+              transport_api_version: V3{allowed}
               with_request_body: {{max_request_bytes: {max_body}}}
               grpc_service:
                 envoy_grpc: {{cluster_name: "{authz_cluster}", authority: "fhirguard-authz.fhirguard-system:9001"}}
@@ -857,7 +875,7 @@ async fn istio_rules_that_miss_a_path_let_it_past_fhirguard() {
 async fn envoy_gateway_selects_by_host_or_context_extension_and_refuses_what_it_cannot_judge() {
     let Some(bin) = envoy_bin() else { return };
     let mesh = Mesh::start().await;
-    let gw = envoy_gateway(&bin, &mesh, mesh.svc.grpc, 1_048_576).await;
+    let gw = envoy_gateway(&bin, &mesh, mesh.svc.grpc, 1_048_576, &[]).await;
     let as_user = |u: &str| basic(u, &format!("{u}-pw"));
     let get = async |host: &str, path: &str, user: &str| {
         raw(
@@ -938,11 +956,44 @@ async fn envoy_gateway_selects_by_host_or_context_extension_and_refuses_what_it_
     assert_eq!(a.header("location"), Some("/fhir/r4/Patient/1"));
     assert!(a.upstream().is_none());
 
+    // headersToExtAuth narrows what fhirguard sees; a forged identity header it never saw is
+    // still removed before the request goes upstream.
+    drop(gw);
+    let narrow = envoy_gateway(
+        &bin,
+        &mesh,
+        mesh.svc.grpc,
+        1_048_576,
+        &["authorization", "content-type", "content-length"],
+    )
+    .await;
+    let a = raw(
+        narrow.port,
+        "GET",
+        "ehr.hospital.example",
+        "/fhir/r4/Patient/1",
+        &[
+            ("authorization", &as_user("alice")),
+            ("x-fhirguard-patient", "p9"),
+            ("x-fhirguard-scopes", "user/*.cruds"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let up = a.upstream().unwrap();
+    assert_eq!(up["headers"]["x-fhirguard-subject"], "alice");
+    assert!(
+        up["headers"].get("x-fhirguard-patient").is_none()
+            && up["headers"].get("x-fhirguard-scopes").is_none(),
+        "forged identity reached the FHIR server: {up}"
+    );
+
     // Envoy Gateway has no status-on-error setting: when fhirguard cannot decide the answer is
     // Envoy's default 403, still closed.
-    drop(gw);
+    drop(narrow);
     let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let gw = envoy_gateway(&bin, &mesh, dead, 1_048_576).await;
+    let gw = envoy_gateway(&bin, &mesh, dead, 1_048_576, &[]).await;
     let a = raw(
         gw.port,
         "GET",
