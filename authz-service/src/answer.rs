@@ -100,6 +100,30 @@ pub fn strict_prefer(existing: Option<&str>) -> String {
     kept.join(", ")
 }
 
+/// Every spelling of fhirguard's identity headers with `-` or `_` at each separator, for
+/// removal even when the check request did not carry them.
+pub fn identity_header_spellings() -> Vec<String> {
+    let mut out = Vec::new();
+    for name in [
+        SUBJECT_HEADER,
+        PATIENT_HEADER,
+        SCOPES_HEADER,
+        DECISION_ID_HEADER,
+    ] {
+        let parts: Vec<&str> = name.split('-').collect();
+        let gaps = parts.len() - 1;
+        for mask in 0..(1u32 << gaps) {
+            let mut s = parts[0].to_string();
+            for (i, p) in parts[1..].iter().enumerate() {
+                s.push(if mask & (1 << i) == 0 { '-' } else { '_' });
+                s.push_str(p);
+            }
+            out.push(s);
+        }
+    }
+    out
+}
+
 /// The incoming headers a client could use to assert an identity to the upstream: every
 /// header whose name, read the way CGI, WSGI and Rack stacks read it (case-insensitive, `_`
 /// as `-`), starts with `x-fhirguard-`. Returned as sent, so that Envoy removes exactly them.

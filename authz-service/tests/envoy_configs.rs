@@ -27,12 +27,12 @@ fn example_envoy_configs_validate() {
                 .count(),
             "{name}: every HttpConnectionManager sets headers_with_underscores_action"
         );
-        // The egress example names the CA file inside the mounted config Secret.
+        // The egress example names the CA file inside the mounted trust ConfigMap.
         let tmp = tempfile::tempdir().unwrap();
         let ca = tmp.path().join("connection_clinical_partner_ca.pem");
         std::fs::write(&ca, common::TestPki::new().ca_pem).unwrap();
         text = text.replace(
-            "/etc/fhirguard/config/connection_clinical_partner_ca.pem",
+            "/etc/fhirguard/trust/connection_clinical_partner_ca.pem",
             ca.to_str().unwrap(),
         );
         let cfg = tmp.path().join(name);

@@ -1,6 +1,7 @@
 //! The two custom resources, `FhirSecurityPolicy` and `FhirConnection` (group `fhirguard.dev`,
-//! version `v1alpha1`). Field names are fixed by SPEC.md; doc comments here become the
-//! `kubectl explain` text, so they are written for the people applying these objects.
+//! version `v1alpha1`). Field names are part of the contract (docs/reference.md); doc comments
+//! here become the `kubectl explain` text, so they are written for the people applying these
+//! objects.
 //!
 //! Cross-field rules are expressed twice: as CEL `x-kubernetes-validations` (rejected at apply
 //! time on API servers that evaluate CEL, Kubernetes >= 1.25) and in [`crate::compile`], which
