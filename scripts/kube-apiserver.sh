@@ -15,33 +15,34 @@ log() { echo "kube-apiserver.sh: $*" >&2; }
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
-need_pkgs=()
-command -v go >/dev/null || need_pkgs+=(golang-go)
-command -v rsync >/dev/null || need_pkgs+=(rsync)
-command -v etcd >/dev/null || need_pkgs+=(etcd-server)
-command -v dpkg-source >/dev/null || need_pkgs+=(dpkg-dev)
-command -v openssl >/dev/null || need_pkgs+=(openssl)
-command -v make >/dev/null || need_pkgs+=(make)
+install_pkgs() {
+  [ $# -gt 0 ] || return 0
+  log "installing $*"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq >&2
+  $SUDO apt-get install -y -qq --no-install-recommends "$@" >&2
+}
+
+# To run the tests: etcd, always. To build the server: Go, rsync, dpkg-dev and make, only when
+# no cached binary exists.
+run_pkgs=()
+command -v etcd >/dev/null || run_pkgs+=(etcd-server)
+build_pkgs=()
+command -v go >/dev/null || build_pkgs+=(golang-go)
+command -v rsync >/dev/null || build_pkgs+=(rsync)
+command -v dpkg-source >/dev/null || build_pkgs+=(dpkg-dev)
+command -v make >/dev/null || build_pkgs+=(make)
 
 patch_hash=$(sha256sum "$PATCH" | cut -c1-12)
 
 # Fast path: a cached binary for any source version with this patch.
 existing=$(ls -1 "$CACHE"/kube-apiserver-*-"$patch_hash" 2>/dev/null | head -n1 || true)
-if [ -n "$existing" ] && [ -x "$existing" ] && [ ${#need_pkgs[@]} -eq 0 ]; then
-  echo "$existing"
-  exit 0
-fi
-
-export DEBIAN_FRONTEND=noninteractive
-if [ ${#need_pkgs[@]} -gt 0 ]; then
-  log "installing ${need_pkgs[*]}"
-  $SUDO apt-get update -qq >&2
-  $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >&2
-fi
+install_pkgs "${run_pkgs[@]}"
 if [ -n "$existing" ] && [ -x "$existing" ]; then
   echo "$existing"
   exit 0
 fi
+install_pkgs "${build_pkgs[@]}"
 
 # deb-src for the main archive only, derived from the machine's own sources file.
 src_list=/etc/apt/sources.list.d/fhirguard-deb-src.sources

@@ -116,6 +116,7 @@ fn request<'a>(auth: &'a str, path: &'a str) -> Request<'a> {
         path,
         authorization: Some(auth),
         if_none_exist: None,
+        headers: &[],
         body: None,
         policy_ref: None,
     }
@@ -184,6 +185,7 @@ fn bench(c: &mut Criterion) {
         narrow: false,
         lookup_configured: true,
         lookups: None,
+        reference_data: false,
     };
     g.bench_function("smart_authorize_pinned_search", |b| {
         b.iter(|| fhirguard_authz::smart::authorize(&grant, std::hint::black_box(&req)))

@@ -66,20 +66,82 @@ pub fn unavailable_body(decision_id: &str, why: &str) -> String {
 /// FHIR servers may ignore search parameters they do not support (FHIR R4 search, "lenient"
 /// handling, the default on many servers), and `Observation?patient=123` then returns every
 /// patient's Observations. `handling=strict` makes such a server refuse the search instead.
-/// The client's other preferences (`return=`, `respond-async`) are kept; its own `handling`
-/// is replaced, so a client cannot ask for lenient handling of a pinned search.
+/// The client's other preferences (`return=`, `respond-async`) are kept; every `handling`
+/// token it sent is removed, however it is separated: RFC 7240 puts parameters of one
+/// preference after `;` (`return=minimal; handling=lenient`), and servers differ in whether
+/// they read those as preferences of their own.
 pub fn strict_prefer(existing: Option<&str>) -> String {
-    let mut kept: Vec<&str> = existing
-        .unwrap_or("")
-        .split(',')
-        .map(str::trim)
-        .filter(|p| {
-            let name = p.split(['=', ';']).next().unwrap_or("").trim();
-            !p.is_empty() && !name.eq_ignore_ascii_case("handling")
-        })
-        .collect();
-    kept.push("handling=strict");
+    let is_handling = |token: &str| {
+        let name = token
+            .split('=')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .trim_matches('"');
+        name.eq_ignore_ascii_case("handling")
+    };
+    let mut kept: Vec<String> = Vec::new();
+    for preference in existing.unwrap_or("").split(',') {
+        let pieces: Vec<&str> = preference
+            .split(';')
+            .map(str::trim)
+            .filter(|p| !p.is_empty() && !is_handling(p))
+            .collect();
+        // A preference whose own name was `handling` goes entirely, with its parameters.
+        let first_was_handling = preference
+            .split(';')
+            .next()
+            .is_some_and(|p| is_handling(p.trim()));
+        if !pieces.is_empty() && !first_was_handling {
+            kept.push(pieces.join("; "));
+        }
+    }
+    kept.push("handling=strict".into());
     kept.join(", ")
+}
+
+/// Every spelling of fhirguard's identity headers with `-` or `_` at each separator, for
+/// removal even when the check request did not carry them.
+pub fn identity_header_spellings() -> Vec<String> {
+    let mut out = Vec::new();
+    for name in [
+        SUBJECT_HEADER,
+        PATIENT_HEADER,
+        SCOPES_HEADER,
+        DECISION_ID_HEADER,
+    ] {
+        let parts: Vec<&str> = name.split('-').collect();
+        let gaps = parts.len() - 1;
+        for mask in 0..(1u32 << gaps) {
+            let mut s = parts[0].to_string();
+            for (i, p) in parts[1..].iter().enumerate() {
+                s.push(if mask & (1 << i) == 0 { '-' } else { '_' });
+                s.push_str(p);
+            }
+            out.push(s);
+        }
+    }
+    out
+}
+
+/// The incoming headers a client could use to assert an identity to the upstream: every
+/// header whose name, read the way CGI, WSGI and Rack stacks read it (case-insensitive, `_`
+/// as `-`), starts with `x-fhirguard-`. Returned as sent, so that Envoy removes exactly them.
+pub fn forged_headers<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    names
+        .into_iter()
+        .filter(|k| {
+            k.len() >= HEADER_PREFIX.len()
+                && k.as_bytes()[..HEADER_PREFIX.len()]
+                    .iter()
+                    .zip(HEADER_PREFIX.as_bytes())
+                    .all(|(a, b)| {
+                        let a = a.to_ascii_lowercase();
+                        a == *b || (a == b'_' && *b == b'-')
+                    })
+        })
+        .map(str::to_string)
+        .collect()
 }
 
 #[cfg(test)]
@@ -105,10 +167,61 @@ mod tests {
             (Some("handling=strict"), "handling=strict"),
             // A preference that merely starts with the word is not the handling preference.
             (Some("handlingx=1"), "handlingx=1, handling=strict"),
+            // Parameters after `;` that some servers read as preferences of their own.
+            (
+                Some("return=minimal; handling=lenient"),
+                "return=minimal, handling=strict",
+            ),
+            (
+                Some("return=minimal;handling=lenient;foo=1"),
+                "return=minimal; foo=1, handling=strict",
+            ),
+            (
+                Some("respond-async; HANDLING = lenient"),
+                "respond-async, handling=strict",
+            ),
+            (Some("handling=lenient; return=minimal"), "handling=strict"),
+            (Some("\"handling\"=lenient"), "handling=strict"),
+            (Some("handling"), "handling=strict"),
+            (Some("handling=strict, handling=lenient"), "handling=strict"),
+            (Some(" ; , ;handling=lenient,"), "handling=strict"),
+            (
+                Some("return=representation,\thandling=lenient"),
+                "return=representation, handling=strict",
+            ),
         ];
         for (given, want) in cases {
             assert_eq!(strict_prefer(given), want, "Prefer: {given:?}");
         }
+    }
+
+    #[test]
+    fn forged_identity_headers_in_every_spelling() {
+        let incoming = [
+            "x-fhirguard-patient",
+            "x_fhirguard_patient",
+            "x-fhirguard_patient",
+            "x_fhirguard-subject",
+            "X-FHIRGUARD-SCOPES",
+            "X_Fhirguard_Decision_Id",
+            "x-fhirguard-",
+            "x-fhirguardpatient",
+            "x-fhirguard",
+            "authorization",
+            "xx-fhirguard-patient",
+        ];
+        assert_eq!(
+            forged_headers(incoming),
+            vec![
+                "x-fhirguard-patient",
+                "x_fhirguard_patient",
+                "x-fhirguard_patient",
+                "x_fhirguard-subject",
+                "X-FHIRGUARD-SCOPES",
+                "X_Fhirguard_Decision_Id",
+                "x-fhirguard-",
+            ]
+        );
     }
 
     #[test]

@@ -43,7 +43,9 @@ pub enum BasicOutcome {
 /// Verifies one password against one stored hash. Pure CPU; run it off the async runtime.
 pub fn verify_hash(entry: &Entry, password: &str) -> bool {
     match entry.scheme {
-        Scheme::Bcrypt => bcrypt::verify(password, &entry.hash).unwrap_or(false),
+        // bcrypt reads at most 72 bytes (the terminating NUL included), so every password
+        // sharing the first 72 bytes would match; such passwords are refused, not truncated.
+        Scheme::Bcrypt => bcrypt::non_truncating_verify(password, &entry.hash).unwrap_or(false),
         Scheme::Sha512Crypt => sha_crypt::ShaCrypt::default()
             .verify_password(password.as_bytes(), entry.hash.as_str())
             .is_ok(),
@@ -229,6 +231,29 @@ mod tests {
         // A new verifier (a reload) starts with an empty cache.
         let v2 = BasicVerifier::new(&bcrypt_line("alice", "other")).unwrap();
         assert!(!v2.cached("alice", "wonder"));
+    }
+
+    #[test]
+    fn bcrypt_refuses_passwords_it_would_truncate() {
+        // bcrypt reads 72 bytes; `htpasswd -B` and the bcrypt crate truncate silently, so the
+        // stored hash of a long password also matches every password with the same 72 bytes.
+        let long = "x".repeat(80);
+        let line = format!("alice:{}", bcrypt::hash(&long, 4).unwrap());
+        let v = BasicVerifier::new(&line).unwrap();
+        let same_prefix = format!("{}{}", &long[..72], "different tail");
+        assert_eq!(v.verify_uncached("alice", &long), BasicOutcome::Invalid);
+        assert_eq!(
+            v.verify_uncached("alice", &same_prefix),
+            BasicOutcome::Invalid
+        );
+        // 71 bytes (plus bcrypt's terminating NUL) still fit.
+        let fits = "y".repeat(71);
+        let v = BasicVerifier::new(&format!("bob:{}", bcrypt::hash(&fits, 4).unwrap())).unwrap();
+        assert_eq!(v.verify_uncached("bob", &fits), BasicOutcome::Valid);
+        assert_eq!(
+            v.verify_uncached("bob", &format!("{fits}z")),
+            BasicOutcome::Invalid
+        );
     }
 
     #[test]

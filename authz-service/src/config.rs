@@ -295,6 +295,14 @@ pub struct SmartConfig {
     pub patient_search: PatientSearch,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compartment_lookup: Option<CompartmentLookup>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub user_scopes: UserScopes,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub reference_data: ReferenceData,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -302,6 +310,30 @@ pub enum PatientSearch {
     #[default]
     Reject,
     Narrow,
+}
+
+/// What a `user/` scope reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum UserScopes {
+    /// Every resource of the scoped types (SMART leaves the user's own permissions to the
+    /// server).
+    #[default]
+    Unrestricted,
+    /// A user whose `fhirUser` is a Patient is held to that patient's compartment, exactly as
+    /// a patient context; a token without `fhirUser`, or naming a type that is no user, gets
+    /// nothing from its `user/` scopes.
+    ConfineToFhirUser,
+}
+
+/// Whether `patient/` scopes reach types outside the patient compartment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum ReferenceData {
+    /// Never: Medication, Practitioner, Organization, Location, ... need `user/` scopes.
+    #[default]
+    Deny,
+    /// Reads and searches (never writes) of such types when a `patient/` scope names the type
+    /// or `*`.
+    ReadWithScope,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

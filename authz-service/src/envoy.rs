@@ -12,9 +12,7 @@ use envoy_types::ext_authz::v3::pb::{
 use envoy_types::pb::google::rpc;
 use tonic::{Request as GrpcRequest, Response, Status};
 
-use crate::answer::{
-    self, DECISION_ID_HEADER, HEADER_PREFIX, PATIENT_HEADER, SCOPES_HEADER, SUBJECT_HEADER,
-};
+use crate::answer::{self, DECISION_ID_HEADER, PATIENT_HEADER, SCOPES_HEADER, SUBJECT_HEADER};
 use crate::fhir::Body;
 use crate::policy::{Decision, OutboundAuth, Request};
 use crate::service::{Outcome, Service};
@@ -128,11 +126,18 @@ pub fn to_check_response(
                 .iter()
                 .filter_map(|h| h.header.as_ref().map(|h| h.key.as_str()))
                 .collect();
-            let mut headers_to_remove: Vec<String> = incoming
-                .keys()
-                .filter(|k| k.starts_with(HEADER_PREFIX) && !ours.contains(&k.as_str()))
-                .cloned()
-                .collect();
+            // Forged identity headers are removed in every spelling a CGI/WSGI/Rack stack
+            // reads as ours, and even when the check request did not show them: a mesh may
+            // send fhirguard only some headers (Envoy Gateway's headersToExtAuth, Envoy's
+            // allowed_headers), and a forged x-fhirguard-patient must not survive that.
+            let mut headers_to_remove: Vec<String> =
+                answer::forged_headers(incoming.keys().map(String::as_str))
+                    .into_iter()
+                    .chain(answer::identity_header_spellings())
+                    .filter(|k| !ours.contains(&k.as_str()))
+                    .collect();
+            headers_to_remove.sort();
+            headers_to_remove.dedup();
             if remove_authorization {
                 headers_to_remove.push("authorization".into());
             }
@@ -223,10 +228,6 @@ impl Authorization for EnvoyAuthz {
                 ))),
             };
         }
-        // Envoy marks a body it cut at max_request_bytes; a partial body must not be judged.
-        let partial = headers
-            .get("x-envoy-auth-partial-body")
-            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
         let body_bytes: &[u8] = if !http.raw_body.is_empty() {
             &http.raw_body
         } else {
@@ -235,6 +236,16 @@ impl Authorization for EnvoyAuthz {
         let content_length = headers
             .get("content-length")
             .and_then(|v| v.trim().parse::<usize>().ok());
+        // A body cut at max_request_bytes must not be judged as whole. Envoy marks it with
+        // x-envoy-auth-partial-body, but decides by comparing lengths: a buffer that happens to
+        // fill exactly to the limit is sent marked "false" although more follows (seen with a
+        // 1 MiB limit on about half of the larger uploads). So a body shorter than the
+        // request's Content-Length counts as cut too. (Without Content-Length only the marker
+        // is left, hence allow_partial_message: false in the shipped configs.)
+        let partial = headers
+            .get("x-envoy-auth-partial-body")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+            || content_length.is_some_and(|n| n != body_bytes.len());
         let body_sent = !body_bytes.is_empty() || content_length == Some(0);
         let body = (body_sent && !partial).then(|| Body {
             bytes: body_bytes,
@@ -245,8 +256,13 @@ impl Authorization for EnvoyAuthz {
         } else {
             &http.host
         };
+        let header_list: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let r = Request {
             method: &http.method,
+            headers: &header_list,
             host,
             path: &http.path,
             authorization: headers.get("authorization").map(String::as_str),

@@ -38,6 +38,10 @@ pub enum TokenError {
     Expired,
     #[error("the token is not yet valid")]
     NotYetValid,
+    #[error("the token was issued in the future (iat beyond the allowed clock skew)")]
+    IssuedInFuture,
+    #[error("the token's {0} member appears twice, so its meaning depends on the parser")]
+    DuplicateMember(String),
     #[error("the token's audience is not this server")]
     WrongAudience,
     #[error("the token lacks the {0} claim or it has the wrong type")]
@@ -140,8 +144,8 @@ fn check_header(token: &str) -> Result<(), TokenError> {
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(first)
         .map_err(|_| TokenError::Malformed)?;
-    let header: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&raw).map_err(|_| TokenError::Malformed)?;
+    let header = parse_part(&raw)?;
+    let header = header.as_object().ok_or(TokenError::Malformed)?;
     for (member, name) in [
         ("jku", "jku"),
         ("x5u", "x5u"),
@@ -157,6 +161,15 @@ fn check_header(token: &str) -> Result<(), TokenError> {
         return Err(TokenError::ForbiddenHeader("critical extensions (crit)"));
     }
     Ok(())
+}
+
+/// Parses a decoded token part, refusing repeated member names: jsonwebtoken (like
+/// serde_json) keeps the last of two `patient` claims, another parser the first.
+fn parse_part(raw: &[u8]) -> Result<serde_json::Value, TokenError> {
+    crate::json::parse_strict(raw).map_err(|e| match e {
+        crate::json::JsonError::DuplicateKey { name, .. } => TokenError::DuplicateMember(name),
+        crate::json::JsonError::Syntax(_) => TokenError::Malformed,
+    })
 }
 
 fn claim_str<'a>(claims: &'a serde_json::Value, name: &str) -> Option<&'a str> {
@@ -278,7 +291,7 @@ impl JwtVerifier {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         // The issuer is read unverified only to pick the provider; the signature is then
         // checked with that provider's keys and `iss` is validated again.
-        let unverified: serde_json::Value = token
+        let raw_payload = token
             .split('.')
             .nth(1)
             .and_then(|p| {
@@ -286,8 +299,8 @@ impl JwtVerifier {
                     .decode(p)
                     .ok()
             })
-            .and_then(|raw| serde_json::from_slice(&raw).ok())
             .ok_or(TokenError::Malformed)?;
+        let unverified = parse_part(&raw_payload)?;
         let iss = claim_str(&unverified, "iss").ok_or(TokenError::UnknownIssuer)?;
         let (provider_index, provider) = self
             .providers
@@ -319,6 +332,20 @@ impl JwtVerifier {
         for key in keys.candidates(alg, kid) {
             match jsonwebtoken::decode::<serde_json::Value>(token, &key.key, &validation) {
                 Ok(data) => {
+                    // `clockSkew` bounds `iat` too: a token from the future means a wrong
+                    // clock or a forged issuance time.
+                    match data.claims.get("iat") {
+                        None => {}
+                        Some(serde_json::Value::Number(n)) => {
+                            let iat = n.as_f64().unwrap_or(f64::MAX);
+                            let limit =
+                                now_unix().saturating_add(provider.config.clock_skew_seconds);
+                            if iat > limit as f64 {
+                                return Err(TokenError::IssuedInFuture);
+                            }
+                        }
+                        Some(_) => return Err(TokenError::Claim("iat".into())),
+                    }
                     let identity = identity_from_claims(&provider.config, &data.claims)?;
                     let exp = data.claims.get("exp").and_then(|e| e.as_u64()).unwrap_or(0);
                     self.remember(

@@ -18,8 +18,13 @@
 pub mod answer;
 pub mod compartment;
 pub mod config;
+pub mod definitions;
+pub mod driver;
 pub mod fhir;
+pub mod granular;
 pub mod htpasswd;
+pub mod json;
+pub mod operations;
 pub mod policy;
 pub mod smart;
 

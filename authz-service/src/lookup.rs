@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::cache::{ByteCache, alloc_bytes, string_bytes};
 use crate::config::ConnectionConfig;
-use crate::smart::Stored;
+use crate::smart::{LookupKey, Stored};
 
 pub const CACHE_TTL: Duration = Duration::from_secs(30);
 /// The cache a client made without one gets (tests and tools).
@@ -43,11 +43,31 @@ pub struct LookupClient {
     cache: Arc<ByteCache<Stored>>,
 }
 
+/// Estimated heap bytes behind a JSON value (serde_json's map is a B-tree: entries plus
+/// about half again for node slack).
+fn json_bytes(v: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    match v {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+        Value::String(s) => string_bytes(s),
+        Value::Array(items) => {
+            alloc_bytes(items.len() * std::mem::size_of::<Value>())
+                + items.iter().map(json_bytes).sum::<usize>()
+        }
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| {
+                std::mem::size_of::<(String, Value)>() * 3 / 2 + string_bytes(k) + json_bytes(v)
+            })
+            .sum(),
+    }
+}
+
+/// What the lookup cache charges for an answer: a stored resource is kept whole.
 fn stored_bytes(s: &Stored) -> usize {
     match s {
-        Stored::Found(patients) => {
-            alloc_bytes(patients.len() * std::mem::size_of::<String>())
-                + patients.iter().map(|p| string_bytes(p)).sum::<usize>()
+        Stored::Found(resource) => {
+            alloc_bytes(std::mem::size_of::<serde_json::Value>()) + json_bytes(resource)
         }
         _ => 0,
     }
@@ -94,25 +114,39 @@ impl LookupClient {
         })
     }
 
-    fn cache_slot(&self, resource_type: &str, id: &str) -> [u8; 32] {
+    /// The cache slot of what a read of `key` would fetch (writes are cached under it too).
+    fn cache_slot(&self, key: &LookupKey) -> [u8; 32] {
         let mut h = Sha256::new();
         h.update(self.cache_salt);
-        h.update(resource_type.as_bytes());
+        h.update(key.resource_type.as_bytes());
         h.update([0]);
-        h.update(id.as_bytes());
+        h.update(key.id.as_bytes());
+        match &key.version {
+            None => h.update([0]),
+            Some(v) => {
+                h.update([1]);
+                h.update(v.as_bytes());
+            }
+        }
         h.finalize().into()
     }
 
-    /// Whose compartment `type/id` is in, or that nothing is stored there.
-    pub async fn stored(&self, resource_type: &str, id: &str) -> Result<Stored, LookupError> {
-        let key = self.cache_slot(resource_type, id);
-        if let Some(s) = self.cache.get(&key, Instant::now(), |s| Some(s.clone())) {
+    /// What is stored under `key` (the current version, or one version for a vread).
+    pub async fn stored(&self, key: &LookupKey) -> Result<Stored, LookupError> {
+        // A write is decided on a fresh answer only: a resource moved to another patient, or
+        // created under an id that was empty when last asked, must not be written on the
+        // strength of an old one.
+        let slot = self.cache_slot(key);
+        if !key.for_write
+            && let Some(s) = self.cache.get(&slot, Instant::now(), |s| Some(s.clone()))
+        {
             return Ok(s);
         }
+        let resource_type = key.resource_type.as_str();
         let what = format!("{resource_type}/<id> through {}", self.connection);
         let mut req = self
             .client
-            .get(format!("{}/{resource_type}/{id}", self.base))
+            .get(format!("{}/{}", self.base, key.path()))
             .header("accept", "application/fhir+json");
         if let Some(a) = &self.authorization {
             req = req.header("authorization", a);
@@ -126,28 +160,39 @@ impl LookupClient {
         })?;
         let status = resp.status().as_u16();
         let stored = match status {
-            404 | 410 => Stored::NotFound,
+            404 => Stored::NotFound,
+            // Deleted: it existed, and a 410 says nothing of whose it was.
+            410 => Stored::Gone,
             200 => {
-                let body: serde_json::Value =
-                    resp.json().await.map_err(|e| LookupError::Fetch {
-                        what: what.clone(),
-                        message: e.to_string(),
-                    })?;
+                let bytes = resp.bytes().await.map_err(|e| LookupError::Fetch {
+                    what: what.clone(),
+                    message: e.to_string(),
+                })?;
+                let body = crate::json::parse_strict(&bytes).map_err(|e| LookupError::Fetch {
+                    what: what.clone(),
+                    message: e.to_string(),
+                })?;
                 let same = body.get("resourceType").and_then(|t| t.as_str()) == Some(resource_type)
-                    && body.get("id").and_then(|i| i.as_str()) == Some(id);
+                    && body.get("id").and_then(|i| i.as_str()) == Some(key.id.as_str())
+                    && key.version.as_deref().is_none_or(|v| {
+                        body.pointer("/meta/versionId").and_then(|x| x.as_str()) == Some(v)
+                    });
                 if !same {
                     return Err(LookupError::Unexpected { what });
                 }
-                Stored::Found(crate::compartment::patients_of(&body))
+                Stored::Found(std::sync::Arc::new(body))
             }
             _ => return Err(LookupError::Status { what, status }),
         };
-        self.cache.insert(
-            key,
-            stored.clone(),
-            stored_bytes(&stored),
-            Instant::now() + CACHE_TTL,
-        );
+        // Only what exists is remembered: "nothing there" may stop being true at any moment.
+        if matches!(stored, Stored::Found(_)) {
+            self.cache.insert(
+                slot,
+                stored.clone(),
+                stored_bytes(&stored),
+                Instant::now() + CACHE_TTL,
+            );
+        }
         Ok(stored)
     }
 }

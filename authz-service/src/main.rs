@@ -32,10 +32,15 @@ struct Cli {
 enum Command {
     /// Serve Check over gRPC, with /healthz, /readyz and /metrics on the HTTP port.
     Serve {
+        /// The compiled config: `config.json` and the CA files it names, as the operator
+        /// publishes them (the mounted config Secret) or `fhirguard-operator render` writes them.
+        /// Reloaded when it changes.
         #[arg(long, env = "FHIRGUARD_CONFIG_DIR")]
         config_dir: PathBuf,
+        /// Where Envoy's ext_authz filter sends Check (gRPC, HTTP/2).
         #[arg(long, default_value = "0.0.0.0:9001", env = "FHIRGUARD_GRPC_ADDR")]
         grpc_addr: SocketAddr,
+        /// /healthz, /readyz (ready once a valid config is loaded), /connections, /metrics.
         #[arg(long, default_value = "0.0.0.0:9090", env = "FHIRGUARD_HTTP_ADDR")]
         http_addr: SocketAddr,
         /// Re-read the config directory at least this often (seconds), besides file events.
@@ -60,6 +65,7 @@ enum Command {
     },
     /// Validate a config directory and exit (0 when valid).
     Validate {
+        /// The config directory to check (`config.json` and the CA files it names).
         #[arg(long)]
         config_dir: PathBuf,
     },

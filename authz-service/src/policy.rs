@@ -198,6 +198,9 @@ pub struct Request<'a> {
     pub path: &'a str,
     pub authorization: Option<&'a str>,
     pub if_none_exist: Option<&'a str>,
+    /// Every request header (lower-cased names), for rules about headers the decision does
+    /// not otherwise read (method overrides).
+    pub headers: &'a [(String, String)],
     /// `None` when Envoy did not send the body, or sent only part of it.
     pub body: Option<fhir::Body<'a>>,
     /// The `fhirguard.dev/policy` context extension.
@@ -373,6 +376,17 @@ pub fn prepare(policies: &[PolicyConfig], req: &Request<'_>) -> Result<Pending, 
         return Err(deny(None, 403, DenyReason::NoPolicy, vec![], why));
     };
     let p = &policies[index];
+    if let Some((name, what)) = method_override(req.headers) {
+        return Err(deny(
+            Some(p),
+            400,
+            DenyReason::MalformedRequest,
+            vec![],
+            format!(
+                "the {name} header ({what}) is not accepted: it would make the server do something fhirguard did not judge"
+            ),
+        ));
+    }
     let base = base_segments(&p.base_path);
     if segments.len() < base.len() || segments.iter().zip(&base).any(|(a, b)| a != b) {
         return Err(deny(
@@ -391,13 +405,34 @@ pub fn prepare(policies: &[PolicyConfig], req: &Request<'_>) -> Result<Pending, 
     if matches!(req.method, "GET" | "HEAD") {
         let rel_path = format!("/{}", rel.join("/"));
         if p.public_paths.contains(&rel_path) {
+            // A token sent along is not needed here and must not reach the server's logs. It
+            // is found by the classification's parser, in every spelling; only the literal one
+            // can be removed by Envoy, any other is refused.
+            let tokens = match raw_query {
+                Some(q) => fhir::query_tokens(q).map_err(|e| request_error(Some(p), &e))?,
+                None => Vec::new(),
+            };
+            if tokens.iter().any(|t| !t.plain) {
+                return Err(deny(
+                    Some(p),
+                    400,
+                    DenyReason::MalformedCredentials,
+                    vec![],
+                    "the token parameter must be spelled exactly access_token",
+                ));
+            }
+            let remove_query = if tokens.is_empty() {
+                vec![]
+            } else {
+                vec!["access_token".to_string()]
+            };
             return Err(Decision::Allow(Allow {
                 policy: policy_id(p),
                 reason: AllowReason::PublicPath,
                 subject: None,
                 patient: None,
                 scopes: None,
-                remove_query: vec![],
+                remove_query,
                 set_query: vec![],
                 strict_search: false,
                 interaction: None,
@@ -431,11 +466,8 @@ pub fn prepare(policies: &[PolicyConfig], req: &Request<'_>) -> Result<Pending, 
     }
 
     let (basic, header_bearer) = parse_authorization(p, req.authorization)?;
-    let query_tokens: Vec<&str> = raw_query
-        .into_iter()
-        .flat_map(|q| q.split('&'))
-        .filter_map(|kv| kv.strip_prefix("access_token="))
-        .collect();
+    // The one query parser (classification's, which decodes names) finds every spelling.
+    let query_tokens = &request.access_tokens;
     let auth = &p.authentication;
     let jwt = auth.jwt.as_ref();
     let query_allowed = auth.combine == Combine::AllOf
@@ -458,19 +490,6 @@ pub fn prepare(policies: &[PolicyConfig], req: &Request<'_>) -> Result<Pending, 
     if query_tokens.len() > 1 {
         return Err(bad_request("more than one access_token query parameter"));
     }
-    // A name that only decodes to access_token (`%61ccess_token`) is not taken for a token
-    // above, yet a server that decodes the query reads it as one: a credential nobody checked.
-    if raw_query.into_iter().flat_map(|q| q.split('&')).any(|kv| {
-        let name = kv.split('=').next().unwrap_or("");
-        name.contains('%')
-            && percent_encoding::percent_decode_str(name)
-                .decode_utf8()
-                .is_ok_and(|n| n == "access_token")
-    }) {
-        return Err(bad_request(
-            "the access_token parameter name must not be percent-encoded",
-        ));
-    }
     let query_bearer = match query_tokens.first() {
         None => None,
         Some(_) if !query_allowed => {
@@ -479,16 +498,16 @@ pub fn prepare(policies: &[PolicyConfig], req: &Request<'_>) -> Result<Pending, 
                 "this policy does not accept tokens in the access_token query parameter",
             ));
         }
-        Some(raw) => {
-            let token = percent_encoding::percent_decode_str(raw)
-                .decode_utf8()
-                .map_err(|_| bad_request("the access_token parameter is not valid UTF-8"))?
-                .into_owned();
-            Some(BearerCredential {
-                token,
-                source: TokenSource::QueryParameter,
-            })
+        Some(t) if !t.plain => {
+            // Envoy removes the parameter by its literal name; another spelling would travel on.
+            return Err(bad_request(
+                "the token parameter must be spelled exactly access_token",
+            ));
         }
+        Some(t) => Some(BearerCredential {
+            token: t.value.clone(),
+            source: TokenSource::QueryParameter,
+        }),
     };
     if header_bearer.is_some() && query_bearer.is_some() {
         // RFC 6750 §2: a client must not use more than one method to send the token.
@@ -544,6 +563,24 @@ pub fn prepare(policies: &[PolicyConfig], req: &Request<'_>) -> Result<Pending, 
         request,
         basic,
         bearer,
+    })
+}
+
+/// Headers that change what a server does beyond what fhirguard judged: method overrides
+/// turn an allowed POST or GET into a DELETE or PUT; HAPI's `X-Cascade: delete` deletes every
+/// resource that references the target, other patients' included. Matched in every spelling a
+/// server could read as the same name (case, `_` for `-`).
+const REFUSED_HEADERS: &[(&str, &str)] = &[
+    ("x-http-method-override", "a method override"),
+    ("x-http-method", "a method override"),
+    ("x-method-override", "a method override"),
+    ("x-cascade", "a cascading delete"),
+];
+
+fn method_override(headers: &[(String, String)]) -> Option<(&'static str, &'static str)> {
+    headers.iter().find_map(|(k, _)| {
+        let norm = k.to_ascii_lowercase().replace('_', "-");
+        REFUSED_HEADERS.iter().copied().find(|(h, _)| *h == norm)
     })
 }
 
@@ -622,9 +659,9 @@ pub fn basic_permission(rules: &[crate::config::AccessRule], user: &str) -> Opti
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     Done(Decision),
-    /// Look these `(type, id)` up through the policy's compartmentLookup connection and call
+    /// Look these up through the policy's compartmentLookup connection and call
     /// [`authorize`] again with the answers.
-    Lookup(Vec<(String, String)>),
+    Lookup(Vec<smart::LookupKey>),
 }
 
 /// Step 3: decide from the verified identity. Every presented credential's permissions must
@@ -700,8 +737,14 @@ pub fn authorize(
             narrow: smart_cfg.patient_search == PatientSearch::Narrow,
             lookup_configured: smart_cfg.compartment_lookup.is_some(),
             lookups,
+            reference_data: smart_cfg.reference_data == crate::config::ReferenceData::ReadWithScope,
         };
-        match smart::authorize(&grant, req) {
+        let verdict = if smart_cfg.user_scopes == crate::config::UserScopes::ConfineToFhirUser {
+            smart::authorize_confined(&grant, tok.fhir_user.as_deref(), req)
+        } else {
+            smart::authorize(&grant, req)
+        };
+        match verdict {
             smart::Verdict::Allow { narrow, strict } => {
                 allow.set_query = narrow;
                 allow.strict_search = strict;
@@ -712,11 +755,18 @@ pub fn authorize(
                     Some(p),
                     403,
                     DenyReason::InsufficientScope,
-                    vec![format!(
-                        r#"Bearer realm="fhir", error="insufficient_scope", scope="{}""#,
-                        d.needed
-                    )],
-                    d.rule,
+                    // RFC 6750 §3: `scope` names what would help; it is left out when no
+                    // scope can (another patient's data), and the diagnostics say why.
+                    vec![match &d.needed {
+                        Some(scope) => format!(
+                            r#"Bearer realm="fhir", error="insufficient_scope", scope="{scope}""#
+                        ),
+                        None => r#"Bearer realm="fhir", error="insufficient_scope""#.to_string(),
+                    }],
+                    match &d.needed {
+                        Some(_) => d.rule,
+                        None => format!("{} (no scope grants this)", d.rule),
+                    },
                 ));
             }
         }

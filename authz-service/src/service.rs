@@ -418,10 +418,10 @@ impl Service {
                             ),
                         }));
                     }
-                    for (t, id) in wanted {
-                        match client.stored(&t, &id).await {
+                    for key in wanted {
+                        match client.stored(&key).await {
                             Ok(s) => {
-                                lookups.insert((t, id), s);
+                                lookups.insert(key, s);
                             }
                             // Not knowing whose resource it is means not deciding: fail closed.
                             Err(e) => {

@@ -1,8 +1,10 @@
 //! Outbound end to end through real Envoy, with the shipped example egress config
 //! (`examples/envoy/egress-envoy.yaml`): a workload request without the partner's
 //! credentials reaches a local HTTPS FHIR stand-in with the OAuth token fhirguard obtained,
-//! and Envoy verifies the upstream TLS against the CA file that `fhirguard-operator render`
-//! wrote for the FhirConnection.
+//! and Envoy verifies the upstream TLS against the CA file from the trust object
+//! (`fhirguard-operator render --trust-dir`, what the operator publishes as the trust
+//! ConfigMap): Envoy is given that directory only, never the config directory with the
+//! client secret.
 
 mod common;
 
@@ -26,7 +28,7 @@ fn operator_bin() -> PathBuf {
     bin
 }
 
-fn example_with(grpc: u16, port: u16, admin: u16, stub: u16, config_dir: &str) -> String {
+fn example_with(grpc: u16, port: u16, admin: u16, stub: u16, trust_dir: &str) -> String {
     let example = std::fs::read_to_string(
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/envoy/egress-envoy.yaml"),
     )
@@ -37,7 +39,7 @@ fn example_with(grpc: u16, port: u16, admin: u16, stub: u16, config_dir: &str) -
         .replace("port_value: 9001", &format!("port_value: {grpc}"))
         .replace("port_value: 443", &format!("port_value: {stub}"))
         .replace("partner.example.org", "localhost")
-        .replace("/etc/fhirguard/config/", &format!("{config_dir}/"));
+        .replace("/etc/fhirguard/trust/", &format!("{trust_dir}/"));
     assert_ne!(example, replaced);
     replaced
 }
@@ -64,11 +66,14 @@ async fn a_workload_reaches_a_partner_with_injected_oauth_and_verified_tls() {
     let work = tempfile::tempdir().unwrap();
     std::fs::write(work.path().join("objects.yaml"), objects).unwrap();
     let config_dir = work.path().join("config");
+    let trust_dir = work.path().join("trust");
     let out = std::process::Command::new(operator_bin())
         .args(["render", "-f"])
         .arg(work.path().join("objects.yaml"))
         .arg("-o")
         .arg(&config_dir)
+        .arg("--trust-dir")
+        .arg(&trust_dir)
         .output()
         .unwrap();
     assert!(
@@ -76,8 +81,25 @@ async fn a_workload_reaches_a_partner_with_injected_oauth_and_verified_tls() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let ca_file = config_dir.join("connection_clinical_partner_ca.pem");
-    assert_eq!(std::fs::read_to_string(&ca_file).unwrap(), pki.ca_pem);
+    // The trust object of namespace `clinical` holds the connection's CA and nothing else:
+    // no config.json, no client secret. That is all the egress Envoy mounts.
+    let envoy_mount = trust_dir.join("clinical");
+    let mut mounted: Vec<String> = std::fs::read_dir(&envoy_mount)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    mounted.sort();
+    assert_eq!(mounted, ["connection_clinical_partner_ca.pem"]);
+    assert_eq!(
+        std::fs::read_to_string(envoy_mount.join("connection_clinical_partner_ca.pem")).unwrap(),
+        pki.ca_pem
+    );
+    assert!(
+        std::fs::read_to_string(config_dir.join("config.json"))
+            .unwrap()
+            .contains("s3cr3t"),
+        "the credential stays in the config directory, which only fhirguard-authz mounts"
+    );
 
     let svc = start_service(&config_dir, Duration::from_secs(60)).await;
     let (port, admin) = (free_port(), free_port());
@@ -86,7 +108,7 @@ async fn a_workload_reaches_a_partner_with_injected_oauth_and_verified_tls() {
         port,
         admin,
         stub.port(),
-        config_dir.to_str().unwrap(),
+        envoy_mount.to_str().unwrap(),
     );
     let _envoy = run_envoy(&envoy, yaml, port, admin).await;
 

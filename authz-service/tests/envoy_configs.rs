@@ -18,12 +18,21 @@ fn example_envoy_configs_validate() {
         "egress-envoy.yaml",
     ] {
         let mut text = std::fs::read_to_string(dir.join(name)).unwrap();
-        // The egress example names the CA file inside the mounted config Secret.
+        // Identity headers spelled with underscores must never reach a FHIR server whose
+        // framework reads `_` as `-`: every shipped listener refuses them.
+        assert_eq!(
+            text.matches("http_connection_manager.v3.HttpConnectionManager")
+                .count(),
+            text.matches("headers_with_underscores_action: REJECT_REQUEST")
+                .count(),
+            "{name}: every HttpConnectionManager sets headers_with_underscores_action"
+        );
+        // The egress example names the CA file inside the mounted trust ConfigMap.
         let tmp = tempfile::tempdir().unwrap();
         let ca = tmp.path().join("connection_clinical_partner_ca.pem");
         std::fs::write(&ca, common::TestPki::new().ca_pem).unwrap();
         text = text.replace(
-            "/etc/fhirguard/config/connection_clinical_partner_ca.pem",
+            "/etc/fhirguard/trust/connection_clinical_partner_ca.pem",
             ca.to_str().unwrap(),
         );
         let cfg = tmp.path().join(name);

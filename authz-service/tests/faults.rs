@@ -352,7 +352,7 @@ fn egress_yaml(
     let y = replace_checked(y, "partner.example.org", "localhost");
     replace_checked(
         y,
-        "/etc/fhirguard/config/",
+        "/etc/fhirguard/trust/",
         &format!("{}/", config_dir.display()),
     )
 }

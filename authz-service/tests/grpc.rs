@@ -155,11 +155,28 @@ async fn basic_auth_answers() {
     let Some(HttpResponse::OkResponse(ok)) = &r.http_response else {
         panic!()
     };
-    assert_eq!(
-        ok.headers_to_remove,
-        vec!["x-fhirguard-patient".to_string()],
-        "forged identity headers are dropped"
-    );
+    // Every spelling (`-` or `_` at each separator) of each identity header fhirguard does
+    // not set is dropped, seen or not; the ones it sets are overwritten instead.
+    let removed = &ok.headers_to_remove;
+    for name in [
+        "x-fhirguard-patient",
+        "x-fhirguard-scopes",
+        "x_fhirguard_patient",
+        "x-fhirguard_scopes",
+        "x_fhirguard_subject",
+        "x_fhirguard_decision_id",
+    ] {
+        assert!(
+            removed.iter().any(|r| r == name),
+            "{name} is not removed: {removed:?}"
+        );
+    }
+    for kept in ["x-fhirguard-subject", "x-fhirguard-decision-id"] {
+        assert!(
+            !removed.iter().any(|r| r == kept),
+            "{kept} is set, not removed"
+        );
+    }
 
     let r = check(g, get("/fhir/r4/Patient/1").auth(basic("alice", "wrong")))
         .await

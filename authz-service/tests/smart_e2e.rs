@@ -10,51 +10,6 @@ use common::real_envoy::*;
 use common::*;
 use fhirguard_authz::config::*;
 
-fn smart_policy(name: &str, host: &str, jwks: &str, narrow: bool) -> PolicyConfig {
-    PolicyConfig {
-        namespace: "clinical".into(),
-        name: name.into(),
-        hosts: vec![host.into()],
-        base_path: "/fhir/r4".into(),
-        public_paths: default_public_paths(),
-        unauthenticated_access: false,
-        authentication: AuthenticationConfig {
-            combine: Combine::AnyOf,
-            basic: None,
-            jwt: Some(JwtConfig {
-                token_sources: vec![TokenSource::Header],
-                require_subject_matches_basic_user: false,
-                providers: vec![ProviderConfig {
-                    name: "idp".into(),
-                    issuer: ISSUER.into(),
-                    audiences: vec![AUDIENCE.into()],
-                    algorithms: vec![Algorithm::ES256],
-                    clock_skew_seconds: 5,
-                    jwks: JwksConfig {
-                        uri: None,
-                        refresh_interval_seconds: 600,
-                        tls: TlsConfig::default(),
-                        document: Some(jwks.into()),
-                    },
-                    claims: ClaimNames::default(),
-                }],
-            }),
-        },
-        authorization: AuthorizationConfig {
-            smart: SmartConfig {
-                patient_search: if narrow {
-                    PatientSearch::Narrow
-                } else {
-                    PatientSearch::Reject
-                },
-                compartment_lookup: (!narrow).then(|| CompartmentLookup {
-                    connection: "clinical/ehr-internal".into(),
-                }),
-            },
-        },
-    }
-}
-
 struct Stack {
     key: SigningKey,
     stub: FhirStub,
@@ -209,6 +164,22 @@ async fn smart_through_real_envoy() {
         )
         .await;
     assert_eq!(st, 403, "{body}");
+    // The token holds patient/Observation.s already: the search is refused for not naming the
+    // patient, which no scope would change, so no scope is named.
+    assert_eq!(
+        h["www-authenticate"],
+        r#"Bearer realm="fhir", error="insufficient_scope""#
+    );
+    let (st, h, _) = s
+        .call(
+            "smart.test",
+            M::GET,
+            "/fhir/r4/Observation?subject=Patient/p1",
+            "patient/Observation.r",
+            None,
+        )
+        .await;
+    assert_eq!(st, 403);
     assert_eq!(
         h["www-authenticate"],
         r#"Bearer realm="fhir", error="insufficient_scope", scope="patient/Observation.s""#
@@ -222,7 +193,9 @@ async fn smart_through_real_envoy() {
             .contains("limited to the context patient"),
         "{oo}"
     );
-    let (st, _, _) = s
+    // Another patient's data: no scope would help, so the challenge names none and the
+    // OperationOutcome says why.
+    let (st, h, body) = s
         .call(
             "smart.test",
             M::GET,
@@ -232,6 +205,27 @@ async fn smart_through_real_envoy() {
         )
         .await;
     assert_eq!(st, 403);
+    assert_eq!(
+        h["www-authenticate"],
+        r#"Bearer realm="fhir", error="insufficient_scope""#
+    );
+    assert!(body.contains("no scope grants this"), "{body}");
+    // A hint is never a scope the token already holds.
+    let (st, h, _) = s
+        .call(
+            "smart.test",
+            M::GET,
+            "/fhir/r4/Patient/p2",
+            "patient/Patient.r",
+            None,
+        )
+        .await;
+    assert_eq!(st, 403);
+    assert!(
+        !h["www-authenticate"].to_str().unwrap().contains("scope="),
+        "{:?}",
+        h["www-authenticate"]
+    );
 
     // Narrowing: the unpinned search goes upstream with the context patient added by Envoy.
     let (st, _, body) = s
@@ -385,13 +379,29 @@ async fn smart_through_real_envoy() {
     assert_eq!(st, 403, "{body}");
     assert!(body.contains("entry[1]"), "{body}");
 
-    // $everything: the context patient's own record with *.rs.
-    let (st, _, _) = s
+    // $everything follows references past the compartment on real servers: never under a
+    // patient/ scope, even for the context patient; a user/ *.rs scope may.
+    let (st, h, body) = s
         .call(
             "smart.test",
             M::GET,
             "/fhir/r4/Patient/p1/$everything",
             "patient/*.rs",
+            None,
+        )
+        .await;
+    assert_eq!(st, 403);
+    assert_eq!(
+        h["www-authenticate"],
+        r#"Bearer realm="fhir", error="insufficient_scope""#
+    );
+    assert!(body.contains("search the compartment by type"), "{body}");
+    let (st, _, _) = s
+        .call(
+            "smart.test",
+            M::GET,
+            "/fhir/r4/Patient/p1/$everything",
+            "user/*.rs",
             None,
         )
         .await;

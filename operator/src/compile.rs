@@ -16,6 +16,8 @@ use fhirguard_authz::config::{
 use kube::ResourceExt;
 
 use crate::crd::{self, FhirConnection, FhirSecurityPolicy};
+use crate::object::Loaded;
+use crate::shape::ShapeProblem;
 
 /// Secret contents by (namespace, name): key → bytes. Only what the controller could read.
 pub type Secrets = BTreeMap<(String, String), BTreeMap<String, Vec<u8>>>;
@@ -122,7 +124,8 @@ pub struct Compiled {
 }
 
 impl Compiled {
-    /// Every issue as `<namespace>/<name>: <field>: <message>` problems, sorted.
+    /// Every issue as `<namespace>/<name>: <field>: <message>` problems, sorted by object;
+    /// each object's keep their order (shape problems in spec order first).
     pub fn problems(&self) -> Vec<config::Problem> {
         let mut out: Vec<config::Problem> = self
             .objects
@@ -135,7 +138,7 @@ impl Compiled {
                 })
             })
             .collect();
-        out.sort();
+        out.sort_by(|a, b| a.object.cmp(&b.object));
         out
     }
 }
@@ -144,12 +147,15 @@ impl Compiled {
 /// never followed, so they are not listed: a policy cannot make the operator read, let alone
 /// publish, another namespace's Secret.
 pub fn referenced_secrets(
-    policies: &[FhirSecurityPolicy],
-    connections: &[FhirConnection],
+    policies: &[Loaded<FhirSecurityPolicy>],
+    connections: &[Loaded<FhirConnection>],
 ) -> BTreeSet<(String, String)> {
     let mut out = BTreeSet::new();
-    for p in policies {
-        let ns = p.namespace().unwrap_or_default();
+    // Objects with shape problems are compiled for diagnostics too, so their Secrets count.
+    for (ns, p) in policies
+        .iter()
+        .filter_map(|l| Some((l.namespace(), l.object.as_ref()?)))
+    {
         let mut add = |name: &str, ref_ns: &Option<String>| {
             if ref_ns.as_deref().is_none_or(|n| n == ns) {
                 out.insert((ns.clone(), name.to_string()));
@@ -177,8 +183,10 @@ pub fn referenced_secrets(
             }
         }
     }
-    for c in connections {
-        let ns = c.namespace().unwrap_or_default();
+    for (ns, c) in connections
+        .iter()
+        .filter_map(|l| Some((l.namespace(), l.object.as_ref()?)))
+    {
         let mut add = |name: &str, ref_ns: &Option<String>| {
             if ref_ns.as_deref().is_none_or(|n| n == ns) {
                 out.insert((ns.clone(), name.to_string()));
@@ -219,27 +227,32 @@ pub fn provider_ca_file(namespace: &str, name: &str, index: usize) -> String {
     format!("policy_{namespace}_{name}_provider{index}_ca.pem")
 }
 
-/// Compiles everything. See the module docs for the isolation rules.
+/// Compiles everything. See the module docs for the isolation rules. An object with shape
+/// problems is never accepted; when its cleaned spec could be read it is still compiled, alone
+/// and without claiming hosts, so that its other problems are reported in the same run.
 pub fn compile(
-    policies: &[FhirSecurityPolicy],
-    connections: &[FhirConnection],
+    policies: &[Loaded<FhirSecurityPolicy>],
+    connections: &[Loaded<FhirConnection>],
     secrets: &Secrets,
 ) -> Compiled {
     let mut objects = BTreeMap::new();
     let mut ca_files = BTreeMap::new();
 
     let mut accepted_connections: BTreeMap<String, ConnectionConfig> = BTreeMap::new();
-    let mut sorted_connections: Vec<&FhirConnection> = connections.iter().collect();
-    sorted_connections.sort_by_key(|c| (c.namespace(), c.name_any()));
+    let mut sorted_connections: Vec<&Loaded<FhirConnection>> = connections.iter().collect();
+    sorted_connections.sort_by_key(|c| (c.namespace(), c.name()));
     for c in sorted_connections {
         let key = ObjectKey {
             kind: Kind::FhirConnection,
-            namespace: c.namespace().unwrap_or_default(),
-            name: c.name_any(),
+            namespace: c.namespace(),
+            name: c.name(),
         };
         let mut cx = Ctx::new(&key, secrets);
-        let compiled = compile_connection(&mut cx, c);
-        let mut issues = cx.issues;
+        let compiled = c
+            .object
+            .as_ref()
+            .and_then(|o| compile_connection(&mut cx, o));
+        let mut issues = std::mem::take(&mut cx.issues);
         if let Some(cc) = &compiled {
             let alone = CompiledConfig {
                 connections: vec![cc.clone()],
@@ -247,14 +260,15 @@ pub fn compile(
             };
             merge_validation(&mut issues, &key, alone.validate());
         }
-        let result = finish(
+        let accepted = finish(
             &key,
-            c.metadata.generation,
+            c.meta.generation,
+            &c.shape,
             issues,
             Vec::new(),
             &mut objects,
         );
-        if let (true, Some(cc)) = (result, compiled) {
+        if let (true, Some(cc)) = (accepted, compiled) {
             ca_files.extend(cx.files);
             accepted_connections.insert(key.to_string(), cc);
         }
@@ -267,12 +281,12 @@ pub fn compile(
 
     // Older policies keep a contested host+basePath (like Gateway API listener conflicts), so
     // applying a new object can never take traffic away from one that already works.
-    let mut sorted_policies: Vec<&FhirSecurityPolicy> = policies.iter().collect();
+    let mut sorted_policies: Vec<&Loaded<FhirSecurityPolicy>> = policies.iter().collect();
     sorted_policies.sort_by_key(|p| {
         (
-            p.metadata.creation_timestamp.clone().map(|t| t.0),
+            p.meta.creation_timestamp.clone().map(|t| t.0),
             p.namespace(),
-            p.name_any(),
+            p.name(),
         )
     });
     let mut accepted_policies: Vec<PolicyConfig> = Vec::new();
@@ -281,12 +295,15 @@ pub fn compile(
     for p in sorted_policies {
         let key = ObjectKey {
             kind: Kind::FhirSecurityPolicy,
-            namespace: p.namespace().unwrap_or_default(),
-            name: p.name_any(),
+            namespace: p.namespace(),
+            name: p.name(),
         };
         let mut cx = Ctx::new(&key, secrets);
-        let compiled = compile_policy(&mut cx, p, &accepted_connections, &rejected_connections);
-        let mut issues = cx.issues;
+        let compiled = p
+            .object
+            .as_ref()
+            .and_then(|o| compile_policy(&mut cx, o, &accepted_connections, &rejected_connections));
+        let mut issues = std::mem::take(&mut cx.issues);
         let mut warnings = Vec::new();
         if let Some(pc) = &compiled {
             let alone = CompiledConfig {
@@ -295,7 +312,8 @@ pub fn compile(
                 ..CompiledConfig::empty(0)
             };
             merge_validation(&mut issues, &key, alone.validate());
-            if issues.is_empty() {
+            // Only a policy that will be used claims its hosts.
+            if issues.is_empty() && p.shape.is_empty() {
                 check_claims(&mut issues, &key, pc, &mut claims);
             }
             if pc.unauthenticated_access {
@@ -305,7 +323,14 @@ pub fn compile(
                 );
             }
         }
-        let ok = finish(&key, p.metadata.generation, issues, warnings, &mut objects);
+        let ok = finish(
+            &key,
+            p.meta.generation,
+            &p.shape,
+            issues,
+            warnings,
+            &mut objects,
+        );
         if let (true, Some(pc)) = (ok, compiled) {
             ca_files.extend(cx.files);
             accepted_policies.push(pc);
@@ -349,7 +374,7 @@ fn drop_object(c: &mut Compiled, p: &config::Problem) {
     for o in c.objects.values_mut() {
         if o.key.namespace == ns && o.key.name == name {
             o.issues.push(Issue {
-                field: p.field.clone(),
+                field: spec_path(&p.field),
                 reason: Reason::InvalidSpec,
                 message: p.message.clone(),
             });
@@ -364,26 +389,61 @@ fn drop_object(c: &mut Compiled, p: &config::Problem) {
     c.ca_files.retain(|k, _| names.contains(k));
 }
 
+/// Records the verdict on one object. Shape problems come first, in spec order; the compile's
+/// own issues follow, sorted, with paths made absolute (`spec.`), leaving out those about a
+/// part the shape check already reported (they would only describe a placeholder).
 fn finish(
     key: &ObjectKey,
     generation: Option<i64>,
+    shape: &[ShapeProblem],
     mut issues: Vec<Issue>,
     warnings: Vec<String>,
     objects: &mut BTreeMap<ObjectKey, ObjectResult>,
 ) -> bool {
+    for i in &mut issues {
+        i.field = spec_path(&i.field);
+    }
+    issues.retain(|i| !shape.iter().any(|s| related(&i.field, &s.path)));
     issues.sort();
     issues.dedup();
-    let accepted = issues.is_empty();
+    let mut all: Vec<Issue> = shape
+        .iter()
+        .map(|s| Issue {
+            field: s.path.clone(),
+            reason: Reason::InvalidSpec,
+            message: s.message.clone(),
+        })
+        .collect();
+    all.extend(issues);
+    let accepted = all.is_empty();
     objects.insert(
         key.clone(),
         ObjectResult {
             key: key.clone(),
             generation,
-            issues,
+            issues: all,
             warnings,
         },
     );
     accepted
+}
+
+/// A compile field path (relative to the spec) as users see it in the resource.
+fn spec_path(field: &str) -> String {
+    if field == "spec" || field.starts_with("spec.") {
+        field.to_string()
+    } else {
+        format!("spec.{field}")
+    }
+}
+
+/// Whether one path is the other or lies inside it.
+fn related(a: &str, b: &str) -> bool {
+    let inside = |x: &str, y: &str| {
+        x.strip_prefix(y)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.') || rest.starts_with('['))
+    };
+    inside(a, b) || inside(b, a)
 }
 
 /// Adds the config validator's problems for this object, unless compile already reported a
@@ -823,6 +883,14 @@ fn compile_policy(
         smart.patient_search = match authz.smart.patient_search {
             crd::PatientSearch::Reject => config::PatientSearch::Reject,
             crd::PatientSearch::Narrow => config::PatientSearch::Narrow,
+        };
+        smart.user_scopes = match authz.smart.user_scopes {
+            crd::UserScopes::Unrestricted => config::UserScopes::Unrestricted,
+            crd::UserScopes::ConfineToFhirUser => config::UserScopes::ConfineToFhirUser,
+        };
+        smart.reference_data = match authz.smart.reference_data {
+            crd::ReferenceData::Deny => config::ReferenceData::Deny,
+            crd::ReferenceData::ReadWithScope => config::ReferenceData::ReadWithScope,
         };
         if let Some(lookup) = &authz.smart.compartment_lookup {
             let field = "authorization.smart.compartmentLookup.connectionRef";

@@ -1,6 +1,7 @@
 //! The two custom resources, `FhirSecurityPolicy` and `FhirConnection` (group `fhirguard.dev`,
-//! version `v1alpha1`). Field names are fixed by SPEC.md; doc comments here become the
-//! `kubectl explain` text, so they are written for the people applying these objects.
+//! version `v1alpha1`). Field names are part of the contract (docs/reference.md); doc comments
+//! here become the `kubectl explain` text, so they are written for the people applying these
+//! objects.
 //!
 //! Cross-field rules are expressed twice: as CEL `x-kubernetes-validations` (rejected at apply
 //! time on API servers that evaluate CEL, Kubernetes >= 1.25) and in [`crate::compile`], which
@@ -133,8 +134,9 @@ pub struct Authentication {
 pub struct BasicAuth {
     /// The Secret key holding an htpasswd file: one `user:hash` per line. Accepted hashes are
     /// bcrypt (`htpasswd -B`: `$2a$`/`$2b$`/`$2y$`), SHA-512-crypt (`$6$`) and argon2id (PHC
-    /// string). Unsalted `{SHA}`, MD5 (`$apr1$`) and plain text are refused. `key` defaults
-    /// to `htpasswd`.
+    /// string). Unsalted `{SHA}`, MD5 (`$apr1$`) and plain text are refused. bcrypt reads
+    /// only 72 bytes, so against a bcrypt entry a password of 72 bytes or more is refused
+    /// (use argon2id for longer ones). `key` defaults to `htpasswd`.
     pub htpasswd_secret_ref: HtpasswdSecretRef,
 
     /// Optional per-user permissions, checked in order; the first rule naming the user (or
@@ -358,6 +360,44 @@ pub struct Smart {
     /// (to the protected server itself). Without it such requests are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compartment_lookup: Option<CompartmentLookup>,
+
+    /// What a `user/` scope reaches. `Unrestricted` (default): every resource of the scoped
+    /// types, as SMART leaves the user's own permissions to the FHIR server.
+    /// `ConfineToFhirUser`: a token whose `fhirUser` is a Patient is held to that patient's
+    /// compartment exactly like a patient context (as Microsoft's FHIR server and FHIR Works on
+    /// AWS do); a token without `fhirUser`, or one naming a type that is no user (e.g.
+    /// Organization), gets nothing from its `user/` scopes. Practitioner, PractitionerRole,
+    /// RelatedPerson and Person users are not restricted.
+    #[serde(default)]
+    pub user_scopes: UserScopes,
+
+    /// Whether `patient/` scopes reach types outside the patient compartment (Medication,
+    /// Practitioner, Organization, Location, ...). `Deny` (default): never; grant them with
+    /// `user/` scopes. `ReadWithScope`: reads and searches (never writes) when a `patient/`
+    /// scope names the type or `*`, including `_include`s that only return such types (US
+    /// Core's `MedicationRequest:medication`).
+    #[serde(default)]
+    pub reference_data: ReferenceData,
+}
+
+/// What a `user/` scope reaches.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum UserScopes {
+    /// Every resource of the scoped types.
+    #[default]
+    Unrestricted,
+    /// A Patient user is held to its own compartment; a token without a user gets nothing.
+    ConfineToFhirUser,
+}
+
+/// Whether `patient/` scopes reach types outside the patient compartment.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ReferenceData {
+    /// Never.
+    #[default]
+    Deny,
+    /// Reads and searches when a `patient/` scope names the type or `*`.
+    ReadWithScope,
 }
 
 /// Compartment lookups through a connection.

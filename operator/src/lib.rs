@@ -1,7 +1,8 @@
 //! fhirguard-operator: turns `FhirSecurityPolicy` and `FhirConnection` resources and the Secrets
 //! they name into the compiled configuration that `fhirguard-authz` serves.
 //!
-//! Layering: [`crd`] holds the resource types; [`compile`] is pure (objects in, config and
+//! Layering: [`crd`] holds the resource types; [`object`] reads resources (with [`shape`]
+//! naming every malformed field) for [`compile`], which is pure (objects in, config and
 //! verdicts out); [`output`] and [`status`] turn a compile into the files, Secret, conditions
 //! and Events to publish (also pure); [`render`] is the offline front end; only [`reconcile`]
 //! talks to the Kubernetes API.
@@ -9,7 +10,9 @@
 pub mod compile;
 pub mod crd;
 pub mod metrics;
+pub mod object;
 pub mod output;
 pub mod reconcile;
 pub mod render;
+pub mod shape;
 pub mod status;

@@ -40,6 +40,11 @@ enum Command {
         /// The generation written into config.json.
         #[arg(long, default_value_t = 1)]
         generation: u64,
+        /// Also write the CA bundles egress Envoys trust for FhirConnection upstreams, as
+        /// DIR/<namespace>/<file>: what the controller publishes as the trust ConfigMap in each
+        /// namespace. Certificates only, no credentials.
+        #[arg(long, value_name = "DIR")]
+        trust_dir: Option<PathBuf>,
     },
 }
 
@@ -63,6 +68,15 @@ struct RunArgs {
         default_value = "fhirguard-authz-config"
     )]
     config_secret: String,
+    /// Name of the ConfigMap, in each namespace with FhirConnections that use `CustomBundle`,
+    /// holding those connections' CA bundles for egress Envoys to mount (certificates only;
+    /// the credentials stay in the config Secret). Empty: publish none.
+    #[arg(
+        long,
+        env = "FHIRGUARD_TRUST_CONFIGMAP",
+        default_value = output::DEFAULT_TRUST_CONFIGMAP
+    )]
+    trust_configmap: String,
     /// Name of the leader-election Lease.
     #[arg(long, default_value = "fhirguard-operator")]
     lease_name: String,
@@ -100,7 +114,8 @@ fn main() -> ExitCode {
             files,
             output,
             generation,
-        } => render_cmd(&files, &output, generation),
+            trust_dir,
+        } => render_cmd(&files, &output, generation, trust_dir.as_deref()),
         Command::Run(args) => match run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -111,7 +126,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn render_cmd(files: &[PathBuf], out: &std::path::Path, generation: u64) -> ExitCode {
+fn render_cmd(
+    files: &[PathBuf],
+    out: &std::path::Path,
+    generation: u64,
+    trust_dir: Option<&std::path::Path>,
+) -> ExitCode {
     let inputs = match render::load(files) {
         Ok(i) => i,
         Err(e) => {
@@ -136,6 +156,19 @@ fn render_cmd(files: &[PathBuf], out: &std::path::Path, generation: u64) -> Exit
     if let Err(e) = output::write_dir(out, &files) {
         eprintln!("error: cannot write {}: {e}", out.display());
         return ExitCode::FAILURE;
+    }
+    if let Some(dir) = trust_dir {
+        let trust = output::trust_files(&compiled);
+        if let Err(e) = output::write_trust_dir(dir, &trust) {
+            eprintln!("error: cannot write {}: {e}", dir.display());
+            return ExitCode::FAILURE;
+        }
+        let count: usize = trust.values().map(|f| f.len()).sum();
+        eprintln!(
+            "wrote {count} CA bundle(s) for egress Envoys to {} ({} namespace(s))",
+            dir.display(),
+            trust.len()
+        );
     }
     for w in compiled.objects.values().flat_map(|o| {
         o.warnings
@@ -189,6 +222,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             .collect(),
         output_namespace: args.config_namespace.clone(),
         output_name: args.config_secret.clone(),
+        trust_configmap: Some(args.trust_configmap.trim().to_string()).filter(|n| !n.is_empty()),
         lease: LeaseSettings {
             namespace: args.config_namespace.clone(),
             name: args.lease_name.clone(),

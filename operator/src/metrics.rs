@@ -41,6 +41,8 @@ pub struct Metrics {
     pub publishes: Family<ResultLabels, Counter>,
     /// Status subresource writes, by result.
     pub status_updates: Family<ResultLabels, Counter>,
+    /// Writes and deletions of the trust ConfigMaps, by result (`written`, `deleted`, `error`).
+    pub trust_publishes: Family<ResultLabels, Counter>,
     /// The generation in the published config.
     pub config_generation: Gauge,
     /// Objects by kind and verdict, as of the last compile.
@@ -64,6 +66,7 @@ impl Metrics {
         let compiles = Counter::default();
         let publishes = Family::<ResultLabels, Counter>::default();
         let status_updates = Family::<ResultLabels, Counter>::default();
+        let trust_publishes = Family::<ResultLabels, Counter>::default();
         let config_generation = Gauge::default();
         let objects = Family::<ObjectLabels, Gauge>::default();
         registry.register(
@@ -87,6 +90,11 @@ impl Metrics {
             status_updates.clone(),
         );
         registry.register(
+            "trust_publishes",
+            "Writes and deletions of the per-namespace trust ConfigMaps (CA bundles for egress Envoys) by result",
+            trust_publishes.clone(),
+        );
+        registry.register(
             "config_generation",
             "Generation of the published compiled config",
             config_generation.clone(),
@@ -108,6 +116,7 @@ impl Metrics {
             compiles,
             publishes,
             status_updates,
+            trust_publishes,
             config_generation,
             objects,
             leadership_changes,

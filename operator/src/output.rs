@@ -7,7 +7,7 @@ use std::path::Path;
 
 use fhirguard_authz::config::{CONFIG_FILE, CompiledConfig};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::ObjectMeta;
 use sha2::{Digest, Sha256};
 
@@ -184,6 +184,136 @@ pub fn write_dir(dir: &Path, files: &BTreeMap<String, Vec<u8>>) -> std::io::Resu
             std::fs::remove_file(entry.path())?;
         }
     }
+    write_dir_files(dir, files)
+}
+
+/// `app.kubernetes.io/component` of the trust ConfigMaps; with `managed-by`, what marks a
+/// ConfigMap as this operator's to update and delete.
+pub const TRUST_COMPONENT: &str = "egress-trust";
+/// The default name of the trust ConfigMap in each namespace with FhirConnections.
+pub const DEFAULT_TRUST_CONFIGMAP: &str = "fhirguard-trust";
+
+/// CA bundles an egress Envoy needs to verify FhirConnection upstreams, by namespace: each
+/// accepted connection's `CustomBundle` file, under the same name as in the config directory
+/// (`connection_<namespace>_<name>_ca.pem`), in the connection's own namespace. These are
+/// certificates only: no credential ever goes here, so an Envoy sidecar can mount them
+/// without being able to read the config Secret.
+pub fn trust_files(compiled: &Compiled) -> BTreeMap<String, BTreeMap<String, Vec<u8>>> {
+    let mut out: BTreeMap<String, BTreeMap<String, Vec<u8>>> = BTreeMap::new();
+    for c in &compiled.config.connections {
+        if let Some(file) = &c.tls.ca_file
+            && let Some(bytes) = compiled.ca_files.get(file)
+        {
+            out.entry(c.namespace.clone())
+                .or_default()
+                .insert(file.clone(), bytes.clone());
+        }
+    }
+    out
+}
+
+/// The trust ConfigMap for one namespace. PEM is text; anything that is not UTF-8 (never the
+/// case for a bundle that passed the compile's check) would go to `binaryData`.
+pub fn trust_configmap(
+    namespace: &str,
+    name: &str,
+    files: &BTreeMap<String, Vec<u8>>,
+) -> ConfigMap {
+    let labels = BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_string(),
+            "fhirguard".to_string(),
+        ),
+        (
+            "app.kubernetes.io/component".to_string(),
+            TRUST_COMPONENT.to_string(),
+        ),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "fhirguard-operator".to_string(),
+        ),
+    ]);
+    let mut data = BTreeMap::new();
+    let mut binary = BTreeMap::new();
+    for (k, v) in files {
+        match String::from_utf8(v.clone()) {
+            Ok(text) => {
+                data.insert(k.clone(), text);
+            }
+            Err(_) => {
+                binary.insert(k.clone(), ByteString(v.clone()));
+            }
+        }
+    }
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(namespace.to_string()),
+            labels: Some(labels),
+            ..ObjectMeta::default()
+        },
+        data: Some(data),
+        binary_data: (!binary.is_empty()).then_some(binary),
+        ..ConfigMap::default()
+    }
+}
+
+/// A ConfigMap's files, `data` and `binaryData` together.
+pub fn configmap_files(cm: &ConfigMap) -> BTreeMap<String, Vec<u8>> {
+    let mut out: BTreeMap<String, Vec<u8>> = cm
+        .binary_data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .collect();
+    for (k, v) in cm.data.iter().flatten() {
+        out.insert(k.clone(), v.clone().into_bytes());
+    }
+    out
+}
+
+/// Whether a ConfigMap is one this operator published (and may therefore update or delete).
+pub fn is_our_trust_configmap(cm: &ConfigMap) -> bool {
+    let labels = cm.metadata.labels.as_ref();
+    let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+    label("app.kubernetes.io/managed-by") == Some("fhirguard-operator")
+        && label("app.kubernetes.io/component") == Some(TRUST_COMPONENT)
+}
+
+/// Writes the trust files as `dir/<namespace>/<file>` (what each namespace's ConfigMap holds,
+/// i.e. what an egress Envoy there mounts), removing CA files and namespace directories a
+/// previous render left that are no longer part of it.
+pub fn write_trust_dir(
+    dir: &Path,
+    trust: &BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let ns = entry.file_name().to_string_lossy().into_owned();
+        if !entry.file_type()?.is_dir() {
+            continue;
+        }
+        let keep = trust.get(&ns);
+        for f in std::fs::read_dir(entry.path())? {
+            let f = f?;
+            let name = f.file_name().to_string_lossy().into_owned();
+            if is_our_file(&name) && keep.is_none_or(|k| !k.contains_key(&name)) {
+                std::fs::remove_file(f.path())?;
+            }
+        }
+        if keep.is_none() && std::fs::read_dir(entry.path())?.next().is_none() {
+            std::fs::remove_dir(entry.path())?;
+        }
+    }
+    for (ns, files) in trust {
+        write_dir_files(&dir.join(ns), files)?;
+    }
+    Ok(())
+}
+
+fn write_dir_files(dir: &Path, files: &BTreeMap<String, Vec<u8>>) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
     for (name, bytes) in files {
         let tmp = dir.join(format!(".{name}.tmp"));
         std::fs::write(&tmp, bytes)?;

@@ -10,14 +10,17 @@ use kube::ResourceExt;
 
 use crate::compile::{self, Compiled, Secrets};
 use crate::crd::{FhirConnection, FhirSecurityPolicy};
+use crate::object::{self, Loaded};
 
 /// Objects read from files.
 #[derive(Debug, Default)]
 pub struct Inputs {
-    pub policies: Vec<FhirSecurityPolicy>,
-    pub connections: Vec<FhirConnection>,
+    /// Every FhirSecurityPolicy read, including those whose spec has shape problems (they are
+    /// reported by the compile, on the object).
+    pub policies: Vec<Loaded<FhirSecurityPolicy>>,
+    pub connections: Vec<Loaded<FhirConnection>>,
     pub secrets: Secrets,
-    /// Objects that could not be read at all (bad YAML, a spec that does not match the CRD).
+    /// Documents that could not be read as objects at all (bad YAML, no name, given twice).
     pub problems: Vec<Problem>,
     /// Documents of other kinds, skipped: `(file, apiVersion, kind, name)`.
     pub skipped: Vec<String>,
@@ -151,40 +154,19 @@ pub fn load_text(file: &str, text: &str, inputs: &mut Inputs, seen: &mut BTreeMa
             });
             continue;
         }
-        let bad = |e: serde_json::Error| Problem {
+        let unreadable = |message: String| Problem {
             object: id.clone(),
-            field: "spec".into(),
-            message: format!("does not match the {kind} schema: {e}"),
-        };
-        let spec = doc.get("spec").cloned().unwrap_or_default();
-        let mut unknown = |parsed: Option<serde_json::Value>| {
-            let mut paths = Vec::new();
-            unknown_fields(&spec, &parsed.unwrap_or_default(), "spec", &mut paths);
-            for path in &paths {
-                inputs.problems.push(Problem {
-                    object: id.clone(),
-                    field: path.clone(),
-                    message: format!("unknown field (not in the {kind} schema; a typo?)"),
-                });
-            }
-            paths.is_empty()
+            field: "metadata".into(),
+            message,
         };
         match kind.as_str() {
-            "FhirSecurityPolicy" => match serde_json::from_value::<FhirSecurityPolicy>(doc) {
-                Ok(p) => {
-                    if unknown(serde_json::to_value(&p.spec).ok()) {
-                        inputs.policies.push(p);
-                    }
-                }
-                Err(e) => inputs.problems.push(bad(e)),
+            "FhirSecurityPolicy" => match object::parse_policy(&doc) {
+                Ok(p) => inputs.policies.push(p),
+                Err(e) => inputs.problems.push(unreadable(e)),
             },
-            "FhirConnection" => match serde_json::from_value::<FhirConnection>(doc) {
-                Ok(c) => {
-                    if unknown(serde_json::to_value(&c.spec).ok()) {
-                        inputs.connections.push(c);
-                    }
-                }
-                Err(e) => inputs.problems.push(bad(e)),
+            "FhirConnection" => match object::parse_connection(&doc) {
+                Ok(c) => inputs.connections.push(c),
+                Err(e) => inputs.problems.push(unreadable(e)),
             },
             _ => match serde_json::from_value::<Secret>(doc) {
                 Ok(s) => {
@@ -202,35 +184,6 @@ pub fn load_text(file: &str, text: &str, inputs: &mut Inputs, seen: &mut BTreeMa
     }
 }
 
-/// Fields present in the input but dropped by deserialisation. The API server prunes unknown
-/// fields silently; offline, a typo like `basci:` deserves an error instead.
-fn unknown_fields(
-    input: &serde_json::Value,
-    parsed: &serde_json::Value,
-    path: &str,
-    out: &mut Vec<String>,
-) {
-    use serde_json::Value;
-    match (input, parsed) {
-        (Value::Object(i), Value::Object(p)) => {
-            for (k, v) in i {
-                let sub = format!("{path}.{k}");
-                match p.get(k) {
-                    Some(pv) => unknown_fields(v, pv, &sub, out),
-                    None if v.is_null() => {}
-                    None => out.push(sub),
-                }
-            }
-        }
-        (Value::Array(i), Value::Array(p)) => {
-            for (n, (iv, pv)) in i.iter().zip(p).enumerate() {
-                unknown_fields(iv, pv, &format!("{path}[{n}]"), out);
-            }
-        }
-        _ => {}
-    }
-}
-
 /// A Secret's keys as the API server would store them: `stringData` wins over `data`.
 pub fn secret_data(s: &Secret) -> BTreeMap<String, Vec<u8>> {
     let mut out: BTreeMap<String, Vec<u8>> = s
@@ -245,11 +198,12 @@ pub fn secret_data(s: &Secret) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
-/// Compiles loaded inputs; load problems are reported with the compile problems.
+/// Compiles loaded inputs; load problems are reported with the compile problems, grouped by
+/// object, each object's in the order the compile gives them.
 pub fn compile(inputs: &Inputs) -> (Compiled, Vec<Problem>) {
     let compiled = compile::compile(&inputs.policies, &inputs.connections, &inputs.secrets);
     let mut problems = inputs.problems.clone();
     problems.extend(compiled.problems());
-    problems.sort();
+    problems.sort_by(|a, b| a.object.cmp(&b.object));
     (compiled, problems)
 }

@@ -16,8 +16,13 @@ const MAX_MESSAGE: usize = 1000;
 /// How publishing went, for every object at once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublishOutcome {
-    /// The config Secret holds this generation.
-    Published { generation: u64, secret: String },
+    /// The config Secret holds this generation. `trust` names the ConfigMap (`namespace/name`)
+    /// holding the object's CA bundle for egress Envoys, for connections that have one.
+    Published {
+        generation: u64,
+        secret: String,
+        trust: Option<String>,
+    },
     /// Writing the config Secret failed; the authz-service keeps its previous config.
     Failed { message: String },
 }
@@ -73,13 +78,25 @@ pub fn desired(
             ),
             previous.and_then(|p| p.config_generation),
         ),
-        (true, PublishOutcome::Published { generation, secret }) => (
+        (
+            true,
+            PublishOutcome::Published {
+                generation,
+                secret,
+                trust,
+            },
+        ) => (
             (
                 "True",
                 "ConfigPublished".to_string(),
-                format!(
-                    "included in configuration generation {generation} published to Secret {secret}"
-                ),
+                match trust {
+                    None => format!(
+                        "included in configuration generation {generation} published to Secret {secret}"
+                    ),
+                    Some(cm) => format!(
+                        "included in configuration generation {generation} published to Secret {secret}; its CA bundle for egress Envoys is in ConfigMap {cm}"
+                    ),
+                },
             ),
             Some(i64::try_from(*generation).unwrap_or(i64::MAX)),
         ),

@@ -65,7 +65,7 @@ fn cases() -> Vec<Case> {
             name: "missing Secret",
             yaml: basic_policy("a", "p", ""),
             object: "a/p",
-            field: "authentication.basic.htpasswdSecretRef",
+            field: "spec.authentication.basic.htpasswdSecretRef",
             reason: Reason::SecretNotFound,
             message: "Secret \"users\" not found in namespace \"a\"",
         },
@@ -76,7 +76,7 @@ fn cases() -> Vec<Case> {
                 basic_policy("a", "p", "")
             ),
             object: "a/p",
-            field: "authentication.basic.htpasswdSecretRef",
+            field: "spec.authentication.basic.htpasswdSecretRef",
             reason: Reason::SecretKeyNotFound,
             message: "has no key \"htpasswd\" (keys present: users.txt)",
         },
@@ -88,7 +88,7 @@ fn cases() -> Vec<Case> {
                 basic_policy("a", "p", "")
             ),
             object: "a/p",
-            field: "authentication.basic.htpasswdSecretRef",
+            field: "spec.authentication.basic.htpasswdSecretRef",
             reason: Reason::InvalidHtpasswd,
             message: "carriage return",
         },
@@ -100,7 +100,7 @@ fn cases() -> Vec<Case> {
                 basic_policy("a", "p", "")
             ),
             object: "a/p",
-            field: "authentication.basic.htpasswdSecretRef",
+            field: "spec.authentication.basic.htpasswdSecretRef",
             reason: Reason::InvalidHtpasswd,
             message: "user \"bob\"",
         },
@@ -112,7 +112,7 @@ fn cases() -> Vec<Case> {
                 basic_policy("a", "p", "")
             ),
             object: "a/p",
-            field: "authentication.basic.htpasswdSecretRef",
+            field: "spec.authentication.basic.htpasswdSecretRef",
             reason: Reason::InvalidHtpasswd,
             message: "more than once",
         },
@@ -131,7 +131,7 @@ fn cases() -> Vec<Case> {
                 )
             ),
             object: "a/p",
-            field: "authentication.basic.access[0].users",
+            field: "spec.authentication.basic.access[0].users",
             reason: Reason::InvalidSpec,
             message: "\"carol\" is not in the htpasswd file",
         },
@@ -143,7 +143,7 @@ fn cases() -> Vec<Case> {
                 connection("a", "c", "  url: https://x.example/fhir\n  tls: {mode: CustomBundle, caBundleSecretRef: {name: ca}}\n")
             ),
             object: "a/c",
-            field: "tls.caBundleSecretRef",
+            field: "spec.tls.caBundleSecretRef",
             reason: Reason::InvalidCaBundle,
             message: "certificate 1 does not parse",
         },
@@ -155,7 +155,7 @@ fn cases() -> Vec<Case> {
                 connection("a", "c", "  url: https://x.example/fhir\n  tls: {mode: CustomBundle, caBundleSecretRef: {name: ca}}\n")
             ),
             object: "a/c",
-            field: "tls.caBundleSecretRef",
+            field: "spec.tls.caBundleSecretRef",
             reason: Reason::InvalidCaBundle,
             message: "only CERTIFICATE sections",
         },
@@ -167,7 +167,7 @@ fn cases() -> Vec<Case> {
                 connection("a", "c", "  url: https://x.example/fhir\n  tls: {mode: CustomBundle, caBundleSecretRef: {name: ca}}\n")
             ),
             object: "a/c",
-            field: "tls.caBundleSecretRef",
+            field: "spec.tls.caBundleSecretRef",
             reason: Reason::InvalidCaBundle,
             message: "holds no PEM CERTIFICATE",
         },
@@ -175,7 +175,7 @@ fn cases() -> Vec<Case> {
             name: "CustomBundle without a bundle (older API servers skip the CEL rule)",
             yaml: connection("a", "c", "  url: https://x.example/fhir\n  tls: {mode: CustomBundle}\n"),
             object: "a/c",
-            field: "tls.caBundleSecretRef",
+            field: "spec.tls.caBundleSecretRef",
             reason: Reason::InvalidSpec,
             message: "required when mode is CustomBundle",
         },
@@ -183,7 +183,7 @@ fn cases() -> Vec<Case> {
             name: "bad connection URL",
             yaml: connection("a", "c", "  url: https://\n"),
             object: "a/c",
-            field: "url",
+            field: "spec.url",
             reason: Reason::InvalidUrl,
             message: "https://",
         },
@@ -191,7 +191,7 @@ fn cases() -> Vec<Case> {
             name: "JWKS URI over plain http",
             yaml: "apiVersion: fhirguard.dev/v1alpha1\nkind: FhirSecurityPolicy\nmetadata: {name: p, namespace: a}\nspec:\n  match: {basePath: /fhir}\n  authentication:\n    jwt:\n      providers: [{name: i, issuer: https://i, audiences: [x], jwks: {uri: 'http://i/jwks'}}]\n---\n".into(),
             object: "a/p",
-            field: "authentication.jwt.providers[0].jwks.uri",
+            field: "spec.authentication.jwt.providers[0].jwks.uri",
             reason: Reason::InvalidUrl,
             message: "must use https",
         },
@@ -202,7 +202,7 @@ fn cases() -> Vec<Case> {
                 connection("a", "c", "  url: https://x.example/fhir\n  auth:\n    basic: {secretRef: {name: s}}\n    oauth: {tokenUrl: 'https://t.example/token', clientId: me, clientSecretRef: {name: s, key: secret}}\n")
             ),
             object: "a/c",
-            field: "auth",
+            field: "spec.auth",
             reason: Reason::InvalidSpec,
             message: "at most one of basic and oauth",
         },
@@ -210,7 +210,7 @@ fn cases() -> Vec<Case> {
             name: "both jwks uri and secretRef",
             yaml: "apiVersion: fhirguard.dev/v1alpha1\nkind: FhirSecurityPolicy\nmetadata: {name: p, namespace: a}\nspec:\n  match: {basePath: /fhir}\n  authentication:\n    jwt:\n      providers: [{name: i, issuer: https://i, audiences: [x], jwks: {uri: 'https://i/jwks', secretRef: {name: j}}}]\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: j, namespace: a}\nstringData: {jwks.json: '{\"keys\":[{\"kty\":\"oct\"}]}'}\n---\n".into(),
             object: "a/p",
-            field: "authentication.jwt.providers[0].jwks",
+            field: "spec.authentication.jwt.providers[0].jwks",
             reason: Reason::InvalidSpec,
             message: "exactly one of uri and secretRef",
         },
@@ -218,7 +218,7 @@ fn cases() -> Vec<Case> {
             name: "JWKS Secret with private key material",
             yaml: "apiVersion: fhirguard.dev/v1alpha1\nkind: FhirSecurityPolicy\nmetadata: {name: p, namespace: a}\nspec:\n  match: {basePath: /fhir}\n  authentication:\n    jwt:\n      providers: [{name: i, issuer: https://i, audiences: [x], jwks: {secretRef: {name: j}}}]\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: j, namespace: a}\nstringData: {jwks.json: '{\"keys\":[{\"kty\":\"EC\",\"d\":\"secret\"}]}'}\n---\n".into(),
             object: "a/p",
-            field: "authentication.jwt.providers[0].jwks.secretRef",
+            field: "spec.authentication.jwt.providers[0].jwks.secretRef",
             reason: Reason::InvalidJwks,
             message: "private or symmetric key material",
         },
@@ -226,15 +226,15 @@ fn cases() -> Vec<Case> {
             name: "unparsable duration",
             yaml: "apiVersion: fhirguard.dev/v1alpha1\nkind: FhirSecurityPolicy\nmetadata: {name: p, namespace: a}\nspec:\n  match: {basePath: /fhir}\n  authentication:\n    jwt:\n      providers: [{name: i, issuer: https://i, audiences: [x], clockSkew: 1 minute, jwks: {uri: 'https://i/jwks'}}]\n---\n".into(),
             object: "a/p",
-            field: "authentication.jwt.providers[0].clockSkew",
+            field: "spec.authentication.jwt.providers[0].clockSkew",
             reason: Reason::InvalidSpec,
-            message: "is not a duration",
+            message: "must be a duration such as 30s, 10m or 1h (found a string (\"1 minute\"))",
         },
         Case {
             name: "AllOf without a token provider",
             yaml: format!("{users}{}", basic_policy("a", "p", "").replace("  authentication:\n", "  authentication:\n    combine: AllOf\n")),
             object: "a/p",
-            field: "authentication.combine",
+            field: "spec.authentication.combine",
             reason: Reason::InvalidSpec,
             message: "AllOf needs both basic and jwt",
         },
@@ -242,7 +242,7 @@ fn cases() -> Vec<Case> {
             name: "no authentication at all",
             yaml: "apiVersion: fhirguard.dev/v1alpha1\nkind: FhirSecurityPolicy\nmetadata: {name: p, namespace: a}\nspec:\n  match: {basePath: /fhir}\n---\n".into(),
             object: "a/p",
-            field: "authentication",
+            field: "spec.authentication",
             reason: Reason::InvalidSpec,
             message: "no request could ever be authenticated",
         },
@@ -250,7 +250,7 @@ fn cases() -> Vec<Case> {
             name: "unknown connectionRef",
             yaml: format!("{users}{}", basic_policy("a", "p", "  authorization:\n    smart:\n      compartmentLookup: {connectionRef: {name: nope}}\n")),
             object: "a/p",
-            field: "authorization.smart.compartmentLookup.connectionRef",
+            field: "spec.authorization.smart.compartmentLookup.connectionRef",
             reason: Reason::ConnectionNotFound,
             message: "FhirConnection \"nope\" not found in namespace \"a\"",
         },
@@ -262,7 +262,7 @@ fn cases() -> Vec<Case> {
                 connection("a", "c", "  url: https://x.example/fhir\n  auth: {basic: {secretRef: {name: missing}}}\n")
             ),
             object: "a/p",
-            field: "authorization.smart.compartmentLookup.connectionRef",
+            field: "spec.authorization.smart.compartmentLookup.connectionRef",
             reason: Reason::ConnectionNotAccepted,
             message: "FhirConnection a/c is not accepted",
         },
@@ -274,7 +274,7 @@ fn cases() -> Vec<Case> {
                 basic_policy("a", "p", "").replace("{name: users}", "{name: users, namespace: b}")
             ),
             object: "a/p",
-            field: "authentication.basic.htpasswdSecretRef.namespace",
+            field: "spec.authentication.basic.htpasswdSecretRef.namespace",
             reason: Reason::CrossNamespaceReference,
             message: "references namespace \"b\"",
         },
@@ -286,7 +286,7 @@ fn cases() -> Vec<Case> {
                 connection("b", "c", "  url: https://x.example/fhir\n")
             ),
             object: "a/p",
-            field: "authorization.smart.compartmentLookup.connectionRef.namespace",
+            field: "spec.authorization.smart.compartmentLookup.connectionRef.namespace",
             reason: Reason::CrossNamespaceReference,
             message: "must stay in this object's namespace \"a\"",
         },
@@ -348,7 +348,7 @@ fn problems_print_as_namespace_name_field_message() {
     let lines: Vec<String> = c.problems().iter().map(ToString::to_string).collect();
     assert_eq!(
         lines,
-        vec!["a/p: authentication.basic.htpasswdSecretRef: Secret \"users\" not found in namespace \"a\"".to_string()]
+        vec!["a/p: spec.authentication.basic.htpasswdSecretRef: Secret \"users\" not found in namespace \"a\"".to_string()]
     );
 }
 
@@ -398,7 +398,7 @@ fn the_older_policy_keeps_a_contested_host_and_base_path() {
     assert_eq!(names, ["zz-old"]);
     let new = c.objects.values().find(|o| o.key.name == "aa-new").unwrap();
     assert_eq!(new.issues[0].reason, Reason::HostConflict);
-    assert_eq!(new.issues[0].field, "match");
+    assert_eq!(new.issues[0].field, "spec.match");
     assert!(
         new.issues[0]
             .message
@@ -512,4 +512,26 @@ fn output_is_deterministic_whatever_the_input_order() {
         output::content_hash(&forward),
         output::content_hash(&changed)
     );
+}
+
+#[test]
+fn the_contested_smart_rules_compile_to_their_settings() {
+    use fhirguard_authz::config::{ReferenceData, UserScopes};
+    let secret = users_secret("ns", "users", HTPASSWD);
+    // Defaults: the fail-closed side of each.
+    let c = compile_yaml(&format!("{secret}{}", basic_policy("ns", "a", "")));
+    let smart = &c.config.policies[0].authorization.smart;
+    assert_eq!(smart.user_scopes, UserScopes::Unrestricted);
+    assert_eq!(smart.reference_data, ReferenceData::Deny);
+    let c = compile_yaml(&format!(
+        "{secret}{}",
+        basic_policy(
+            "ns",
+            "b",
+            "  authorization:\n    smart: {userScopes: ConfineToFhirUser, referenceData: ReadWithScope}\n"
+        )
+    ));
+    let smart = &c.config.policies[0].authorization.smart;
+    assert_eq!(smart.user_scopes, UserScopes::ConfineToFhirUser);
+    assert_eq!(smart.reference_data, ReferenceData::ReadWithScope);
 }

@@ -153,3 +153,68 @@ fn configuration_reference_is_current() {
         assert!(text.contains(&format!("`{field}`")), "{field} missing");
     }
 }
+
+/// The two binaries' `--help` texts, one block per (sub)command.
+fn cli_reference() -> String {
+    let operator = std::path::PathBuf::from(env!("CARGO_BIN_EXE_fhirguard-operator"));
+    // The authz binary sits next to it when the workspace is built (`cargo test --workspace`).
+    let authz = operator.with_file_name("fhirguard-authz");
+    assert!(
+        authz.exists(),
+        "{} missing: run the tests with `cargo test --workspace`",
+        authz.display()
+    );
+    let mut out = String::from(
+        "# Command-line reference\n\n\
+         Generated from the binaries' `--help` (`operator/tests/docs.rs`); a test keeps it current.\n\
+         Flags that name an environment variable read it when the flag is not given.\n",
+    );
+    let commands: [(&std::path::Path, &str, &[&str]); 7] = [
+        (&operator, "fhirguard-operator", &[]),
+        (&operator, "fhirguard-operator", &["run"]),
+        (&operator, "fhirguard-operator", &["render"]),
+        (&operator, "fhirguard-operator", &["crds"]),
+        (&authz, "fhirguard-authz", &[]),
+        (&authz, "fhirguard-authz", &["serve"]),
+        (&authz, "fhirguard-authz", &["validate"]),
+    ];
+    for (bin, name, sub) in commands {
+        let o = std::process::Command::new(bin)
+            .args(sub)
+            .arg("--help")
+            .env_clear()
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{name} {sub:?} --help failed");
+        let title = std::iter::once(name)
+            .chain(sub.iter().copied())
+            .collect::<Vec<_>>()
+            .join(" ");
+        out.push_str(&format!(
+            "\n## `{title}`\n\n```text\n{}\n```\n",
+            String::from_utf8(o.stdout).unwrap().trim_end()
+        ));
+    }
+    out
+}
+
+#[test]
+fn cli_reference_is_current() {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/cli.md");
+    let text = cli_reference();
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &text).unwrap();
+    }
+    assert!(
+        std::fs::read_to_string(&path).unwrap_or_default() == text,
+        "docs/cli.md is stale; run UPDATE_GOLDEN=1 cargo test --workspace --test docs"
+    );
+    for flag in [
+        "--trust-dir",
+        "--trust-configmap",
+        "--config-dir",
+        "--grpc-addr",
+    ] {
+        assert!(text.contains(flag), "{flag} missing");
+    }
+}

@@ -33,13 +33,25 @@ fn helm(bin: &Path, args: &[&str]) -> std::process::Output {
 #[test]
 fn lint_passes() {
     let Some(h) = common::helm_bin() else { return };
-    let out = helm(&h, &["lint", "--strict", chart().to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let chart = chart();
+    for values in [
+        None,
+        Some("tests/values-all.yaml"),
+        Some("tests/values-mesh.yaml"),
+    ] {
+        let mut args = vec!["lint", "--strict", chart.to_str().unwrap()];
+        let file = values.map(|v| chart.join(v));
+        if let Some(f) = &file {
+            args.extend(["-f", f.to_str().unwrap()]);
+        }
+        let out = helm(&h, &args);
+        assert!(
+            out.status.success(),
+            "{values:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 #[test]
@@ -47,13 +59,15 @@ fn template_output_matches_the_snapshots() {
     let Some(h) = common::helm_bin() else { return };
     let chart = chart();
     let values_all = chart.join("tests/values-all.yaml");
-    let cases: [(&str, Vec<&str>); 3] = [
+    let values_mesh = chart.join("tests/values-mesh.yaml");
+    let cases: [(&str, Vec<&str>); 4] = [
         ("default.yaml", vec![]),
         (
             "all-features.yaml",
             vec!["-f", values_all.to_str().unwrap()],
         ),
         ("kube-1.20.yaml", vec!["--kube-version", "1.20.2"]),
+        ("mesh.yaml", vec!["-f", values_mesh.to_str().unwrap()]),
     ];
     let mut drift = Vec::new();
     for (file, extra) in cases {
@@ -193,6 +207,21 @@ fn values_schema_rejects_bad_values() {
         ("serviceMonitor.enabled=yes", "/serviceMonitor/enabled"),
         ("authz.service.headless=yes", "/authz/service/headless"),
         ("authz.cacheMemoryMiB=4", "/authz/cacheMemoryMiB"),
+        // A NetworkPolicy that would admit every source to the gRPC port.
+        ("networkPolicy.enabled=true", "/networkPolicy/grpcFrom"),
+        ("mesh.istio.apiVersion=v2", "/mesh/istio/apiVersion"),
+        (
+            "mesh.envoyGateway.securityPolicies[0].namespace=clinical",
+            "missing property 'targetRefs'",
+        ),
+        (
+            "mesh.istio.authorizationPolicies[0].name=x",
+            "missing property 'namespace'",
+        ),
+        (
+            "mesh.envoyGateway.maxRequestBytes=0",
+            "/mesh/envoyGateway/maxRequestBytes",
+        ),
     ] {
         // "yes" as a string, not YAML's boolean, to test the type check.
         let flag = if set.ends_with("=yes") {
@@ -218,4 +247,146 @@ fn chart_crds_are_the_generated_ones() {
             path.display()
         );
     }
+}
+
+/// ConfigMap access exists only for the trust ConfigMap: create (which RBAC cannot limit by
+/// name) and everything else by name; with `trustConfigMapName=""` there is none, and the
+/// operator is told to publish none.
+#[test]
+fn trust_configmap_access_is_limited_to_its_name_and_optional() {
+    let Some(h) = common::helm_bin() else { return };
+    let rules = |extra: &[&str]| {
+        let chart = chart();
+        let mut args: Vec<String> = ["template", "fhirguard", chart.to_str().unwrap()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = helm(&h, &refs);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let docs: Vec<serde_json::Value> =
+            serde_saphyr::from_str_multiple(&String::from_utf8(out.stdout).unwrap()).unwrap();
+        let cm_rules: Vec<serde_json::Value> = docs
+            .iter()
+            .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role")
+            .flat_map(|d| d["rules"].as_array().cloned().unwrap_or_default())
+            .filter(|r| r["resources"][0] == "configmaps")
+            .collect();
+        let args: Vec<String> = docs
+            .iter()
+            .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "fhirguard-operator")
+            .map(|d| {
+                d["spec"]["template"]["spec"]["containers"][0]["args"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a.as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap();
+        (cm_rules, args)
+    };
+    let (on, args) = rules(&[]);
+    assert_eq!(
+        on,
+        vec![
+            serde_json::json!({"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]}),
+            serde_json::json!({"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["fhirguard-trust"], "verbs": ["get", "list", "watch", "patch", "update", "delete"]}),
+        ]
+    );
+    assert!(args.contains(&"--trust-configmap=fhirguard-trust".to_string()));
+    let (off, args) = rules(&["--set", "trustConfigMapName="]);
+    assert!(off.is_empty(), "{off:?}");
+    assert!(args.contains(&"--trust-configmap=".to_string()));
+}
+
+/// Nothing mesh-related unless asked for: the default chart needs no Istio or Envoy Gateway
+/// CRDs. With the mesh values, every AuthorizationPolicy is CUSTOM with the provider and a rule
+/// that matches every request, and every SecurityPolicy fails closed and points at the
+/// installed Service, with a ReferenceGrant for the namespaces that need one.
+#[test]
+fn mesh_objects_are_off_by_default_and_fail_closed_when_on() {
+    let Some(h) = common::helm_bin() else { return };
+    let chart = chart();
+    let render = |extra: &[&str]| {
+        let mut args = vec![
+            "template",
+            "fhirguard",
+            chart.to_str().unwrap(),
+            "-n",
+            "fhirguard-system",
+        ];
+        args.extend(extra);
+        let out = helm(&h, &args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_saphyr::from_str_multiple::<serde_json::Value, Vec<serde_json::Value>>(
+            &String::from_utf8(out.stdout).unwrap(),
+        )
+        .unwrap()
+    };
+    let mesh_kinds = ["AuthorizationPolicy", "SecurityPolicy", "ReferenceGrant"];
+    let default = render(&[]);
+    assert!(
+        !default
+            .iter()
+            .any(|d| mesh_kinds.contains(&d["kind"].as_str().unwrap_or(""))),
+        "no mesh objects by default"
+    );
+    let values = chart.join("tests/values-mesh.yaml");
+    let docs = render(&["-f", values.to_str().unwrap()]);
+    let of = |kind: &str| -> Vec<&serde_json::Value> {
+        docs.iter().filter(|d| d["kind"] == kind).collect()
+    };
+    let aps = of("AuthorizationPolicy");
+    assert_eq!(aps.len(), 2);
+    for ap in &aps {
+        assert_eq!(ap["spec"]["action"], "CUSTOM");
+        assert_eq!(ap["spec"]["provider"]["name"], "fhirguard");
+        assert_eq!(
+            ap["spec"]["rules"],
+            serde_json::json!([{}]),
+            "every request"
+        );
+    }
+    let sps = of("SecurityPolicy");
+    assert_eq!(sps.len(), 3);
+    for sp in &sps {
+        let ext = &sp["spec"]["extAuth"];
+        assert_eq!(ext["failOpen"], false);
+        assert_eq!(
+            ext["grpc"]["backendRefs"],
+            serde_json::json!([{"group": "", "kind": "Service", "name": "fhirguard-authz", "namespace": "fhirguard-system", "port": 9001}])
+        );
+        assert_eq!(ext["bodyToExtAuth"]["maxRequestBytes"], 1048576);
+    }
+    let named = sps
+        .iter()
+        .find(|s| s["metadata"]["namespace"] == "research")
+        .unwrap();
+    assert_eq!(
+        named["spec"]["extAuth"]["contextExtensions"],
+        serde_json::json!([{"name": "fhirguard.dev/policy", "type": "Value", "value": "research/cohort-explorer"}])
+    );
+    let grants = of("ReferenceGrant");
+    assert_eq!(grants.len(), 1);
+    let from: Vec<&str> = grants[0]["spec"]["from"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["namespace"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        from,
+        ["clinical", "research"],
+        "not the release's own namespace"
+    );
 }

@@ -186,6 +186,142 @@ async fn helm_install_and_every_example_reaches_ready() {
         "jsonpath={.data.config\\.json}",
     ]);
     assert!(!data.is_empty());
+    // The chart's RBAC lets the operator publish the egress trust ConfigMap next to the
+    // example FhirConnection that has a CA bundle.
+    let trust = stack.kubectl(&[
+        "-n",
+        "clinical",
+        "get",
+        "configmap",
+        "fhirguard-trust",
+        "-o",
+        "jsonpath={.data}",
+    ]);
+    assert!(
+        trust.contains("connection_clinical_partner_ca.pem") && trust.contains("BEGIN CERTIFICATE"),
+        "{trust}"
+    );
+
+    // --- the mesh objects: this 1.20 server serves none of these kinds, so stand-in CRDs whose
+    // schemas hold exactly the fields the chart uses (tests/fixtures/mesh/crds.yaml) let helm
+    // install them, validating every field name against them on the way.
+    let mesh_crds = repo.join("operator/tests/fixtures/mesh/crds.yaml");
+    stack.kubectl(&["apply", "-f", mesh_crds.to_str().unwrap()]);
+    stack.kubectl(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "--timeout=30s",
+        "crd/authorizationpolicies.security.istio.io",
+        "crd/securitypolicies.gateway.envoyproxy.io",
+        "crd/referencegrants.gateway.networking.k8s.io",
+    ]);
+    // The server publishes new CRD schemas to /openapi/v2 a moment after they are established.
+    let values_mesh = chart.join("tests/values-mesh.yaml");
+    let upgrade = || {
+        let args = vec![
+            "upgrade",
+            "fhirguard",
+            chart.to_str().unwrap(),
+            "--namespace",
+            "fhirguard-system",
+            "--server-side=false",
+            "-f",
+            values_mesh.to_str().unwrap(),
+        ];
+        Command::new(&helm)
+            .args(&args)
+            .arg("--kubeconfig")
+            .arg(&stack.admin_kubeconfig)
+            .env("HELM_CACHE_HOME", stack.dir.path().join("helm-cache"))
+            .env("HELM_CONFIG_HOME", stack.dir.path().join("helm-config"))
+            .env("HELM_DATA_HOME", stack.dir.path().join("helm-data"))
+            .output()
+            .expect("run helm")
+    };
+    let start = std::time::Instant::now();
+    let out = loop {
+        let out = upgrade();
+        if out.status.success() || start.elapsed() > Duration::from_secs(40) {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        out.status.success(),
+        "helm upgrade with the mesh objects:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let notes = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        notes.contains("envoyExtAuthzGrpc:") && notes.contains("statusOnError: \"503\""),
+        "NOTES give the meshConfig provider the AuthorizationPolicies need:\n{notes}"
+    );
+    let count = |resource: &str| {
+        stack
+            .kubectl(&["get", resource, "-A", "-o", "name"])
+            .lines()
+            .count()
+    };
+    // Nothing was pruned: a misspelt field would be dropped silently by the server (whose
+    // stand-in schemas hold exactly the projects' field names), so every stored spec must equal
+    // the rendered one.
+    let manifest = helm_cmd(&["get", "manifest", "fhirguard", "-n", "fhirguard-system"]);
+    let rendered: Vec<serde_json::Value> = serde_saphyr::from_str_multiple(&manifest).unwrap();
+    // This server reads "" in a custom resource as null (see the fixture); compare them alike.
+    fn blank_is_null(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::String(s) if s.is_empty() => *v = serde_json::Value::Null,
+            serde_json::Value::Array(a) => a.iter_mut().for_each(blank_is_null),
+            serde_json::Value::Object(o) => o.values_mut().for_each(blank_is_null),
+            _ => {}
+        }
+    }
+    let mut checked = 0;
+    for doc in rendered.iter().filter(|d| {
+        ["AuthorizationPolicy", "SecurityPolicy", "ReferenceGrant"]
+            .contains(&d["kind"].as_str().unwrap_or(""))
+    }) {
+        let resource = format!(
+            "{}.{}",
+            doc["kind"].as_str().unwrap().to_lowercase(),
+            doc["apiVersion"]
+                .as_str()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+        );
+        let stored = stack.kubectl(&[
+            "-n",
+            doc["metadata"]["namespace"].as_str().unwrap(),
+            "get",
+            &resource,
+            doc["metadata"]["name"].as_str().unwrap(),
+            "-o",
+            "json",
+        ]);
+        let mut stored: serde_json::Value = serde_json::from_str(&stored).unwrap();
+        let mut want = doc["spec"].clone();
+        blank_is_null(&mut stored["spec"]);
+        blank_is_null(&mut want);
+        assert_eq!(stored["spec"], want, "{resource} lost fields on the server");
+        checked += 1;
+    }
+    assert_eq!(checked, 6);
+    assert_eq!(count("authorizationpolicies.security.istio.io"), 2);
+    assert_eq!(count("securitypolicies.gateway.envoyproxy.io"), 3);
+    assert_eq!(count("referencegrants.gateway.networking.k8s.io"), 1);
+    let ap = stack.kubectl(&[
+        "-n",
+        "clinical",
+        "get",
+        "authorizationpolicies.security.istio.io",
+        "fhirguard-authz",
+        "-o",
+        "jsonpath={.spec.action} {.spec.provider.name} {.spec.selector.matchLabels.app}",
+    ]);
+    assert_eq!(ap, "CUSTOM fhirguard ehr-fhir");
 
     helm_cmd(&["uninstall", "fhirguard", "-n", "fhirguard-system"]);
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::{KubeStack, eventually, http_get, metric, start_operator};
 use fhirguard_operator::crd::{FhirConnection, FhirSecurityPolicy, ObjectStatus};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::ListParams;
@@ -223,6 +223,85 @@ async fn operator_against_a_real_api_server() {
         })
         .await;
     }
+    // The CA bundle egress Envoys need is published apart from the credentials: a ConfigMap
+    // in the connection's namespace, byte-identical to `render --trust-dir`, and the
+    // connection's Ready condition says where it is.
+    let trust_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "clinical");
+    let trust_rendered = tempfile::tempdir().unwrap();
+    let r = std::process::Command::new(env!("CARGO_BIN_EXE_fhirguard-operator"))
+        .args(["render", "-f"])
+        .arg(repo.join("operator/tests/fixtures/valid"))
+        .arg("-o")
+        .arg(trust_rendered.path().join("config"))
+        .arg("--trust-dir")
+        .arg(trust_rendered.path().join("trust"))
+        .output()
+        .unwrap();
+    assert!(r.status.success());
+    let want_trust: BTreeMap<String, String> =
+        std::fs::read_dir(trust_rendered.path().join("trust/clinical"))
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read_to_string(e.path()).unwrap(),
+                )
+            })
+            .collect();
+    assert_eq!(
+        want_trust.keys().collect::<Vec<_>>(),
+        ["connection_clinical_ehr-internal_ca.pem"]
+    );
+    let trust_data = |cm: &ConfigMap| cm.data.clone().unwrap_or_default();
+    let cm = eventually("the trust ConfigMap", T, || async {
+        trust_maps.get_opt("fhirguard-trust").await.ok()?
+    })
+    .await;
+    assert_eq!(trust_data(&cm), want_trust);
+    assert_eq!(
+        cm.metadata.labels.as_ref().unwrap()["app.kubernetes.io/managed-by"],
+        "fhirguard-operator"
+    );
+    let internal = connections.get("ehr-internal").await.unwrap();
+    let ready = condition(internal.status.as_ref(), "Ready").unwrap();
+    assert!(
+        ready
+            .2
+            .contains("its CA bundle for egress Envoys is in ConfigMap clinical/fhirguard-trust"),
+        "{ready:?}"
+    );
+    // research has no connection with a CA bundle: no ConfigMap there.
+    let research_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "research");
+    assert!(
+        research_maps
+            .get_opt("fhirguard-trust")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // A hand edit (changed bundle, extra key) is put back at once.
+    k(&[
+        "-n",
+        "clinical",
+        "patch",
+        "configmap",
+        "fhirguard-trust",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"connection_clinical_ehr-internal_ca.pem":"tampered","extra":"x"}}"#,
+    ]);
+    eventually("trust ConfigMap put back", T, || async {
+        let cm = trust_maps.get_opt("fhirguard-trust").await.ok()??;
+        (trust_data(&cm) == want_trust).then_some(())
+    })
+    .await;
+    // Nobody else's ConfigMap is touched.
+    assert!(
+        trust_maps.get_opt("unrelated").await.unwrap().is_some(),
+        "the fixture's unrelated ConfigMap stays"
+    );
+
     assert!(
         elsewhere.get("ehr").await.unwrap().status.is_none(),
         "objects in unwatched namespaces are left alone"
@@ -330,6 +409,68 @@ async fn operator_against_a_real_api_server() {
         },
     )
     .await;
+
+    // --- a malformed object stored under a looser CRD (as after rolling the CRDs back and
+    // forth): a typed watch would fail its whole list on it. The operator reads it field by
+    // field, reports exactly what `render` reports for the same YAML, and everything else keeps
+    // publishing (the deletion below still reaches the config).
+    let (_, strict_policy_crd) = fhirguard_operator::crd::crd_documents()
+        .unwrap()
+        .into_iter()
+        .find(|(f, _)| f.starts_with("fhirsecuritypolicies"))
+        .unwrap();
+    let mut loose: serde_json::Value = serde_saphyr::from_str(&strict_policy_crd).unwrap();
+    loose["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"] =
+        serde_json::json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
+    let loose_file = stack.dir.path().join("loose-crd.json");
+    std::fs::write(&loose_file, loose.to_string()).unwrap();
+    k(&[
+        "apply",
+        "--validate=false",
+        "-f",
+        loose_file.to_str().unwrap(),
+    ]);
+    let broken = "apiVersion: fhirguard.dev/v1alpha1\nkind: FhirSecurityPolicy\nmetadata: {name: broken, namespace: clinical}\nspec:\n  match: {hosts: ehr.example.org, basepath: /fhir/broken}\n  authentication:\n    basic: {htpaswdSecretRef: {name: users}}\n";
+    let broken_file = stack.dir.path().join("broken.yaml");
+    std::fs::write(&broken_file, broken).unwrap();
+    let r = std::process::Command::new(env!("CARGO_BIN_EXE_fhirguard-operator"))
+        .args(["render", "-f"])
+        .arg(&broken_file)
+        .arg("-o")
+        .arg(stack.dir.path().join("broken-out"))
+        .output()
+        .unwrap();
+    let render_lines: Vec<String> = String::from_utf8_lossy(&r.stderr)
+        .lines()
+        .filter_map(|l| l.strip_prefix("clinical/broken: ").map(str::to_string))
+        .collect();
+    assert_eq!(render_lines.len(), 5, "{render_lines:?}");
+    // The server accepts it now; the operator's view must not be blocked by it.
+    eventually("the loose CRD accepts the malformed object", T, || async {
+        stack.apply(broken).status.success().then_some(())
+    })
+    .await;
+    let want = format!(
+        "not used; requests it governs are refused until fixed: {}",
+        render_lines.join("; ")
+    );
+    // Read untyped: the typed client cannot deserialise this object either.
+    let got = eventually("the malformed object named field by field", T, || async {
+        let out = stack.kubectl_output(&["-n", "clinical", "get", "fsp", "broken", "-o", "json"]);
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let status: ObjectStatus = serde_json::from_value(doc.get("status")?.clone()).ok()?;
+        let a = condition(Some(&status), "Accepted")?;
+        (a.0 == "False").then(|| (a.1.to_string(), a.2.to_string()))
+    })
+    .await;
+    assert_eq!(got, ("InvalidSpec".to_string(), want));
+    k(&["-n", "clinical", "delete", "fhirsecuritypolicy", "broken"]);
+    k(&[
+        "apply",
+        "--validate=false",
+        "-f",
+        repo.join("crds").to_str().unwrap(),
+    ]);
 
     // --- delete a policy: it leaves the config ----------------------------------------------
     k(&["-n", "clinical", "delete", "fhirsecuritypolicy", "ehr"]);
@@ -457,6 +598,14 @@ async fn operator_against_a_real_api_server() {
         None,
         "statuses were already current"
     );
+    assert_eq!(
+        metric(
+            &body,
+            "fhirguard_operator_trust_publishes_total{result=\"written\"}"
+        ),
+        None,
+        "the trust ConfigMap was already current"
+    );
 
     // --- two replicas: the second stands by, and takes over when the leader dies -------------
     let http_c = common::free_port();
@@ -521,4 +670,24 @@ async fn operator_against_a_real_api_server() {
         "jsonpath={.spec.holderIdentity}",
     ]);
     assert_eq!(holder, "operator-c");
+
+    // The last connection with a CA bundle goes: so does the trust ConfigMap.
+    k(&["-n", "clinical", "delete", "fhirconnection", "ehr-internal"]);
+    eventually("trust ConfigMap deleted", T, || async {
+        trust_maps
+            .get_opt("fhirguard-trust")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let (_, body) = http_get(http_c, "/metrics").unwrap();
+    assert_eq!(
+        metric(
+            &body,
+            "fhirguard_operator_trust_publishes_total{result=\"deleted\"}"
+        ),
+        Some(1.0)
+    );
 }

@@ -28,6 +28,7 @@ fn published(generation: u64) -> PublishOutcome {
     PublishOutcome::Published {
         generation,
         secret: "fhirguard-system/fhirguard-authz-config".into(),
+        trust: None,
     }
 }
 
@@ -51,6 +52,20 @@ fn accepted_and_published() {
         s.conditions
             .iter()
             .all(|c| c.observed_generation == Some(3))
+    );
+}
+
+#[test]
+fn a_connection_with_a_bundle_says_which_configmap_holds_it() {
+    let outcome = PublishOutcome::Published {
+        generation: 5,
+        secret: "fhirguard-system/fhirguard-authz-config".into(),
+        trust: Some("clinical/fhirguard-trust".into()),
+    };
+    let s = status::desired(&result(vec![], vec![]), &outcome, None, &t(100));
+    assert_eq!(
+        cond(&s, "Ready").2,
+        "included in configuration generation 5 published to Secret fhirguard-system/fhirguard-authz-config; its CA bundle for egress Envoys is in ConfigMap clinical/fhirguard-trust"
     );
 }
 

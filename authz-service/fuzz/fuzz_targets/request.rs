@@ -30,6 +30,7 @@ fuzz_target!(|data: &[u8]| {
         path,
         authorization,
         if_none_exist,
+        headers: &[],
         body: body.map(|b| Body {
             bytes: b.as_bytes(),
             content_type: Some("application/fhir+json"),

@@ -101,6 +101,7 @@ fn req<'a>(method: &'a str, host: &'a str, path: &'a str, auth: Option<&'a str>)
         path,
         authorization: auth,
         if_none_exist: None,
+        headers: &[],
         body: None,
         policy_ref: None,
     }
@@ -380,9 +381,148 @@ fn step_one_table() {
             req("OPTIONS", "ehr.example", "/fhir/r4/Patient", Some(&alice)),
             Want::Deny(405, DenyReason::MalformedRequest),
         ),
+        // Every spelling of the token parameter is found by the one query parser, and only
+        // the literal one is used: Envoy removes parameters by their literal name.
+        (
+            "encoded token name where query tokens are accepted",
+            req(
+                "GET",
+                "query.example",
+                "/fhir/Patient/1?access%5Ftoken=abc",
+                None,
+            ),
+            Want::Deny(400, DenyReason::MalformedCredentials),
+        ),
+        (
+            "encoded token name on a header-only policy",
+            req(
+                "GET",
+                "ehr.example",
+                "/fhir/r4/Patient/1?access%5Ftoken=abc",
+                Some(&alice),
+            ),
+            Want::Deny(400, DenyReason::MalformedCredentials),
+        ),
+        (
+            "token name in another case",
+            req(
+                "GET",
+                "query.example",
+                "/fhir/Patient/1?Access_Token=abc",
+                None,
+            ),
+            Want::Deny(400, DenyReason::MalformedCredentials),
+        ),
+        (
+            "token name with a modifier",
+            req(
+                "GET",
+                "query.example",
+                "/fhir/Patient/1?access_token:exact=abc",
+                None,
+            ),
+            Want::Deny(400, DenyReason::MalformedCredentials),
+        ),
+        (
+            "plain and encoded token together",
+            req(
+                "GET",
+                "query.example",
+                "/fhir/Patient/1?access_token=a&access%5Ftoken=b",
+                None,
+            ),
+            Want::Deny(400, DenyReason::MalformedCredentials),
+        ),
+        (
+            "token in a POST _search form body",
+            Request {
+                body: Some(fhir::Body {
+                    bytes: b"access_token=abc",
+                    content_type: Some("application/x-www-form-urlencoded"),
+                }),
+                ..req("POST", "query.example", "/fhir/Observation/_search", None)
+            },
+            Want::Deny(400, DenyReason::MalformedRequest),
+        ),
     ];
     for (name, r, want) in cases {
         assert_eq!(outcome(&ps, &r), want, "{name}");
+    }
+}
+
+#[test]
+fn method_overrides_are_refused_in_every_spelling() {
+    let ps = policies();
+    let alice = format!("Basic {}", b64("alice:pw"));
+    for name in [
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+        "x_http_method_override",
+        "X-HTTP-Method-Override",
+        "x-http_method",
+        // HAPI's cascading delete would remove every resource referencing the target.
+        "x-cascade",
+        "X_Cascade",
+    ] {
+        let headers = vec![(name.to_string(), "DELETE".to_string())];
+        let r = Request {
+            headers: &headers,
+            ..req(
+                "POST",
+                "ehr.example",
+                "/fhir/r4/Observation/_search",
+                Some(&alice),
+            )
+        };
+        let Err(Decision::Deny(d)) = prepare(&ps, &r) else {
+            panic!("{name} was not refused")
+        };
+        assert_eq!(
+            (d.status, d.reason),
+            (400, DenyReason::MalformedRequest),
+            "{name}"
+        );
+        assert!(
+            d.diagnostics.contains("method override") || d.diagnostics.contains("cascading"),
+            "{name}: {}",
+            d.diagnostics
+        );
+    }
+    // Headers that merely look alike pass.
+    let headers = vec![("x-http-methods".to_string(), "x".to_string())];
+    let r = Request {
+        headers: &headers,
+        ..req("GET", "ehr.example", "/fhir/r4/Patient/1", Some(&alice))
+    };
+    assert!(prepare(&ps, &r).is_ok());
+}
+
+#[test]
+fn a_public_path_drops_a_token_sent_along() {
+    let ps = policies();
+    let Err(Decision::Allow(a)) = prepare(
+        &ps,
+        &req(
+            "GET",
+            "ehr.example",
+            "/fhir/r4/metadata?access_token=abc",
+            None,
+        ),
+    ) else {
+        panic!()
+    };
+    assert_eq!(a.remove_query, vec!["access_token"]);
+    // Any other spelling could not be removed by Envoy: refused rather than forwarded.
+    for path in [
+        "/fhir/r4/metadata?access%5Ftoken=abc",
+        "/fhir/r4/metadata?ACCESS_TOKEN=abc",
+        "/fhir/r4/metadata?access_token%3Ax=abc",
+    ] {
+        let Err(Decision::Deny(d)) = prepare(&ps, &req("GET", "ehr.example", path, None)) else {
+            panic!("{path} was not refused")
+        };
+        assert_eq!(d.status, 400, "{path}");
     }
 }
 
@@ -461,6 +601,30 @@ fn basic_permissions_table() {
         ("bob", "DELETE", "/fhir/r4/Patient?identifier=x", false),
         ("bob", "POST", "/fhir/r4/$reindex", false),
         ("bob", "POST", "/fhir/r4", false),
+        // Operations: known by name; an unknown one may write, whatever the method.
+        ("bob", "GET", "/fhir/r4/$reindex", false),
+        ("bob", "GET", "/fhir/r4/Observation/$foo", false),
+        ("bob", "GET", "/fhir/r4/Patient/1/$meta", true),
+        ("bob", "POST", "/fhir/r4/Patient/1/$meta-add", false),
+        ("bob", "POST", "/fhir/r4/$graphql", false),
+        (
+            "bob",
+            "GET",
+            "/fhir/r4/$graphql?query=mutation%7Bx%7D",
+            false,
+        ),
+        ("bob", "GET", "/fhir/r4/$graphql?query=%7Bx%7D", true),
+        // `persist` may hide in a body fhirguard did not see.
+        ("bob", "POST", "/fhir/r4/Composition/1/$document", false),
+        ("bob", "GET", "/fhir/r4/Composition/1/$document", true),
+        (
+            "bob",
+            "GET",
+            "/fhir/r4/Composition/1/$document?persist=true",
+            false,
+        ),
+        ("bob", "POST", "/fhir/r4/$process-message", false),
+        ("bob", "GET", "/fhir/r4/Observation/$lastn?patient=1", true),
     ];
     for (user, method, path, allowed) in cases {
         let p = pending(&ps, method, "ehr.example", path, &alice);
@@ -629,3 +793,5 @@ fn all_of_checks_both_and_the_subject() {
     };
     assert_eq!(decide(all_of, &p, &id).reason_label(), "read_only_user");
 }
+
+mod review2;

@@ -123,6 +123,20 @@ impl SigningKey {
         self.sign_as(&self.kid, claims)
     }
 
+    /// Signs a payload given as JSON text, so that a test can send what serde_json would
+    /// never produce (repeated members).
+    pub fn sign_raw(&self, payload: &str) -> String {
+        use base64::Engine as _;
+        let b64 = |s: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let header = format!(r#"{{"alg":"ES256","typ":"JWT","kid":"{}"}}"#, self.kid);
+        let input = format!("{}.{}", b64(header.as_bytes()), b64(payload.as_bytes()));
+        let key = jsonwebtoken::EncodingKey::from_ec_pem(self.pem.as_bytes()).unwrap();
+        let sig =
+            jsonwebtoken::crypto::sign(input.as_bytes(), &key, jsonwebtoken::Algorithm::ES256)
+                .unwrap();
+        format!("{input}.{sig}")
+    }
+
     /// Signs with this key but names another kid (a forged signature for a known kid).
     pub fn sign_as(&self, kid: &str, claims: &serde_json::Value) -> String {
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
@@ -404,6 +418,8 @@ pub struct FhirStub {
     pub resources: Arc<Mutex<std::collections::HashMap<String, (u16, String)>>>,
     /// Authorization headers of the GETs that hit a stored path.
     pub lookups: Arc<Mutex<Vec<String>>>,
+    /// Every request that arrived, as `{method, path, headers}` (lookups included).
+    pub seen: Arc<Mutex<Vec<serde_json::Value>>>,
 }
 
 impl FhirStub {
@@ -463,6 +479,9 @@ pub async fn start_fhir_stub(stub: FhirStub) -> SocketAddr {
                     buf.drain(..head_end + len);
                     let mut parts = request_line.split(' ');
                     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                    stub.seen.lock().unwrap().push(
+                        serde_json::json!({"method": method, "path": path, "headers": headers.clone()}),
+                    );
                     let stored = (method == "GET")
                         .then(|| stub.resources.lock().unwrap().get(path).cloned())
                         .flatten();
@@ -548,5 +567,54 @@ impl IdpStack {
             dir,
             svc,
         }
+    }
+}
+
+/// A SMART policy for `host` whose tokens are checked against the inline `jwks`; with `narrow`,
+/// unpinned patient searches are narrowed and there is no compartment lookup, otherwise
+/// lookups go through the connection `clinical/ehr-internal`.
+pub fn smart_policy(name: &str, host: &str, jwks: &str, narrow: bool) -> PolicyConfig {
+    PolicyConfig {
+        namespace: "clinical".into(),
+        name: name.into(),
+        hosts: vec![host.into()],
+        base_path: "/fhir/r4".into(),
+        public_paths: default_public_paths(),
+        unauthenticated_access: false,
+        authentication: AuthenticationConfig {
+            combine: Combine::AnyOf,
+            basic: None,
+            jwt: Some(JwtConfig {
+                token_sources: vec![TokenSource::Header],
+                require_subject_matches_basic_user: false,
+                providers: vec![ProviderConfig {
+                    name: "idp".into(),
+                    issuer: ISSUER.into(),
+                    audiences: vec![AUDIENCE.into()],
+                    algorithms: vec![Algorithm::ES256],
+                    clock_skew_seconds: 5,
+                    jwks: JwksConfig {
+                        uri: None,
+                        refresh_interval_seconds: 600,
+                        tls: TlsConfig::default(),
+                        document: Some(jwks.into()),
+                    },
+                    claims: ClaimNames::default(),
+                }],
+            }),
+        },
+        authorization: AuthorizationConfig {
+            smart: SmartConfig {
+                patient_search: if narrow {
+                    PatientSearch::Narrow
+                } else {
+                    PatientSearch::Reject
+                },
+                compartment_lookup: (!narrow).then(|| CompartmentLookup {
+                    connection: "clinical/ehr-internal".into(),
+                }),
+                ..SmartConfig::default()
+            },
+        },
     }
 }

@@ -70,6 +70,16 @@ fn cluster(name: &str, addr: SocketAddr, http2: bool) -> String {
 }
 
 pub async fn start_envoy(bin: &PathBuf, grpc: SocketAddr, upstream: SocketAddr) -> Envoy {
+    start_envoy_with(bin, grpc, upstream, "").await
+}
+
+/// [`start_envoy`] with extra HttpConnectionManager settings (YAML lines at its indentation).
+pub async fn start_envoy_with(
+    bin: &PathBuf,
+    grpc: SocketAddr,
+    upstream: SocketAddr,
+    hcm_extra: &str,
+) -> Envoy {
     let port = free_port();
     let admin = free_port();
     let yaml = format!(
@@ -85,7 +95,7 @@ static_resources:
       - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ingress
+          stat_prefix: ingress{hcm_extra}
           route_config:
             virtual_hosts:
             - name: named

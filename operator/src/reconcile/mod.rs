@@ -20,10 +20,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{PartialObjectMeta, Patch, PatchParams};
+use kube::api::{ApiResource, DynamicObject, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -34,8 +34,9 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::compile::{self, Compiled, Kind, Secrets};
-use crate::crd::{FhirConnection, FhirSecurityPolicy, ObjectStatus};
+use crate::crd::{FhirConnection, FhirSecurityPolicy};
 use crate::metrics::{Metrics, ObjectLabels, ResultLabels};
+use crate::object::{self, Loaded};
 use crate::output::{self, FIELD_MANAGER, Published};
 use crate::status::{self, PublishOutcome};
 use lease::{Elector, Fence, LeaseSettings};
@@ -47,6 +48,9 @@ pub struct Settings {
     /// Where the compiled config Secret is published.
     pub output_namespace: String,
     pub output_name: String,
+    /// Name of the per-namespace ConfigMap with the FhirConnections' CA bundles for egress
+    /// Envoys; `None` publishes none.
+    pub trust_configmap: Option<String>,
     pub lease: LeaseSettings,
     /// Changes arriving within this window are compiled together.
     pub debounce: Duration,
@@ -226,9 +230,14 @@ struct Ctx {
     client: Client,
     settings: Settings,
     metrics: Arc<Metrics>,
-    policies: Vec<Store<FhirSecurityPolicy>>,
-    connections: Vec<Store<FhirConnection>>,
+    /// Both kinds are watched untyped and read through [`object`]: a typed watch fails the
+    /// whole list on one object it cannot deserialise (say, one written against a newer CRD),
+    /// which would silently freeze the config for everyone.
+    policies: Vec<Store<DynamicObject>>,
+    connections: Vec<Store<DynamicObject>>,
     secret_meta: Vec<Store<PartialObjectMeta<Secret>>>,
+    /// The trust ConfigMaps (by name, in every watched namespace) as they are now.
+    trust: Vec<Store<ConfigMap>>,
     /// Referenced Secrets' data by (namespace, name), with the resourceVersion it was read at.
     secret_cache: Mutex<SecretCache>,
     referenced: Referenced,
@@ -312,6 +321,44 @@ where
         .collect()
 }
 
+/// Like [`watch_kind`], for a custom resource watched as [`DynamicObject`]s.
+fn watch_dynamic(
+    client: &Client,
+    namespaces: &[String],
+    ar: &ApiResource,
+    notify: &Arc<Notify>,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Vec<Store<DynamicObject>> {
+    let apis: Vec<Api<DynamicObject>> = if namespaces.is_empty() {
+        vec![Api::all_with(client.clone(), ar)]
+    } else {
+        namespaces
+            .iter()
+            .map(|ns| Api::namespaced_with(client.clone(), ns, ar))
+            .collect()
+    };
+    apis.into_iter()
+        .map(|api| {
+            let writer = reflector::store::Writer::new(ar.clone());
+            let store = writer.as_reader();
+            let stream = reflector::reflector(
+                writer,
+                watcher::watcher(api, watcher::Config::default()).default_backoff(),
+            );
+            tasks.push(drive(stream, notify.clone(), any_change::<DynamicObject>));
+            store
+        })
+        .collect()
+}
+
+fn policy_resource() -> ApiResource {
+    ApiResource::erase::<FhirSecurityPolicy>(&())
+}
+
+fn connection_resource() -> ApiResource {
+    ApiResource::erase::<FhirConnection>(&())
+}
+
 async fn lead(
     client: Client,
     settings: &Settings,
@@ -325,19 +372,19 @@ async fn lead(
     let referenced: Referenced = Arc::default();
     let mut tasks = Vec::new();
     // Resource changes always matter; a Secret change only when a resource references it.
-    let policies = watch_kind::<FhirSecurityPolicy, _>(
+    let policies = watch_dynamic(
         &client,
         &settings.namespaces,
+        &policy_resource(),
         &notify,
         &mut tasks,
-        any_change::<_>,
     );
-    let connections = watch_kind::<FhirConnection, _>(
+    let connections = watch_dynamic(
         &client,
         &settings.namespaces,
+        &connection_resource(),
         &notify,
         &mut tasks,
-        any_change::<_>,
     );
     let refs = referenced.clone();
     let secret_meta = watch_kind::<PartialObjectMeta<Secret>, _>(
@@ -366,6 +413,23 @@ async fn lead(
         notify.clone(),
         |ev: &Event<PartialObjectMeta<Secret>>| matches!(ev, Event::Apply(_) | Event::Delete(_)),
     ));
+    // The trust ConfigMaps, by name: to know which exist (and delete those no longer needed)
+    // and to put back hand edits at once.
+    let mut trust = Vec::new();
+    if let Some(name) = &settings.trust_configmap {
+        let by_name = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        for api in apis::<ConfigMap>(&client, &settings.namespaces) {
+            let (store, writer) = reflector::store();
+            let stream = reflector::reflector(
+                writer,
+                watcher::watcher(api, by_name.clone()).default_backoff(),
+            );
+            tasks.push(drive(stream, notify.clone(), |ev: &Event<ConfigMap>| {
+                matches!(ev, Event::Apply(_) | Event::Delete(_))
+            }));
+            trust.push(store);
+        }
+    }
     let _tasks = Tasks(tasks);
 
     let cx = Ctx {
@@ -382,6 +446,7 @@ async fn lead(
         policies,
         connections,
         secret_meta,
+        trust,
         secret_cache: Mutex::default(),
         referenced,
         last_generation: AtomicU64::new(0),
@@ -396,6 +461,9 @@ async fn lead(
             s.wait_until_ready().await.ok();
         }
         for s in &cx.secret_meta {
+            s.wait_until_ready().await.ok();
+        }
+        for s in &cx.trust {
             s.wait_until_ready().await.ok();
         }
     };
@@ -454,9 +522,28 @@ where
         .collect()
 }
 
+/// Every object in the stores, read through [`object`]. An object whose metadata cannot even be
+/// read is skipped with a warning (the API server does not store such objects).
+fn loaded<K>(
+    stores: &[Store<DynamicObject>],
+    parse: fn(&serde_json::Value) -> Result<Loaded<K>, String>,
+) -> Vec<Loaded<K>> {
+    snapshot(stores)
+        .iter()
+        .filter_map(|d| {
+            let doc = serde_json::to_value(d).ok()?;
+            parse(&doc)
+                .map_err(
+                    |e| tracing::warn!(object = %d.name_any(), error = %e, "unreadable object"),
+                )
+                .ok()
+        })
+        .collect()
+}
+
 async fn reconcile_once(cx: &Ctx) -> Result<(), Error> {
-    let policies = snapshot(&cx.policies);
-    let connections = snapshot(&cx.connections);
+    let policies = loaded(&cx.policies, object::parse_policy);
+    let connections = loaded(&cx.connections, object::parse_connection);
     let referenced = compile::referenced_secrets(&policies, &connections);
     if let Ok(mut r) = cx.referenced.write() {
         r.clone_from(&referenced);
@@ -467,13 +554,114 @@ async fn reconcile_once(cx: &Ctx) -> Result<(), Error> {
     record_objects(&cx.metrics, &compiled);
 
     let outcome = publish(cx, &compiled).await;
-    update_statuses(cx, &policies, &connections, &compiled, &outcome).await;
+    let trust = publish_trust(cx, &compiled).await;
+    update_statuses(cx, &policies, &connections, &compiled, &outcome, &trust).await;
     match outcome {
-        PublishOutcome::Published { .. } => Ok(()),
+        PublishOutcome::Published { .. } if trust.values().all(Result::is_ok) => Ok(()),
+        PublishOutcome::Published { .. } => Err(Error::Kube(kube::Error::Service(
+            "publishing a trust ConfigMap failed".into(),
+        ))),
         PublishOutcome::Failed { .. } => Err(Error::Kube(kube::Error::Service(
             "publishing the config Secret failed".into(),
         ))),
     }
+}
+
+/// Brings the trust ConfigMaps in line with the compile: one per namespace whose accepted
+/// FhirConnections have a CA bundle, written only when its content differs, and ours deleted
+/// where no longer needed. Returns, per namespace that needs one, whether it is in place.
+async fn publish_trust(cx: &Ctx, compiled: &Compiled) -> BTreeMap<String, Result<String, String>> {
+    let mut results = BTreeMap::new();
+    let Some(name) = &cx.settings.trust_configmap else {
+        return results;
+    };
+    let desired = output::trust_files(compiled);
+    let existing: Vec<ConfigMap> = cx
+        .trust
+        .iter()
+        .flat_map(|s| s.state())
+        .map(|c| (*c).clone())
+        .collect();
+    let count = |result: &'static str| {
+        cx.metrics
+            .trust_publishes
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    };
+    for (ns, files) in &desired {
+        let target = format!("{ns}/{name}");
+        let current = existing
+            .iter()
+            .find(|c| c.metadata.namespace.as_deref() == Some(ns.as_str()));
+        if current.is_some_and(|c| {
+            output::is_our_trust_configmap(c) && output::configmap_files(c) == *files
+        }) {
+            results.insert(ns.clone(), Ok(target));
+            continue;
+        }
+        let api: Api<ConfigMap> = Api::namespaced(cx.client.clone(), ns);
+        let cm = output::trust_configmap(ns, name, files);
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let applied = match api.patch(name, &params, &Patch::Apply(&cm)).await {
+            // Keys another field manager added survive an apply; remove them explicitly.
+            Ok(applied) => {
+                let stray: serde_json::Map<String, serde_json::Value> =
+                    output::configmap_files(&applied)
+                        .into_keys()
+                        .filter(|k| !files.contains_key(k))
+                        .map(|k| (k, serde_json::Value::Null))
+                        .collect();
+                if stray.is_empty() {
+                    Ok(())
+                } else {
+                    let patch = serde_json::json!({ "data": stray.clone(), "binaryData": stray });
+                    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                        .map(|_| ())
+                }
+            }
+            Err(e) => Err(e),
+        };
+        match applied {
+            Ok(()) => {
+                count("written");
+                tracing::info!(configmap = %target, files = files.len(), "published CA bundles for egress Envoys");
+                results.insert(ns.clone(), Ok(target));
+            }
+            Err(e) => {
+                count("error");
+                tracing::error!(configmap = %target, error = %e, "cannot write the trust ConfigMap");
+                results.insert(
+                    ns.clone(),
+                    Err(format!("cannot write ConfigMap {target}: {e}")),
+                );
+            }
+        }
+    }
+    for c in existing
+        .iter()
+        .filter(|c| output::is_our_trust_configmap(c))
+    {
+        let Some(ns) = c.metadata.namespace.as_deref() else {
+            continue;
+        };
+        if desired.contains_key(ns) {
+            continue;
+        }
+        let api: Api<ConfigMap> = Api::namespaced(cx.client.clone(), ns);
+        match api.delete(name, &Default::default()).await {
+            Ok(_) => {
+                count("deleted");
+                tracing::info!(configmap = %format!("{ns}/{name}"), "deleted a trust ConfigMap no connection needs");
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => {
+                count("error");
+                tracing::warn!(configmap = %format!("{ns}/{name}"), error = %e, "cannot delete a stale trust ConfigMap");
+            }
+        }
+    }
+    results
 }
 
 fn record_objects(metrics: &Metrics, compiled: &Compiled) {
@@ -578,6 +766,7 @@ async fn publish(cx: &Ctx, compiled: &Compiled) -> PublishOutcome {
             PublishOutcome::Published {
                 generation,
                 secret: target,
+                trust: None,
             }
         }
         Some(_) if !cx.fence.holds() => failed(
@@ -613,6 +802,7 @@ async fn publish(cx: &Ctx, compiled: &Compiled) -> PublishOutcome {
                     PublishOutcome::Published {
                         generation,
                         secret: target,
+                        trust: None,
                     }
                 }
                 Err(e) => failed(e, "cannot write the config Secret"),
@@ -653,55 +843,102 @@ fn now() -> Time {
 
 async fn update_statuses(
     cx: &Ctx,
-    policies: &[FhirSecurityPolicy],
-    connections: &[FhirConnection],
+    policies: &[Loaded<FhirSecurityPolicy>],
+    connections: &[Loaded<FhirConnection>],
     compiled: &Compiled,
     outcome: &PublishOutcome,
+    trust: &BTreeMap<String, Result<String, String>>,
 ) {
     let now = now();
-    for p in policies {
+    let policy_ar = policy_resource();
+    let connection_ar = connection_resource();
+    let all = policies
+        .iter()
+        .map(|p| {
+            (
+                Kind::FhirSecurityPolicy,
+                &p.meta,
+                p.status.as_ref(),
+                &policy_ar,
+            )
+        })
+        .chain(connections.iter().map(|c| {
+            (
+                Kind::FhirConnection,
+                &c.meta,
+                c.status.as_ref(),
+                &connection_ar,
+            )
+        }));
+    for (kind, meta, status, ar) in all {
         let key = compile::ObjectKey {
-            kind: Kind::FhirSecurityPolicy,
-            namespace: p.namespace().unwrap_or_default(),
-            name: p.name_any(),
+            kind,
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
         };
         if let Some(result) = compiled.objects.get(&key) {
-            let api: Api<FhirSecurityPolicy> = Api::namespaced(cx.client.clone(), &key.namespace);
-            apply_status(cx, &api, p, p.status.as_ref(), result, outcome, &now).await;
-        }
-    }
-    for c in connections {
-        let key = compile::ObjectKey {
-            kind: Kind::FhirConnection,
-            namespace: c.namespace().unwrap_or_default(),
-            name: c.name_any(),
-        };
-        if let Some(result) = compiled.objects.get(&key) {
-            let api: Api<FhirConnection> = Api::namespaced(cx.client.clone(), &key.namespace);
-            apply_status(cx, &api, c, c.status.as_ref(), result, outcome, &now).await;
+            let own = object_outcome(&key, compiled, outcome, trust);
+            apply_status(cx, ar, meta, status, result, &own, &now).await;
         }
     }
 }
 
-async fn apply_status<K>(
+/// The publish outcome as one object sees it: a connection whose CA bundle goes to a trust
+/// ConfigMap is only Ready once that ConfigMap is in place too, and says where it is.
+fn object_outcome(
+    key: &compile::ObjectKey,
+    compiled: &Compiled,
+    outcome: &PublishOutcome,
+    trust: &BTreeMap<String, Result<String, String>>,
+) -> PublishOutcome {
+    let has_bundle =
+        key.kind == Kind::FhirConnection
+            && compiled.config.connections.iter().any(|c| {
+                c.namespace == key.namespace && c.name == key.name && c.tls.ca_file.is_some()
+            });
+    match (
+        outcome,
+        has_bundle.then(|| trust.get(&key.namespace)).flatten(),
+    ) {
+        (
+            PublishOutcome::Published {
+                generation, secret, ..
+            },
+            Some(Ok(cm)),
+        ) => PublishOutcome::Published {
+            generation: *generation,
+            secret: secret.clone(),
+            trust: Some(cm.clone()),
+        },
+        (PublishOutcome::Published { .. }, Some(Err(e))) => {
+            PublishOutcome::Failed { message: e.clone() }
+        }
+        _ => outcome.clone(),
+    }
+}
+
+async fn apply_status(
     cx: &Ctx,
-    api: &Api<K>,
-    obj: &K,
-    current: Option<&ObjectStatus>,
+    ar: &ApiResource,
+    meta: &kube::api::ObjectMeta,
+    current: Option<&crate::crd::ObjectStatus>,
     result: &compile::ObjectResult,
     outcome: &PublishOutcome,
     now: &Time,
-) where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
-{
+) {
     let desired = status::desired(result, outcome, current, now);
     if !status::differs(current, &desired) || !cx.fence.holds() {
         return;
     }
     let patch = serde_json::json!({ "status": desired });
-    let name = obj.name_any();
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(cx.client.clone(), &result.key.namespace, ar);
     match api
-        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .patch_status(
+            &result.key.name,
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
         .await
     {
         Ok(_) => {
@@ -722,7 +959,15 @@ async fn apply_status<K>(
             return;
         }
     }
-    let reference = obj.object_ref(&());
+    let reference = ObjectReference {
+        api_version: Some(ar.api_version.clone()),
+        kind: Some(ar.kind.clone()),
+        name: meta.name.clone(),
+        namespace: meta.namespace.clone(),
+        uid: meta.uid.clone(),
+        resource_version: meta.resource_version.clone(),
+        ..ObjectReference::default()
+    };
     for ev in status::transitions(current, &desired) {
         let event = KubeEvent {
             type_: if ev.warning {
