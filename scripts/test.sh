@@ -16,10 +16,13 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== the config types build without the server feature (what the operator links)"
 cargo check -p fhirguard-authz --no-default-features --locked
-echo "== cargo test"
+echo "== cargo test (property tests: ${PROPTEST_CASES:=256} cases each)"
+export PROPTEST_CASES
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --workspace --locked 2>&1 | tee "$log"
+cargo test --workspace --locked -- --skip fhirguard_under_faults 2>&1 | tee "$log"
+echo "== the fault suite: two replicas behind real Envoy while their dependencies fail"
+cargo test --workspace --locked --test faults -- --nocapture 2>&1 | tee -a "$log"
 awk '/^test result:/ { p += $4; f += $6 } END { printf "TOTAL: %d passed, %d failed\n", p, f; exit (p == 0 || f > 0) }' "$log"
 echo "== the local demo (README's first command), transcript checked"
 transcript=$(mktemp)

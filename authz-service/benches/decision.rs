@@ -92,6 +92,7 @@ fn fixture() -> Fixture {
         std::path::Path::new("."),
         &service.registry,
         &service.oauth,
+        &service.caches,
         &metrics,
     )
     .unwrap();

@@ -7,14 +7,14 @@
 //! so a changed or removed user is never honoured from the cache after a reload.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use argon2::PasswordVerifier as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use subtle::ConstantTimeEq;
 
+use crate::cache::ByteCache;
 use crate::htpasswd::{self, Entry, Scheme};
 
 /// An `Authorization: Basic` header value, for credentials fhirguard sends (outbound
@@ -29,9 +29,9 @@ pub fn header_value(user: &str, password: &str) -> String {
 
 /// How long a successful verification is reused.
 pub const CACHE_TTL: Duration = Duration::from_secs(60);
-/// At most this many cached successes per policy; beyond it, expired entries are dropped and,
-/// if still full, the whole cache is cleared (cheap, and only costs re-verification).
-pub const CACHE_CAPACITY: usize = 10_000;
+/// The cache a verifier made with [`BasicVerifier::new`] gets (tests and tools); the service
+/// shares one cache, sized by its memory budget, between every policy.
+const PRIVATE_CACHE_BYTES: usize = 1 << 20;
 
 /// The result of a check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,8 +60,10 @@ pub struct BasicVerifier {
     users: HashMap<String, Entry>,
     /// A hash for unknown users, so that "no such user" costs the same as a wrong password.
     decoy: Entry,
+    /// HMAC key for cache slots, random per verifier: the shared cache never answers one
+    /// policy (or config generation) with another's success.
     cache_key: [u8; 32],
-    cache: Mutex<HashMap<[u8; 32], Instant>>,
+    cache: Arc<ByteCache<()>>,
 }
 
 impl std::fmt::Debug for BasicVerifier {
@@ -82,6 +84,11 @@ pub enum BasicError {
 
 impl BasicVerifier {
     pub fn new(htpasswd_text: &str) -> Result<Self, BasicError> {
+        Self::with_cache(htpasswd_text, Arc::new(ByteCache::new(PRIVATE_CACHE_BYTES)))
+    }
+
+    /// A verifier whose successes go to `cache`.
+    pub fn with_cache(htpasswd_text: &str, cache: Arc<ByteCache<()>>) -> Result<Self, BasicError> {
         let entries = htpasswd::parse(htpasswd_text).map_err(|errs| {
             BasicError::Htpasswd(
                 errs.iter()
@@ -118,7 +125,7 @@ impl BasicVerifier {
             users: entries.into_iter().map(|e| (e.user.clone(), e)).collect(),
             decoy,
             cache_key,
-            cache: Mutex::new(HashMap::new()),
+            cache,
         })
     }
 
@@ -136,30 +143,17 @@ impl BasicVerifier {
 
     /// Looks the credentials up in the cache of successes.
     pub fn cached(&self, user: &str, password: &str) -> bool {
+        // The slot is an HMAC under a per-process secret: the map's ordinary key comparison
+        // leaks nothing an attacker could steer, so no constant-time compare is needed here.
         let slot = self.cache_slot(user, password);
-        let now = Instant::now();
-        let Ok(cache) = self.cache.lock() else {
-            return false;
-        };
-        // Constant-time comparison of the stored slot, not just a map hit: the map lookup
-        // compares hashes of an HMAC, which leaks nothing useful, but keep the bar high.
-        cache
-            .get_key_value(&slot)
-            .is_some_and(|(k, exp)| bool::from(k.ct_eq(&slot)) && *exp > now)
+        self.cache
+            .get(&slot, Instant::now(), |()| Some(()))
+            .is_some()
     }
 
     fn remember(&self, user: &str, password: &str) {
         let slot = self.cache_slot(user, password);
-        let now = Instant::now();
-        if let Ok(mut cache) = self.cache.lock() {
-            if cache.len() >= CACHE_CAPACITY {
-                cache.retain(|_, exp| *exp > now);
-                if cache.len() >= CACHE_CAPACITY {
-                    cache.clear();
-                }
-            }
-            cache.insert(slot, now + CACHE_TTL);
-        }
+        self.cache.insert(slot, (), 0, Instant::now() + CACHE_TTL);
     }
 
     /// Full verification (slow for bcrypt/argon2): call from a blocking thread.

@@ -1,5 +1,5 @@
-//! The HTTP port: `/healthz` (process alive), `/readyz` (a valid config is loaded) and
-//! `/metrics` (Prometheus text format).
+//! The HTTP port: `/healthz` (process alive), `/readyz` (a valid config is loaded and the
+//! process is not draining for shutdown) and `/metrics` (Prometheus text format).
 
 use std::sync::Arc;
 
@@ -22,6 +22,10 @@ pub fn router(service: Arc<Service>) -> Router {
 
 async fn readyz(State(s): State<Arc<Service>>) -> impl IntoResponse {
     match s.runtime() {
+        Some(_) if s.is_draining() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: shutting down\n".to_string(),
+        ),
         Some(rt) => (
             StatusCode::OK,
             format!("ready: config generation {}\n", rt.config.generation),

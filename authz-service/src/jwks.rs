@@ -7,6 +7,12 @@
 //! fetch never throws away the keys we have: they stay in force, and the failure shows in the
 //! `fhirguard_jwks_stale` gauge and the log.
 //!
+//! Every fetch, whoever starts it (the refresher, a request that finds no keys at all, an
+//! unknown `kid`), goes through one backoff ([`crate::backoff`]): a failure is one step, and
+//! until the step is over nobody fetches. While no key set was ever obtained, token requests
+//! therefore get UNAVAILABLE at once instead of each making a fetch against an IdP that is
+//! down, whatever the tokens claim to be.
+//!
 //! Sources live in a [`JwksRegistry`] keyed by what defines them (URI, TLS trust), so a config
 //! reload that keeps a provider keeps its keys instead of refetching (and failing closed when
 //! the IdP happens to be down during the reload).
@@ -21,11 +27,14 @@ use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm as JwtAlg, DecodingKey};
 use sha2::{Digest, Sha256};
 
+use crate::backoff::{Backoff, BackoffPolicy};
 use crate::config::{JwksConfig, TlsConfig};
 use crate::metrics::{Metrics, SourceLabels, SourceResultLabels};
 
 /// A JWKS document above this size is refused: real ones are a few kilobytes.
 const MAX_JWKS_BYTES: usize = 512 * 1024;
+/// How long a token request waits for a fetch under way while no key set was ever obtained.
+const FIRST_FETCH_WAIT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum JwksError {
@@ -170,17 +179,29 @@ pub fn parse_jwks(doc: &[u8]) -> Result<KeySet, JwksError> {
 pub struct JwksOptions {
     /// Minimum time between two refetches caused by unknown key ids.
     pub min_refetch_interval: Duration,
-    /// First retry delay after a failed background refresh (doubles up to the interval).
+    /// First delay after a failed fetch; doubles with each failure up to `max_retry` (and
+    /// never beyond the source's refresh interval).
     pub retry_after_failure: Duration,
+    pub max_retry: Duration,
 }
 
 impl Default for JwksOptions {
     fn default() -> Self {
         JwksOptions {
             min_refetch_interval: Duration::from_secs(30),
-            retry_after_failure: Duration::from_secs(5),
+            retry_after_failure: Duration::from_secs(1),
+            // An IdP that comes back is used within 10 s; a dead one sees six fetches a
+            // minute per replica and key source.
+            max_retry: Duration::from_secs(10),
         }
     }
+}
+
+#[derive(Default)]
+struct FetchState {
+    backoff: Backoff,
+    last_error: Option<String>,
+    last_success: Option<Instant>,
 }
 
 enum Origin {
@@ -199,6 +220,7 @@ pub struct JwksSource {
     keys: ArcSwapOption<KeySet>,
     /// Single flight: concurrent misses wait for one fetch instead of starting many.
     fetch_lock: tokio::sync::Mutex<()>,
+    fetch_state: Mutex<FetchState>,
     last_refetch: Mutex<Option<Instant>>,
     options: JwksOptions,
     metrics: Arc<Metrics>,
@@ -217,19 +239,66 @@ impl JwksSource {
         &self.label
     }
 
-    /// The current keys, fetching them first if none were ever loaded.
+    /// The current keys, fetching them first if none were ever loaded. While the last fetch
+    /// failed and its backoff step is not over, the answer is UNAVAILABLE without a fetch.
     pub async fn keys(&self) -> Result<Arc<KeySet>, KeysUnavailable> {
         if let Some(k) = self.keys.load_full() {
             return Ok(k);
         }
-        let _guard = self.fetch_lock.lock().await;
+        self.check_backoff()?;
+        // Wait for a fetch already under way, but not for as long as a hanging IdP can make
+        // it take (connect and request timeouts): Envoy would give up first anyway.
+        let Ok(_guard) = tokio::time::timeout(FIRST_FETCH_WAIT, self.fetch_lock.lock()).await
+        else {
+            return Err(
+                self.unavailable("the first fetch of the key set is still under way".into())
+            );
+        };
         if let Some(k) = self.keys.load_full() {
             return Ok(k);
         }
-        self.fetch_now().await.map_err(|e| KeysUnavailable {
+        // The fetch we waited for may just have failed: that was this step's attempt.
+        self.check_backoff()?;
+        self.fetch_now()
+            .await
+            .map_err(|e| self.unavailable(e.to_string()))
+    }
+
+    fn unavailable(&self, reason: String) -> KeysUnavailable {
+        KeysUnavailable {
             source_label: self.label.clone(),
-            reason: e.to_string(),
-        })
+            reason,
+        }
+    }
+
+    fn policy(&self) -> BackoffPolicy {
+        let cap = self.refresh_interval().unwrap_or(self.options.max_retry);
+        BackoffPolicy {
+            min: self.options.retry_after_failure,
+            max: self.options.max_retry.min(cap),
+        }
+    }
+
+    /// Time left in the current backoff step, if any.
+    fn backoff_remaining(&self) -> Option<Duration> {
+        self.fetch_state
+            .lock()
+            .ok()
+            .and_then(|st| st.backoff.remaining(Instant::now()))
+    }
+
+    fn check_backoff(&self) -> Result<(), KeysUnavailable> {
+        let Ok(st) = self.fetch_state.lock() else {
+            return Ok(());
+        };
+        match st.backoff.remaining(Instant::now()) {
+            None => Ok(()),
+            Some(left) => Err(self.unavailable(format!(
+                "{} (next attempt in {} ms)",
+                st.last_error.as_deref().unwrap_or("the last fetch failed"),
+                left.as_millis()
+            ))),
+        }
     }
 
     /// Whether `set` is still the key set in force. Verified tokens remember the set that
@@ -258,7 +327,13 @@ impl JwksSource {
             }
             *last = Some(now);
         }
+        if self.backoff_remaining().is_some() {
+            return None;
+        }
         let _guard = self.fetch_lock.lock().await;
+        if self.backoff_remaining().is_some() {
+            return None;
+        }
         self.fetch_now().await.ok()
     }
 
@@ -275,17 +350,34 @@ impl JwksSource {
         let stale = self.metrics.jwks_stale.get_or_create(&SourceLabels {
             source: self.label.clone(),
         });
+        let mut st = self.fetch_state.lock().ok();
         match result {
             Ok(set) => {
                 let set = Arc::new(set);
                 tracing::info!(source = %self.label, keys = set.keys.len(), skipped = set.skipped, "JWKS loaded");
                 self.keys.store(Some(set.clone()));
                 stale.set(0);
+                if let Some(st) = st.as_mut() {
+                    st.backoff.succeeded();
+                    st.last_error = None;
+                    st.last_success = Some(Instant::now());
+                }
                 Ok(set)
             }
             Err(e) => {
                 let have = self.keys.load().is_some();
-                tracing::warn!(source = %self.label, error = %e, keeping_last_good = have, "JWKS fetch failed");
+                let retry_in = st
+                    .as_mut()
+                    .map(|st| {
+                        st.last_error = Some(e.to_string());
+                        st.backoff.failed(&self.policy(), Instant::now())
+                    })
+                    .unwrap_or_default();
+                tracing::warn!(
+                    source = %self.label, error = %e, keeping_last_good = have,
+                    retry_in_ms = retry_in.as_millis() as u64,
+                    "JWKS fetch failed"
+                );
                 stale.set(i64::from(have));
                 Err(e)
             }
@@ -369,6 +461,7 @@ impl JwksRegistry {
                 origin: Origin::Static,
                 keys: ArcSwapOption::from_pointee(set),
                 fetch_lock: tokio::sync::Mutex::new(()),
+                fetch_state: Mutex::default(),
                 last_refetch: Mutex::new(None),
                 options: self.options,
                 metrics: self.metrics.clone(),
@@ -400,12 +493,13 @@ impl JwksRegistry {
             },
             keys: ArcSwapOption::empty(),
             fetch_lock: tokio::sync::Mutex::new(()),
+            fetch_state: Mutex::default(),
             last_refetch: Mutex::new(None),
             options: self.options,
             metrics: self.metrics.clone(),
         });
         sources.insert(id, Arc::downgrade(&source));
-        spawn_refresher(Arc::downgrade(&source), self.options);
+        spawn_refresher(Arc::downgrade(&source));
         Ok(source)
     }
 }
@@ -421,29 +515,41 @@ fn source_id(uri: &str, tls: &TlsConfig, ca: &[u8], refresh: u64) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// Fetches at once, then every refresh interval; after a failure it retries sooner, with
-/// doubling delays, until it succeeds. Ends when the source is no longer used.
-fn spawn_refresher(weak: Weak<JwksSource>, options: JwksOptions) {
+/// Fetches at once, then every refresh interval; after a failure it retries when the backoff
+/// step is over, unless a request did so first. Ends when the source is no longer used.
+fn spawn_refresher(weak: Weak<JwksSource>) {
     tokio::spawn(async move {
         let mut delay = Duration::ZERO;
-        let mut retry = options.retry_after_failure;
         loop {
             tokio::time::sleep(delay).await;
             let Some(source) = weak.upgrade() else { return };
             let Some(interval) = source.refresh_interval() else {
                 return;
             };
-            let ok = {
-                let _guard = source.fetch_lock.lock().await;
-                source.fetch_now().await.is_ok()
-            };
-            delay = if ok {
-                retry = options.retry_after_failure;
-                interval
-            } else {
-                let d = retry.min(interval);
-                retry = (retry * 2).min(interval);
-                d
+            let _guard = source.fetch_lock.lock().await;
+            if let Some(left) = source.backoff_remaining() {
+                // Someone else's attempt failed meanwhile: that was this step.
+                delay = left;
+                continue;
+            }
+            let fetched_ago = source
+                .fetch_state
+                .lock()
+                .ok()
+                .and_then(|st| st.last_success)
+                .map(|t| t.elapsed());
+            if let Some(ago) = fetched_ago.filter(|a| *a < interval)
+                && !delay.is_zero()
+            {
+                // An unknown-kid refetch (or a request) fetched recently.
+                delay = interval - ago;
+                continue;
+            }
+            delay = match source.fetch_now().await {
+                Ok(_) => interval,
+                Err(_) => source
+                    .backoff_remaining()
+                    .unwrap_or(source.options.retry_after_failure),
             };
         }
     });
@@ -481,6 +587,51 @@ mod tests {
             "the key's alg must match"
         );
         assert_eq!(set.candidates(JwtAlg::HS256, None).count(), 0, "never HMAC");
+    }
+
+    /// An IdP that accepts connections and never answers: token requests do not wait for
+    /// the fetch's own timeouts, and they never start a fetch of their own meanwhile.
+    #[tokio::test]
+    async fn a_hanging_first_fetch_answers_unavailable_quickly() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(tcp);
+            }
+        });
+        let registry = JwksRegistry::new(JwksOptions::default(), Arc::new(Metrics::new()));
+        let config = JwksConfig {
+            uri: Some(format!("https://127.0.0.1:{port}/jwks")),
+            refresh_interval_seconds: 600,
+            tls: TlsConfig {
+                mode: crate::config::TlsMode::SkipVerification,
+                ca_file: None,
+            },
+            document: None,
+        };
+        let source = registry.source("t/p/idp", &config, Path::new(".")).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for _ in 0..3 {
+            let started = Instant::now();
+            let err = source.keys().await.err().unwrap();
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "{:?}",
+                started.elapsed()
+            );
+            assert!(err.reason.contains("under way"), "{err}");
+        }
+        assert_eq!(
+            accepted.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "only the refresher's fetch reached the IdP"
+        );
     }
 
     #[test]

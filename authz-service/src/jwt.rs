@@ -1,14 +1,14 @@
 //! Bearer token (JWT) verification for one policy, with a cache of verified tokens.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm as JwtAlg, Validation};
 use sha2::{Digest, Sha256};
 
+use crate::cache::{ByteCache, alloc_bytes, string_bytes};
 use crate::config::{Algorithm, ClaimNames, ProviderConfig};
 use crate::jwks::{JwksSource, KeySet, KeysUnavailable};
 use crate::metrics::Metrics;
@@ -17,7 +17,6 @@ use crate::smart;
 
 /// Tokens longer than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
-pub const TOKEN_CACHE_CAPACITY: usize = 10_000;
 
 /// Why a token is not accepted. `KeysUnavailable` is not a verdict on the token: fhirguard
 /// could not decide, and the request gets UNAVAILABLE rather than a 401.
@@ -86,7 +85,8 @@ impl Provider {
     }
 }
 
-struct CachedToken {
+/// A verified token's verdict, as the token cache holds it.
+pub struct CachedToken {
     identity: TokenIdentity,
     /// Unix seconds after which the cached verdict is void (`exp` plus the clock skew).
     valid_until: u64,
@@ -96,10 +96,37 @@ struct CachedToken {
     keys: Weak<KeySet>,
 }
 
+/// Estimated heap bytes behind a verified identity: what the token cache charges for it.
+/// Scope sets dominate: a token with 600 scopes holds 600 parsed scopes and their text.
+pub fn identity_bytes(id: &TokenIdentity) -> usize {
+    let opt = |s: &Option<String>| s.as_deref().map_or(0, string_bytes);
+    let scopes = alloc_bytes(id.scopes.scopes.len() * std::mem::size_of::<smart::Scope>())
+        + id.scopes
+            .scopes
+            .iter()
+            .map(|s| opt(&s.resource_type) + opt(&s.query))
+            .sum::<usize>();
+    let ignored = alloc_bytes(id.scopes.ignored.len() * std::mem::size_of::<String>())
+        + id.scopes
+            .ignored
+            .iter()
+            .map(|s| string_bytes(s))
+            .sum::<usize>();
+    string_bytes(&id.provider)
+        + string_bytes(&id.subject)
+        + string_bytes(&id.scope_text)
+        + opt(&id.patient)
+        + opt(&id.fhir_user)
+        + scopes
+        + ignored
+}
+
 pub struct JwtVerifier {
     providers: Vec<Provider>,
+    /// Per verifier (so per policy and config generation): the shared cache never answers
+    /// one policy with another's verdict.
     cache_salt: [u8; 32],
-    cache: Mutex<HashMap<[u8; 32], CachedToken>>,
+    cache: Arc<ByteCache<CachedToken>>,
     metrics: Arc<Metrics>,
 }
 
@@ -208,13 +235,18 @@ fn identity_from_claims(
 }
 
 impl JwtVerifier {
-    pub fn new(providers: Vec<Provider>, metrics: Arc<Metrics>) -> Self {
+    /// A verifier whose verified tokens go to `cache` (shared by every policy).
+    pub fn new(
+        providers: Vec<Provider>,
+        cache: Arc<ByteCache<CachedToken>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let mut cache_salt = [0u8; 32];
         rand::fill(&mut cache_salt);
         JwtVerifier {
             providers,
             cache_salt,
-            cache: Mutex::new(HashMap::new()),
+            cache,
             metrics,
         }
     }
@@ -234,17 +266,14 @@ impl JwtVerifier {
     pub fn cached(&self, token: &str) -> Option<TokenIdentity> {
         let slot = self.cache_slot(token);
         let now = now_unix();
-        let cache = self.cache.lock().ok()?;
-        let hit = cache
-            .get(&slot)
-            .filter(|c| {
-                c.valid_until >= now
-                    && self
-                        .providers
-                        .get(c.provider)
-                        .is_some_and(|p| p.source.is_current(&c.keys))
-            })
-            .map(|c| c.identity.clone());
+        let hit = self.cache.get(&slot, Instant::now(), |c| {
+            (c.valid_until >= now
+                && self
+                    .providers
+                    .get(c.provider)
+                    .is_some_and(|p| p.source.is_current(&c.keys)))
+            .then(|| c.identity.clone())
+        });
         self.metrics.cache_lookup("token", hit.is_some());
         hit
     }
@@ -351,15 +380,12 @@ impl JwtVerifier {
 
     fn remember(&self, token: &str, entry: CachedToken) {
         let slot = self.cache_slot(token);
-        let now = now_unix();
-        if let Ok(mut cache) = self.cache.lock() {
-            if cache.len() >= TOKEN_CACHE_CAPACITY {
-                cache.retain(|_, c| c.valid_until >= now && c.keys.strong_count() > 0);
-                if cache.len() >= TOKEN_CACHE_CAPACITY {
-                    cache.clear();
-                }
-            }
-            cache.insert(slot, entry);
-        }
+        let weight = identity_bytes(&entry.identity);
+        // The deadline in the cache is only for eviction; `cached` checks `valid_until` itself.
+        let ttl = Duration::from_secs((entry.valid_until + 1).saturating_sub(now_unix()));
+        let expires = Instant::now()
+            .checked_add(ttl)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
+        self.cache.insert(slot, entry, weight, expires);
     }
 }

@@ -9,9 +9,11 @@
 //!   dependencies; the operator uses only these).
 //! - [`fhir`], [`smart`], [`policy`], [`answer`]: the pure decision core. Plain values in, a
 //!   [`policy::Decision`] out.
-//! - behind the `server` feature: credential verification with caches ([`basic`], [`jwt`]),
-//!   key fetching ([`jwks`]), TLS trust ([`tls`]), the loaded runtime state and hot reload
-//!   ([`state`], [`reload`]), the Envoy adapter ([`envoy`]), metrics and the HTTP port.
+//! - behind the `server` feature: credential verification ([`basic`], [`jwt`]) with caches
+//!   bounded by bytes ([`cache`]), key and token fetching with backoff ([`jwks`], [`oauth`],
+//!   [`backoff`]), TLS trust ([`tls`]), the loaded runtime state and hot reload ([`state`],
+//!   [`reload`]), the Envoy adapter ([`envoy`]), gRPC health ([`health`]), metrics and the
+//!   HTTP port.
 
 pub mod answer;
 pub mod compartment;
@@ -27,9 +29,15 @@ pub mod policy;
 pub mod smart;
 
 #[cfg(feature = "server")]
+pub mod backoff;
+#[cfg(feature = "server")]
 pub mod basic;
 #[cfg(feature = "server")]
+pub mod cache;
+#[cfg(feature = "server")]
 pub mod envoy;
+#[cfg(feature = "server")]
+pub mod health;
 #[cfg(feature = "server")]
 pub mod http;
 #[cfg(feature = "server")]

@@ -1,17 +1,21 @@
 //! Compartment lookups: fetching a stored resource through a FhirConnection to learn whose
-//! compartment it is in. Answers are cached briefly; the cache belongs to one loaded config,
-//! so a config change never reuses an answer fetched under the old one.
+//! compartment it is in. Answers are cached briefly in the shared lookup cache under a digest
+//! salted per client, so a config change (which builds new clients) never reuses an answer
+//! fetched under the old one.
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sha2::{Digest, Sha256};
+
+use crate::cache::{ByteCache, alloc_bytes, string_bytes};
 use crate::config::ConnectionConfig;
 use crate::smart::{LookupKey, Stored};
 
 pub const CACHE_TTL: Duration = Duration::from_secs(30);
-pub const CACHE_CAPACITY: usize = 10_000;
+/// The cache a client made without one gets (tests and tools).
+const PRIVATE_CACHE_BYTES: usize = 1 << 20;
 /// A request (a bundle) needing more lookups than this is refused rather than fanned out.
 pub const MAX_LOOKUPS_PER_REQUEST: usize = 50;
 
@@ -35,7 +39,38 @@ pub struct LookupClient {
     client: reqwest::Client,
     authorization: Option<String>,
     oauth: Option<std::sync::Arc<crate::oauth::TokenSource>>,
-    cache: Mutex<HashMap<LookupKey, (Instant, Stored)>>,
+    cache_salt: [u8; 32],
+    cache: Arc<ByteCache<Stored>>,
+}
+
+/// Estimated heap bytes behind a JSON value (serde_json's map is a B-tree: entries plus
+/// about half again for node slack).
+fn json_bytes(v: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    match v {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+        Value::String(s) => string_bytes(s),
+        Value::Array(items) => {
+            alloc_bytes(items.len() * std::mem::size_of::<Value>())
+                + items.iter().map(json_bytes).sum::<usize>()
+        }
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| {
+                std::mem::size_of::<(String, Value)>() * 3 / 2 + string_bytes(k) + json_bytes(v)
+            })
+            .sum(),
+    }
+}
+
+/// What the lookup cache charges for an answer: a stored resource is kept whole.
+fn stored_bytes(s: &Stored) -> usize {
+    match s {
+        Stored::Found(resource) => {
+            alloc_bytes(std::mem::size_of::<serde_json::Value>()) + json_bytes(resource)
+        }
+        _ => 0,
+    }
 }
 
 impl LookupClient {
@@ -46,6 +81,23 @@ impl LookupClient {
         dir: &Path,
         oauth: Option<std::sync::Arc<crate::oauth::TokenSource>>,
     ) -> Result<Self, LookupError> {
+        Self::with_cache(
+            conn,
+            dir,
+            oauth,
+            Arc::new(ByteCache::new(PRIVATE_CACHE_BYTES)),
+        )
+    }
+
+    /// A client whose answers go to `cache` (shared by every policy).
+    pub fn with_cache(
+        conn: &ConnectionConfig,
+        dir: &Path,
+        oauth: Option<std::sync::Arc<crate::oauth::TokenSource>>,
+        cache: Arc<ByteCache<Stored>>,
+    ) -> Result<Self, LookupError> {
+        let mut cache_salt = [0u8; 32];
+        rand::fill(&mut cache_salt);
         let authorization = conn
             .auth
             .basic
@@ -57,8 +109,26 @@ impl LookupClient {
             client: crate::tls::http_client(&conn.tls, dir)?,
             authorization,
             oauth,
-            cache: Mutex::new(HashMap::new()),
+            cache_salt,
+            cache,
         })
+    }
+
+    /// The cache slot of what a read of `key` would fetch (writes are cached under it too).
+    fn cache_slot(&self, key: &LookupKey) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(self.cache_salt);
+        h.update(key.resource_type.as_bytes());
+        h.update([0]);
+        h.update(key.id.as_bytes());
+        match &key.version {
+            None => h.update([0]),
+            Some(v) => {
+                h.update([1]);
+                h.update(v.as_bytes());
+            }
+        }
+        h.finalize().into()
     }
 
     /// What is stored under `key` (the current version, or one version for a vread).
@@ -66,12 +136,11 @@ impl LookupClient {
         // A write is decided on a fresh answer only: a resource moved to another patient, or
         // created under an id that was empty when last asked, must not be written on the
         // strength of an old one.
+        let slot = self.cache_slot(key);
         if !key.for_write
-            && let Ok(cache) = self.cache.lock()
-            && let Some((at, s)) = cache.get(&key.read())
-            && at.elapsed() < CACHE_TTL
+            && let Some(s) = self.cache.get(&slot, Instant::now(), |s| Some(s.clone()))
         {
-            return Ok(s.clone());
+            return Ok(s);
         }
         let resource_type = key.resource_type.as_str();
         let what = format!("{resource_type}/<id> through {}", self.connection);
@@ -116,16 +185,13 @@ impl LookupClient {
             _ => return Err(LookupError::Status { what, status }),
         };
         // Only what exists is remembered: "nothing there" may stop being true at any moment.
-        if matches!(stored, Stored::Found(_))
-            && let Ok(mut cache) = self.cache.lock()
-        {
-            if cache.len() >= CACHE_CAPACITY {
-                cache.retain(|_, (at, _)| at.elapsed() < CACHE_TTL);
-                if cache.len() >= CACHE_CAPACITY {
-                    cache.clear();
-                }
-            }
-            cache.insert(key.read(), (Instant::now(), stored.clone()));
+        if matches!(stored, Stored::Found(_)) {
+            self.cache.insert(
+                slot,
+                stored.clone(),
+                stored_bytes(&stored),
+                Instant::now() + CACHE_TTL,
+            );
         }
         Ok(stored)
     }

@@ -8,7 +8,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use fhirguard_authz::{
-    envoy, http, jwks::JwksOptions, metrics::Metrics, reload, service::Service, state,
+    cache::{Budget, DEFAULT_BUDGET_MIB},
+    envoy, health, http,
+    jwks::JwksOptions,
+    metrics::Metrics,
+    reload,
+    service::{Options, Service},
+    state,
 };
 
 #[derive(Parser)]
@@ -43,6 +49,16 @@ enum Command {
         /// Minimum seconds between two JWKS refetches caused by unknown key ids.
         #[arg(long, default_value_t = 30)]
         jwks_min_refetch_seconds: u64,
+        /// Memory for all caches together (verified tokens, Basic successes, compartment
+        /// lookups), in MiB. Keep it well below the container's memory limit; the process
+        /// itself needs about 20 MiB besides.
+        #[arg(long, default_value_t = DEFAULT_BUDGET_MIB, env = "FHIRGUARD_CACHE_MEMORY_MIB")]
+        cache_memory_mib: usize,
+        /// On SIGTERM, report not ready (HTTP /readyz and grpc.health.v1) but keep answering
+        /// for this many seconds, so that Envoy and Kubernetes stop sending before the port
+        /// closes. A second signal stops at once.
+        #[arg(long, default_value_t = 5)]
+        drain_seconds: u64,
         /// Log format: json or text.
         #[arg(long, default_value = "json", env = "FHIRGUARD_LOG_FORMAT")]
         log_format: String,
@@ -108,60 +124,80 @@ fn main() -> anyhow::Result<()> {
             http_addr,
             poll_seconds,
             jwks_min_refetch_seconds,
+            cache_memory_mib,
+            drain_seconds,
             log_format,
         } => {
             init_logging(&log_format);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(serve(
+            rt.block_on(serve(ServeArgs {
                 config_dir,
                 grpc_addr,
                 http_addr,
-                poll_seconds,
-                jwks_min_refetch_seconds,
-            ))
+                poll: Duration::from_secs(poll_seconds.max(1)),
+                options: Options {
+                    jwks: JwksOptions {
+                        min_refetch_interval: Duration::from_secs(jwks_min_refetch_seconds),
+                        ..JwksOptions::default()
+                    },
+                    cache: Budget::from_mib(cache_memory_mib),
+                    ..Options::default()
+                },
+                drain: Duration::from_secs(drain_seconds),
+            }))
         }
     }
 }
 
-async fn serve(
+struct ServeArgs {
     config_dir: PathBuf,
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
-    poll_seconds: u64,
-    jwks_min_refetch_seconds: u64,
-) -> anyhow::Result<()> {
+    poll: Duration,
+    options: Options,
+    drain: Duration,
+}
+
+/// Resolves at SIGTERM or Ctrl-C.
+async fn signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} },
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let ServeArgs {
+        config_dir,
+        grpc_addr,
+        http_addr,
+        poll,
+        options,
+        drain,
+    } = args;
     let metrics = Arc::new(Metrics::new());
-    let jwks = JwksOptions {
-        min_refetch_interval: Duration::from_secs(jwks_min_refetch_seconds),
-        ..JwksOptions::default()
-    };
-    let service = Arc::new(Service::new(metrics, jwks));
+    let service = Arc::new(Service::configured(metrics, options));
+    tracing::info!(
+        cache_budget_bytes = options.cache.tokens + options.cache.basic + options.cache.lookups,
+        "cache memory budget"
+    );
     if let Err(e) = reload::reload_now(&service, &config_dir) {
         // Not fatal: the directory may be filled later. Until then every Check is UNAVAILABLE
         // and /readyz says not ready.
         tracing::error!(error = %e, "no valid config at start; not ready");
     }
-    let _watch = reload::watch(
-        service.clone(),
-        config_dir.clone(),
-        Duration::from_secs(poll_seconds.max(1)),
-    );
+    let _watch = reload::watch(service.clone(), config_dir.clone(), poll);
 
-    let shutdown = async {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("installing a SIGTERM handler at start-up");
-            tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
-        }
-        #[cfg(not(unix))]
-        let _ = ctrl_c.await;
-        tracing::info!("shutting down");
-    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
     let http_listener = tokio::net::TcpListener::bind(http_addr)
@@ -182,12 +218,24 @@ async fn serve(
     tracing::info!(%grpc_addr, %http_addr, config_dir = %state::display_dir(&config_dir).display(), "serving");
     let mut grpc_stop = stop_rx.clone();
     let grpc = tonic::transport::Server::builder()
+        .add_service(health::server(&service))
         .add_service(envoy::EnvoyAuthz::new(service.clone()).into_server())
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = grpc_stop.changed().await;
         });
     let grpc_task = tokio::spawn(grpc);
-    shutdown.await;
+    signal().await;
+    if !drain.is_zero() {
+        // Not ready from here on, still answering: health checks take this replica out of
+        // rotation before its port closes, so no Check is cut off.
+        tracing::info!(drain_s = drain.as_secs(), "shutting down: draining");
+        service.start_draining();
+        tokio::select! {
+            _ = tokio::time::sleep(drain) => {}
+            _ = signal() => tracing::info!("second signal: stopping now"),
+        }
+    }
+    tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     // In-flight Checks finish; Envoy retries elsewhere for new ones.
     let _ = tokio::time::timeout(Duration::from_secs(10), async {

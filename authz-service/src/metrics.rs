@@ -49,6 +49,12 @@ pub struct ConnectionResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheNameLabels {
+    /// `token`, `basic` or `lookup`.
+    pub cache: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CacheLabels {
     pub cache: &'static str,
     pub result: &'static str,
@@ -63,6 +69,14 @@ pub struct Metrics {
     pub jwks_fetches: Family<SourceResultLabels, Counter>,
     pub jwks_stale: Family<SourceLabels, Gauge>,
     pub cache: Family<CacheLabels, Counter>,
+    pub cache_entries: Family<CacheNameLabels, Gauge>,
+    pub cache_bytes: Family<CacheNameLabels, Gauge>,
+    pub cache_budget_bytes: Family<CacheNameLabels, Gauge>,
+    pub cache_evictions: Family<CacheNameLabels, Counter>,
+    pub cache_uncacheable: Family<CacheNameLabels, Counter>,
+    /// 1 while the config directory holds content that was refused (the last good config is
+    /// in force).
+    pub config_refused: Gauge,
     pub oauth_fetches: Family<ConnectionResultLabels, Counter>,
     pub oauth_token_valid: Family<ConnectionLabels, Gauge>,
     pub password_checks_waiting: Gauge,
@@ -119,8 +133,44 @@ impl Metrics {
         let cache = Family::<CacheLabels, Counter>::default();
         registry.register(
             "cache_lookups",
-            "Credential cache lookups by cache (basic, token) and result (hit, miss)",
+            "Cache lookups by cache (basic, token, lookup) and result (hit, miss)",
             cache.clone(),
+        );
+        let cache_entries = Family::<CacheNameLabels, Gauge>::default();
+        registry.register(
+            "cache_entries",
+            "Entries held by each cache",
+            cache_entries.clone(),
+        );
+        let cache_bytes = Family::<CacheNameLabels, Gauge>::default();
+        registry.register(
+            "cache_bytes",
+            "Estimated heap bytes held by each cache",
+            cache_bytes.clone(),
+        );
+        let cache_budget_bytes = Family::<CacheNameLabels, Gauge>::default();
+        registry.register(
+            "cache_budget_bytes",
+            "Each cache's share of the memory budget (--cache-memory-mib)",
+            cache_budget_bytes.clone(),
+        );
+        let cache_evictions = Family::<CacheNameLabels, Counter>::default();
+        registry.register(
+            "cache_evictions",
+            "Entries dropped to stay within the cache's budget",
+            cache_evictions.clone(),
+        );
+        let cache_uncacheable = Family::<CacheNameLabels, Counter>::default();
+        registry.register(
+            "cache_uncacheable",
+            "Entries too large to cache (verified but not remembered)",
+            cache_uncacheable.clone(),
+        );
+        let config_refused = Gauge::default();
+        registry.register(
+            "config_refused",
+            "1 while the config directory holds a refused config and the last good one is in force",
+            config_refused.clone(),
         );
         let oauth_fetches = Family::<ConnectionResultLabels, Counter>::default();
         registry.register(
@@ -152,6 +202,12 @@ impl Metrics {
             jwks_fetches,
             jwks_stale,
             cache,
+            cache_entries,
+            cache_bytes,
+            cache_budget_bytes,
+            cache_evictions,
+            cache_uncacheable,
+            config_refused,
         }
     }
 

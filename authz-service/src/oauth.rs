@@ -5,6 +5,8 @@
 //! exponential backoff and jitter while the current token stays in use for as long as it is
 //! valid. Requests never fetch in parallel: they share one in-flight fetch, and while the
 //! endpoint is in backoff they get the last error at once instead of queueing more fetches.
+//! One failure is one backoff step ([`crate::backoff`]): when the backoff ends, whoever comes
+//! first (a request or the refresher) makes the one next attempt and the other sees its result.
 //! Sources survive config reloads when the connection's OAuth and TLS settings are unchanged,
 //! so a reload does not cost a token request.
 
@@ -17,6 +19,7 @@ use base64::Engine as _;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::backoff::{Backoff, BackoffPolicy};
 use crate::config::{ClientAuthMethod, ConnectionConfig, OAuthConfig};
 use crate::metrics::{ConnectionLabels, ConnectionResultLabels, Metrics};
 
@@ -39,7 +42,9 @@ impl Default for OAuthOptions {
     fn default() -> Self {
         OAuthOptions {
             min_retry: Duration::from_secs(1),
-            max_retry: Duration::from_secs(60),
+            // Short enough that outbound calls work again within 10 s of the endpoint's
+            // return, long enough that a dead one sees six requests a minute per replica.
+            max_retry: Duration::from_secs(10),
             max_lifetime: Duration::from_secs(3600),
             refresh_margin: Duration::from_secs(60),
             default_lifetime: Duration::from_secs(3600),
@@ -72,9 +77,8 @@ struct State {
     token: Option<Token>,
     last_success: Option<SystemTime>,
     last_error: Option<TokenUnavailable>,
-    failures: u32,
-    /// While set and in the future, callers do not trigger fetches.
-    backoff_until: Option<Instant>,
+    /// While in backoff, neither callers nor the refresher start a fetch.
+    backoff: Backoff,
 }
 
 pub struct TokenSource {
@@ -190,13 +194,19 @@ impl TokenSource {
             .map(|t| t.value.clone())
     }
 
+    fn policy(&self) -> BackoffPolicy {
+        BackoffPolicy {
+            min: self.options.min_retry,
+            max: self.options.max_retry,
+        }
+    }
+
     /// The last error, while the endpoint is in backoff (callers must not add fetches then).
     fn in_backoff(&self) -> Option<TokenUnavailable> {
         let st = self.state.lock().ok()?;
-        match st.backoff_until {
-            Some(until) if Instant::now() < until => st.last_error.clone(),
-            _ => None,
-        }
+        st.backoff
+            .remaining(Instant::now())
+            .and(st.last_error.clone())
     }
 
     /// A usable token: the current one, or the result of the single in-flight fetch.
@@ -237,7 +247,7 @@ impl TokenSource {
             expires_at: st.token.as_ref().map(|t| rfc3339(t.expires_wall)),
             last_refresh: st.last_success.map(rfc3339),
             last_error: st.last_error.as_ref().map(|e| e.message.clone()),
-            consecutive_failures: st.failures,
+            consecutive_failures: st.backoff.failures(),
         }
     }
 
@@ -273,8 +283,7 @@ impl TokenSource {
                 });
                 st.last_success = Some(SystemTime::now());
                 st.last_error = None;
-                st.failures = 0;
-                st.backoff_until = None;
+                st.backoff.succeeded();
                 self.metrics
                     .oauth_token_valid
                     .get_or_create(&ConnectionLabels {
@@ -286,9 +295,7 @@ impl TokenSource {
             }
             Err(e) => {
                 self.count(e.kind);
-                st.failures = st.failures.saturating_add(1);
-                let delay = backoff(&self.options, st.failures);
-                st.backoff_until = Some(Instant::now() + delay);
+                let delay = st.backoff.failed(&self.policy(), Instant::now());
                 st.last_error = Some(e.clone());
                 let valid = st
                     .token
@@ -302,7 +309,7 @@ impl TokenSource {
                     .set(i64::from(valid));
                 tracing::warn!(
                     connection = %self.label, error = %e.message, kind = e.kind,
-                    failures = st.failures, retry_in_ms = delay.as_millis() as u64,
+                    failures = st.backoff.failures(), retry_in_ms = delay.as_millis() as u64,
                     keeping_current_token = valid,
                     "OAuth token request failed"
                 );
@@ -444,10 +451,8 @@ impl TokenSource {
             return self.options.min_retry;
         };
         let now = Instant::now();
-        if let Some(until) = st.backoff_until
-            && until > now
-        {
-            return until - now;
+        if let Some(left) = st.backoff.remaining(now) {
+            return left;
         }
         match &st.token {
             Some(t) if st.last_error.is_none() => t.refresh_at.saturating_duration_since(now),
@@ -455,25 +460,16 @@ impl TokenSource {
         }
     }
 
+    /// Whether the refresher should fetch now. Never during a backoff: the attempt that
+    /// failed (the refresher's own or a request's) already took this step.
     fn refresh_due(&self) -> bool {
         self.state.lock().is_ok_and(|st| {
-            st.token
-                .as_ref()
-                .is_none_or(|t| Instant::now() >= t.refresh_at)
-                || st.last_error.is_some()
+            let now = Instant::now();
+            st.backoff.remaining(now).is_none()
+                && (st.token.as_ref().is_none_or(|t| now >= t.refresh_at)
+                    || st.last_error.is_some())
         })
     }
-}
-
-/// Exponential backoff with jitter: `min_retry * 2^(n-1)`, capped, then a random point in its
-/// upper half so that many replicas do not hit a recovering endpoint in step.
-fn backoff(options: &OAuthOptions, failures: u32) -> Duration {
-    let exp = options
-        .min_retry
-        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
-        .min(options.max_retry);
-    let jitter: f64 = 0.5 + rand::random::<f64>() * 0.5;
-    exp.mul_f64(jitter).max(Duration::from_millis(10))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -579,16 +575,6 @@ mod tests {
             .decode(h.trim_start_matches("Basic "))
             .unwrap();
         assert_eq!(String::from_utf8(decoded).unwrap(), "a%3Ab:p+w");
-    }
-
-    #[test]
-    fn backoff_doubles_with_jitter_and_is_capped() {
-        let o = OAuthOptions::default();
-        for n in 1..=10u32 {
-            let d = backoff(&o, n);
-            let full = Duration::from_secs(1 << (n - 1).min(6)).min(o.max_retry);
-            assert!(d <= full && d >= full / 2, "n={n} d={d:?} full={full:?}");
-        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
 
+use crate::cache::{Budget, Caches};
 use crate::jwks::{JwksOptions, JwksRegistry};
 use crate::jwt::TokenError;
 use crate::metrics::{DecisionLabels, Metrics};
@@ -29,8 +30,23 @@ pub struct Answer {
     pub outcome: Outcome,
 }
 
+/// Everything a service is started with besides its config.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    pub jwks: JwksOptions,
+    pub oauth: OAuthOptions,
+    /// The memory budget of the caches (`--cache-memory-mib`).
+    pub cache: Budget,
+}
+
 pub struct Service {
     runtime: ArcSwapOption<Runtime>,
+    /// True while a config is loaded and the process is not shutting down: what
+    /// `grpc.health.v1` and `/readyz` report.
+    serving: tokio::sync::watch::Sender<bool>,
+    draining: std::sync::atomic::AtomicBool,
+    /// Digest of the content last refused by a reload, so it is reported once.
+    refused: std::sync::Mutex<Option<[u8; 32]>>,
     /// Slots for uncached password checks. A flood of wrong passwords (each a bcrypt/argon2
     /// hash of milliseconds) then queues here instead of occupying every CPU and hundreds of
     /// blocking threads, so token decisions and cached Basic users keep their latency.
@@ -38,6 +54,7 @@ pub struct Service {
     pub metrics: Arc<Metrics>,
     pub registry: JwksRegistry,
     pub oauth: OAuthRegistry,
+    pub caches: Caches,
 }
 
 /// Counts a wait in a gauge for exactly as long as it lasts, also when the request is
@@ -77,12 +94,27 @@ impl Service {
     }
 
     pub fn with_options(metrics: Arc<Metrics>, jwks: JwksOptions, oauth: OAuthOptions) -> Self {
+        Self::configured(
+            metrics,
+            Options {
+                jwks,
+                oauth,
+                cache: Budget::default(),
+            },
+        )
+    }
+
+    pub fn configured(metrics: Arc<Metrics>, options: Options) -> Self {
         let slots = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
         Service {
             runtime: ArcSwapOption::empty(),
+            serving: tokio::sync::watch::Sender::new(false),
+            draining: std::sync::atomic::AtomicBool::new(false),
+            refused: std::sync::Mutex::new(None),
             password_checks: Arc::new(tokio::sync::Semaphore::new(slots)),
-            registry: JwksRegistry::new(jwks, metrics.clone()),
-            oauth: OAuthRegistry::new(oauth, metrics.clone()),
+            registry: JwksRegistry::new(options.jwks, metrics.clone()),
+            oauth: OAuthRegistry::new(options.oauth, metrics.clone()),
+            caches: Caches::new(options.cache, &metrics),
             metrics,
         }
     }
@@ -91,16 +123,56 @@ impl Service {
         self.runtime.load_full()
     }
 
-    /// Swaps in a new runtime (already validated and built).
+    /// Swaps in a new runtime (already validated and built). Cached verdicts belong to the
+    /// config they were made under, so the caches are emptied with the swap.
     pub fn install(&self, rt: Runtime) {
         self.metrics
             .config_generation
             .set(rt.config.generation as i64);
         self.runtime.store(Some(Arc::new(rt)));
+        self.caches.clear();
+        self.update_serving();
     }
 
+    /// Ready to decide: a config is loaded and the process is not draining.
     pub fn is_ready(&self) -> bool {
-        self.runtime.load().is_some()
+        self.runtime.load().is_some() && !self.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Shutting down: report not serving (so Envoy's health checks and Kubernetes take this
+    /// replica out of rotation) while Checks keep being answered.
+    pub fn start_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.update_serving();
+    }
+
+    fn update_serving(&self) {
+        self.serving.send_replace(self.is_ready());
+    }
+
+    /// Whether this content was refused by the last reload that refused anything.
+    pub fn refused_before(&self, digest: &[u8; 32]) -> bool {
+        self.refused
+            .lock()
+            .is_ok_and(|r| r.as_ref() == Some(digest))
+    }
+
+    /// Remembers refused content (or that the directory holds none).
+    pub fn remember_refused(&self, digest: Option<[u8; 32]>) {
+        self.metrics.config_refused.set(i64::from(digest.is_some()));
+        if let Ok(mut r) = self.refused.lock() {
+            *r = digest;
+        }
+    }
+
+    /// Follows [`Service::is_ready`].
+    pub fn serving(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.serving.subscribe()
     }
 
     pub async fn check(&self, req: &Request<'_>) -> Answer {

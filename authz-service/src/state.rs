@@ -7,6 +7,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use crate::basic::BasicVerifier;
+use crate::cache::Caches;
 use crate::config::{CONFIG_FILE, CompiledConfig, ConfigError, Problem};
 use crate::jwks::JwksRegistry;
 use crate::jwt::{JwtVerifier, Provider};
@@ -42,19 +43,49 @@ pub struct Runtime {
 /// Reads and validates a config directory without building verifiers (for `validate` and
 /// as the first step of a load).
 pub fn read_dir(dir: &Path) -> Result<(CompiledConfig, [u8; 32]), ConfigError> {
-    let path = dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let config = CompiledConfig::from_json(&text).map_err(|source| ConfigError::Parse {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let mut problems = config.validate();
+    let (digest, result) = read_dir_digest(dir);
+    result.map(|c| (c, digest))
+}
+
+/// Like [`read_dir`], but the digest of what was read comes back whether or not it is valid:
+/// the reloader remembers refused content by it, so that it refuses (and reports) a broken
+/// config once instead of on every re-read. A file that cannot be read enters the digest as
+/// its error, so it counts as changed once it can be read.
+pub fn read_dir_digest(dir: &Path) -> ([u8; 32], Result<CompiledConfig, ConfigError>) {
     let mut digest = Sha256::new();
+    let path = dir.join(CONFIG_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(source) => {
+            digest.update(b"unreadable config: ");
+            digest.update(source.kind().to_string().as_bytes());
+            return (
+                digest.finalize().into(),
+                Err(ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                }),
+            );
+        }
+    };
     digest.update(text.as_bytes());
+    let config = match CompiledConfig::from_json(&text) {
+        Ok(c) => c,
+        Err(source) => {
+            return (
+                digest.finalize().into(),
+                Err(ConfigError::Parse {
+                    path: path.display().to_string(),
+                    source,
+                }),
+            );
+        }
+    };
+    let mut problems = config.validate();
     for file in config.ca_files() {
+        digest.update([0]);
+        digest.update(file.as_bytes());
+        digest.update([0]);
         match std::fs::read(dir.join(file)) {
             Ok(pem) => {
                 if let Err(e) = crate::tls::roots_from_pem(file, &pem) {
@@ -64,20 +95,24 @@ pub fn read_dir(dir: &Path) -> Result<(CompiledConfig, [u8; 32]), ConfigError> {
                         message: e.to_string(),
                     });
                 }
-                digest.update(file.as_bytes());
                 digest.update(&pem);
             }
-            Err(e) => problems.push(Problem {
-                object: "config".into(),
-                field: format!("files[{file}]"),
-                message: format!("the CA bundle named by the config cannot be read: {e}"),
-            }),
+            Err(e) => {
+                digest.update(b"unreadable: ");
+                digest.update(e.kind().to_string().as_bytes());
+                problems.push(Problem {
+                    object: "config".into(),
+                    field: format!("files[{file}]"),
+                    message: format!("the CA bundle named by the config cannot be read: {e}"),
+                });
+            }
         }
     }
+    let digest: [u8; 32] = digest.finalize().into();
     if !problems.is_empty() {
-        return Err(ConfigError::Invalid(problems));
+        return (digest, Err(ConfigError::Invalid(problems)));
     }
-    Ok((config, digest.finalize().into()))
+    (digest, Ok(config))
 }
 
 impl Runtime {
@@ -88,6 +123,7 @@ impl Runtime {
         dir: &Path,
         registry: &JwksRegistry,
         oauth: &OAuthRegistry,
+        caches: &Caches,
         metrics: &Arc<Metrics>,
     ) -> Result<Runtime, ConfigError> {
         let mut problems = Vec::new();
@@ -119,7 +155,7 @@ impl Runtime {
             let id = format!("{}/{}", p.namespace, p.name);
             let basic = match &p.authentication.basic {
                 None => None,
-                Some(b) => match BasicVerifier::new(&b.htpasswd) {
+                Some(b) => match BasicVerifier::with_cache(&b.htpasswd, caches.basic.clone()) {
                     Ok(v) => Some(Arc::new(v)),
                     Err(e) => {
                         problems.push(Problem {
@@ -146,7 +182,11 @@ impl Runtime {
                             }),
                         }
                     }
-                    Some(JwtVerifier::new(providers, metrics.clone()))
+                    Some(JwtVerifier::new(
+                        providers,
+                        caches.tokens.clone(),
+                        metrics.clone(),
+                    ))
                 }
             };
             let lookup = match &p.authorization.smart.compartment_lookup {
@@ -160,7 +200,14 @@ impl Runtime {
                         Outbound::OAuth(s) => Some(s.clone()),
                         Outbound::Fixed(_) => None,
                     });
-                    match conn.map(|c| crate::lookup::LookupClient::new(c, dir, token)) {
+                    match conn.map(|c| {
+                        crate::lookup::LookupClient::with_cache(
+                            c,
+                            dir,
+                            token,
+                            caches.lookups.clone(),
+                        )
+                    }) {
                         Some(Ok(client)) => Some(client),
                         Some(Err(e)) => {
                             problems.push(Problem {
@@ -196,10 +243,11 @@ pub fn load(
     dir: &Path,
     registry: &JwksRegistry,
     oauth: &OAuthRegistry,
+    caches: &Caches,
     metrics: &Arc<Metrics>,
 ) -> Result<Runtime, ConfigError> {
     let (config, digest) = read_dir(dir)?;
-    Runtime::build(config, digest, dir, registry, oauth, metrics)
+    Runtime::build(config, digest, dir, registry, oauth, caches, metrics)
 }
 
 /// Where the config lives, for logs.

@@ -166,10 +166,16 @@ async fn basic_auth_answers() {
         "x_fhirguard_subject",
         "x_fhirguard_decision_id",
     ] {
-        assert!(removed.iter().any(|r| r == name), "{name} is not removed: {removed:?}");
+        assert!(
+            removed.iter().any(|r| r == name),
+            "{name} is not removed: {removed:?}"
+        );
     }
     for kept in ["x-fhirguard-subject", "x-fhirguard-decision-id"] {
-        assert!(!removed.iter().any(|r| r == kept), "{kept} is set, not removed");
+        assert!(
+            !removed.iter().any(|r| r == kept),
+            "{kept} is set, not removed"
+        );
     }
 
     let r = check(g, get("/fhir/r4/Patient/1").auth(basic("alice", "wrong")))

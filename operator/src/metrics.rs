@@ -1,8 +1,7 @@
 //! Operator metrics and the HTTP port (`/healthz`, `/readyz`, `/metrics`). Labels are bounded:
 //! kinds and reasons are enums.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::State;
@@ -27,6 +26,12 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChangeLabels {
+    /// `acquired` or `lost`.
+    pub change: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     /// 1 while this replica holds the lease.
@@ -42,8 +47,10 @@ pub struct Metrics {
     pub config_generation: Gauge,
     /// Objects by kind and verdict, as of the last compile.
     pub objects: Family<ObjectLabels, Gauge>,
-    /// 1 once every watch has listed its objects (or while standing by for the lease).
-    ready: AtomicBool,
+    /// Times this process took the lease, and lost it (stepped down to campaign again).
+    pub leadership_changes: Family<ChangeLabels, Counter>,
+    /// What `/readyz` answers: ready or not, and why.
+    readiness: Mutex<(bool, String)>,
 }
 
 impl Default for Metrics {
@@ -97,6 +104,12 @@ impl Metrics {
             "Resources by kind and by the reason of their Accepted condition",
             objects.clone(),
         );
+        let leadership_changes = Family::<ChangeLabels, Counter>::default();
+        registry.register(
+            "leadership_changes",
+            "Leader lease acquired, or lost (the replica stepped down and campaigns again)",
+            leadership_changes.clone(),
+        );
         Metrics {
             registry,
             leader,
@@ -106,12 +119,29 @@ impl Metrics {
             trust_publishes,
             config_generation,
             objects,
-            ready: AtomicBool::new(false),
+            leadership_changes,
+            readiness: Mutex::new((false, "starting".into())),
         }
     }
 
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
+    /// Sets what `/readyz` answers; `why` says which state the replica is in.
+    pub fn set_readiness(&self, ready: bool, why: impl Into<String>) {
+        if let Ok(mut r) = self.readiness.lock() {
+            *r = (ready, why.into());
+        }
+    }
+
+    pub fn readiness(&self) -> (bool, String) {
+        self.readiness
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or((false, "readiness unknown".into()))
+    }
+
+    pub fn leadership_change(&self, change: &'static str) {
+        self.leadership_changes
+            .get_or_create(&ChangeLabels { change })
+            .inc();
     }
 
     pub fn encode(&self) -> String {
@@ -132,13 +162,12 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
 }
 
 async fn readyz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
-    if m.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (
+    match m.readiness() {
+        (true, why) => (StatusCode::OK, format!("ready: {why}\n")),
+        (false, why) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: watches not synced\n",
-        )
+            format!("not ready: {why}\n"),
+        ),
     }
 }
 

@@ -152,6 +152,19 @@ fn rendered_objects_meet_the_security_defaults() {
         .map(|p| p["name"].as_str().unwrap())
         .collect();
     assert_eq!(ports, ["grpc", "http-metrics"]);
+    // The headless Service (on by default) resolves to every ready replica, gRPC only.
+    let headless = find("Service", "fhirguard-authz-headless");
+    assert_eq!(headless["spec"]["clusterIP"], "None");
+    assert_eq!(headless["spec"]["selector"], svc["spec"]["selector"]);
+    assert_eq!(headless["spec"]["ports"][0]["name"], "grpc");
+    assert!(
+        spec["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "--cache-memory-mib=64"),
+        "the cache budget is passed to the service"
+    );
     // Only the operator may write Secrets, and only the config Secret by name.
     let role = find("Role", "fhirguard-operator");
     let named: Vec<&serde_json::Value> = role["rules"]
@@ -192,6 +205,8 @@ fn values_schema_rejects_bad_values() {
         ("watchNamespaces[0]=Not_A_Namespace", "/watchNamespaces/0"),
         ("replicas=3", "additional properties 'replicas' not allowed"),
         ("serviceMonitor.enabled=yes", "/serviceMonitor/enabled"),
+        ("authz.service.headless=yes", "/authz/service/headless"),
+        ("authz.cacheMemoryMiB=4", "/authz/cacheMemoryMiB"),
         // A NetworkPolicy that would admit every source to the gRPC port.
         ("networkPolicy.enabled=true", "/networkPolicy/grpcFrom"),
         ("mesh.istio.apiVersion=v2", "/mesh/istio/apiVersion"),

@@ -322,6 +322,16 @@ fn step_one_table() {
             Want::Deny(400, DenyReason::MalformedCredentials),
         ),
         (
+            "a percent-encoded access_token name next to valid Basic",
+            req(
+                "GET",
+                "query.example",
+                "/fhir/Patient/1?%61ccess_token=abc",
+                Some(&alice),
+            ),
+            Want::Deny(400, DenyReason::MalformedCredentials),
+        ),
+        (
             "bearer on a basic-only policy",
             req(
                 "GET",

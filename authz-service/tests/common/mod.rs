@@ -374,6 +374,7 @@ pub async fn start_service(dir: &Path, poll: Duration) -> RunningService {
     let options = JwksOptions {
         min_refetch_interval: Duration::from_millis(500),
         retry_after_failure: Duration::from_millis(200),
+        max_retry: Duration::from_secs(1),
     };
     let oauth = fhirguard_authz::oauth::OAuthOptions {
         min_retry: Duration::from_millis(200),
@@ -391,6 +392,7 @@ pub async fn start_service(dir: &Path, poll: Duration) -> RunningService {
     let svc = envoy::EnvoyAuthz::new(service.clone()).into_server();
     tokio::spawn(
         tonic::transport::Server::builder()
+            .add_service(fhirguard_authz::health::server(&service))
             .add_service(svc)
             .serve_with_incoming(incoming),
     );

@@ -6,8 +6,14 @@
 //! resourceVersion stayed unchanged on our own monotonic clock, so skewed wall clocks between
 //! nodes do not matter), and every write uses the resourceVersion we read, so two candidates
 //! racing for one lease cannot both win. A leader that cannot renew within its renew deadline
-//! steps down before anyone else may take over.
+//! steps down before anyone else may take over, and campaigns again in the same process: an
+//! API server that is away for longer than the lease (a control-plane upgrade) costs a
+//! leadership round, not a restart.
+//!
+//! The [`Fence`] carries the renew deadline to the writers: every write checks it first, so a
+//! write that was about to start when renewals stopped working does not start at all.
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -36,12 +42,42 @@ impl LeaseSettings {
     }
 }
 
+/// Until when this replica may act as leader, by its own monotonic clock: the start of its
+/// last successful renewal plus the renew deadline.
+#[derive(Debug, Default)]
+pub struct Fence {
+    until: Mutex<Option<Instant>>,
+}
+
+impl Fence {
+    pub fn extend_to(&self, until: Instant) {
+        if let Ok(mut u) = self.until.lock() {
+            *u = Some(until);
+        }
+    }
+
+    pub fn revoke(&self) {
+        if let Ok(mut u) = self.until.lock() {
+            *u = None;
+        }
+    }
+
+    /// Whether a write may start now.
+    pub fn holds(&self) -> bool {
+        self.until
+            .lock()
+            .is_ok_and(|u| u.is_some_and(|u| Instant::now() < u))
+    }
+}
+
 /// One candidate's view of the lease.
 pub struct Elector {
     api: Api<Lease>,
     settings: LeaseSettings,
     /// The last resourceVersion we saw held by someone else, and when we first saw it.
     observed: Option<(String, Instant)>,
+    /// The holder named by the lease when we last read it.
+    holder: Option<String>,
 }
 
 impl Elector {
@@ -50,11 +86,17 @@ impl Elector {
             api,
             settings,
             observed: None,
+            holder: None,
         }
     }
 
     pub fn settings(&self) -> &LeaseSettings {
         &self.settings
+    }
+
+    /// Who held the lease when we last read it (`None`: nobody, or not read yet).
+    pub fn holder(&self) -> Option<&str> {
+        self.holder.as_deref()
     }
 
     fn spec(&self, previous: Option<&LeaseSpec>, taking_over: bool) -> LeaseSpec {
@@ -93,13 +135,17 @@ impl Elector {
                 spec: Some(self.spec(None, true)),
             };
             return match self.api.create(&PostParams::default(), &lease).await {
-                Ok(_) => Ok(true),
+                Ok(_) => {
+                    self.holder = Some(s.identity.clone());
+                    Ok(true)
+                }
                 Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
                 Err(e) => Err(e),
             };
         };
         let spec = lease.spec.clone().unwrap_or_default();
         let holder = spec.holder_identity.clone().unwrap_or_default();
+        self.holder = (!holder.is_empty()).then(|| holder.clone());
         let ours = holder == s.identity;
         if !ours && !holder.is_empty() {
             let rv = lease.metadata.resource_version.clone().unwrap_or_default();
@@ -130,6 +176,7 @@ impl Elector {
         {
             Ok(_) => {
                 self.observed = None;
+                self.holder = Some(s.identity.clone());
                 Ok(true)
             }
             // Someone else wrote first: they renewed, or won the race to take over.

@@ -39,7 +39,7 @@ use crate::metrics::{Metrics, ObjectLabels, ResultLabels};
 use crate::object::{self, Loaded};
 use crate::output::{self, FIELD_MANAGER, Published};
 use crate::status::{self, PublishOutcome};
-use lease::{Elector, LeaseSettings};
+use lease::{Elector, Fence, LeaseSettings};
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -62,11 +62,15 @@ pub struct Settings {
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error("lost the leader lease; stopping so that a single replica writes")]
+    #[error("lost the leader lease; stepped down so that a single replica writes")]
     LostLease,
+    #[error("not writing: this replica's hold on the leader lease has run out")]
+    Fenced,
 }
 
-/// Runs until `shutdown` resolves (then releases the lease) or leadership is lost.
+/// Campaigns for the lease and leads while holding it, until `shutdown` resolves (then it
+/// releases the lease). A lost lease (the API server unreachable past the renew deadline, or
+/// another replica holding it) means stepping down and campaigning again, in this process.
 pub async fn run(
     client: Client,
     settings: Settings,
@@ -74,62 +78,129 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     tokio::pin!(shutdown);
-    let mut elector = Elector::new(
-        Api::namespaced(client.clone(), &settings.lease.namespace),
-        settings.lease.clone(),
-    );
-    // A standby replica is healthy and ready: it has nothing to do until it leads.
-    metrics.set_ready(true);
+    let lease_api = || Api::namespaced(client.clone(), &settings.lease.namespace);
+    let mut elector = Elector::new(lease_api(), settings.lease.clone());
     tracing::info!(identity = %settings.lease.identity, lease = %format!("{}/{}", settings.lease.namespace, settings.lease.name), "waiting for the leader lease");
     loop {
-        match elector.try_acquire_or_renew().await {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, "lease check failed"),
+        if !campaign(&mut elector, &settings.lease, &metrics, &mut shutdown).await {
+            return Ok(());
         }
-        tokio::select! {
-            _ = &mut shutdown => return Ok(()),
-            _ = tokio::time::sleep(settings.lease.retry) => {}
+        tracing::info!(identity = %settings.lease.identity, "acquired the leader lease");
+        metrics.leader.set(1);
+        metrics.leadership_change("acquired");
+        let fence = Arc::new(Fence::default());
+        fence.extend_to(Instant::now() + settings.lease.renew_deadline());
+        let (lost_tx, lost_rx) = watch::channel(false);
+        let renewer = tokio::spawn(renew(elector, lost_tx, fence.clone()));
+        let result = lead(
+            client.clone(),
+            &settings,
+            &metrics,
+            fence.clone(),
+            lost_rx,
+            &mut shutdown,
+        )
+        .await;
+        fence.revoke();
+        metrics.leader.set(0);
+        renewer.abort();
+        // The renewer owned the elector; a fresh one with the same identity carries on.
+        elector = Elector::new(lease_api(), settings.lease.clone());
+        match result {
+            Err(Error::LostLease) => {
+                metrics.leadership_change("lost");
+                metrics.set_readiness(false, "stepped down after losing the leader lease");
+                tracing::warn!(
+                    identity = %settings.lease.identity,
+                    "lost the leader lease; stepped down (watches and writes stopped), campaigning again"
+                );
+            }
+            other => {
+                elector.release().await;
+                tracing::info!("released the leader lease");
+                return other;
+            }
         }
     }
-    tracing::info!(identity = %settings.lease.identity, "acquired the leader lease");
-    metrics.leader.set(1);
-    let (lost_tx, lost_rx) = watch::channel(false);
-    let renewer = tokio::spawn(renew(elector, lost_tx));
-    let result = lead(client.clone(), &settings, &metrics, lost_rx, &mut shutdown).await;
-    metrics.leader.set(0);
-    renewer.abort();
-    if !matches!(result, Err(Error::LostLease)) {
-        // The renewer owned the elector; release through a fresh one with the same identity.
-        let mut e = Elector::new(
-            Api::namespaced(client.clone(), &settings.lease.namespace),
-            settings.lease.clone(),
-        );
-        e.release().await;
-        tracing::info!("released the leader lease");
-    }
-    result
 }
 
-/// Keeps the lease; signals `lost` when it could not be renewed within the deadline.
-async fn renew(mut elector: Elector, lost: watch::Sender<bool>) {
-    let mut last = Instant::now();
-    let deadline = elector.settings().renew_deadline();
+/// Tries for the lease until it is ours (true) or `shutdown` resolves (false). Readiness says
+/// whether this replica can reach the API server: a standby that can is ready (it has nothing
+/// to do until it leads); one that has not checked the lease successfully for a renew
+/// deadline is not.
+async fn campaign(
+    elector: &mut Elector,
+    lease: &LeaseSettings,
+    metrics: &Metrics,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> bool {
+    let mut last_ok: Option<Instant> = None;
+    let started = Instant::now();
     loop {
-        tokio::time::sleep(elector.settings().retry).await;
-        match elector.try_acquire_or_renew().await {
-            Ok(true) => last = Instant::now(),
-            Ok(false) => {
+        // A hung API server must not stall the campaign (or the readiness it reports).
+        let attempt = tokio::time::timeout(
+            lease.retry.max(Duration::from_secs(1)),
+            elector.try_acquire_or_renew(),
+        )
+        .await;
+        match attempt {
+            Ok(Ok(true)) => return true,
+            Ok(Ok(false)) => {
+                last_ok = Some(Instant::now());
+                let leader = elector.holder().unwrap_or("nobody").to_string();
+                metrics.set_readiness(true, format!("standby; {leader} holds the leader lease"));
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "lease check failed"),
+            Err(_) => tracing::warn!("lease check timed out"),
+        }
+        let since = last_ok.unwrap_or(started).elapsed();
+        if since > lease.renew_deadline() {
+            metrics.set_readiness(
+                false,
+                format!(
+                    "cannot reach the Kubernetes API: no lease check succeeded for {}s",
+                    since.as_secs()
+                ),
+            );
+        }
+        tokio::select! {
+            _ = shutdown.as_mut() => return false,
+            _ = tokio::time::sleep(lease.retry) => {}
+        }
+    }
+}
+
+/// Keeps the lease; signals `lost` when it could not be renewed within the deadline. Each
+/// attempt is bounded by the time left, so an API server that hangs (rather than refusing)
+/// cannot keep this replica leading past the deadline.
+async fn renew(mut elector: Elector, lost: watch::Sender<bool>, fence: Arc<Fence>) {
+    let deadline = elector.settings().renew_deadline();
+    let retry = elector.settings().retry;
+    let mut last = Instant::now();
+    loop {
+        tokio::time::sleep(retry.min(deadline.saturating_sub(last.elapsed()))).await;
+        let left = deadline.saturating_sub(last.elapsed());
+        if left.is_zero() {
+            tracing::error!("could not renew the lease within {deadline:?}");
+            fence.revoke();
+            let _ = lost.send(true);
+            return;
+        }
+        let started = Instant::now();
+        match tokio::time::timeout(left, elector.try_acquire_or_renew()).await {
+            Ok(Ok(true)) => {
+                // Measured from before the request: the lease's renewTime is no later.
+                last = started;
+                fence.extend_to(started + deadline);
+            }
+            Ok(Ok(false)) => {
                 tracing::error!("another replica holds the lease");
+                fence.revoke();
                 let _ = lost.send(true);
                 return;
             }
-            Err(e) => tracing::warn!(error = %e, "lease renewal failed"),
-        }
-        if last.elapsed() > deadline {
-            tracing::error!("could not renew the lease within {deadline:?}");
-            let _ = lost.send(true);
-            return;
+            Ok(Err(e)) => tracing::warn!(error = %e, "lease renewal failed"),
+            Err(_) => tracing::warn!("lease renewal timed out"),
         }
     }
 }
@@ -174,6 +245,8 @@ struct Ctx {
     /// The generation this leader last published or found, so a deleted Secret does not
     /// restart the count.
     last_generation: AtomicU64,
+    /// Checked before every write: no write starts once renewals stopped working.
+    fence: Arc<Fence>,
 }
 
 fn apis<K>(client: &Client, namespaces: &[String]) -> Vec<Api<K>>
@@ -290,10 +363,11 @@ async fn lead(
     client: Client,
     settings: &Settings,
     metrics: &Arc<Metrics>,
+    fence: Arc<Fence>,
     mut lost: watch::Receiver<bool>,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Result<(), Error> {
-    metrics.set_ready(false);
+    metrics.set_readiness(false, "leading; watches not synced yet");
     let notify = Arc::new(Notify::new());
     let referenced: Referenced = Arc::default();
     let mut tasks = Vec::new();
@@ -376,6 +450,7 @@ async fn lead(
         secret_cache: Mutex::default(),
         referenced,
         last_generation: AtomicU64::new(0),
+        fence,
     };
 
     let synced = async {
@@ -397,12 +472,17 @@ async fn lead(
         _ = shutdown.as_mut() => return Ok(()),
         _ = lost.changed() => return Err(Error::LostLease),
     }
-    metrics.set_ready(true);
+    metrics.set_readiness(true, "leading");
     tracing::info!("watches synced; compiling");
 
     let mut failures: u32 = 0;
     loop {
-        let delay = match reconcile_once(&cx).await {
+        // A reconcile stuck on a hung API server is abandoned as soon as the lease is lost.
+        let outcome = tokio::select! {
+            r = reconcile_once(&cx) => r,
+            _ = lost.changed() => return Err(Error::LostLease),
+        };
+        let delay = match outcome {
             Ok(()) => {
                 failures = 0;
                 None
@@ -689,6 +769,10 @@ async fn publish(cx: &Ctx, compiled: &Compiled) -> PublishOutcome {
                 trust: None,
             }
         }
+        Some(_) if !cx.fence.holds() => failed(
+            kube::Error::Service(Error::Fenced.into()),
+            "not writing the config Secret",
+        ),
         Some((secret, generation)) => {
             let params = PatchParams::apply(FIELD_MANAGER).force();
             let applied = match api
@@ -843,7 +927,7 @@ async fn apply_status(
     now: &Time,
 ) {
     let desired = status::desired(result, outcome, current, now);
-    if !status::differs(current, &desired) {
+    if !status::differs(current, &desired) || !cx.fence.holds() {
         return;
     }
     let patch = serde_json::json!({ "status": desired });

@@ -132,9 +132,39 @@ pub struct KubeStack {
     pub admin_kubeconfig: PathBuf,
     pub operator_kubeconfig: PathBuf,
     pub kubectl: PathBuf,
+    apiserver_bin: PathBuf,
+    etcd_port: u16,
+    secure_port: u16,
     // Field order: apiserver stops before etcd.
     pub apiserver: Proc,
     pub etcd: Proc,
+}
+
+fn apiserver_command(bin: &Path, d: &Path, etcd_port: u16, secure_port: u16) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"))
+        .arg("--bind-address=127.0.0.1")
+        .arg("--advertise-address=127.0.0.1")
+        .arg(format!("--secure-port={secure_port}"))
+        .arg("--insecure-port=0")
+        .arg(format!("--cert-dir={}", d.join("certs").display()))
+        .arg(format!(
+            "--token-auth-file={}",
+            d.join("tokens.csv").display()
+        ))
+        .arg("--authorization-mode=RBAC")
+        .arg(format!(
+            "--service-account-key-file={}",
+            d.join("sa.pub").display()
+        ))
+        .arg(format!(
+            "--service-account-signing-key-file={}",
+            d.join("sa.key").display()
+        ))
+        .arg("--service-account-issuer=https://kubernetes.default.svc")
+        .arg("--service-cluster-ip-range=10.96.0.0/16")
+        .arg("--enable-priority-and-fairness=false");
+    cmd
 }
 
 pub const OPERATOR_USER: &str = "system:serviceaccount:fhirguard-system:fhirguard-operator";
@@ -176,29 +206,7 @@ impl KubeStack {
         .expect("tokens");
         let apiserver = Proc::spawn(
             "kube-apiserver",
-            Command::new(&apiserver_bin)
-                .arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"))
-                .arg("--bind-address=127.0.0.1")
-                .arg("--advertise-address=127.0.0.1")
-                .arg(format!("--secure-port={secure_port}"))
-                .arg("--insecure-port=0")
-                .arg(format!("--cert-dir={}", d.join("certs").display()))
-                .arg(format!(
-                    "--token-auth-file={}",
-                    d.join("tokens.csv").display()
-                ))
-                .arg("--authorization-mode=RBAC")
-                .arg(format!(
-                    "--service-account-key-file={}",
-                    d.join("sa.pub").display()
-                ))
-                .arg(format!(
-                    "--service-account-signing-key-file={}",
-                    d.join("sa.key").display()
-                ))
-                .arg("--service-account-issuer=https://kubernetes.default.svc")
-                .arg("--service-cluster-ip-range=10.96.0.0/16")
-                .arg("--enable-priority-and-fairness=false"),
+            &mut apiserver_command(&apiserver_bin, d, etcd_port, secure_port),
             d,
         );
         let url = format!("https://127.0.0.1:{secure_port}");
@@ -221,11 +229,40 @@ impl KubeStack {
             admin_kubeconfig,
             operator_kubeconfig,
             kubectl,
+            apiserver_bin,
+            etcd_port,
+            secure_port,
             apiserver,
             etcd,
         };
         stack.wait_ready();
         Some(stack)
+    }
+
+    /// Kills the API server (etcd keeps the data).
+    pub fn stop_apiserver(&mut self) {
+        let _ = self.apiserver.child.kill();
+        let _ = self.apiserver.child.wait();
+    }
+
+    /// Starts the API server again on the same port, with the same data, and waits for it.
+    pub fn start_apiserver(&mut self) {
+        let d = self.dir.path().to_path_buf();
+        let mut cmd = apiserver_command(&self.apiserver_bin, &d, self.etcd_port, self.secure_port);
+        let log = d.join("kube-apiserver-restarted.log");
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("clone log"))
+            .stderr(file)
+            .spawn()
+            .expect("restart kube-apiserver");
+        self.apiserver = Proc {
+            name: "kube-apiserver".into(),
+            child,
+            log,
+        };
+        self.wait_ready();
     }
 
     fn wait_ready(&self) {
