@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
 # End-to-end load: wrk → real Envoy (direct_response, so only the auth path differs) with
-# ext_authz → fhirguard-authz (release build). Prints requests/s and latency for
+# ext_authz → an authorization server. Rows:
 #   none     ext_authz disabled on the route (Envoy alone)
-#   floor    fhirguard with an unauthenticatedAccess policy: the cost of any ext_authz call
+#   null     a do-nothing tonic ext_authz server (examples/null_authz.rs: same tonic, tokio and
+#            server setup as fhirguard, answers OK without looking): the yardstick
+#   floor    fhirguard with an unauthenticatedAccess policy (classification, no credentials)
 #   basic    Basic credentials, SHA-512-crypt (cached after the first request)
 #   token    an RS256 bearer token (cached after the first request), user/*.rs
-# and the ratios basic/floor and token/floor: what fhirguard's own work costs beyond the
-# ext_authz round trip. Needs wrk (apt) and openssl. Everything on 127.0.0.1.
+# For every row: requests/s, p99 latency, and for the ext_authz rows the server's own CPU time
+# per Check (utime+stime from /proc over the run, divided by the requests wrk completed).
+# Then fhirguard against the yardstick: CPU ratio (target ≤ 1.10), throughput ratio (≥ 0.95)
+# and p99 difference (≤ +0.3 ms). Needs wrk (apt) and openssl. Everything on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-32}
 command -v wrk >/dev/null || { echo "install wrk (apt-get install wrk)"; exit 1; }
 scripts/setup-envoy.sh
-cargo build -q --release -p fhirguard-authz
+cargo build -q --release -p fhirguard-authz --bin fhirguard-authz --example null_authz
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
@@ -80,7 +84,40 @@ static_resources:
               grpc_service: {envoy_grpc: {cluster_name: authz}, timeout: 2s}
           - name: envoy.filters.http.router
             typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+  - name: yard
+    address: {socket_address: {address: 127.0.0.1, port_value: 18001}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: yard
+          route_config:
+            virtual_hosts:
+            - name: yardstick
+              domains: ["*"]
+              routes: [{match: {prefix: "/"}, direct_response: {status: 200, body: {inline_string: "ok"}}}]
+          http_filters:
+          - name: envoy.filters.http.ext_authz
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+              transport_api_version: V3
+              failure_mode_allow: false
+              status_on_error: {code: 503}
+              grpc_service: {envoy_grpc: {cluster_name: null_authz}, timeout: 2s}
+          - name: envoy.filters.http.router
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
   clusters:
+  - name: null_authz
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {http2_protocol_options: {}}
+    load_assignment:
+      cluster_name: null_authz
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 19002}}}}]}]
   - name: authz
     type: STATIC
     connect_timeout: 1s
@@ -94,31 +131,52 @@ static_resources:
 YAML
 
 RUST_LOG=warn target/release/fhirguard-authz serve --config-dir "$work/config" --grpc-addr 127.0.0.1:19001 --http-addr 127.0.0.1:19090 2>"$work/authz.log" & pids+=($!)
+fhirguard_pid=$!
+target/release/examples/null_authz 127.0.0.1:19002 2>"$work/null.log" & pids+=($!)
+null_pid=$!
 .venv/bin/envoy -c "$work/envoy.yaml" --concurrency 1 --log-level error --base-id 77 2>"$work/envoy.log" & pids+=($!)
 for _ in $(seq 1 100); do
   curl -sf http://127.0.0.1:19090/readyz >/dev/null 2>&1 && curl -sf http://127.0.0.1:19901/ready >/dev/null 2>&1 && break
   sleep 0.2
 done
 
-url=http://127.0.0.1:18000/fhir/Observation/1
+tck=$(getconf CLK_TCK)
+# utime+stime of a process (and all its threads), in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 basic="Basic $(printf 'bench:bench-pw' | base64 -w0)"
-declare -A rps p99
+declare -A rps p99 cpu
 run() {
-  local name=$1; shift
+  local name=$1 pid=$2 url=$3; shift 3
   local code
-  code=$(curl -s -o /dev/null -w '%{http_code}' "$@" "$url")
-  [ "$code" = 200 ] || { echo "$name: expected 200, got $code"; exit 1; }
-  local out
-  out=$(wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$@" "$url" 2>&1 | sed 's/^-H //')
+  code=$(curl -s -o /dev/null -w "%{http_code}" "$@" "$url" || true)
+  [ "$code" = 200 ] || { echo "$name: expected 200, got $code"; cat "$work/envoy.log" "$work/authz.log" | tail -20; exit 1; }
+  local before after out requests
+  before=$( [ "$pid" = - ] && echo 0 || cpu_ticks "$pid")
+  out=$(wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$@" "$url" 2>&1)
+  after=$( [ "$pid" = - ] && echo 0 || cpu_ticks "$pid")
   rps[$name]=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-  p99[$name]=$(awk '$1=="99%" {print $2}' <<<"$out")
+  # p99 in milliseconds, whatever unit wrk chose.
+  p99[$name]=$(awk '$1=="99%" { v=$2; u=v; sub(/[0-9.]+/, "", u); sub(/[a-z]+$/, "", v);
+    f = (u=="us") ? 0.001 : (u=="s") ? 1000 : 1; printf "%.3f", v*f }' <<<"$out")
+  requests=$(awk '/requests in/ {print $1}' <<<"$out")
   non2xx=$(awk '/Non-2xx/ {print $4}' <<<"$out")
-  printf '%-6s %10s req/s   p99 %8s   non-2xx %s\n' "$name" "${rps[$name]}" "${p99[$name]}" "${non2xx:-0}"
+  if [ "$pid" = - ]; then
+    cpu[$name]=-
+  else
+    cpu[$name]=$(awk -v d=$((after - before)) -v t="$tck" -v n="$requests" 'BEGIN { printf "%.1f", d / t * 1e6 / n }')
+  fi
+  printf '%-6s %10s req/s   p99 %7s ms   server CPU %6s µs/Check   non-2xx %s\n' \
+    "$name" "${rps[$name]}" "${p99[$name]}" "${cpu[$name]}" "${non2xx:-0}"
 }
-echo "wrk -t1 -c$CONNS -d$DURATION, Envoy --concurrency 1, fhirguard release build"
-run none  -H "Host: none.test"
-run floor -H "Host: floor.test"
-run basic -H "Host: ehr.test" -H "Authorization: $basic"
-run token -H "Host: ehr.test" -H "Authorization: Bearer $token"
-awk -v n="${rps[none]}" -v f="${rps[floor]}" -v b="${rps[basic]}" -v t="${rps[token]}" 'BEGIN {
-  printf "ratio floor/none %.2f   basic/floor %.2f   token/floor %.2f\n", f/n, b/f, t/f }'
+echo "wrk -t1 -c$CONNS -d$DURATION, Envoy --concurrency 1, release builds"
+run none  -            http://127.0.0.1:18000/fhir/Observation/1 -H "Host: none.test"
+run null  "$null_pid"  http://127.0.0.1:18001/fhir/Observation/1
+run floor "$fhirguard_pid" http://127.0.0.1:18000/fhir/Observation/1 -H "Host: floor.test"
+run basic "$fhirguard_pid" http://127.0.0.1:18000/fhir/Observation/1 -H "Host: ehr.test" -H "Authorization: $basic"
+run token "$fhirguard_pid" http://127.0.0.1:18000/fhir/Observation/1 -H "Host: ehr.test" -H "Authorization: Bearer $token"
+echo "fhirguard against the do-nothing server (targets: CPU ≤ 1.10, throughput ≥ 0.95, p99 ≤ +0.30 ms)"
+for row in floor basic token; do
+  awk -v r="$row" -v c="${cpu[$row]}" -v c0="${cpu[null]}" -v q="${rps[$row]}" -v q0="${rps[null]}" \
+      -v p="${p99[$row]}" -v p0="${p99[null]}" 'BEGIN {
+    printf "%-6s CPU %.2f x   throughput %.2f x   p99 %+.2f ms\n", r, c/c0, q/q0, p-p0 }'
+done
