@@ -8,11 +8,11 @@ use std::time::Duration;
 use base64::Engine as _;
 use criterion::{Criterion, criterion_group, criterion_main};
 use fhirguard_authz::config::*;
-use fhirguard_authz::jwks::JwksOptions;
-use fhirguard_authz::metrics::Metrics;
-use fhirguard_authz::policy::Request;
-use fhirguard_authz::service::{Outcome, Service};
-use fhirguard_authz::state::Runtime;
+use fhirguard_authz::core::policy::Request;
+use fhirguard_authz::runtime::jwks::JwksOptions;
+use fhirguard_authz::runtime::state::Runtime;
+use fhirguard_authz::server::metrics::Metrics;
+use fhirguard_authz::server::service::{Outcome, Service};
 
 fn b64(b: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
@@ -167,11 +167,13 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("pure");
     let scopes = "openid fhirUser launch/patient patient/Observation.rs patient/Condition.rs user/Patient.r user/*.cruds system/Encounter.read";
     g.bench_function("parse_scopes", |b| {
-        b.iter(|| fhirguard_authz::smart::parse_scopes(std::hint::black_box(scopes).split(' ')))
+        b.iter(|| {
+            fhirguard_authz::core::smart::parse_scopes(std::hint::black_box(scopes).split(' '))
+        })
     });
-    let set = fhirguard_authz::smart::parse_scopes(scopes.split(' '));
-    let segs = fhirguard_authz::fhir::normalize_path("/Observation").unwrap();
-    let req = fhirguard_authz::fhir::classify(fhirguard_authz::fhir::HttpRequest {
+    let set = fhirguard_authz::core::smart::parse_scopes(scopes.split(' '));
+    let segs = fhirguard_authz::core::fhir::normalize_path("/Observation").unwrap();
+    let req = fhirguard_authz::core::fhir::classify(fhirguard_authz::core::fhir::HttpRequest {
         method: "GET",
         segments: &segs,
         query: Some("subject=Patient/1&code=x"),
@@ -179,7 +181,7 @@ fn bench(c: &mut Criterion) {
         if_none_exist: None,
     })
     .unwrap();
-    let grant = fhirguard_authz::smart::Grant {
+    let grant = fhirguard_authz::core::smart::Grant {
         scopes: &set,
         patient: Some("1"),
         narrow: false,
@@ -188,13 +190,14 @@ fn bench(c: &mut Criterion) {
         reference_data: false,
     };
     g.bench_function("smart_authorize_pinned_search", |b| {
-        b.iter(|| fhirguard_authz::smart::authorize(&grant, std::hint::black_box(&req)))
+        b.iter(|| fhirguard_authz::core::smart::authorize(&grant, std::hint::black_box(&req)))
     });
     g.bench_function("classify_search", |b| {
         b.iter(|| {
-            let segs = fhirguard_authz::fhir::normalize_path(std::hint::black_box("/Observation"))
-                .unwrap();
-            fhirguard_authz::fhir::classify(fhirguard_authz::fhir::HttpRequest {
+            let segs =
+                fhirguard_authz::core::fhir::normalize_path(std::hint::black_box("/Observation"))
+                    .unwrap();
+            fhirguard_authz::core::fhir::classify(fhirguard_authz::core::fhir::HttpRequest {
                 method: "GET",
                 segments: &segs,
                 query: Some("subject=Patient%2F1&code=http://loinc.org|1234-5&_count=50"),

@@ -7,15 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use fhirguard_authz::{
-    cache::{Budget, DEFAULT_BUDGET_MIB},
-    envoy, health, http,
-    jwks::JwksOptions,
-    metrics::Metrics,
-    reload,
-    service::{Options, Service},
-    state,
-};
+use fhirguard_authz::runtime::{jwks::JwksOptions, reload, state};
+use fhirguard_authz::server::service::{Options, Service};
+use fhirguard_authz::server::{envoy, health, http, metrics::Metrics};
+use fhirguard_authz::verify::cache::{Budget, DEFAULT_BUDGET_MIB};
 
 #[derive(Parser)]
 #[command(

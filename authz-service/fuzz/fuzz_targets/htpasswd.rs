@@ -4,7 +4,7 @@
 //! message containing the hash can only have copied it.
 #![no_main]
 
-use fhirguard_authz::htpasswd;
+use fhirguard_authz::config::htpasswd;
 use libfuzzer_sys::fuzz_target;
 
 const HASH_CHARS: &[u8] = b"$./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";

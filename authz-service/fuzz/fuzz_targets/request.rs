@@ -4,8 +4,8 @@
 #![no_main]
 
 use fhirguard_authz::config::CompiledConfig;
-use fhirguard_authz::fhir::{self, Body};
-use fhirguard_authz::policy::{self, Request};
+use fhirguard_authz::core::fhir::{self, Body};
+use fhirguard_authz::core::policy::{self, Request};
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 

@@ -1,7 +1,7 @@
 //! The SMART scope grammar: whatever parses has a canonical spelling that parses the same.
 #![no_main]
 
-use fhirguard_authz::smart;
+use fhirguard_authz::core::smart;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

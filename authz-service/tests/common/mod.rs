@@ -14,10 +14,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use fhirguard_authz::config::*;
-use fhirguard_authz::jwks::JwksOptions;
-use fhirguard_authz::metrics::Metrics;
-use fhirguard_authz::service::Service;
-use fhirguard_authz::{envoy, reload};
+use fhirguard_authz::runtime::jwks::JwksOptions;
+use fhirguard_authz::server::metrics::Metrics;
+use fhirguard_authz::server::service::Service;
+use fhirguard_authz::{runtime::reload, server::envoy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -376,7 +376,7 @@ pub async fn start_service(dir: &Path, poll: Duration) -> RunningService {
         retry_after_failure: Duration::from_millis(200),
         max_retry: Duration::from_secs(1),
     };
-    let oauth = fhirguard_authz::oauth::OAuthOptions {
+    let oauth = fhirguard_authz::runtime::oauth::OAuthOptions {
         min_retry: Duration::from_millis(200),
         max_retry: Duration::from_secs(1),
         ..Default::default()
@@ -392,13 +392,13 @@ pub async fn start_service(dir: &Path, poll: Duration) -> RunningService {
     let svc = envoy::EnvoyAuthz::new(service.clone()).into_server();
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(fhirguard_authz::health::server(&service))
+            .add_service(fhirguard_authz::server::health::server(&service))
             .add_service(svc)
             .serve_with_incoming(incoming),
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = listener.local_addr().unwrap();
-    let router = fhirguard_authz::http::router(service.clone());
+    let router = fhirguard_authz::server::http::router(service.clone());
     tokio::spawn(async move { axum::serve(listener, router).await });
     RunningService {
         service,

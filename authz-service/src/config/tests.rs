@@ -1,0 +1,248 @@
+use super::*;
+
+const BCRYPT: &str = "alice:$2y$05$3bPgAOMbkZ3UxBYuvB/T2.7xI0ag4VDj9gkOHkRyz0.p5Rz8Ru.Ia";
+
+fn policy(name: &str) -> PolicyConfig {
+    PolicyConfig {
+        namespace: "clinical".into(),
+        name: name.into(),
+        hosts: vec!["ehr.example.org".into()],
+        base_path: "/fhir/r4".into(),
+        public_paths: default_public_paths(),
+        unauthenticated_access: false,
+        authentication: AuthenticationConfig {
+            combine: Combine::AnyOf,
+            basic: Some(BasicConfig {
+                htpasswd: format!("{BCRYPT}\n"),
+                access: vec![],
+            }),
+            jwt: None,
+        },
+        authorization: AuthorizationConfig::default(),
+    }
+}
+
+fn provider() -> ProviderConfig {
+    ProviderConfig {
+        name: "idp".into(),
+        issuer: "https://idp.example.org".into(),
+        audiences: vec!["https://ehr.example.org/fhir/r4".into()],
+        algorithms: vec![Algorithm::RS256],
+        clock_skew_seconds: 60,
+        jwks: JwksConfig {
+            uri: Some("https://idp.example.org/jwks".into()),
+            refresh_interval_seconds: 600,
+            tls: TlsConfig::default(),
+            document: None,
+        },
+        claims: ClaimNames::default(),
+    }
+}
+
+fn with_policy(p: PolicyConfig) -> CompiledConfig {
+    CompiledConfig {
+        policies: vec![p],
+        ..CompiledConfig::empty(1)
+    }
+}
+
+fn fields(c: &CompiledConfig) -> Vec<String> {
+    c.validate().into_iter().map(|p| p.field).collect()
+}
+
+#[test]
+fn a_plain_policy_is_valid_and_round_trips() {
+    let c = with_policy(policy("ehr"));
+    assert_eq!(c.validate(), vec![]);
+    let back = CompiledConfig::from_json(&c.to_json()).unwrap();
+    assert_eq!(back, c);
+}
+
+#[test]
+fn unknown_fields_and_versions_are_refused() {
+    let err = CompiledConfig::from_json(r#"{"version":1,"generation":1,"extra":true}"#);
+    assert!(err.is_err());
+    let c = CompiledConfig::from_json(r#"{"version":2,"generation":1}"#).unwrap();
+    assert_eq!(fields(&c), vec!["version"]);
+}
+
+#[test]
+fn defaults_fill_in_what_the_operator_may_omit() {
+    let c = CompiledConfig::from_json(
+        r#"{"version":1,"generation":3,"policies":[{"namespace":"a","name":"b","basePath":"/fhir","unauthenticatedAccess":true}]}"#,
+    )
+    .unwrap();
+    let p = &c.policies[0];
+    assert_eq!(p.public_paths, default_public_paths());
+    assert_eq!(p.authentication.combine, Combine::AnyOf);
+    assert_eq!(p.authorization.smart.patient_search, PatientSearch::Reject);
+    assert_eq!(c.validate(), vec![]);
+}
+
+#[test]
+fn base_path_tricks_are_refused() {
+    for bad in [
+        "fhir",
+        "/fhir/",
+        "/fhir//r4",
+        "/fhir/../r4",
+        "/fhir/%2e",
+        "/fhir?x",
+    ] {
+        let mut p = policy("ehr");
+        p.base_path = bad.into();
+        assert_eq!(fields(&with_policy(p)), vec!["match.basePath"], "{bad}");
+    }
+}
+
+#[test]
+fn two_policies_claiming_one_host_and_base_path_conflict() {
+    let mut a = policy("a");
+    a.hosts = vec!["EHR.example.org:443".into()];
+    let b = policy("b");
+    let c = CompiledConfig {
+        policies: vec![a, b],
+        ..CompiledConfig::empty(1)
+    };
+    let problems = c.validate();
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].object, "clinical/b");
+    assert!(problems[0].message.contains("clinical/a"));
+}
+
+#[test]
+fn missing_authentication_is_refused_unless_unauthenticated() {
+    let mut p = policy("ehr");
+    p.authentication.basic = None;
+    assert_eq!(fields(&with_policy(p.clone())), vec!["authentication"]);
+    p.unauthenticated_access = true;
+    assert_eq!(fields(&with_policy(p)), Vec::<String>::new());
+}
+
+#[test]
+fn all_of_needs_both_kinds() {
+    let mut p = policy("ehr");
+    p.authentication.combine = Combine::AllOf;
+    assert_eq!(fields(&with_policy(p)), vec!["authentication.combine"]);
+}
+
+#[test]
+fn access_rules_must_name_known_users() {
+    let mut p = policy("ehr");
+    p.authentication.basic.as_mut().unwrap().access = vec![AccessRule {
+        users: vec!["alcie".into()],
+        permission: Permission::Read,
+    }];
+    let problems = with_policy(p).validate();
+    assert_eq!(problems[0].field, "authentication.basic.access[0].users");
+    assert!(problems[0].message.contains("alcie"));
+}
+
+#[test]
+fn jwt_provider_rules() {
+    let mut p = policy("ehr");
+    let mut pr = provider();
+    pr.audiences.clear();
+    pr.jwks.uri = Some("http://idp.example.org/jwks".into());
+    pr.jwks.tls.mode = TlsMode::CustomBundle;
+    p.authentication.jwt = Some(JwtConfig {
+        token_sources: vec![TokenSource::Header],
+        require_subject_matches_basic_user: true,
+        providers: vec![pr.clone(), pr],
+    });
+    let f = fields(&with_policy(p));
+    for want in [
+        "authentication.jwt.requireSubjectMatchesBasicUser",
+        "authentication.jwt.providers[0].audiences",
+        "authentication.jwt.providers[0].jwks.uri",
+        "authentication.jwt.providers[0].jwks.tls.caBundleSecretRef",
+        "authentication.jwt.providers[1].name",
+        "authentication.jwt.providers[1].issuer",
+    ] {
+        assert!(f.contains(&want.to_string()), "missing {want} in {f:?}");
+    }
+}
+
+#[test]
+fn jwks_exactly_one_source_and_no_private_keys() {
+    let mut p = policy("ehr");
+    let mut pr = provider();
+    pr.jwks.document = Some(r#"{"keys":[]}"#.into());
+    p.authentication.jwt = Some(JwtConfig {
+        token_sources: vec![TokenSource::Header],
+        require_subject_matches_basic_user: false,
+        providers: vec![pr.clone()],
+    });
+    assert_eq!(
+        fields(&with_policy(p.clone())),
+        vec!["authentication.jwt.providers[0].jwks"]
+    );
+    pr.jwks.uri = None;
+    pr.jwks.document = Some(r#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#.into());
+    p.authentication.jwt.as_mut().unwrap().providers = vec![pr];
+    let problems = with_policy(p).validate();
+    assert!(problems[0].message.contains("symmetric"), "{problems:?}");
+}
+
+#[test]
+fn connections_are_checked() {
+    let c = CompiledConfig {
+        connections: vec![ConnectionConfig {
+            namespace: "n".into(),
+            name: "partner".into(),
+            url: "ftp://x".into(),
+            auth: ConnectionAuth {
+                basic: Some(BasicCredentials {
+                    username: "u".into(),
+                    password: "p".into(),
+                }),
+                oauth: Some(OAuthConfig {
+                    token_url: "https://t".into(),
+                    client_id: "c".into(),
+                    client_secret: "s".into(),
+                    client_auth_method: ClientAuthMethod::ClientSecretBasic,
+                    scopes: vec![],
+                    audience: None,
+                    extra_params: BTreeMap::new(),
+                }),
+            },
+            tls: TlsConfig {
+                mode: TlsMode::DefaultBundle,
+                ca_file: Some("ca.pem".into()),
+            },
+        }],
+        ..CompiledConfig::empty(1)
+    };
+    assert_eq!(fields(&c), vec!["auth", "tls.caBundleSecretRef", "url"]);
+    let dbg = format!("{:?}", c.connections[0]);
+    assert!(!dbg.contains("\"p\"") && !dbg.contains("\"s\""), "{dbg}");
+}
+
+#[test]
+fn compartment_lookup_must_name_a_connection() {
+    let mut p = policy("ehr");
+    p.authorization.smart.compartment_lookup = Some(CompartmentLookup {
+        connection: "clinical/missing".into(),
+    });
+    assert_eq!(
+        fields(&with_policy(p)),
+        vec!["authorization.smart.compartmentLookup.connectionRef"]
+    );
+}
+
+#[test]
+fn durations() {
+    assert_eq!(parse_duration("60s"), Ok(60));
+    assert_eq!(parse_duration("10m"), Ok(600));
+    assert_eq!(parse_duration("1h30m"), Ok(5400));
+    for bad in ["", "10", "m", "1d", "-1s", "1.5s"] {
+        assert!(parse_duration(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn hosts_normalise() {
+    assert_eq!(normalize_host("EHR.Example.org:8443"), "ehr.example.org");
+    assert_eq!(normalize_host("[::1]:80"), "[::1]");
+    assert_eq!(normalize_host("ehr"), "ehr");
+}

@@ -1,0 +1,257 @@
+//! What a refusal looks like on the wire (pure): a FHIR `OperationOutcome` body and the
+//! headers that go with it. The Envoy adapter only copies these into its message types.
+
+use crate::core::policy::Deny;
+
+/// Header carrying the decision id, upstream and back to the client.
+pub const DECISION_ID_HEADER: &str = "x-fhirguard-decision-id";
+pub const SUBJECT_HEADER: &str = "x-fhirguard-subject";
+pub const PATIENT_HEADER: &str = "x-fhirguard-patient";
+pub const SCOPES_HEADER: &str = "x-fhirguard-scopes";
+/// Every incoming header with this prefix is removed, so that a client cannot forge identity.
+pub const HEADER_PREFIX: &str = "x-fhirguard-";
+pub const FHIR_JSON: &str = "application/fhir+json";
+
+/// An `OperationOutcome` with one error issue.
+pub fn operation_outcome(code: &str, diagnostics: &str, decision_id: &str) -> String {
+    serde_json::json!({
+        "resourceType": "OperationOutcome",
+        "issue": [{
+            "severity": "error",
+            "code": code,
+            "diagnostics": diagnostics,
+        }],
+        "extension": [{
+            "url": "https://fhirguard.dev/StructureDefinition/decision-id",
+            "valueString": decision_id,
+        }],
+    })
+    .to_string()
+}
+
+/// The HTTP answer for a refusal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeniedAnswer {
+    pub status: u16,
+    /// In order; `WWW-Authenticate` may appear more than once.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+pub fn denied(d: &Deny, decision_id: &str) -> DeniedAnswer {
+    let mut headers = vec![
+        ("content-type".to_string(), FHIR_JSON.to_string()),
+        (DECISION_ID_HEADER.to_string(), decision_id.to_string()),
+    ];
+    headers.extend(
+        d.www_authenticate
+            .iter()
+            .map(|v| ("www-authenticate".to_string(), v.clone())),
+    );
+    DeniedAnswer {
+        status: d.status,
+        headers,
+        body: operation_outcome(d.issue_code(), &d.diagnostics, decision_id),
+    }
+}
+
+/// The answer when the service cannot decide but Envoy is configured to ask us anyway
+/// (for the HTTP-level body of a 503 we never produce ourselves; kept for the demo page).
+pub fn unavailable_body(decision_id: &str, why: &str) -> String {
+    operation_outcome("transient", why, decision_id)
+}
+
+/// The `Prefer` header for a request whose permission rests on its search parameters.
+///
+/// FHIR servers may ignore search parameters they do not support (FHIR R4 search, "lenient"
+/// handling, the default on many servers), and `Observation?patient=123` then returns every
+/// patient's Observations. `handling=strict` makes such a server refuse the search instead.
+/// The client's other preferences (`return=`, `respond-async`) are kept; every `handling`
+/// token it sent is removed, however it is separated: RFC 7240 puts parameters of one
+/// preference after `;` (`return=minimal; handling=lenient`), and servers differ in whether
+/// they read those as preferences of their own.
+pub fn strict_prefer(existing: Option<&str>) -> String {
+    let is_handling = |token: &str| {
+        let name = token
+            .split('=')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .trim_matches('"');
+        name.eq_ignore_ascii_case("handling")
+    };
+    let mut kept: Vec<String> = Vec::new();
+    for preference in existing.unwrap_or("").split(',') {
+        let pieces: Vec<&str> = preference
+            .split(';')
+            .map(str::trim)
+            .filter(|p| !p.is_empty() && !is_handling(p))
+            .collect();
+        // A preference whose own name was `handling` goes entirely, with its parameters.
+        let first_was_handling = preference
+            .split(';')
+            .next()
+            .is_some_and(|p| is_handling(p.trim()));
+        if !pieces.is_empty() && !first_was_handling {
+            kept.push(pieces.join("; "));
+        }
+    }
+    kept.push("handling=strict".into());
+    kept.join(", ")
+}
+
+/// Every spelling of fhirguard's identity headers with `-` or `_` at each separator, for
+/// removal even when the check request did not carry them.
+pub fn identity_header_spellings() -> Vec<String> {
+    let mut out = Vec::new();
+    for name in [
+        SUBJECT_HEADER,
+        PATIENT_HEADER,
+        SCOPES_HEADER,
+        DECISION_ID_HEADER,
+    ] {
+        let parts: Vec<&str> = name.split('-').collect();
+        let gaps = parts.len() - 1;
+        for mask in 0..(1u32 << gaps) {
+            let mut s = parts[0].to_string();
+            for (i, p) in parts[1..].iter().enumerate() {
+                s.push(if mask & (1 << i) == 0 { '-' } else { '_' });
+                s.push_str(p);
+            }
+            out.push(s);
+        }
+    }
+    out
+}
+
+/// The incoming headers a client could use to assert an identity to the upstream: every
+/// header whose name, read the way CGI, WSGI and Rack stacks read it (case-insensitive, `_`
+/// as `-`), starts with `x-fhirguard-`. Returned as sent, so that Envoy removes exactly them.
+pub fn forged_headers<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    names
+        .into_iter()
+        .filter(|k| {
+            k.len() >= HEADER_PREFIX.len()
+                && k.as_bytes()[..HEADER_PREFIX.len()]
+                    .iter()
+                    .zip(HEADER_PREFIX.as_bytes())
+                    .all(|(a, b)| {
+                        let a = a.to_ascii_lowercase();
+                        a == *b || (a == b'_' && *b == b'-')
+                    })
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::policy::DenyReason;
+
+    #[test]
+    fn strict_handling_replaces_the_clients_and_keeps_its_other_preferences() {
+        let cases = [
+            (None, "handling=strict"),
+            (Some(""), "handling=strict"),
+            (Some("handling=lenient"), "handling=strict"),
+            (Some(" Handling = lenient "), "handling=strict"),
+            (
+                Some("return=minimal, handling=lenient"),
+                "return=minimal, handling=strict",
+            ),
+            (
+                Some("respond-async,return=OperationOutcome"),
+                "respond-async, return=OperationOutcome, handling=strict",
+            ),
+            (Some("handling=strict"), "handling=strict"),
+            // A preference that merely starts with the word is not the handling preference.
+            (Some("handlingx=1"), "handlingx=1, handling=strict"),
+            // Parameters after `;` that some servers read as preferences of their own.
+            (
+                Some("return=minimal; handling=lenient"),
+                "return=minimal, handling=strict",
+            ),
+            (
+                Some("return=minimal;handling=lenient;foo=1"),
+                "return=minimal; foo=1, handling=strict",
+            ),
+            (
+                Some("respond-async; HANDLING = lenient"),
+                "respond-async, handling=strict",
+            ),
+            (Some("handling=lenient; return=minimal"), "handling=strict"),
+            (Some("\"handling\"=lenient"), "handling=strict"),
+            (Some("handling"), "handling=strict"),
+            (Some("handling=strict, handling=lenient"), "handling=strict"),
+            (Some(" ; , ;handling=lenient,"), "handling=strict"),
+            (
+                Some("return=representation,\thandling=lenient"),
+                "return=representation, handling=strict",
+            ),
+        ];
+        for (given, want) in cases {
+            assert_eq!(strict_prefer(given), want, "Prefer: {given:?}");
+        }
+    }
+
+    #[test]
+    fn forged_identity_headers_in_every_spelling() {
+        let incoming = [
+            "x-fhirguard-patient",
+            "x_fhirguard_patient",
+            "x-fhirguard_patient",
+            "x_fhirguard-subject",
+            "X-FHIRGUARD-SCOPES",
+            "X_Fhirguard_Decision_Id",
+            "x-fhirguard-",
+            "x-fhirguardpatient",
+            "x-fhirguard",
+            "authorization",
+            "xx-fhirguard-patient",
+        ];
+        assert_eq!(
+            forged_headers(incoming),
+            vec![
+                "x-fhirguard-patient",
+                "x_fhirguard_patient",
+                "x-fhirguard_patient",
+                "x_fhirguard-subject",
+                "X-FHIRGUARD-SCOPES",
+                "X_Fhirguard_Decision_Id",
+                "x-fhirguard-",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_401_is_an_operation_outcome_with_challenges() {
+        let d = Deny {
+            policy: Some("a/b".into()),
+            status: 401,
+            reason: DenyReason::MissingCredentials,
+            www_authenticate: vec![
+                r#"Bearer realm="fhir""#.into(),
+                r#"Basic realm="fhir""#.into(),
+            ],
+            diagnostics: "credentials are required".into(),
+        };
+        let a = denied(&d, "abc");
+        assert_eq!(a.status, 401);
+        let www: Vec<_> = a
+            .headers
+            .iter()
+            .filter(|(k, _)| k == "www-authenticate")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(www, vec![r#"Bearer realm="fhir""#, r#"Basic realm="fhir""#]);
+        assert!(
+            a.headers
+                .contains(&("x-fhirguard-decision-id".into(), "abc".into()))
+        );
+        let body: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+        assert_eq!(body["resourceType"], "OperationOutcome");
+        assert_eq!(body["issue"][0]["code"], "login");
+        assert_eq!(body["issue"][0]["diagnostics"], "credentials are required");
+    }
+}

@@ -1,0 +1,596 @@
+//! The whole Check, run as a sans-IO state machine.
+//!
+//! A host (the gRPC service, the Envoy module) creates a [`Check`] from a plain request value
+//! and loops: [`Check::next`] says either that the decision is made, or what slow work the
+//! decision is waiting for — verify this password, verify this token, fetch these stored
+//! resources, get this connection's OAuth token. The host does that work however it likes
+//! (hashing slots, a key cache, an HTTP client, another thread) and hands the answer back;
+//! the check resumes. The sequence itself — choose the policy, find the credentials, verify
+//! them, authorize, look stored resources up, authorize again — exists only here, so that two
+//! hosts cannot drift apart on a security sequence.
+//!
+//! ```text
+//! Check::new ──► Password? ──► Token? ──► authorize ──► Lookups? ──► authorize ──► Done
+//!                  ▲ host         ▲ host                  ▲ host (at most two rounds)
+//! ```
+
+use crate::config::{CompiledConfig, ConnectionConfig};
+use crate::core::policy::{
+    self, Allow, AllowReason, Decision, Deny, DenyReason, Identity, OutboundAuth, Pending, Request,
+    Step as PolicyStep, TokenIdentity,
+};
+use crate::core::smart::{LookupKey, Lookups, Stored};
+
+/// At most this many stored resources are fetched for one request (a bundle needing more is
+/// refused rather than fanned out).
+pub const MAX_LOOKUPS_PER_REQUEST: usize = 50;
+
+/// What the host must do before the check can continue.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Need<'a> {
+    /// Verify a Basic credential against the policy's htpasswd (slow: a password hash).
+    Password {
+        policy: usize,
+        user: &'a str,
+        password: &'a str,
+    },
+    /// Verify a bearer token for the policy (signature with the provider's keys, claims).
+    Token { policy: usize, token: &'a str },
+    /// Fetch these stored resources through the policy's `compartmentLookup` connection.
+    Lookups {
+        policy: usize,
+        keys: &'a [LookupKey],
+    },
+    /// Get the current OAuth token of an outbound connection.
+    OAuthToken { connection: &'a str },
+}
+
+/// How a check ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Decided(Decision),
+    /// No decision can be made (keys unobtainable, a lookup failed, an internal fault): the
+    /// host answers 503. Never an allow.
+    Unavailable(String),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next<'a> {
+    Need(Need<'a>),
+    Done(&'a Outcome),
+}
+
+/// Why a token was not accepted, as the host's verifier reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenFailure {
+    /// The token is not valid: 401 `invalid_token` with this reason and message.
+    Invalid(DenyReason, String),
+    /// The verifier could not decide (no keys could be obtained): UNAVAILABLE.
+    Undecidable(String),
+}
+
+enum State {
+    Password,
+    Token,
+    Authorize,
+    Lookups(Vec<LookupKey>),
+    OAuth(String),
+    Done(Outcome),
+}
+
+/// One Check in progress.
+pub struct Check<'c> {
+    config: &'c CompiledConfig,
+    pending: Option<Pending>,
+    identity: Identity,
+    lookups: Lookups,
+    lookup_rounds: u8,
+    state: State,
+}
+
+impl<'c> Check<'c> {
+    /// Starts a check of an inbound request: policy, classification, credentials.
+    pub fn new(config: &'c CompiledConfig, req: &Request<'_>) -> Self {
+        let mut check = Check {
+            config,
+            pending: None,
+            identity: Identity::default(),
+            lookups: Lookups::new(),
+            lookup_rounds: 0,
+            state: State::Authorize,
+        };
+        match policy::prepare(&config.policies, req) {
+            Err(d) => check.state = State::Done(Outcome::Decided(d)),
+            Ok(p) => {
+                check.state = if p.basic.is_some() {
+                    State::Password
+                } else if p.bearer.is_some() {
+                    State::Token
+                } else {
+                    State::Authorize
+                };
+                check.pending = Some(p);
+                check.advance();
+            }
+        }
+        check
+    }
+
+    /// Starts a check of an outbound request through connection `namespace/name`: allowed
+    /// with the connection's credential in `Authorization`, or refused.
+    pub fn outbound(config: &'c CompiledConfig, connection: &str) -> Self {
+        let mut check = Check {
+            config,
+            pending: None,
+            identity: Identity::default(),
+            lookups: Lookups::new(),
+            lookup_rounds: 0,
+            state: State::Authorize,
+        };
+        check.state = match config
+            .connections
+            .iter()
+            .find(|c| format!("{}/{}", c.namespace, c.name) == connection)
+        {
+            None => State::Done(Outcome::Decided(Decision::Deny(Deny {
+                policy: Some(connection.to_string()),
+                status: 403,
+                reason: DenyReason::UnknownConnection,
+                www_authenticate: Vec::new(),
+                diagnostics: format!(
+                    "no FhirConnection {connection:?} is configured (or it is not Accepted); check its status"
+                ),
+            }))),
+            Some(c) if c.auth.oauth.is_some() => State::OAuth(connection.to_string()),
+            Some(c) => State::Done(outbound_allow(connection, fixed_auth(c))),
+        };
+        check
+    }
+
+    /// What the check is waiting for, or how it ended.
+    pub fn next(&self) -> Next<'_> {
+        let policy = self.pending.as_ref().map_or(0, |p| p.policy_index);
+        match &self.state {
+            State::Done(o) => Next::Done(o),
+            State::Password => match self.pending.as_ref().and_then(|p| p.basic.as_ref()) {
+                Some(b) => Next::Need(Need::Password {
+                    policy,
+                    user: &b.user,
+                    password: &b.password,
+                }),
+                None => Next::Done(&UNREACHABLE),
+            },
+            State::Token => match self.pending.as_ref().and_then(|p| p.bearer.as_ref()) {
+                Some(b) => Next::Need(Need::Token {
+                    policy,
+                    token: &b.token,
+                }),
+                None => Next::Done(&UNREACHABLE),
+            },
+            State::Lookups(keys) => Next::Need(Need::Lookups { policy, keys }),
+            State::OAuth(c) => Next::Need(Need::OAuthToken { connection: c }),
+            State::Authorize => Next::Done(&UNREACHABLE),
+        }
+    }
+
+    /// The decision, once made.
+    pub fn outcome(&self) -> Option<&Outcome> {
+        match &self.state {
+            State::Done(o) => Some(o),
+            _ => None,
+        }
+    }
+
+    /// Ends the check; `None` while it still needs something.
+    pub fn into_outcome(self) -> Option<Outcome> {
+        match self.state {
+            State::Done(o) => Some(o),
+            _ => None,
+        }
+    }
+
+    /// The answer to [`Need::Password`].
+    pub fn password_checked(&mut self, valid: bool) {
+        if !matches!(self.state, State::Password) {
+            return self.fault("a password answer arrived out of turn");
+        }
+        let Some(p) = &self.pending else {
+            return self.fault("no pending request");
+        };
+        if !valid {
+            let policy = &self.config.policies[p.policy_index];
+            self.state = State::Done(Outcome::Decided(policy::unauthorized(
+                policy,
+                DenyReason::InvalidBasic,
+                None,
+                "invalid username or password",
+            )));
+            return;
+        }
+        self.identity.basic_user = p.basic.as_ref().map(|b| b.user.clone());
+        self.state = if p.bearer.is_some() {
+            State::Token
+        } else {
+            State::Authorize
+        };
+        self.advance();
+    }
+
+    /// The answer to [`Need::Token`].
+    pub fn token_verified(&mut self, result: Result<TokenIdentity, TokenFailure>) {
+        if !matches!(self.state, State::Token) {
+            return self.fault("a token answer arrived out of turn");
+        }
+        let Some(p) = &self.pending else {
+            return self.fault("no pending request");
+        };
+        match result {
+            Ok(identity) => {
+                self.identity.token = Some(identity);
+                self.state = State::Authorize;
+                self.advance();
+            }
+            Err(TokenFailure::Invalid(reason, message)) => {
+                let policy = &self.config.policies[p.policy_index];
+                self.state = State::Done(Outcome::Decided(policy::unauthorized(
+                    policy,
+                    reason,
+                    Some("invalid_token"),
+                    message,
+                )));
+            }
+            Err(TokenFailure::Undecidable(why)) => {
+                self.state = State::Done(Outcome::Unavailable(why));
+            }
+        }
+    }
+
+    /// The answers to [`Need::Lookups`]; any failure makes the check undecidable.
+    pub fn lookups_done(&mut self, answers: Vec<(LookupKey, Result<Stored, String>)>) {
+        if !matches!(self.state, State::Lookups(_)) {
+            return self.fault("lookup answers arrived out of turn");
+        }
+        for (key, answer) in answers {
+            match answer {
+                Ok(stored) => {
+                    self.lookups.insert(key, stored);
+                }
+                // Not knowing whose resource it is means not deciding: fail closed.
+                Err(e) => {
+                    self.state = State::Done(Outcome::Unavailable(format!(
+                        "compartment lookup failed: {e}"
+                    )));
+                    return;
+                }
+            }
+        }
+        self.state = State::Authorize;
+        self.advance();
+    }
+
+    /// The answer to [`Need::OAuthToken`].
+    pub fn oauth_token(&mut self, token: Result<String, String>) {
+        let State::OAuth(connection) = &self.state else {
+            return self.fault("an OAuth token arrived out of turn");
+        };
+        let connection = connection.clone();
+        self.state = State::Done(match token {
+            Ok(t) => outbound_allow(&connection, OutboundAuth::Set(format!("Bearer {t}"))),
+            // The workload must not mistake an outage for a permission problem: 503 with an
+            // OperationOutcome, decided (Envoy would otherwise answer its own 503).
+            Err(e) => Outcome::Decided(Decision::Deny(Deny {
+                policy: Some(connection.clone()),
+                status: 503,
+                reason: DenyReason::TokenUnavailable,
+                www_authenticate: Vec::new(),
+                diagnostics: format!("no valid OAuth token for connection {connection}: {e}"),
+            })),
+        });
+    }
+
+    fn fault(&mut self, why: &str) {
+        self.state = State::Done(Outcome::Unavailable(format!("internal fault: {why}")));
+    }
+
+    /// Runs the pure steps until the check needs the host or is done.
+    fn advance(&mut self) {
+        if !matches!(self.state, State::Authorize) {
+            return;
+        }
+        let Some(pending) = &self.pending else {
+            return self.fault("no pending request");
+        };
+        let policy = &self.config.policies[pending.policy_index];
+        match policy::authorize(policy, pending, &self.identity, Some(&self.lookups)) {
+            PolicyStep::Done(d) => self.state = State::Done(Outcome::Decided(d)),
+            PolicyStep::Lookup(keys) => {
+                // The first round names every lookup the request needs; a second one can only
+                // come from answers that changed the question.
+                self.lookup_rounds += 1;
+                if self.lookup_rounds > 2 {
+                    self.state = State::Done(Outcome::Unavailable(
+                        "compartment lookups did not settle the decision".into(),
+                    ));
+                } else if policy.authorization.smart.compartment_lookup.is_none() {
+                    self.state = State::Done(Outcome::Unavailable(
+                        "a compartment lookup is needed but none is configured".into(),
+                    ));
+                } else if keys.len() > MAX_LOOKUPS_PER_REQUEST {
+                    self.state = State::Done(Outcome::Decided(Decision::Deny(Deny {
+                        policy: Some(format!("{}/{}", policy.namespace, policy.name)),
+                        status: 403,
+                        reason: DenyReason::InsufficientScope,
+                        www_authenticate: vec![],
+                        diagnostics: format!(
+                            "the request needs {} compartment lookups; at most {MAX_LOOKUPS_PER_REQUEST} are made for one request",
+                            keys.len()
+                        ),
+                    })));
+                } else {
+                    self.state = State::Lookups(keys);
+                }
+            }
+        }
+    }
+}
+
+/// A placeholder the state machine never returns in practice (every non-final state has a
+/// need); kept as a value so that `next` cannot panic.
+static UNREACHABLE: Outcome = Outcome::Unavailable(String::new());
+
+fn fixed_auth(c: &ConnectionConfig) -> OutboundAuth {
+    match &c.auth.basic {
+        Some(b) => OutboundAuth::Set(basic_header(&b.username, &b.password)),
+        None => OutboundAuth::Remove,
+    }
+}
+
+/// `Basic base64(user:password)`.
+pub fn basic_header(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+fn outbound_allow(connection: &str, auth: OutboundAuth) -> Outcome {
+    Outcome::Decided(Decision::Allow(Allow {
+        policy: connection.to_string(),
+        reason: AllowReason::Outbound,
+        subject: None,
+        patient: None,
+        scopes: None,
+        remove_query: Vec::new(),
+        set_query: Vec::new(),
+        strict_search: false,
+        interaction: None,
+        outbound: Some(auth),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::*;
+    use crate::core::smart::parse_scopes;
+
+    fn config() -> CompiledConfig {
+        let policy = |name: &str, lookup: bool| PolicyConfig {
+            namespace: "ns".into(),
+            name: name.into(),
+            hosts: vec![format!("{name}.example")],
+            base_path: "/fhir".into(),
+            public_paths: default_public_paths(),
+            unauthenticated_access: false,
+            authentication: AuthenticationConfig {
+                combine: Combine::AnyOf,
+                basic: Some(BasicConfig {
+                    htpasswd: String::new(),
+                    access: vec![],
+                }),
+                jwt: Some(JwtConfig {
+                    token_sources: vec![TokenSource::Header],
+                    require_subject_matches_basic_user: false,
+                    providers: vec![],
+                }),
+            },
+            authorization: AuthorizationConfig {
+                smart: SmartConfig {
+                    compartment_lookup: lookup.then(|| CompartmentLookup {
+                        connection: "ns/ehr".into(),
+                    }),
+                    ..SmartConfig::default()
+                },
+            },
+        };
+        CompiledConfig {
+            version: FORMAT_VERSION,
+            generation: 1,
+            policies: vec![policy("ehr", true), policy("nolookup", false)],
+            connections: vec![ConnectionConfig {
+                namespace: "ns".into(),
+                name: "basic".into(),
+                url: "https://partner.example/fhir".into(),
+                auth: ConnectionAuth {
+                    basic: Some(BasicCredentials {
+                        username: "u".into(),
+                        password: "p".into(),
+                    }),
+                    oauth: None,
+                },
+                tls: TlsConfig::default(),
+            }],
+        }
+    }
+
+    fn request<'a>(host: &'a str, path: &'a str, auth: Option<&'a str>) -> Request<'a> {
+        Request {
+            method: "GET",
+            host,
+            path,
+            authorization: auth,
+            if_none_exist: None,
+            headers: &[],
+            body: None,
+            policy_ref: None,
+        }
+    }
+
+    fn token(scopes: &str, patient: Option<&str>) -> TokenIdentity {
+        TokenIdentity {
+            provider: "idp".into(),
+            subject: "app".into(),
+            scopes: parse_scopes(scopes.split(' ')),
+            scope_text: scopes.into(),
+            patient: patient.map(str::to_string),
+            fhir_user: None,
+        }
+    }
+
+    fn basic(user: &str) -> String {
+        basic_header(user, "pw")
+    }
+
+    #[test]
+    fn a_refusal_before_verification_needs_nothing() {
+        let c = config();
+        let check = Check::new(&c, &request("ehr.example", "/fhir/Patient/1", None));
+        let Some(Outcome::Decided(Decision::Deny(d))) = check.outcome() else {
+            panic!()
+        };
+        assert_eq!(d.status, 401);
+    }
+
+    #[test]
+    fn basic_is_verified_then_authorized() {
+        let c = config();
+        let auth = basic("alice");
+        let mut check = Check::new(&c, &request("ehr.example", "/fhir/Patient/1", Some(&auth)));
+        assert_eq!(
+            check.next(),
+            Next::Need(Need::Password {
+                policy: 0,
+                user: "alice",
+                password: "pw"
+            })
+        );
+        check.password_checked(true);
+        assert!(matches!(
+            check.outcome(),
+            Some(Outcome::Decided(Decision::Allow(_)))
+        ));
+        let mut check = Check::new(&c, &request("ehr.example", "/fhir/Patient/1", Some(&auth)));
+        check.password_checked(false);
+        let Some(Outcome::Decided(Decision::Deny(d))) = check.outcome() else {
+            panic!()
+        };
+        assert_eq!((d.status, d.reason), (401, DenyReason::InvalidBasic));
+    }
+
+    #[test]
+    fn a_token_check_can_need_lookups_then_decide() {
+        let c = config();
+        let mut check = Check::new(
+            &c,
+            &request("ehr.example", "/fhir/Observation/o1", Some("Bearer t")),
+        );
+        assert_eq!(
+            check.next(),
+            Next::Need(Need::Token {
+                policy: 0,
+                token: "t"
+            })
+        );
+        check.token_verified(Ok(token("patient/Observation.rs", Some("p1"))));
+        let Next::Need(Need::Lookups { keys, .. }) = check.next() else {
+            panic!("{:?}", check.next())
+        };
+        assert_eq!(keys, &[LookupKey::current("Observation", "o1")]);
+        let stored = serde_json::json!({"resourceType": "Observation", "id": "o1",
+            "subject": {"reference": "Patient/p1"}});
+        check.lookups_done(vec![(
+            LookupKey::current("Observation", "o1"),
+            Ok(Stored::Found(std::sync::Arc::new(stored))),
+        )]);
+        assert!(matches!(
+            check.outcome(),
+            Some(Outcome::Decided(Decision::Allow(_)))
+        ));
+    }
+
+    #[test]
+    fn failures_of_the_host_never_allow() {
+        let c = config();
+        // Keys unobtainable.
+        let mut check = Check::new(
+            &c,
+            &request("ehr.example", "/fhir/Observation/o1", Some("Bearer t")),
+        );
+        check.token_verified(Err(TokenFailure::Undecidable("no keys".into())));
+        assert_eq!(
+            check.outcome(),
+            Some(&Outcome::Unavailable("no keys".into()))
+        );
+        // A failed lookup.
+        let mut check = Check::new(
+            &c,
+            &request("ehr.example", "/fhir/Observation/o1", Some("Bearer t")),
+        );
+        check.token_verified(Ok(token("patient/Observation.rs", Some("p1"))));
+        check.lookups_done(vec![(
+            LookupKey::current("Observation", "o1"),
+            Err("HTTP 500".into()),
+        )]);
+        assert!(matches!(check.outcome(), Some(Outcome::Unavailable(_))));
+        // Answers out of turn.
+        let mut check = Check::new(
+            &c,
+            &request("ehr.example", "/fhir/Patient/1", Some("Bearer t")),
+        );
+        check.password_checked(true);
+        assert!(matches!(check.outcome(), Some(Outcome::Unavailable(_))));
+        // An invalid token.
+        let mut check = Check::new(
+            &c,
+            &request("ehr.example", "/fhir/Patient/1", Some("Bearer t")),
+        );
+        check.token_verified(Err(TokenFailure::Invalid(
+            DenyReason::ExpiredToken,
+            "expired".into(),
+        )));
+        let Some(Outcome::Decided(Decision::Deny(d))) = check.outcome() else {
+            panic!()
+        };
+        assert_eq!((d.status, d.reason), (401, DenyReason::ExpiredToken));
+    }
+
+    #[test]
+    fn without_a_lookup_connection_patient_reads_are_refused_not_looked_up() {
+        let c = config();
+        let mut check = Check::new(
+            &c,
+            &request("nolookup.example", "/fhir/Observation/o1", Some("Bearer t")),
+        );
+        check.token_verified(Ok(token("patient/Observation.rs", Some("p1"))));
+        let Some(Outcome::Decided(Decision::Deny(d))) = check.outcome() else {
+            panic!("{:?}", check.outcome())
+        };
+        assert_eq!(d.status, 403);
+    }
+
+    #[test]
+    fn outbound_connections() {
+        let c = config();
+        let check = Check::outbound(&c, "ns/basic");
+        let Some(Outcome::Decided(Decision::Allow(a))) = check.outcome() else {
+            panic!()
+        };
+        assert_eq!(a.outbound, Some(OutboundAuth::Set(basic_header("u", "p"))));
+        let check = Check::outbound(&c, "ns/missing");
+        let Some(Outcome::Decided(Decision::Deny(d))) = check.outcome() else {
+            panic!()
+        };
+        assert_eq!(d.reason, DenyReason::UnknownConnection);
+    }
+}

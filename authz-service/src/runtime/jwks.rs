@@ -1,0 +1,649 @@
+//! JSON Web Key Sets: parsing, fetching over HTTPS, caching and refreshing.
+//!
+//! A [`JwksSource`] holds the last good key set. It is refreshed in the background every
+//! `refreshInterval`; when a token names a key id the set does not have, it is refetched at
+//! once, but at most once per [`JwksOptions::min_refetch_interval`], so that a flood of tokens
+//! with random `kid`s cannot turn fhirguard into a load generator against the IdP. A failed
+//! fetch never throws away the keys we have: they stay in force, and the failure shows in the
+//! `fhirguard_jwks_stale` gauge and the log.
+//!
+//! Every fetch, whoever starts it (the refresher, a request that finds no keys at all, an
+//! unknown `kid`), goes through one backoff ([`crate::runtime::backoff`]): a failure is one step, and
+//! until the step is over nobody fetches. While no key set was ever obtained, token requests
+//! therefore get UNAVAILABLE at once instead of each making a fetch against an IdP that is
+//! down, whatever the tokens claim to be.
+//!
+//! Sources live in a [`JwksRegistry`] keyed by what defines them (URI, TLS trust), so a config
+//! reload that keeps a provider keeps its keys instead of refetching (and failing closed when
+//! the IdP happens to be down during the reload).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, PublicKeyUse};
+use jsonwebtoken::{Algorithm as JwtAlg, DecodingKey};
+use sha2::{Digest, Sha256};
+
+use crate::config::{JwksConfig, TlsConfig};
+use crate::runtime::backoff::{Backoff, BackoffPolicy};
+use crate::server::metrics::{Metrics, SourceLabels, SourceResultLabels};
+
+/// A JWKS document above this size is refused: real ones are a few kilobytes.
+const MAX_JWKS_BYTES: usize = 512 * 1024;
+/// How long a token request waits for a fetch under way while no key set was ever obtained.
+const FIRST_FETCH_WAIT: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum JwksError {
+    #[error("JWKS is not valid JSON: {0}")]
+    Json(String),
+    #[error("JWKS holds no usable public signing key")]
+    NoUsableKeys,
+    #[error("JWKS fetch failed: {0}")]
+    Fetch(String),
+    #[error("JWKS endpoint answered HTTP {0}")]
+    Status(u16),
+    #[error("JWKS document is larger than {MAX_JWKS_BYTES} bytes")]
+    TooLarge,
+    #[error(transparent)]
+    Tls(#[from] crate::runtime::tls::TlsError),
+}
+
+/// The family of a key, which decides which algorithms may use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyFamily {
+    Rsa,
+    Ec,
+    Ed,
+}
+
+impl KeyFamily {
+    pub fn of(alg: JwtAlg) -> Option<KeyFamily> {
+        match alg {
+            JwtAlg::RS256
+            | JwtAlg::RS384
+            | JwtAlg::RS512
+            | JwtAlg::PS256
+            | JwtAlg::PS384
+            | JwtAlg::PS512 => Some(KeyFamily::Rsa),
+            JwtAlg::ES256 | JwtAlg::ES384 => Some(KeyFamily::Ec),
+            JwtAlg::EdDSA => Some(KeyFamily::Ed),
+            // HMAC: never with keys from a JWKS.
+            _ => None,
+        }
+    }
+}
+
+pub struct Key {
+    pub kid: Option<String>,
+    /// The key's own `alg`, when the JWKS states one.
+    pub alg: Option<JwtAlg>,
+    pub family: KeyFamily,
+    pub key: DecodingKey,
+}
+
+/// A parsed set of verification keys.
+pub struct KeySet {
+    pub keys: Vec<Key>,
+    /// Keys in the document that were skipped (encryption keys, symmetric keys, unknown types).
+    pub skipped: usize,
+}
+
+impl KeySet {
+    /// Keys that may verify a token with this algorithm and key id.
+    pub fn candidates<'a>(
+        &'a self,
+        alg: JwtAlg,
+        kid: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a Key> + 'a {
+        let family = KeyFamily::of(alg);
+        self.keys.iter().filter(move |k| {
+            Some(k.family) == family
+                && k.alg.is_none_or(|a| a == alg)
+                && match kid {
+                    Some(kid) => k.kid.as_deref() == Some(kid),
+                    None => true,
+                }
+        })
+    }
+}
+
+/// Parses a JWKS document, keeping only public signature keys of supported families.
+pub fn parse_jwks(doc: &[u8]) -> Result<KeySet, JwksError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(doc).map_err(|e| JwksError::Json(e.to_string()))?;
+    let raw_keys = value
+        .get("keys")
+        .and_then(|k| k.as_array())
+        .ok_or_else(|| JwksError::Json("no \"keys\" array".into()))?;
+    let mut keys = Vec::new();
+    let mut skipped = 0;
+    for raw in raw_keys {
+        // Private or symmetric material must never be used (or be there at all).
+        if raw.get("d").is_some() || raw.get("k").is_some() {
+            skipped += 1;
+            continue;
+        }
+        let Ok(jwk) = serde_json::from_value::<Jwk>(raw.clone()) else {
+            skipped += 1;
+            continue;
+        };
+        if matches!(
+            jwk.common.public_key_use,
+            Some(PublicKeyUse::Encryption) | Some(PublicKeyUse::Other(_))
+        ) {
+            skipped += 1;
+            continue;
+        }
+        let family = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => KeyFamily::Rsa,
+            AlgorithmParameters::EllipticCurve(_) => KeyFamily::Ec,
+            AlgorithmParameters::OctetKeyPair(_) => KeyFamily::Ed,
+            _ => {
+                skipped += 1;
+                continue;
+            }
+        };
+        let alg = match jwk.common.key_algorithm {
+            Some(ka) => match ka.to_string().parse::<JwtAlg>() {
+                Ok(a) if KeyFamily::of(a) == Some(family) => Some(a),
+                _ => {
+                    skipped += 1;
+                    continue;
+                }
+            },
+            None => None,
+        };
+        let Ok(key) = DecodingKey::from_jwk(&jwk) else {
+            skipped += 1;
+            continue;
+        };
+        keys.push(Key {
+            kid: jwk.common.key_id.clone(),
+            alg,
+            family,
+            key,
+        });
+    }
+    if keys.is_empty() {
+        return Err(JwksError::NoUsableKeys);
+    }
+    Ok(KeySet { keys, skipped })
+}
+
+/// Tunables shared by every source.
+#[derive(Debug, Clone, Copy)]
+pub struct JwksOptions {
+    /// Minimum time between two refetches caused by unknown key ids.
+    pub min_refetch_interval: Duration,
+    /// First delay after a failed fetch; doubles with each failure up to `max_retry` (and
+    /// never beyond the source's refresh interval).
+    pub retry_after_failure: Duration,
+    pub max_retry: Duration,
+}
+
+impl Default for JwksOptions {
+    fn default() -> Self {
+        JwksOptions {
+            min_refetch_interval: Duration::from_secs(30),
+            retry_after_failure: Duration::from_secs(1),
+            // An IdP that comes back is used within 10 s; a dead one sees six fetches a
+            // minute per replica and key source.
+            max_retry: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Default)]
+struct FetchState {
+    backoff: Backoff,
+    last_error: Option<String>,
+    last_success: Option<Instant>,
+}
+
+enum Origin {
+    Static,
+    Remote {
+        uri: String,
+        client: reqwest::Client,
+        refresh: Duration,
+    },
+}
+
+/// One provider's keys.
+pub struct JwksSource {
+    label: String,
+    origin: Origin,
+    keys: ArcSwapOption<KeySet>,
+    /// Single flight: concurrent misses wait for one fetch instead of starting many.
+    fetch_lock: tokio::sync::Mutex<()>,
+    fetch_state: Mutex<FetchState>,
+    last_refetch: Mutex<Option<Instant>>,
+    options: JwksOptions,
+    metrics: Arc<Metrics>,
+}
+
+/// Why no key set is available at all.
+#[derive(Debug, thiserror::Error)]
+#[error("no signing keys are available for {source_label}: {reason}")]
+pub struct KeysUnavailable {
+    pub source_label: String,
+    pub reason: String,
+}
+
+impl JwksSource {
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The current keys, fetching them first if none were ever loaded. While the last fetch
+    /// failed and its backoff step is not over, the answer is UNAVAILABLE without a fetch.
+    pub async fn keys(&self) -> Result<Arc<KeySet>, KeysUnavailable> {
+        if let Some(k) = self.keys.load_full() {
+            return Ok(k);
+        }
+        self.check_backoff()?;
+        // Wait for a fetch already under way, but not for as long as a hanging IdP can make
+        // it take (connect and request timeouts): Envoy would give up first anyway.
+        let Ok(_guard) = tokio::time::timeout(FIRST_FETCH_WAIT, self.fetch_lock.lock()).await
+        else {
+            return Err(
+                self.unavailable("the first fetch of the key set is still under way".into())
+            );
+        };
+        if let Some(k) = self.keys.load_full() {
+            return Ok(k);
+        }
+        // The fetch we waited for may just have failed: that was this step's attempt.
+        self.check_backoff()?;
+        self.fetch_now()
+            .await
+            .map_err(|e| self.unavailable(e.to_string()))
+    }
+
+    fn unavailable(&self, reason: String) -> KeysUnavailable {
+        KeysUnavailable {
+            source_label: self.label.clone(),
+            reason,
+        }
+    }
+
+    fn policy(&self) -> BackoffPolicy {
+        let cap = self.refresh_interval().unwrap_or(self.options.max_retry);
+        BackoffPolicy {
+            min: self.options.retry_after_failure,
+            max: self.options.max_retry.min(cap),
+        }
+    }
+
+    /// Time left in the current backoff step, if any.
+    fn backoff_remaining(&self) -> Option<Duration> {
+        self.fetch_state
+            .lock()
+            .ok()
+            .and_then(|st| st.backoff.remaining(Instant::now()))
+    }
+
+    fn check_backoff(&self) -> Result<(), KeysUnavailable> {
+        let Ok(st) = self.fetch_state.lock() else {
+            return Ok(());
+        };
+        match st.backoff.remaining(Instant::now()) {
+            None => Ok(()),
+            Some(left) => Err(self.unavailable(format!(
+                "{} (next attempt in {} ms)",
+                st.last_error.as_deref().unwrap_or("the last fetch failed"),
+                left.as_millis()
+            ))),
+        }
+    }
+
+    /// Whether `set` is still the key set in force. Verified tokens remember the set that
+    /// verified them; once a refresh replaces it they are verified again, so a key the issuer
+    /// withdraws stops being honoured at the next refresh instead of at each token's `exp`.
+    /// The `Weak` keeps the old allocation alive, so its address cannot be reused by a newer
+    /// set and compare equal by accident.
+    pub fn is_current(&self, set: &Weak<KeySet>) -> bool {
+        self.keys
+            .load()
+            .as_ref()
+            .is_some_and(|current| std::ptr::eq(Arc::as_ptr(current), set.as_ptr()))
+    }
+
+    /// Refetches because a token names an unknown key id, unless that happened recently.
+    /// Returns the new set when a fetch took place and succeeded.
+    pub async fn refetch_for_unknown_kid(&self) -> Option<Arc<KeySet>> {
+        if matches!(self.origin, Origin::Static) {
+            return None;
+        }
+        {
+            let mut last = self.last_refetch.lock().ok()?;
+            let now = Instant::now();
+            if last.is_some_and(|t| now.duration_since(t) < self.options.min_refetch_interval) {
+                return None;
+            }
+            *last = Some(now);
+        }
+        if self.backoff_remaining().is_some() {
+            return None;
+        }
+        let _guard = self.fetch_lock.lock().await;
+        if self.backoff_remaining().is_some() {
+            return None;
+        }
+        self.fetch_now().await.ok()
+    }
+
+    async fn fetch_now(&self) -> Result<Arc<KeySet>, JwksError> {
+        let Origin::Remote { uri, client, .. } = &self.origin else {
+            return self.keys.load_full().ok_or(JwksError::NoUsableKeys);
+        };
+        let result = fetch(client, uri).await;
+        let labels = SourceResultLabels {
+            source: self.label.clone(),
+            result: if result.is_ok() { "success" } else { "failure" },
+        };
+        self.metrics.jwks_fetches.get_or_create(&labels).inc();
+        let stale = self.metrics.jwks_stale.get_or_create(&SourceLabels {
+            source: self.label.clone(),
+        });
+        let mut st = self.fetch_state.lock().ok();
+        match result {
+            Ok(set) => {
+                let set = Arc::new(set);
+                tracing::info!(source = %self.label, keys = set.keys.len(), skipped = set.skipped, "JWKS loaded");
+                self.keys.store(Some(set.clone()));
+                stale.set(0);
+                if let Some(st) = st.as_mut() {
+                    st.backoff.succeeded();
+                    st.last_error = None;
+                    st.last_success = Some(Instant::now());
+                }
+                Ok(set)
+            }
+            Err(e) => {
+                let have = self.keys.load().is_some();
+                let retry_in = st
+                    .as_mut()
+                    .map(|st| {
+                        st.last_error = Some(e.to_string());
+                        st.backoff.failed(&self.policy(), Instant::now())
+                    })
+                    .unwrap_or_default();
+                tracing::warn!(
+                    source = %self.label, error = %e, keeping_last_good = have,
+                    retry_in_ms = retry_in.as_millis() as u64,
+                    "JWKS fetch failed"
+                );
+                stale.set(i64::from(have));
+                Err(e)
+            }
+        }
+    }
+
+    fn refresh_interval(&self) -> Option<Duration> {
+        match &self.origin {
+            Origin::Remote { refresh, .. } => Some(*refresh),
+            Origin::Static => None,
+        }
+    }
+}
+
+async fn fetch(client: &reqwest::Client, uri: &str) -> Result<KeySet, JwksError> {
+    let resp = client
+        .get(uri)
+        .header("accept", "application/jwk-set+json, application/json")
+        .send()
+        .await
+        .map_err(|e| JwksError::Fetch(error_chain(&e)))?;
+    if !resp.status().is_success() {
+        return Err(JwksError::Status(resp.status().as_u16()));
+    }
+    if resp
+        .content_length()
+        .is_some_and(|l| l > MAX_JWKS_BYTES as u64)
+    {
+        return Err(JwksError::TooLarge);
+    }
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| JwksError::Fetch(error_chain(&e)))?;
+    if body.len() > MAX_JWKS_BYTES {
+        return Err(JwksError::TooLarge);
+    }
+    parse_jwks(&body)
+}
+
+/// reqwest's top-level message hides the cause (certificate errors in particular).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Shares sources between config generations.
+pub struct JwksRegistry {
+    sources: Mutex<HashMap<[u8; 32], Weak<JwksSource>>>,
+    options: JwksOptions,
+    metrics: Arc<Metrics>,
+}
+
+impl JwksRegistry {
+    pub fn new(options: JwksOptions, metrics: Arc<Metrics>) -> Self {
+        JwksRegistry {
+            sources: Mutex::new(HashMap::new()),
+            options,
+            metrics,
+        }
+    }
+
+    /// The source for a provider's JWKS setting, reusing a live one with the same definition.
+    /// A new remote source gets a background refresher that ends when the source is dropped.
+    pub fn source(
+        &self,
+        label: &str,
+        jwks: &JwksConfig,
+        dir: &Path,
+    ) -> Result<Arc<JwksSource>, JwksError> {
+        if let Some(doc) = &jwks.document {
+            let set = parse_jwks(doc.as_bytes())?;
+            return Ok(Arc::new(JwksSource {
+                label: label.to_string(),
+                origin: Origin::Static,
+                keys: ArcSwapOption::from_pointee(set),
+                fetch_lock: tokio::sync::Mutex::new(()),
+                fetch_state: Mutex::default(),
+                last_refetch: Mutex::new(None),
+                options: self.options,
+                metrics: self.metrics.clone(),
+            }));
+        }
+        let uri = jwks.uri.clone().unwrap_or_default();
+        let ca = match (&jwks.tls.ca_file, jwks.tls.mode) {
+            (Some(f), crate::config::TlsMode::CustomBundle) => {
+                std::fs::read(dir.join(f)).unwrap_or_default()
+            }
+            _ => Vec::new(),
+        };
+        let id = source_id(&uri, &jwks.tls, &ca, jwks.refresh_interval_seconds);
+        let mut sources = self
+            .sources
+            .lock()
+            .map_err(|_| JwksError::Fetch("registry lock poisoned".into()))?;
+        sources.retain(|_, w| w.strong_count() > 0);
+        if let Some(existing) = sources.get(&id).and_then(Weak::upgrade) {
+            return Ok(existing);
+        }
+        let client = crate::runtime::tls::http_client(&jwks.tls, dir)?;
+        let source = Arc::new(JwksSource {
+            label: label.to_string(),
+            origin: Origin::Remote {
+                uri,
+                client,
+                refresh: Duration::from_secs(jwks.refresh_interval_seconds.max(1)),
+            },
+            keys: ArcSwapOption::empty(),
+            fetch_lock: tokio::sync::Mutex::new(()),
+            fetch_state: Mutex::default(),
+            last_refetch: Mutex::new(None),
+            options: self.options,
+            metrics: self.metrics.clone(),
+        });
+        sources.insert(id, Arc::downgrade(&source));
+        spawn_refresher(Arc::downgrade(&source));
+        Ok(source)
+    }
+}
+
+fn source_id(uri: &str, tls: &TlsConfig, ca: &[u8], refresh: u64) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(uri.as_bytes());
+    h.update([0]);
+    h.update(format!("{:?}", tls.mode).as_bytes());
+    h.update([0]);
+    h.update(ca);
+    h.update(refresh.to_be_bytes());
+    h.finalize().into()
+}
+
+/// Fetches at once, then every refresh interval; after a failure it retries when the backoff
+/// step is over, unless a request did so first. Ends when the source is no longer used.
+fn spawn_refresher(weak: Weak<JwksSource>) {
+    tokio::spawn(async move {
+        let mut delay = Duration::ZERO;
+        loop {
+            tokio::time::sleep(delay).await;
+            let Some(source) = weak.upgrade() else { return };
+            let Some(interval) = source.refresh_interval() else {
+                return;
+            };
+            let _guard = source.fetch_lock.lock().await;
+            if let Some(left) = source.backoff_remaining() {
+                // Someone else's attempt failed meanwhile: that was this step.
+                delay = left;
+                continue;
+            }
+            let fetched_ago = source
+                .fetch_state
+                .lock()
+                .ok()
+                .and_then(|st| st.last_success)
+                .map(|t| t.elapsed());
+            if let Some(ago) = fetched_ago.filter(|a| *a < interval)
+                && !delay.is_zero()
+            {
+                // An unknown-kid refetch (or a request) fetched recently.
+                delay = interval - ago;
+                continue;
+            }
+            delay = match source.fetch_now().await {
+                Ok(_) => interval,
+                Err(_) => source
+                    .backoff_remaining()
+                    .unwrap_or(source.options.retry_after_failure),
+            };
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RSA_JWK: &str = r#"{"kty":"RSA","kid":"r1","alg":"RS256","use":"sig","n":"sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw","e":"AQAB"}"#;
+
+    #[test]
+    fn keeps_only_public_signature_keys() {
+        let doc = format!(
+            r#"{{"keys":[{RSA_JWK},
+            {{"kty":"oct","k":"c2VjcmV0","kid":"h"}},
+            {{"kty":"RSA","use":"enc","kid":"e","n":"sXch","e":"AQAB"}},
+            {{"kty":"RSA","kid":"p","n":"sXch","e":"AQAB","d":"private"}},
+            {{"kty":"RSA","kid":"mismatch","alg":"ES256","n":"sXch","e":"AQAB"}},
+            {{"kty":"weird"}}]}}"#
+        );
+        let set = parse_jwks(doc.as_bytes()).unwrap();
+        assert_eq!(set.keys.len(), 1);
+        assert_eq!(set.skipped, 5);
+        assert_eq!(set.candidates(JwtAlg::RS256, Some("r1")).count(), 1);
+        assert_eq!(set.candidates(JwtAlg::RS256, Some("r2")).count(), 0);
+        assert_eq!(
+            set.candidates(JwtAlg::ES256, Some("r1")).count(),
+            0,
+            "family must match"
+        );
+        assert_eq!(
+            set.candidates(JwtAlg::RS384, Some("r1")).count(),
+            0,
+            "the key's alg must match"
+        );
+        assert_eq!(set.candidates(JwtAlg::HS256, None).count(), 0, "never HMAC");
+    }
+
+    /// An IdP that accepts connections and never answers: token requests do not wait for
+    /// the fetch's own timeouts, and they never start a fetch of their own meanwhile.
+    #[tokio::test]
+    async fn a_hanging_first_fetch_answers_unavailable_quickly() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(tcp);
+            }
+        });
+        let registry = JwksRegistry::new(JwksOptions::default(), Arc::new(Metrics::new()));
+        let config = JwksConfig {
+            uri: Some(format!("https://127.0.0.1:{port}/jwks")),
+            refresh_interval_seconds: 600,
+            tls: TlsConfig {
+                mode: crate::config::TlsMode::SkipVerification,
+                ca_file: None,
+            },
+            document: None,
+        };
+        let source = registry.source("t/p/idp", &config, Path::new(".")).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for _ in 0..3 {
+            let started = Instant::now();
+            let err = source.keys().await.err().unwrap();
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "{:?}",
+                started.elapsed()
+            );
+            assert!(err.reason.contains("under way"), "{err}");
+        }
+        assert_eq!(
+            accepted.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "only the refresher's fetch reached the IdP"
+        );
+    }
+
+    #[test]
+    fn a_document_without_usable_keys_is_an_error() {
+        assert!(matches!(
+            parse_jwks(br#"{"keys":[]}"#),
+            Err(JwksError::NoUsableKeys)
+        ));
+        assert!(matches!(parse_jwks(b"nope"), Err(JwksError::Json(_))));
+        assert!(matches!(
+            parse_jwks(br#"{"keys":[{"kty":"oct","k":"eA"}]}"#),
+            Err(JwksError::NoUsableKeys)
+        ));
+    }
+}

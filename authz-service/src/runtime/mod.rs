@@ -1,0 +1,10 @@
+//! What a host runs around the core: the loaded config and its hot reload, key sets and OAuth
+//! tokens fetched with backoff, compartment lookups, TLS trust.
+
+pub mod backoff;
+pub mod jwks;
+pub mod lookup;
+pub mod oauth;
+pub mod reload;
+pub mod state;
+pub mod tls;

@@ -1,0 +1,255 @@
+//! A loaded config: the compiled config plus everything built from it (password verifiers,
+//! token verifiers with their key sources). Built off to the side and swapped in whole.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use crate::config::{CONFIG_FILE, CompiledConfig, ConfigError, Problem};
+use crate::core::policy::OutboundAuth;
+use crate::runtime::jwks::JwksRegistry;
+use crate::runtime::oauth::{OAuthRegistry, TokenSource};
+use crate::server::metrics::Metrics;
+use crate::verify::basic::BasicVerifier;
+use crate::verify::cache::Caches;
+use crate::verify::jwt::{JwtVerifier, Provider};
+
+/// What one policy needs at decision time, index-aligned with `config.policies`.
+pub struct PolicyRuntime {
+    pub basic: Option<Arc<BasicVerifier>>,
+    pub jwt: Option<JwtVerifier>,
+    /// Fetches stored resources for patient-compartment checks (`compartmentLookup`).
+    pub lookup: Option<crate::runtime::lookup::LookupClient>,
+}
+
+/// How an outbound request through a connection gets its credential.
+pub enum Outbound {
+    /// A fixed header value (Basic), or none at all.
+    Fixed(OutboundAuth),
+    /// The connection's current OAuth token.
+    OAuth(Arc<TokenSource>),
+}
+
+pub struct Runtime {
+    pub config: CompiledConfig,
+    pub policies: Vec<PolicyRuntime>,
+    /// By `namespace/name`.
+    pub connections: std::collections::HashMap<String, Outbound>,
+    /// Digest of every file the config was built from; a reload with the same digest is skipped.
+    pub digest: [u8; 32],
+}
+
+/// Reads and validates a config directory without building verifiers (for `validate` and
+/// as the first step of a load).
+pub fn read_dir(dir: &Path) -> Result<(CompiledConfig, [u8; 32]), ConfigError> {
+    let (digest, result) = read_dir_digest(dir);
+    result.map(|c| (c, digest))
+}
+
+/// Like [`read_dir`], but the digest of what was read comes back whether or not it is valid:
+/// the reloader remembers refused content by it, so that it refuses (and reports) a broken
+/// config once instead of on every re-read. A file that cannot be read enters the digest as
+/// its error, so it counts as changed once it can be read.
+pub fn read_dir_digest(dir: &Path) -> ([u8; 32], Result<CompiledConfig, ConfigError>) {
+    let mut digest = Sha256::new();
+    let path = dir.join(CONFIG_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(source) => {
+            digest.update(b"unreadable config: ");
+            digest.update(source.kind().to_string().as_bytes());
+            return (
+                digest.finalize().into(),
+                Err(ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                }),
+            );
+        }
+    };
+    digest.update(text.as_bytes());
+    let config = match CompiledConfig::from_json(&text) {
+        Ok(c) => c,
+        Err(source) => {
+            return (
+                digest.finalize().into(),
+                Err(ConfigError::Parse {
+                    path: path.display().to_string(),
+                    source,
+                }),
+            );
+        }
+    };
+    let mut problems = config.validate();
+    for file in config.ca_files() {
+        digest.update([0]);
+        digest.update(file.as_bytes());
+        digest.update([0]);
+        match std::fs::read(dir.join(file)) {
+            Ok(pem) => {
+                if let Err(e) = crate::runtime::tls::roots_from_pem(file, &pem) {
+                    problems.push(Problem {
+                        object: "config".into(),
+                        field: format!("files[{file}]"),
+                        message: e.to_string(),
+                    });
+                }
+                digest.update(&pem);
+            }
+            Err(e) => {
+                digest.update(b"unreadable: ");
+                digest.update(e.kind().to_string().as_bytes());
+                problems.push(Problem {
+                    object: "config".into(),
+                    field: format!("files[{file}]"),
+                    message: format!("the CA bundle named by the config cannot be read: {e}"),
+                });
+            }
+        }
+    }
+    let digest: [u8; 32] = digest.finalize().into();
+    if !problems.is_empty() {
+        return (digest, Err(ConfigError::Invalid(problems)));
+    }
+    (digest, Ok(config))
+}
+
+impl Runtime {
+    /// Builds the runtime for a validated config.
+    pub fn build(
+        config: CompiledConfig,
+        digest: [u8; 32],
+        dir: &Path,
+        registry: &JwksRegistry,
+        oauth: &OAuthRegistry,
+        caches: &Caches,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Runtime, ConfigError> {
+        let mut problems = Vec::new();
+        let mut connections = std::collections::HashMap::new();
+        for c in &config.connections {
+            let id = format!("{}/{}", c.namespace, c.name);
+            let outbound = match (&c.auth.basic, &c.auth.oauth) {
+                (Some(b), _) => Outbound::Fixed(OutboundAuth::Set(
+                    crate::verify::basic::header_value(&b.username, &b.password),
+                )),
+                (None, Some(o)) => match oauth.source(c, o, dir) {
+                    Ok(s) => Outbound::OAuth(s),
+                    Err(e) => {
+                        problems.push(Problem {
+                            object: id.clone(),
+                            field: "tls".into(),
+                            message: e.to_string(),
+                        });
+                        continue;
+                    }
+                },
+                (None, None) => Outbound::Fixed(OutboundAuth::Remove),
+            };
+            connections.insert(id, outbound);
+        }
+        let mut policies = Vec::with_capacity(config.policies.len());
+        for p in &config.policies {
+            let id = format!("{}/{}", p.namespace, p.name);
+            let basic = match &p.authentication.basic {
+                None => None,
+                Some(b) => match BasicVerifier::with_cache(&b.htpasswd, caches.basic.clone()) {
+                    Ok(v) => Some(Arc::new(v)),
+                    Err(e) => {
+                        problems.push(Problem {
+                            object: id.clone(),
+                            field: "authentication.basic.htpasswdSecretRef".into(),
+                            message: e.to_string(),
+                        });
+                        None
+                    }
+                },
+            };
+            let jwt = match &p.authentication.jwt {
+                None => None,
+                Some(j) => {
+                    let mut providers = Vec::new();
+                    for (i, pc) in j.providers.iter().enumerate() {
+                        let label = format!("{id}/{}", pc.name);
+                        match registry.source(&label, &pc.jwks, dir) {
+                            Ok(source) => providers.push(Provider::new(pc.clone(), source)),
+                            Err(e) => problems.push(Problem {
+                                object: id.clone(),
+                                field: format!("authentication.jwt.providers[{i}].jwks"),
+                                message: e.to_string(),
+                            }),
+                        }
+                    }
+                    Some(JwtVerifier::new(
+                        providers,
+                        caches.tokens.clone(),
+                        metrics.clone(),
+                    ))
+                }
+            };
+            let lookup = match &p.authorization.smart.compartment_lookup {
+                None => None,
+                Some(cl) => {
+                    let conn = config
+                        .connections
+                        .iter()
+                        .find(|c| format!("{}/{}", c.namespace, c.name) == cl.connection);
+                    let token = connections.get(&cl.connection).and_then(|o| match o {
+                        Outbound::OAuth(s) => Some(s.clone()),
+                        Outbound::Fixed(_) => None,
+                    });
+                    match conn.map(|c| {
+                        crate::runtime::lookup::LookupClient::with_cache(
+                            c,
+                            dir,
+                            token,
+                            caches.lookups.clone(),
+                        )
+                    }) {
+                        Some(Ok(client)) => Some(client),
+                        Some(Err(e)) => {
+                            problems.push(Problem {
+                                object: id.clone(),
+                                field: "authorization.smart.compartmentLookup.connectionRef".into(),
+                                message: e.to_string(),
+                            });
+                            None
+                        }
+                        None => None,
+                    }
+                }
+            };
+            if p.unauthenticated_access {
+                tracing::warn!(policy = %id, "unauthenticatedAccess is on: every request to this policy is allowed without credentials");
+            }
+            policies.push(PolicyRuntime { basic, jwt, lookup });
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems));
+        }
+        Ok(Runtime {
+            config,
+            policies,
+            connections,
+            digest,
+        })
+    }
+}
+
+/// Loads a directory: read, validate, build.
+pub fn load(
+    dir: &Path,
+    registry: &JwksRegistry,
+    oauth: &OAuthRegistry,
+    caches: &Caches,
+    metrics: &Arc<Metrics>,
+) -> Result<Runtime, ConfigError> {
+    let (config, digest) = read_dir(dir)?;
+    Runtime::build(config, digest, dir, registry, oauth, caches, metrics)
+}
+
+/// Where the config lives, for logs.
+pub fn display_dir(dir: &Path) -> PathBuf {
+    std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
+}

@@ -1,0 +1,6 @@
+//! Credential verification: bearer tokens (JWT) and Basic passwords, with the byte-bounded
+//! caches of verified credentials.
+
+pub mod basic;
+pub mod cache;
+pub mod jwt;
