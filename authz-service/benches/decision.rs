@@ -8,18 +8,18 @@ use std::time::Duration;
 use base64::Engine as _;
 use criterion::{Criterion, criterion_group, criterion_main};
 use fhirguard_authz::config::*;
+use fhirguard_authz::core::driver::Outcome;
 use fhirguard_authz::core::policy::Request;
-use fhirguard_authz::runtime::jwks::JwksOptions;
-use fhirguard_authz::runtime::state::Runtime;
+use fhirguard_authz::observe::Observer;
+use fhirguard_authz::runtime::executor::{Executor, Options};
 use fhirguard_authz::server::metrics::Metrics;
-use fhirguard_authz::server::service::{Outcome, Service};
 
 fn b64(b: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
 
 struct Fixture {
-    service: Service,
+    service: Arc<Executor>,
     token: String,
     key: jsonwebtoken::EncodingKey,
     kid: String,
@@ -84,18 +84,12 @@ fn fixture() -> Fixture {
         policies: vec![policy],
         connections: vec![],
     };
-    let metrics = Arc::new(Metrics::new());
-    let service = Service::new(metrics.clone(), JwksOptions::default());
-    let rt = Runtime::build(
-        config,
-        [0; 32],
-        std::path::Path::new("."),
-        &service.registry,
-        &service.oauth,
-        &service.caches,
-        &metrics,
-    )
-    .unwrap();
+    // The real metrics as observer: their cost is part of every Check.
+    let observer: Arc<dyn Observer> = Arc::new(Metrics::new());
+    let service = Arc::new(Executor::new(observer, Options::default()));
+    let rt = service
+        .build(config, [0; 32], std::path::Path::new("."))
+        .unwrap();
     service.install(rt);
     Fixture {
         service,

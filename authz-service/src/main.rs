@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use fhirguard_authz::observe::Observer;
+use fhirguard_authz::runtime::executor::{Executor, Options};
 use fhirguard_authz::runtime::{jwks::JwksOptions, reload, state};
-use fhirguard_authz::server::service::{Options, Service};
 use fhirguard_authz::server::{envoy, health, http, metrics::Metrics};
 use fhirguard_authz::verify::cache::{Budget, DEFAULT_BUDGET_MIB};
 
@@ -92,7 +93,10 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let service = Service::new(Arc::new(Metrics::new()), JwksOptions::default());
+            let service = Executor::new(
+                Arc::new(fhirguard_authz::observe::Ignore),
+                Options::default(),
+            );
             match rt.block_on(async { reload::reload_now(&service, &config_dir) }) {
                 Ok(_) => {
                     let c = service
@@ -181,7 +185,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         drain,
     } = args;
     let metrics = Arc::new(Metrics::new());
-    let service = Arc::new(Service::configured(metrics, options));
+    let observer: Arc<dyn Observer> = metrics.clone();
+    let service = Arc::new(Executor::new(observer, options));
     tracing::info!(
         cache_budget_bytes = options.cache.tokens + options.cache.basic + options.cache.lookups,
         "cache memory budget"
@@ -200,11 +205,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding the HTTP port {http_addr}"))?;
     let mut http_stop = stop_rx.clone();
     let http_task = tokio::spawn(
-        axum::serve(http_listener, http::router(service.clone()))
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.changed().await;
-            })
-            .into_future(),
+        axum::serve(
+            http_listener,
+            http::router(service.clone(), metrics.clone()),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = http_stop.changed().await;
+        })
+        .into_future(),
     );
 
     let incoming = tonic::transport::server::TcpIncoming::bind(grpc_addr)

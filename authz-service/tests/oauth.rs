@@ -10,8 +10,9 @@ use base64::Engine as _;
 use common::https::{Mode, TokenServer};
 use common::{ConfigDir, TestPki, eventually, init, metric, start_service};
 use fhirguard_authz::config::*;
+use fhirguard_authz::core::driver::Outcome;
 use fhirguard_authz::core::policy::{Decision, DenyReason, OutboundAuth};
-use fhirguard_authz::server::service::{Outcome, Service};
+use fhirguard_authz::runtime::executor::Executor as Service;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SECRET: &str = "s3cr3t-do-not-log";
@@ -238,7 +239,7 @@ async fn a_failing_endpoint_backs_off_answers_503_and_recovers() {
         outbound(&s.svc.service).await.is_ok()
     })
     .await;
-    let text = s.svc.service.metrics.encode();
+    let text = s.svc.metrics.encode();
     assert!(metric(&text, r#"fhirguard_oauth_token_fetches_total{connection="clinical/partner",result="server_error"}"#).unwrap() >= 2.0);
     assert_eq!(
         metric(
@@ -283,7 +284,7 @@ async fn invalid_client_is_reported_without_the_secret() {
         diagnostics.contains("HTTP 401 invalid_client: unknown client"),
         "{diagnostics}"
     );
-    let text = s.svc.service.metrics.encode();
+    let text = s.svc.metrics.encode();
     assert!(metric(&text, r#"fhirguard_oauth_token_fetches_total{connection="clinical/partner",result="invalid_client"}"#).is_some());
 
     // The token state on the HTTP port: error and failures, never the secret or a token.
@@ -348,7 +349,7 @@ async fn skip_verification_accepts_a_self_signed_endpoint_and_default_bundle_ref
         0,
         "no request got through the refused handshake"
     );
-    let text = s2.svc.service.metrics.encode();
+    let text = s2.svc.metrics.encode();
     assert!(
         metric(
             &text,

@@ -29,10 +29,9 @@ use fhirguard_authz::core::policy::{
     self, BasicCredential, Decision, Identity, Request, Step, TokenIdentity,
 };
 use fhirguard_authz::core::smart::{self, Stored};
-use fhirguard_authz::runtime::jwks::{JwksOptions, JwksRegistry};
-use fhirguard_authz::server::metrics::Metrics;
 use fhirguard_authz::verify::cache::ByteCache;
-use fhirguard_authz::verify::jwt::{JwtVerifier, Provider, TokenError};
+use fhirguard_authz::verify::jwt::{Attempt, Provider, TokenError, TokenVerifier};
+use fhirguard_authz::verify::keys::{KeySlot, parse_jwks};
 use fhirguard_authz::{config::htpasswd, core::answer};
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -376,7 +375,7 @@ fn decide(req: &Request<'_>) -> Summary {
     }
     if let Some(b) = &pending.bearer {
         match token_identity(&b.token) {
-            Some(t) => id.token = Some(t),
+            Some(t) => id.token = Some(Arc::new(t)),
             None => return Summary::Deny(401),
         }
     }
@@ -977,7 +976,7 @@ proptest! {
         more.scope_text = format!("{} {extra_token}", base.scope_text);
         more.scopes = smart::parse_scopes(more.scope_text.split(' '));
         let run = |t: TokenIdentity| {
-            let id = Identity { basic_user: None, token: Some(t) };
+            let id = Identity { basic_user: None, token: Some(Arc::new(t)) };
             let mut lookups = smart::Lookups::new();
             for _ in 0..2 {
                 match policy::authorize(&policies()[0], &pending, &id, Some(&lookups)) {
@@ -1153,31 +1152,24 @@ proptest! {
 // ---------------------------------------------------------------------------------------------
 
 struct Jwt {
-    rt: tokio::runtime::Runtime,
     key: common::SigningKey,
-    verifier: JwtVerifier,
+    verifier: TokenVerifier,
 }
 
 fn jwt() -> &'static Jwt {
     static J: OnceLock<Jwt> = OnceLock::new();
     J.get_or_init(|| {
         common::init();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
         let key = common::SigningKey::new("k1");
-        let metrics = Arc::new(Metrics::new());
-        let registry = JwksRegistry::new(JwksOptions::default(), metrics.clone());
+        let doc = common::jwks_doc(&[&key]);
+        // CPU-only verification: the key set is parsed here, no fetcher and no runtime.
+        let keys = Arc::new(KeySlot::new(Some(parse_jwks(doc.as_bytes()).unwrap())));
         let jwks = JwksConfig {
             uri: None,
             refresh_interval_seconds: 600,
             tls: TlsConfig::default(),
-            document: Some(common::jwks_doc(&[&key])),
+            document: Some(doc),
         };
-        let source = rt
-            .block_on(async { registry.source("p/idp", &jwks, std::path::Path::new(".")) })
-            .unwrap();
         let provider = ProviderConfig {
             name: "idp".into(),
             issuer: common::ISSUER.into(),
@@ -1188,12 +1180,11 @@ fn jwt() -> &'static Jwt {
             claims: ClaimNames::default(),
         };
         // No cache: every case is verified from scratch.
-        let verifier = JwtVerifier::new(
-            vec![Provider::new(provider, source)],
+        let verifier = TokenVerifier::new(
+            vec![Provider::new(provider, keys)],
             Arc::new(ByteCache::new(0)),
-            metrics,
         );
-        Jwt { rt, key, verifier }
+        Jwt { key, verifier }
     })
 }
 
@@ -1217,8 +1208,11 @@ fn sign_raw(key: &common::SigningKey, header: &str, payload: &str) -> String {
 }
 
 fn verify(token: &str) -> Result<TokenIdentity, TokenError> {
-    let j = jwt();
-    j.rt.block_on(j.verifier.verify(token))
+    // `after_refetch`: the set in the slot is all there is, so an unknown key id is final.
+    match jwt().verifier.verify(token, true)? {
+        Attempt::Verified(id) => Ok((*id).clone()),
+        Attempt::NeedKeys { .. } => panic!("the key slot is filled"),
+    }
 }
 
 fn claim_value(good: serde_json::Value) -> impl Strategy<Value = Option<serde_json::Value>> {

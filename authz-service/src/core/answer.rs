@@ -1,7 +1,7 @@
 //! What a refusal looks like on the wire (pure): a FHIR `OperationOutcome` body and the
 //! headers that go with it. The Envoy adapter only copies these into its message types.
 
-use crate::core::policy::Deny;
+use crate::core::policy::{Allow, Deny, OutboundAuth};
 
 /// Header carrying the decision id, upstream and back to the client.
 pub const DECISION_ID_HEADER: &str = "x-fhirguard-decision-id";
@@ -101,27 +101,44 @@ pub fn strict_prefer(existing: Option<&str>) -> String {
 }
 
 /// Every spelling of fhirguard's identity headers with `-` or `_` at each separator, for
-/// removal even when the check request did not carry them.
-pub fn identity_header_spellings() -> Vec<String> {
-    let mut out = Vec::new();
-    for name in [
-        SUBJECT_HEADER,
-        PATIENT_HEADER,
-        SCOPES_HEADER,
-        DECISION_ID_HEADER,
-    ] {
-        let parts: Vec<&str> = name.split('-').collect();
-        let gaps = parts.len() - 1;
-        for mask in 0..(1u32 << gaps) {
-            let mut s = parts[0].to_string();
-            for (i, p) in parts[1..].iter().enumerate() {
-                s.push(if mask & (1 << i) == 0 { '-' } else { '_' });
-                s.push_str(p);
+/// removal even when the check request did not carry them. Computed once.
+pub fn identity_header_spellings() -> &'static [String] {
+    static SPELLINGS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+        let mut out = Vec::new();
+        for name in [
+            SUBJECT_HEADER,
+            PATIENT_HEADER,
+            SCOPES_HEADER,
+            DECISION_ID_HEADER,
+        ] {
+            let parts: Vec<&str> = name.split('-').collect();
+            let gaps = parts.len() - 1;
+            for mask in 0..(1u32 << gaps) {
+                let mut s = parts[0].to_string();
+                for (i, p) in parts[1..].iter().enumerate() {
+                    s.push(if mask & (1 << i) == 0 { '-' } else { '_' });
+                    s.push_str(p);
+                }
+                out.push(s);
             }
-            out.push(s);
         }
-    }
-    out
+        out.sort();
+        out
+    });
+    &SPELLINGS
+}
+
+/// Whether a header name, read the way CGI, WSGI and Rack stacks read it (case-insensitive,
+/// `_` as `-`), starts with `x-fhirguard-`.
+pub fn is_forged_name(k: &str) -> bool {
+    k.len() >= HEADER_PREFIX.len()
+        && k.as_bytes()[..HEADER_PREFIX.len()]
+            .iter()
+            .zip(HEADER_PREFIX.as_bytes())
+            .all(|(a, b)| {
+                let a = a.to_ascii_lowercase();
+                a == *b || (a == b'_' && *b == b'-')
+            })
 }
 
 /// The incoming headers a client could use to assert an identity to the upstream: every
@@ -130,18 +147,77 @@ pub fn identity_header_spellings() -> Vec<String> {
 pub fn forged_headers<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
     names
         .into_iter()
-        .filter(|k| {
-            k.len() >= HEADER_PREFIX.len()
-                && k.as_bytes()[..HEADER_PREFIX.len()]
-                    .iter()
-                    .zip(HEADER_PREFIX.as_bytes())
-                    .all(|(a, b)| {
-                        let a = a.to_ascii_lowercase();
-                        a == *b || (a == b'_' && *b == b'-')
-                    })
-        })
+        .filter(|k| is_forged_name(k))
         .map(str::to_string)
         .collect()
+}
+
+/// What an allowed request becomes upstream (pure): the headers to set and to remove, and the
+/// headers for the client's response. A host copies these into its own message types; the
+/// query rewrite is in the [`Allow`] itself (`remove_query`, `set_query`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedAnswer {
+    /// Set on the upstream request, replacing any value the client sent.
+    pub set: Vec<(&'static str, String)>,
+    /// Removed from the upstream request.
+    pub remove: Vec<String>,
+    /// Set on the response to the client.
+    pub response_set: Vec<(&'static str, String)>,
+}
+
+/// The upstream headers for an allow. `incoming` are the request's header names as the host
+/// saw them; `prefer` is the request's `Prefer` header.
+pub fn allowed<'a>(
+    a: &Allow,
+    decision_id: &str,
+    incoming: impl IntoIterator<Item = &'a str>,
+    prefer: Option<&str>,
+) -> AllowedAnswer {
+    let mut set = Vec::with_capacity(6);
+    set.push((DECISION_ID_HEADER, decision_id.to_string()));
+    if let Some(s) = &a.subject {
+        set.push((SUBJECT_HEADER, s.clone()));
+    }
+    if let Some(p) = &a.patient {
+        set.push((PATIENT_HEADER, p.clone()));
+    }
+    if let Some(s) = &a.scopes {
+        set.push((SCOPES_HEADER, s.clone()));
+    }
+    if a.strict_search {
+        set.push(("prefer", strict_prefer(prefer)));
+    }
+    let mut remove_authorization = false;
+    match &a.outbound {
+        Some(OutboundAuth::Set(v)) => set.push(("authorization", v.clone())),
+        Some(OutboundAuth::Remove) => remove_authorization = true,
+        None => {}
+    }
+    // A client must not be able to assert an identity: every x-fhirguard-* header it sent
+    // goes, except those set just now (Envoy applies removals after sets, so ours would go
+    // too). Identity headers are removed in every spelling a CGI/WSGI/Rack stack reads as
+    // ours even when the check request did not show them: a mesh may send fhirguard only
+    // some headers (Envoy Gateway's headersToExtAuth, Envoy's allowed_headers), and a forged
+    // x-fhirguard-patient must not survive that.
+    let ours = |k: &str| set.iter().any(|(s, _)| *s == k);
+    let mut remove: Vec<String> = identity_header_spellings()
+        .iter()
+        .filter(|k| !ours(k))
+        .cloned()
+        .collect();
+    for k in incoming {
+        if is_forged_name(k) && !ours(k) && !remove.iter().any(|r| r == k) {
+            remove.push(k.to_string());
+        }
+    }
+    if remove_authorization {
+        remove.push("authorization".into());
+    }
+    AllowedAnswer {
+        set,
+        remove,
+        response_set: vec![(DECISION_ID_HEADER, decision_id.to_string())],
+    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@
 //! ```
 
 use crate::config::{CompiledConfig, ConnectionConfig};
+use std::sync::Arc;
+
 use crate::core::policy::{
     self, Allow, AllowReason, Decision, Deny, DenyReason, Identity, OutboundAuth, Pending, Request,
     Step as PolicyStep, TokenIdentity,
@@ -110,6 +112,7 @@ impl<'c> Check<'c> {
                     State::Authorize
                 };
                 check.pending = Some(p);
+                check.require_scheme();
                 check.advance();
             }
         }
@@ -173,6 +176,24 @@ impl<'c> Check<'c> {
         }
     }
 
+    /// The index of the policy the request is decided under, once one is chosen.
+    pub fn policy_index(&self) -> Option<usize> {
+        self.pending.as_ref().map(|p| p.policy_index)
+    }
+
+    /// The verified token, once there is one.
+    pub fn token(&self) -> Option<&Arc<TokenIdentity>> {
+        self.identity.token.as_ref()
+    }
+
+    /// The host could not do what was asked (a shut-down pool, a crashed worker): the check
+    /// ends undecided, which the host answers with 503. Never an allow.
+    pub fn undecidable(&mut self, why: String) {
+        if !matches!(self.state, State::Done(_)) {
+            self.state = State::Done(Outcome::Unavailable(why));
+        }
+    }
+
     /// The decision, once made.
     pub fn outcome(&self) -> Option<&Outcome> {
         match &self.state {
@@ -213,11 +234,12 @@ impl<'c> Check<'c> {
         } else {
             State::Authorize
         };
+        self.require_scheme();
         self.advance();
     }
 
     /// The answer to [`Need::Token`].
-    pub fn token_verified(&mut self, result: Result<TokenIdentity, TokenFailure>) {
+    pub fn token_verified(&mut self, result: Result<Arc<TokenIdentity>, TokenFailure>) {
         if !matches!(self.state, State::Token) {
             return self.fault("a token answer arrived out of turn");
         }
@@ -286,6 +308,28 @@ impl<'c> Check<'c> {
                 diagnostics: format!("no valid OAuth token for connection {connection}: {e}"),
             })),
         });
+    }
+
+    /// A credential the policy has no verifier for is refused before anyone is asked to
+    /// verify it.
+    fn require_scheme(&mut self) {
+        let Some(p) = &self.pending else { return };
+        let policy = &self.config.policies[p.policy_index];
+        let refusal = match self.state {
+            State::Password if policy.authentication.basic.is_none() => {
+                "this policy does not accept Basic credentials"
+            }
+            State::Token if policy.authentication.jwt.is_none() => {
+                "this policy does not accept bearer tokens"
+            }
+            _ => return,
+        };
+        self.state = State::Done(Outcome::Decided(policy::unauthorized(
+            policy,
+            DenyReason::UnsupportedScheme,
+            None,
+            refusal,
+        )));
     }
 
     fn fault(&mut self, why: &str) {
@@ -502,7 +546,7 @@ mod tests {
                 token: "t"
             })
         );
-        check.token_verified(Ok(token("patient/Observation.rs", Some("p1"))));
+        check.token_verified(Ok(Arc::new(token("patient/Observation.rs", Some("p1")))));
         let Next::Need(Need::Lookups { keys, .. }) = check.next() else {
             panic!("{:?}", check.next())
         };
@@ -537,7 +581,7 @@ mod tests {
             &c,
             &request("ehr.example", "/fhir/Observation/o1", Some("Bearer t")),
         );
-        check.token_verified(Ok(token("patient/Observation.rs", Some("p1"))));
+        check.token_verified(Ok(Arc::new(token("patient/Observation.rs", Some("p1")))));
         check.lookups_done(vec![(
             LookupKey::current("Observation", "o1"),
             Err("HTTP 500".into()),
@@ -572,7 +616,7 @@ mod tests {
             &c,
             &request("nolookup.example", "/fhir/Observation/o1", Some("Bearer t")),
         );
-        check.token_verified(Ok(token("patient/Observation.rs", Some("p1"))));
+        check.token_verified(Ok(Arc::new(token("patient/Observation.rs", Some("p1")))));
         let Some(Outcome::Decided(Decision::Deny(d))) = check.outcome() else {
             panic!("{:?}", check.outcome())
         };

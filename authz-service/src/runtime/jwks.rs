@@ -1,4 +1,4 @@
-//! JSON Web Key Sets: parsing, fetching over HTTPS, caching and refreshing.
+//! JSON Web Key Sets fetched over HTTPS, kept and refreshed (parsing is `verify::keys`).
 //!
 //! A [`JwksSource`] holds the last good key set. It is refreshed in the background every
 //! `refreshInterval`; when a token names a key id the set does not have, it is refetched at
@@ -22,14 +22,13 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
-use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, PublicKeyUse};
-use jsonwebtoken::{Algorithm as JwtAlg, DecodingKey};
 use sha2::{Digest, Sha256};
 
 use crate::config::{JwksConfig, TlsConfig};
+use crate::observe::Observer;
 use crate::runtime::backoff::{Backoff, BackoffPolicy};
-use crate::server::metrics::{Metrics, SourceLabels, SourceResultLabels};
+pub use crate::verify::keys::KeysUnavailable;
+use crate::verify::keys::{KeySet, KeySetError, KeySlot, parse_jwks};
 
 /// A JWKS document above this size is refused: real ones are a few kilobytes.
 const MAX_JWKS_BYTES: usize = 512 * 1024;
@@ -38,10 +37,8 @@ const FIRST_FETCH_WAIT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum JwksError {
-    #[error("JWKS is not valid JSON: {0}")]
-    Json(String),
-    #[error("JWKS holds no usable public signing key")]
-    NoUsableKeys,
+    #[error(transparent)]
+    Document(#[from] KeySetError),
     #[error("JWKS fetch failed: {0}")]
     Fetch(String),
     #[error("JWKS endpoint answered HTTP {0}")]
@@ -50,128 +47,6 @@ pub enum JwksError {
     TooLarge,
     #[error(transparent)]
     Tls(#[from] crate::runtime::tls::TlsError),
-}
-
-/// The family of a key, which decides which algorithms may use it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyFamily {
-    Rsa,
-    Ec,
-    Ed,
-}
-
-impl KeyFamily {
-    pub fn of(alg: JwtAlg) -> Option<KeyFamily> {
-        match alg {
-            JwtAlg::RS256
-            | JwtAlg::RS384
-            | JwtAlg::RS512
-            | JwtAlg::PS256
-            | JwtAlg::PS384
-            | JwtAlg::PS512 => Some(KeyFamily::Rsa),
-            JwtAlg::ES256 | JwtAlg::ES384 => Some(KeyFamily::Ec),
-            JwtAlg::EdDSA => Some(KeyFamily::Ed),
-            // HMAC: never with keys from a JWKS.
-            _ => None,
-        }
-    }
-}
-
-pub struct Key {
-    pub kid: Option<String>,
-    /// The key's own `alg`, when the JWKS states one.
-    pub alg: Option<JwtAlg>,
-    pub family: KeyFamily,
-    pub key: DecodingKey,
-}
-
-/// A parsed set of verification keys.
-pub struct KeySet {
-    pub keys: Vec<Key>,
-    /// Keys in the document that were skipped (encryption keys, symmetric keys, unknown types).
-    pub skipped: usize,
-}
-
-impl KeySet {
-    /// Keys that may verify a token with this algorithm and key id.
-    pub fn candidates<'a>(
-        &'a self,
-        alg: JwtAlg,
-        kid: Option<&'a str>,
-    ) -> impl Iterator<Item = &'a Key> + 'a {
-        let family = KeyFamily::of(alg);
-        self.keys.iter().filter(move |k| {
-            Some(k.family) == family
-                && k.alg.is_none_or(|a| a == alg)
-                && match kid {
-                    Some(kid) => k.kid.as_deref() == Some(kid),
-                    None => true,
-                }
-        })
-    }
-}
-
-/// Parses a JWKS document, keeping only public signature keys of supported families.
-pub fn parse_jwks(doc: &[u8]) -> Result<KeySet, JwksError> {
-    let value: serde_json::Value =
-        serde_json::from_slice(doc).map_err(|e| JwksError::Json(e.to_string()))?;
-    let raw_keys = value
-        .get("keys")
-        .and_then(|k| k.as_array())
-        .ok_or_else(|| JwksError::Json("no \"keys\" array".into()))?;
-    let mut keys = Vec::new();
-    let mut skipped = 0;
-    for raw in raw_keys {
-        // Private or symmetric material must never be used (or be there at all).
-        if raw.get("d").is_some() || raw.get("k").is_some() {
-            skipped += 1;
-            continue;
-        }
-        let Ok(jwk) = serde_json::from_value::<Jwk>(raw.clone()) else {
-            skipped += 1;
-            continue;
-        };
-        if matches!(
-            jwk.common.public_key_use,
-            Some(PublicKeyUse::Encryption) | Some(PublicKeyUse::Other(_))
-        ) {
-            skipped += 1;
-            continue;
-        }
-        let family = match &jwk.algorithm {
-            AlgorithmParameters::RSA(_) => KeyFamily::Rsa,
-            AlgorithmParameters::EllipticCurve(_) => KeyFamily::Ec,
-            AlgorithmParameters::OctetKeyPair(_) => KeyFamily::Ed,
-            _ => {
-                skipped += 1;
-                continue;
-            }
-        };
-        let alg = match jwk.common.key_algorithm {
-            Some(ka) => match ka.to_string().parse::<JwtAlg>() {
-                Ok(a) if KeyFamily::of(a) == Some(family) => Some(a),
-                _ => {
-                    skipped += 1;
-                    continue;
-                }
-            },
-            None => None,
-        };
-        let Ok(key) = DecodingKey::from_jwk(&jwk) else {
-            skipped += 1;
-            continue;
-        };
-        keys.push(Key {
-            kid: jwk.common.key_id.clone(),
-            alg,
-            family,
-            key,
-        });
-    }
-    if keys.is_empty() {
-        return Err(JwksError::NoUsableKeys);
-    }
-    Ok(KeySet { keys, skipped })
 }
 
 /// Tunables shared by every source.
@@ -217,21 +92,13 @@ enum Origin {
 pub struct JwksSource {
     label: String,
     origin: Origin,
-    keys: ArcSwapOption<KeySet>,
+    keys: Arc<KeySlot>,
     /// Single flight: concurrent misses wait for one fetch instead of starting many.
     fetch_lock: tokio::sync::Mutex<()>,
     fetch_state: Mutex<FetchState>,
     last_refetch: Mutex<Option<Instant>>,
     options: JwksOptions,
-    metrics: Arc<Metrics>,
-}
-
-/// Why no key set is available at all.
-#[derive(Debug, thiserror::Error)]
-#[error("no signing keys are available for {source_label}: {reason}")]
-pub struct KeysUnavailable {
-    pub source_label: String,
-    pub reason: String,
+    observer: Arc<dyn Observer>,
 }
 
 impl JwksSource {
@@ -239,10 +106,15 @@ impl JwksSource {
         &self.label
     }
 
+    /// Where the keys in force live; token verification reads them from there.
+    pub fn slot(&self) -> &Arc<KeySlot> {
+        &self.keys
+    }
+
     /// The current keys, fetching them first if none were ever loaded. While the last fetch
     /// failed and its backoff step is not over, the answer is UNAVAILABLE without a fetch.
     pub async fn keys(&self) -> Result<Arc<KeySet>, KeysUnavailable> {
-        if let Some(k) = self.keys.load_full() {
+        if let Some(k) = self.keys.load() {
             return Ok(k);
         }
         self.check_backoff()?;
@@ -254,7 +126,7 @@ impl JwksSource {
                 self.unavailable("the first fetch of the key set is still under way".into())
             );
         };
-        if let Some(k) = self.keys.load_full() {
+        if let Some(k) = self.keys.load() {
             return Ok(k);
         }
         // The fetch we waited for may just have failed: that was this step's attempt.
@@ -301,18 +173,6 @@ impl JwksSource {
         }
     }
 
-    /// Whether `set` is still the key set in force. Verified tokens remember the set that
-    /// verified them; once a refresh replaces it they are verified again, so a key the issuer
-    /// withdraws stops being honoured at the next refresh instead of at each token's `exp`.
-    /// The `Weak` keeps the old allocation alive, so its address cannot be reused by a newer
-    /// set and compare equal by accident.
-    pub fn is_current(&self, set: &Weak<KeySet>) -> bool {
-        self.keys
-            .load()
-            .as_ref()
-            .is_some_and(|current| std::ptr::eq(Arc::as_ptr(current), set.as_ptr()))
-    }
-
     /// Refetches because a token names an unknown key id, unless that happened recently.
     /// Returns the new set when a fetch took place and succeeded.
     pub async fn refetch_for_unknown_kid(&self) -> Option<Arc<KeySet>> {
@@ -339,24 +199,16 @@ impl JwksSource {
 
     async fn fetch_now(&self) -> Result<Arc<KeySet>, JwksError> {
         let Origin::Remote { uri, client, .. } = &self.origin else {
-            return self.keys.load_full().ok_or(JwksError::NoUsableKeys);
+            return self.keys.load().ok_or(KeySetError::NoUsableKeys.into());
         };
         let result = fetch(client, uri).await;
-        let labels = SourceResultLabels {
-            source: self.label.clone(),
-            result: if result.is_ok() { "success" } else { "failure" },
-        };
-        self.metrics.jwks_fetches.get_or_create(&labels).inc();
-        let stale = self.metrics.jwks_stale.get_or_create(&SourceLabels {
-            source: self.label.clone(),
-        });
         let mut st = self.fetch_state.lock().ok();
         match result {
             Ok(set) => {
                 let set = Arc::new(set);
                 tracing::info!(source = %self.label, keys = set.keys.len(), skipped = set.skipped, "JWKS loaded");
-                self.keys.store(Some(set.clone()));
-                stale.set(0);
+                self.keys.store(set.clone());
+                self.observer.jwks_fetched(&self.label, true, false);
                 if let Some(st) = st.as_mut() {
                     st.backoff.succeeded();
                     st.last_error = None;
@@ -378,7 +230,7 @@ impl JwksSource {
                     retry_in_ms = retry_in.as_millis() as u64,
                     "JWKS fetch failed"
                 );
-                stale.set(i64::from(have));
+                self.observer.jwks_fetched(&self.label, false, have);
                 Err(e)
             }
         }
@@ -415,7 +267,7 @@ async fn fetch(client: &reqwest::Client, uri: &str) -> Result<KeySet, JwksError>
     if body.len() > MAX_JWKS_BYTES {
         return Err(JwksError::TooLarge);
     }
-    parse_jwks(&body)
+    Ok(parse_jwks(&body)?)
 }
 
 /// reqwest's top-level message hides the cause (certificate errors in particular).
@@ -434,15 +286,15 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 pub struct JwksRegistry {
     sources: Mutex<HashMap<[u8; 32], Weak<JwksSource>>>,
     options: JwksOptions,
-    metrics: Arc<Metrics>,
+    observer: Arc<dyn Observer>,
 }
 
 impl JwksRegistry {
-    pub fn new(options: JwksOptions, metrics: Arc<Metrics>) -> Self {
+    pub fn new(options: JwksOptions, observer: Arc<dyn Observer>) -> Self {
         JwksRegistry {
             sources: Mutex::new(HashMap::new()),
             options,
-            metrics,
+            observer,
         }
     }
 
@@ -459,12 +311,12 @@ impl JwksRegistry {
             return Ok(Arc::new(JwksSource {
                 label: label.to_string(),
                 origin: Origin::Static,
-                keys: ArcSwapOption::from_pointee(set),
+                keys: Arc::new(KeySlot::new(Some(set))),
                 fetch_lock: tokio::sync::Mutex::new(()),
                 fetch_state: Mutex::default(),
                 last_refetch: Mutex::new(None),
                 options: self.options,
-                metrics: self.metrics.clone(),
+                observer: self.observer.clone(),
             }));
         }
         let uri = jwks.uri.clone().unwrap_or_default();
@@ -491,12 +343,12 @@ impl JwksRegistry {
                 client,
                 refresh: Duration::from_secs(jwks.refresh_interval_seconds.max(1)),
             },
-            keys: ArcSwapOption::empty(),
+            keys: Arc::new(KeySlot::default()),
             fetch_lock: tokio::sync::Mutex::new(()),
             fetch_state: Mutex::default(),
             last_refetch: Mutex::new(None),
             options: self.options,
-            metrics: self.metrics.clone(),
+            observer: self.observer.clone(),
         });
         sources.insert(id, Arc::downgrade(&source));
         spawn_refresher(Arc::downgrade(&source));
@@ -559,36 +411,6 @@ fn spawn_refresher(weak: Weak<JwksSource>) {
 mod tests {
     use super::*;
 
-    const RSA_JWK: &str = r#"{"kty":"RSA","kid":"r1","alg":"RS256","use":"sig","n":"sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw","e":"AQAB"}"#;
-
-    #[test]
-    fn keeps_only_public_signature_keys() {
-        let doc = format!(
-            r#"{{"keys":[{RSA_JWK},
-            {{"kty":"oct","k":"c2VjcmV0","kid":"h"}},
-            {{"kty":"RSA","use":"enc","kid":"e","n":"sXch","e":"AQAB"}},
-            {{"kty":"RSA","kid":"p","n":"sXch","e":"AQAB","d":"private"}},
-            {{"kty":"RSA","kid":"mismatch","alg":"ES256","n":"sXch","e":"AQAB"}},
-            {{"kty":"weird"}}]}}"#
-        );
-        let set = parse_jwks(doc.as_bytes()).unwrap();
-        assert_eq!(set.keys.len(), 1);
-        assert_eq!(set.skipped, 5);
-        assert_eq!(set.candidates(JwtAlg::RS256, Some("r1")).count(), 1);
-        assert_eq!(set.candidates(JwtAlg::RS256, Some("r2")).count(), 0);
-        assert_eq!(
-            set.candidates(JwtAlg::ES256, Some("r1")).count(),
-            0,
-            "family must match"
-        );
-        assert_eq!(
-            set.candidates(JwtAlg::RS384, Some("r1")).count(),
-            0,
-            "the key's alg must match"
-        );
-        assert_eq!(set.candidates(JwtAlg::HS256, None).count(), 0, "never HMAC");
-    }
-
     /// An IdP that accepts connections and never answers: token requests do not wait for
     /// the fetch's own timeouts, and they never start a fetch of their own meanwhile.
     #[tokio::test]
@@ -605,7 +427,7 @@ mod tests {
                 held.push(tcp);
             }
         });
-        let registry = JwksRegistry::new(JwksOptions::default(), Arc::new(Metrics::new()));
+        let registry = JwksRegistry::new(JwksOptions::default(), Arc::new(crate::observe::Ignore));
         let config = JwksConfig {
             uri: Some(format!("https://127.0.0.1:{port}/jwks")),
             refresh_interval_seconds: 600,
@@ -632,18 +454,5 @@ mod tests {
             1,
             "only the refresher's fetch reached the IdP"
         );
-    }
-
-    #[test]
-    fn a_document_without_usable_keys_is_an_error() {
-        assert!(matches!(
-            parse_jwks(br#"{"keys":[]}"#),
-            Err(JwksError::NoUsableKeys)
-        ));
-        assert!(matches!(parse_jwks(b"nope"), Err(JwksError::Json(_))));
-        assert!(matches!(
-            parse_jwks(br#"{"keys":[{"kty":"oct","k":"eA"}]}"#),
-            Err(JwksError::NoUsableKeys)
-        ));
     }
 }

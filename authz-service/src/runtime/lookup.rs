@@ -16,8 +16,6 @@ use crate::verify::cache::{ByteCache, alloc_bytes, string_bytes};
 pub const CACHE_TTL: Duration = Duration::from_secs(30);
 /// The cache a client made without one gets (tests and tools).
 const PRIVATE_CACHE_BYTES: usize = 1 << 20;
-/// A request (a bundle) needing more lookups than this is refused rather than fanned out.
-pub const MAX_LOOKUPS_PER_REQUEST: usize = 50;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LookupError {

@@ -1,7 +1,8 @@
-//! What a host runs around the core: the loaded config and its hot reload, key sets and OAuth
-//! tokens fetched with backoff, compartment lookups, TLS trust.
+//! What a host runs around the core: the Check executor, the loaded config and its hot
+//! reload, key sets and OAuth tokens fetched with backoff, compartment lookups, TLS trust.
 
 pub mod backoff;
+pub mod executor;
 pub mod jwks;
 pub mod lookup;
 pub mod oauth;

@@ -20,8 +20,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::{ClientAuthMethod, ConnectionConfig, OAuthConfig};
+use crate::observe::Observer;
 use crate::runtime::backoff::{Backoff, BackoffPolicy};
-use crate::server::metrics::{ConnectionLabels, ConnectionResultLabels, Metrics};
 
 /// Timing knobs; the defaults are what the product promises, tests shorten them.
 #[derive(Debug, Clone, Copy)]
@@ -90,7 +90,7 @@ pub struct TokenSource {
     state: Mutex<State>,
     fetch_lock: tokio::sync::Mutex<()>,
     options: OAuthOptions,
-    metrics: Arc<Metrics>,
+    observer: Arc<dyn Observer>,
 }
 
 /// What `/connections` shows for a token.
@@ -146,7 +146,7 @@ impl TokenSource {
         oauth: &OAuthConfig,
         client: reqwest::Client,
         options: OAuthOptions,
-        metrics: Arc<Metrics>,
+        observer: Arc<dyn Observer>,
     ) -> Self {
         let mut form = vec![("grant_type".to_string(), "client_credentials".to_string())];
         if !oauth.scopes.is_empty() {
@@ -177,7 +177,7 @@ impl TokenSource {
             state: Mutex::new(State::default()),
             fetch_lock: tokio::sync::Mutex::new(()),
             options,
-            metrics,
+            observer,
         }
     }
 
@@ -252,13 +252,7 @@ impl TokenSource {
     }
 
     fn count(&self, result: &'static str) {
-        self.metrics
-            .oauth_fetches
-            .get_or_create(&ConnectionResultLabels {
-                connection: self.label.clone(),
-                result,
-            })
-            .inc();
+        self.observer.oauth_fetched(&self.label, result);
     }
 
     /// One token request; updates the state either way. Call with `fetch_lock` held.
@@ -284,12 +278,7 @@ impl TokenSource {
                 st.last_success = Some(SystemTime::now());
                 st.last_error = None;
                 st.backoff.succeeded();
-                self.metrics
-                    .oauth_token_valid
-                    .get_or_create(&ConnectionLabels {
-                        connection: self.label.clone(),
-                    })
-                    .set(1);
+                self.observer.oauth_token_valid(&self.label, true);
                 tracing::info!(connection = %self.label, expires_in_s = lifetime.as_secs(), "obtained OAuth token");
                 Ok(value)
             }
@@ -301,12 +290,7 @@ impl TokenSource {
                     .token
                     .as_ref()
                     .is_some_and(|t| Instant::now() < t.usable_until);
-                self.metrics
-                    .oauth_token_valid
-                    .get_or_create(&ConnectionLabels {
-                        connection: self.label.clone(),
-                    })
-                    .set(i64::from(valid));
+                self.observer.oauth_token_valid(&self.label, valid);
                 tracing::warn!(
                     connection = %self.label, error = %e.message, kind = e.kind,
                     failures = st.backoff.failures(), retry_in_ms = delay.as_millis() as u64,
@@ -504,15 +488,15 @@ fn spawn_refresher(weak: Weak<TokenSource>) {
 pub struct OAuthRegistry {
     sources: Mutex<HashMap<[u8; 32], Weak<TokenSource>>>,
     options: OAuthOptions,
-    metrics: Arc<Metrics>,
+    observer: Arc<dyn Observer>,
 }
 
 impl OAuthRegistry {
-    pub fn new(options: OAuthOptions, metrics: Arc<Metrics>) -> Self {
+    pub fn new(options: OAuthOptions, observer: Arc<dyn Observer>) -> Self {
         OAuthRegistry {
             sources: Mutex::new(HashMap::new()),
             options,
-            metrics,
+            observer,
         }
     }
 
@@ -555,7 +539,7 @@ impl OAuthRegistry {
             oauth,
             client,
             self.options,
-            self.metrics.clone(),
+            self.observer.clone(),
         ));
         sources.insert(id, Arc::downgrade(&source));
         spawn_refresher(Arc::downgrade(&source));

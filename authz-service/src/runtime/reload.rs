@@ -20,9 +20,8 @@ use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::{RecursiveMode, Watcher};
 
 use crate::config::ConfigError;
+use crate::runtime::executor::Executor;
 use crate::runtime::state;
-use crate::server::metrics::ResultLabels;
-use crate::server::service::Service;
 
 /// What a reload did.
 #[derive(Debug, PartialEq, Eq)]
@@ -38,7 +37,7 @@ pub enum ReloadOutcome {
 
 /// Reads the directory and, when its content changed and is valid, installs it. An error is
 /// returned (and logged and counted) only the first time a given content is refused.
-pub fn reload_now(service: &Service, dir: &Path) -> Result<ReloadOutcome, ConfigError> {
+pub fn reload_now(service: &Executor, dir: &Path) -> Result<ReloadOutcome, ConfigError> {
     let (digest, read) = state::read_dir_digest(dir);
     if service.runtime().is_some_and(|rt| rt.digest == digest) {
         // Back to (or still at) the config in force, e.g. after a bad write was reverted.
@@ -48,38 +47,20 @@ pub fn reload_now(service: &Service, dir: &Path) -> Result<ReloadOutcome, Config
     if service.refused_before(&digest) {
         return Ok(ReloadOutcome::StillRefused);
     }
-    let built = read.and_then(|config| {
-        state::Runtime::build(
-            config,
-            digest,
-            dir,
-            &service.registry,
-            &service.oauth,
-            &service.caches,
-            &service.metrics,
-        )
-    });
+    let built = read.and_then(|config| service.build(config, digest, dir));
     match built {
         Ok(rt) => {
             let generation = rt.config.generation;
             let policies = rt.config.policies.len();
             service.install(rt);
             service.remember_refused(None);
-            service
-                .metrics
-                .config_reloads
-                .get_or_create(&ResultLabels { result: "success" })
-                .inc();
+            service.observer().config_reload(true);
             tracing::info!(generation, policies, dir = %dir.display(), "config loaded");
             Ok(ReloadOutcome::Loaded { generation })
         }
         Err(e) => {
             service.remember_refused(Some(digest));
-            service
-                .metrics
-                .config_reloads
-                .get_or_create(&ResultLabels { result: "invalid" })
-                .inc();
+            service.observer().config_reload(false);
             let keeping = service.runtime().map(|rt| rt.config.generation);
             tracing::error!(error = %e, keeping_generation = ?keeping, "config refused; the last good config stays in force");
             Err(e)
@@ -102,7 +83,7 @@ fn changes_content(kind: &EventKind) -> bool {
 }
 
 /// Watches `dir` until the returned task is dropped or the process ends.
-pub fn watch(service: Arc<Service>, dir: PathBuf, poll: Duration) -> tokio::task::JoinHandle<()> {
+pub fn watch(service: Arc<Executor>, dir: PathBuf, poll: Duration) -> tokio::task::JoinHandle<()> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
     let watcher = {
         let tx = tx.clone();

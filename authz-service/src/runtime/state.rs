@@ -8,19 +8,55 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{CONFIG_FILE, CompiledConfig, ConfigError, Problem};
 use crate::core::policy::OutboundAuth;
-use crate::runtime::jwks::JwksRegistry;
-use crate::runtime::oauth::{OAuthRegistry, TokenSource};
-use crate::server::metrics::Metrics;
+use crate::observe::{DecisionObserver, Observer};
+use crate::runtime::jwks::{JwksOptions, JwksRegistry, JwksSource};
+use crate::runtime::oauth::{OAuthOptions, OAuthRegistry, TokenSource};
 use crate::verify::basic::BasicVerifier;
-use crate::verify::cache::Caches;
-use crate::verify::jwt::{JwtVerifier, Provider};
+use crate::verify::cache::{Budget, Caches};
+use crate::verify::jwt::{Provider, TokenVerifier};
+
+/// What outlives one config: key sources and OAuth token sources (reused by the next config
+/// when it keeps them, so a reload does not refetch), the caches, and the observer.
+pub struct Shared {
+    pub registry: JwksRegistry,
+    pub oauth: OAuthRegistry,
+    pub caches: Caches,
+    pub observer: Arc<dyn Observer>,
+}
+
+impl Shared {
+    pub fn new(
+        jwks: JwksOptions,
+        oauth: OAuthOptions,
+        budget: Budget,
+        observer: Arc<dyn Observer>,
+    ) -> Self {
+        Shared {
+            registry: JwksRegistry::new(jwks, observer.clone()),
+            oauth: OAuthRegistry::new(oauth, observer.clone()),
+            caches: Caches::new(budget, &observer),
+            observer,
+        }
+    }
+}
+
+/// A policy's bearer-token verification: the verifier, and the key source behind each of its
+/// providers (index-aligned), which the host asks when the verifier needs keys.
+pub struct TokenRuntime {
+    pub verifier: Arc<TokenVerifier>,
+    pub sources: Vec<Arc<JwksSource>>,
+}
 
 /// What one policy needs at decision time, index-aligned with `config.policies`.
 pub struct PolicyRuntime {
+    /// `namespace/name`.
+    pub id: String,
     pub basic: Option<Arc<BasicVerifier>>,
-    pub jwt: Option<JwtVerifier>,
+    pub jwt: Option<TokenRuntime>,
     /// Fetches stored resources for patient-compartment checks (`compartmentLookup`).
     pub lookup: Option<crate::runtime::lookup::LookupClient>,
+    /// Counts this policy's decisions; made at load so that a decision looks nothing up.
+    pub decisions: Arc<dyn DecisionObserver>,
 }
 
 /// How an outbound request through a connection gets its credential.
@@ -36,6 +72,10 @@ pub struct Runtime {
     pub policies: Vec<PolicyRuntime>,
     /// By `namespace/name`.
     pub connections: std::collections::HashMap<String, Outbound>,
+    /// Counts outbound decisions, by connection.
+    pub connection_decisions: std::collections::HashMap<String, Arc<dyn DecisionObserver>>,
+    /// Counts the decisions of requests that no policy (or connection) matched.
+    pub unmatched: Arc<dyn DecisionObserver>,
     /// Digest of every file the config was built from; a reload with the same digest is skipped.
     pub digest: [u8; 32],
 }
@@ -121,11 +161,14 @@ impl Runtime {
         config: CompiledConfig,
         digest: [u8; 32],
         dir: &Path,
-        registry: &JwksRegistry,
-        oauth: &OAuthRegistry,
-        caches: &Caches,
-        metrics: &Arc<Metrics>,
+        shared: &Shared,
     ) -> Result<Runtime, ConfigError> {
+        let Shared {
+            registry,
+            oauth,
+            caches,
+            observer,
+        } = shared;
         let mut problems = Vec::new();
         let mut connections = std::collections::HashMap::new();
         for c in &config.connections {
@@ -149,6 +192,10 @@ impl Runtime {
             };
             connections.insert(id, outbound);
         }
+        let connection_decisions = connections
+            .keys()
+            .map(|id| (id.clone(), observer.decisions(id)))
+            .collect();
         let mut policies = Vec::with_capacity(config.policies.len());
         for p in &config.policies {
             let id = format!("{}/{}", p.namespace, p.name);
@@ -170,10 +217,14 @@ impl Runtime {
                 None => None,
                 Some(j) => {
                     let mut providers = Vec::new();
+                    let mut sources = Vec::new();
                     for (i, pc) in j.providers.iter().enumerate() {
                         let label = format!("{id}/{}", pc.name);
                         match registry.source(&label, &pc.jwks, dir) {
-                            Ok(source) => providers.push(Provider::new(pc.clone(), source)),
+                            Ok(source) => {
+                                providers.push(Provider::new(pc.clone(), source.slot().clone()));
+                                sources.push(source);
+                            }
                             Err(e) => problems.push(Problem {
                                 object: id.clone(),
                                 field: format!("authentication.jwt.providers[{i}].jwks"),
@@ -181,11 +232,10 @@ impl Runtime {
                             }),
                         }
                     }
-                    Some(JwtVerifier::new(
-                        providers,
-                        caches.tokens.clone(),
-                        metrics.clone(),
-                    ))
+                    Some(TokenRuntime {
+                        verifier: Arc::new(TokenVerifier::new(providers, caches.tokens.clone())),
+                        sources,
+                    })
                 }
             };
             let lookup = match &p.authorization.smart.compartment_lookup {
@@ -223,7 +273,14 @@ impl Runtime {
             if p.unauthenticated_access {
                 tracing::warn!(policy = %id, "unauthenticatedAccess is on: every request to this policy is allowed without credentials");
             }
-            policies.push(PolicyRuntime { basic, jwt, lookup });
+            let decisions = observer.decisions(&id);
+            policies.push(PolicyRuntime {
+                id,
+                basic,
+                jwt,
+                lookup,
+                decisions,
+            });
         }
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
@@ -232,21 +289,17 @@ impl Runtime {
             config,
             policies,
             connections,
+            connection_decisions,
+            unmatched: observer.decisions("none"),
             digest,
         })
     }
 }
 
 /// Loads a directory: read, validate, build.
-pub fn load(
-    dir: &Path,
-    registry: &JwksRegistry,
-    oauth: &OAuthRegistry,
-    caches: &Caches,
-    metrics: &Arc<Metrics>,
-) -> Result<Runtime, ConfigError> {
+pub fn load(dir: &Path, shared: &Shared) -> Result<Runtime, ConfigError> {
     let (config, digest) = read_dir(dir)?;
-    Runtime::build(config, digest, dir, registry, oauth, caches, metrics)
+    Runtime::build(config, digest, dir, shared)
 }
 
 /// Where the config lives, for logs.

@@ -3,20 +3,20 @@
 //! loaded and the process is not draining for shutdown, NOT_SERVING otherwise.
 //!
 //! Both the overall status (service name `""`) and `envoy.service.auth.v3.Authorization`
-//! follow [`Service::serving`].
+//! follow [`Executor::serving`].
 
 use std::sync::Arc;
 
 use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::{Health, HealthServer};
 
-use crate::server::service::Service;
+use crate::runtime::executor::Executor;
 
 /// The name Envoy's `grpc_health_check.service_name` can ask for.
 pub const AUTHORIZATION_SERVICE: &str = "envoy.service.auth.v3.Authorization";
 
 /// The health service, kept in step with `service` by a task that ends with the process.
-pub fn server(service: &Arc<Service>) -> HealthServer<impl Health> {
+pub fn server(service: &Arc<Executor>) -> HealthServer<impl Health> {
     let (reporter, server) = tonic_health::server::health_reporter();
     let mut serving = service.serving();
     tokio::spawn(async move {

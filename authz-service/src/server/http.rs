@@ -9,18 +9,27 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::server::service::Service;
+use crate::runtime::executor::Executor;
+use crate::server::metrics::Metrics;
 
-pub fn router(service: Arc<Service>) -> Router {
+/// What the HTTP handlers read.
+#[derive(Clone)]
+pub struct Admin {
+    pub executor: Arc<Executor>,
+    pub metrics: Arc<Metrics>,
+}
+
+pub fn router(executor: Arc<Executor>, metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics_text))
         .route("/connections", get(connections))
-        .with_state(service)
+        .with_state(Admin { executor, metrics })
 }
 
-async fn readyz(State(s): State<Arc<Service>>) -> impl IntoResponse {
+async fn readyz(State(a): State<Admin>) -> impl IntoResponse {
+    let s = &a.executor;
     match s.runtime() {
         Some(_) if s.is_draining() => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -38,9 +47,9 @@ async fn readyz(State(s): State<Arc<Service>>) -> impl IntoResponse {
 }
 
 /// Outbound connections and their OAuth token state (never the token itself).
-async fn connections(State(s): State<Arc<Service>>) -> impl IntoResponse {
+async fn connections(State(a): State<Admin>) -> impl IntoResponse {
     let mut out = Vec::new();
-    if let Some(rt) = s.runtime() {
+    if let Some(rt) = a.executor.runtime() {
         for c in &rt.config.connections {
             let id = format!("{}/{}", c.namespace, c.name);
             let (auth, token) = match rt.connections.get(&id) {
@@ -64,12 +73,12 @@ async fn connections(State(s): State<Arc<Service>>) -> impl IntoResponse {
     )
 }
 
-async fn metrics(State(s): State<Arc<Service>>) -> impl IntoResponse {
+async fn metrics_text(State(a): State<Admin>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        s.metrics.encode(),
+        a.metrics.encode(),
     )
 }

@@ -1,12 +1,22 @@
-//! Prometheus metrics. Every label is bounded: policy names come from the config, reasons and
-//! results are enums, JWKS sources are the configured providers.
+//! Prometheus metrics: the server's [`Observer`]. Every label is bounded: policy names come
+//! from the config, reasons and results are enums, JWKS sources are the configured providers.
+//!
+//! Nothing is looked up per request: decision counters are created per policy when a config
+//! is loaded (and each (result, reason) series once, on first use), cache counters when the
+//! metrics are made, and the duration histogram is lock-free ([`AtomicHistogram`]).
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
+
+use crate::observe::{CacheName, DecisionLabel, DecisionObserver, Observer};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabels {
@@ -60,10 +70,76 @@ pub struct CacheLabels {
     pub result: &'static str,
 }
 
+/// A histogram with fixed buckets whose observations are a few relaxed atomic adds: no lock
+/// on the decision path (prometheus-client's own histogram takes a mutex per observation).
+#[derive(Debug)]
+pub struct AtomicHistogram {
+    /// Upper bounds in seconds, ascending; an implicit +Inf bucket follows.
+    bounds: Vec<f64>,
+    /// Per bucket (not cumulative), `bounds.len() + 1` of them.
+    counts: Vec<AtomicU64>,
+    sum_nanos: AtomicU64,
+}
+
+impl AtomicHistogram {
+    pub fn new(bounds: impl IntoIterator<Item = f64>) -> Self {
+        let bounds: Vec<f64> = bounds.into_iter().collect();
+        let counts = (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
+        AtomicHistogram {
+            bounds,
+            counts,
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = self.bounds.partition_point(|b| *b < secs);
+        if let Some(c) = self.counts.get(i) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// (sum in seconds, count, per-bucket counts with their upper bounds).
+    pub fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let buckets: Vec<(f64, u64)> = self
+            .bounds
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(self.counts.iter().map(|c| c.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|(_, c)| c).sum();
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        (sum, count, buckets)
+    }
+}
+
+/// An [`AtomicHistogram`] shared between the registry and the decision counters.
+#[derive(Debug, Clone)]
+pub struct SharedHistogram(pub Arc<AtomicHistogram>);
+
+impl TypedMetric for SharedHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for SharedHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let (sum, count, buckets) = self.0.snapshot();
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     pub decisions: Family<DecisionLabels, Counter>,
-    pub check_duration: Histogram,
+    pub check_duration: Arc<AtomicHistogram>,
     pub config_generation: Gauge,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub jwks_fetches: Family<SourceResultLabels, Counter>,
@@ -80,6 +156,9 @@ pub struct Metrics {
     pub oauth_fetches: Family<ConnectionResultLabels, Counter>,
     pub oauth_token_valid: Family<ConnectionLabels, Gauge>,
     pub password_checks_waiting: Gauge,
+    pub token_checks_waiting: Gauge,
+    /// `cache_lookups{cache, result}` per [`CacheName`] index: [miss, hit].
+    cache_lookups: [[Counter; 2]; 3],
 }
 
 impl Default for Metrics {
@@ -98,13 +177,13 @@ impl Metrics {
             decisions.clone(),
         );
         // 10 µs .. ~5 s: cached decisions sit at the bottom, bcrypt checks and key fetches above.
-        let check_duration = Histogram::new(
+        let check_duration = Arc::new(AtomicHistogram::new(
             prometheus_client::metrics::histogram::exponential_buckets(1e-5, 2.5, 15),
-        );
+        ));
         registry.register(
             "check_duration_seconds",
             "Time to decide one Check",
-            check_duration.clone(),
+            SharedHistogram(check_duration.clone()),
         );
         let config_generation = Gauge::default();
         registry.register(
@@ -136,6 +215,16 @@ impl Metrics {
             "Cache lookups by cache (basic, token, lookup) and result (hit, miss)",
             cache.clone(),
         );
+        let cache_lookups = CacheName::ALL.map(|name| {
+            ["miss", "hit"].map(|result| {
+                cache
+                    .get_or_create(&CacheLabels {
+                        cache: name.as_str(),
+                        result,
+                    })
+                    .clone()
+            })
+        });
         let cache_entries = Family::<CacheNameLabels, Gauge>::default();
         registry.register(
             "cache_entries",
@@ -190,9 +279,16 @@ impl Metrics {
             "Basic password checks waiting for one of the bounded hashing slots",
             password_checks_waiting.clone(),
         );
+        let token_checks_waiting = Gauge::default();
+        registry.register(
+            "token_checks_waiting",
+            "Uncached token verifications waiting for one of the bounded verification slots",
+            token_checks_waiting.clone(),
+        );
         Metrics {
             registry,
             password_checks_waiting,
+            token_checks_waiting,
             oauth_fetches,
             oauth_token_valid,
             decisions,
@@ -202,6 +298,7 @@ impl Metrics {
             jwks_fetches,
             jwks_stale,
             cache,
+            cache_lookups,
             cache_entries,
             cache_bytes,
             cache_budget_bytes,
@@ -217,13 +314,193 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
 
-    pub fn cache_lookup(&self, cache: &'static str, hit: bool) {
-        self.cache
-            .get_or_create(&CacheLabels {
-                cache,
-                result: if hit { "hit" } else { "miss" },
+fn gauge_value(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// One policy's decision counters: each (result, reason) series is created on its first
+/// decision and then incremented through its own handle.
+struct PolicyDecisions {
+    policy: String,
+    family: Family<DecisionLabels, Counter>,
+    duration: Arc<AtomicHistogram>,
+    series: [OnceLock<Counter>; DecisionLabel::COUNT],
+}
+
+impl DecisionObserver for PolicyDecisions {
+    fn decided(&self, label: DecisionLabel, elapsed: Duration) {
+        self.duration.observe(elapsed);
+        let Some(slot) = self.series.get(label.index) else {
+            return;
+        };
+        slot.get_or_init(|| {
+            self.family
+                .get_or_create(&DecisionLabels {
+                    policy: self.policy.clone(),
+                    result: label.result,
+                    reason: label.reason,
+                })
+                .clone()
+        })
+        .inc();
+    }
+}
+
+impl Observer for Metrics {
+    fn decisions(&self, policy: &str) -> Arc<dyn DecisionObserver> {
+        Arc::new(PolicyDecisions {
+            policy: policy.to_string(),
+            family: self.decisions.clone(),
+            duration: self.check_duration.clone(),
+            series: std::array::from_fn(|_| OnceLock::new()),
+        })
+    }
+
+    fn cache_lookup(&self, cache: CacheName, hit: bool) {
+        if let Some(c) = self.cache_lookups.get(cache.index()) {
+            c[usize::from(hit)].inc();
+        }
+    }
+
+    fn cache_budget(&self, cache: CacheName, bytes: usize) {
+        self.cache_budget_bytes
+            .get_or_create(&CacheNameLabels {
+                cache: cache.as_str(),
+            })
+            .set(gauge_value(bytes));
+    }
+
+    fn cache_usage(&self, cache: CacheName, entries: usize, bytes: usize, evicted: u64) {
+        let labels = CacheNameLabels {
+            cache: cache.as_str(),
+        };
+        self.cache_entries
+            .get_or_create(&labels)
+            .set(gauge_value(entries));
+        self.cache_bytes
+            .get_or_create(&labels)
+            .set(gauge_value(bytes));
+        if evicted > 0 {
+            self.cache_evictions.get_or_create(&labels).inc_by(evicted);
+        }
+    }
+
+    fn cache_uncacheable(&self, cache: CacheName) {
+        self.cache_uncacheable
+            .get_or_create(&CacheNameLabels {
+                cache: cache.as_str(),
             })
             .inc();
+    }
+
+    fn jwks_fetched(&self, source: &str, ok: bool, stale: bool) {
+        self.jwks_fetches
+            .get_or_create(&SourceResultLabels {
+                source: source.to_string(),
+                result: if ok { "success" } else { "failure" },
+            })
+            .inc();
+        self.jwks_stale
+            .get_or_create(&SourceLabels {
+                source: source.to_string(),
+            })
+            .set(i64::from(stale));
+    }
+
+    fn oauth_fetched(&self, connection: &str, result: &'static str) {
+        self.oauth_fetches
+            .get_or_create(&ConnectionResultLabels {
+                connection: connection.to_string(),
+                result,
+            })
+            .inc();
+    }
+
+    fn oauth_token_valid(&self, connection: &str, valid: bool) {
+        self.oauth_token_valid
+            .get_or_create(&ConnectionLabels {
+                connection: connection.to_string(),
+            })
+            .set(i64::from(valid));
+    }
+
+    fn password_waiting(&self, delta: i64) {
+        self.password_checks_waiting.inc_by(delta);
+    }
+
+    fn token_waiting(&self, delta: i64) {
+        self.token_checks_waiting.inc_by(delta);
+    }
+
+    fn config_loaded(&self, generation: u64) {
+        self.config_generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+    }
+
+    fn config_reload(&self, ok: bool) {
+        self.config_reloads
+            .get_or_create(&ResultLabels {
+                result: if ok { "success" } else { "invalid" },
+            })
+            .inc();
+    }
+
+    fn config_refused(&self, refused: bool) {
+        self.config_refused.set(i64::from(refused));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_histogram_encodes_like_a_prometheus_histogram() {
+        let h = AtomicHistogram::new([0.001, 0.01]);
+        h.observe(Duration::from_micros(500));
+        h.observe(Duration::from_millis(5));
+        h.observe(Duration::from_millis(5));
+        h.observe(Duration::from_secs(1));
+        let mut registry = Registry::default();
+        registry.register("d", "help", SharedHistogram(Arc::new(h)));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        for want in [
+            "d_bucket{le=\"0.001\"} 1",
+            "d_bucket{le=\"0.01\"} 3",
+            "d_bucket{le=\"+Inf\"} 4",
+            "d_count 4",
+            "d_sum 1.0105",
+        ] {
+            assert!(out.contains(want), "{want} missing from\n{out}");
+        }
+    }
+
+    #[test]
+    fn decisions_count_per_policy_result_and_reason() {
+        let m = Metrics::new();
+        let d = m.decisions("ns/p");
+        d.decided(
+            DecisionLabel::deny(crate::core::policy::DenyReason::InvalidToken),
+            Duration::from_micros(10),
+        );
+        d.decided(
+            DecisionLabel::deny(crate::core::policy::DenyReason::InvalidToken),
+            Duration::from_micros(10),
+        );
+        m.cache_lookup(CacheName::Token, true);
+        let out = m.encode();
+        assert!(
+            out.contains(
+                "fhirguard_decisions_total{policy=\"ns/p\",result=\"deny\",reason=\"invalid_token\"} 2"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("fhirguard_cache_lookups_total{cache=\"token\",result=\"hit\"} 1"),
+            "{out}"
+        );
     }
 }

@@ -1,8 +1,7 @@
-//! The gRPC ext_authz server: the Envoy adapter, the service that runs Checks, gRPC health,
-//! Prometheus metrics and the HTTP admin port.
+//! The gRPC ext_authz server: the Envoy adapter, gRPC health, Prometheus metrics and the HTTP
+//! admin port, around the runtime's executor.
 
 pub mod envoy;
 pub mod health;
 pub mod http;
 pub mod metrics;
-pub mod service;

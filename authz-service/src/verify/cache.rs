@@ -22,10 +22,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
-
-use crate::server::metrics::{CacheNameLabels, Metrics};
+use crate::observe::{CacheName, Observer};
 
 pub type Key = [u8; 32];
 
@@ -98,13 +95,6 @@ struct Inner<V> {
     bytes: usize,
 }
 
-struct CacheMetrics {
-    entries: Gauge,
-    bytes: Gauge,
-    evictions: Counter,
-    uncacheable: Counter,
-}
-
 /// A cache of values under digest keys, bounded by `budget` bytes.
 pub struct ByteCache<V> {
     budget: usize,
@@ -112,7 +102,7 @@ pub struct ByteCache<V> {
     /// ordinary ones, and refusing it only costs its owner a re-verification.
     max_entry: usize,
     inner: RwLock<Inner<V>>,
-    metrics: Option<CacheMetrics>,
+    observer: Option<(CacheName, Arc<dyn Observer>)>,
 }
 
 impl<V> std::fmt::Debug for ByteCache<V> {
@@ -146,26 +136,16 @@ impl<V> ByteCache<V> {
                 small_bytes: 0,
                 bytes: 0,
             }),
-            metrics: None,
+            observer: None,
         }
     }
 
-    /// A cache that reports `fhirguard_cache_{entries,bytes,budget_bytes,evictions_total,
-    /// uncacheable_total}{cache=name}`.
-    pub fn with_metrics(name: &'static str, budget: usize, metrics: &Metrics) -> Self {
-        let labels = CacheNameLabels { cache: name };
-        metrics
-            .cache_budget_bytes
-            .get_or_create(&labels)
-            .set(i64::try_from(budget).unwrap_or(i64::MAX));
-        let m = CacheMetrics {
-            entries: metrics.cache_entries.get_or_create(&labels).clone(),
-            bytes: metrics.cache_bytes.get_or_create(&labels).clone(),
-            evictions: metrics.cache_evictions.get_or_create(&labels).clone(),
-            uncacheable: metrics.cache_uncacheable.get_or_create(&labels).clone(),
-        };
+    /// A cache that reports its use to `observer` (as `fhirguard_cache_{entries,bytes,
+    /// budget_bytes,evictions_total,uncacheable_total}{cache=name}` in the server).
+    pub fn observed(name: CacheName, budget: usize, observer: Arc<dyn Observer>) -> Self {
+        observer.cache_budget(name, budget);
         ByteCache {
-            metrics: Some(m),
+            observer: Some((name, observer)),
             ..ByteCache::new(budget)
         }
     }
@@ -184,7 +164,16 @@ impl<V> ByteCache<V> {
 
     /// Calls `f` with the entry under `key` if there is one that has not expired; a hit
     /// marks the entry as used, which is what keeps it through eviction.
+    /// An observed cache counts the lookup as a hit or a miss by what this returns.
     pub fn get<R>(&self, key: &Key, now: Instant, f: impl FnOnce(&V) -> Option<R>) -> Option<R> {
+        let found = self.find(key, now, f);
+        if let Some((name, o)) = &self.observer {
+            o.cache_lookup(*name, found.is_some());
+        }
+        found
+    }
+
+    fn find<R>(&self, key: &Key, now: Instant, f: impl FnOnce(&V) -> Option<R>) -> Option<R> {
         let inner = self.inner.read().ok()?;
         let slot = inner.map.get(key)?;
         if slot.expires <= now {
@@ -204,15 +193,15 @@ impl<V> ByteCache<V> {
     pub fn insert(&self, key: Key, value: V, weight: usize, expires: Instant) -> bool {
         let weight = weight.saturating_add(Self::overhead());
         if weight > self.max_entry {
-            if let Some(m) = &self.metrics {
-                m.uncacheable.inc();
+            if let Some((name, o)) = &self.observer {
+                o.cache_uncacheable(*name);
             }
             return false;
         }
-        let Ok(mut inner) = self.inner.write() else {
+        let Ok(mut guard) = self.inner.write() else {
             return false;
         };
-        let inner = &mut *inner;
+        let inner = &mut *guard;
         match inner.map.get_mut(&key) {
             // Replaced in place: it keeps its queue position and its use count.
             Some(slot) => {
@@ -245,7 +234,10 @@ impl<V> ByteCache<V> {
         while inner.bytes > self.budget && self.evict_one(inner, now) {
             evicted += 1;
         }
-        self.report(inner, evicted);
+        let usage = (inner.map.len(), inner.bytes);
+        drop(guard);
+        // Reported after the lock is released: an observer's work never holds up a reader.
+        self.report(usage, evicted);
         true
     }
 
@@ -290,14 +282,9 @@ impl<V> ByteCache<V> {
         }
     }
 
-    fn report(&self, inner: &Inner<V>, evicted: u64) {
-        if let Some(m) = &self.metrics {
-            m.entries
-                .set(i64::try_from(inner.map.len()).unwrap_or(i64::MAX));
-            m.bytes.set(i64::try_from(inner.bytes).unwrap_or(i64::MAX));
-            if evicted > 0 {
-                m.evictions.inc_by(evicted);
-            }
+    fn report(&self, (entries, bytes): (usize, usize), evicted: u64) {
+        if let Some((name, o)) = &self.observer {
+            o.cache_usage(*name, entries, bytes, evicted);
         }
     }
 
@@ -309,8 +296,8 @@ impl<V> ByteCache<V> {
             inner.main = VecDeque::new();
             inner.small_bytes = 0;
             inner.bytes = 0;
-            self.report(&inner, 0);
         }
+        self.report((0, 0), 0);
     }
 }
 
@@ -324,11 +311,23 @@ pub struct Caches {
 }
 
 impl Caches {
-    pub fn new(budget: Budget, metrics: &Metrics) -> Self {
+    pub fn new(budget: Budget, observer: &Arc<dyn Observer>) -> Self {
         Caches {
-            tokens: Arc::new(ByteCache::with_metrics("token", budget.tokens, metrics)),
-            basic: Arc::new(ByteCache::with_metrics("basic", budget.basic, metrics)),
-            lookups: Arc::new(ByteCache::with_metrics("lookup", budget.lookups, metrics)),
+            tokens: Arc::new(ByteCache::observed(
+                CacheName::Token,
+                budget.tokens,
+                observer.clone(),
+            )),
+            basic: Arc::new(ByteCache::observed(
+                CacheName::Basic,
+                budget.basic,
+                observer.clone(),
+            )),
+            lookups: Arc::new(ByteCache::observed(
+                CacheName::Lookup,
+                budget.lookups,
+                observer.clone(),
+            )),
         }
     }
 

@@ -1,4 +1,9 @@
 //! Bearer token (JWT) verification for one policy, with a cache of verified tokens.
+//!
+//! Pure CPU and synchronous: the verifier reads each provider's keys from its [`KeySlot`] and,
+//! when the keys it needs are not there (none were ever fetched, or the token names a key id
+//! the set lacks), says so with [`Attempt::NeedKeys`] instead of fetching. The host fetches
+//! (`runtime::jwks`) and asks again.
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -11,15 +16,13 @@ use sha2::{Digest, Sha256};
 use crate::config::{Algorithm, ClaimNames, ProviderConfig};
 use crate::core::policy::TokenIdentity;
 use crate::core::smart;
-use crate::runtime::jwks::{JwksSource, KeySet, KeysUnavailable};
-use crate::server::metrics::Metrics;
 use crate::verify::cache::{ByteCache, alloc_bytes, string_bytes};
+use crate::verify::keys::{KeySet, KeySlot};
 
 /// Tokens longer than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
-/// Why a token is not accepted. `KeysUnavailable` is not a verdict on the token: fhirguard
-/// could not decide, and the request gets UNAVAILABLE rather than a 401.
+/// Why a token is not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
     #[error("the token is not a well-formed JWT")]
@@ -46,8 +49,19 @@ pub enum TokenError {
     WrongAudience,
     #[error("the token lacks the {0} claim or it has the wrong type")]
     Claim(String),
-    #[error(transparent)]
-    KeysUnavailable(#[from] KeysUnavailable),
+}
+
+/// What one verification attempt came to.
+#[derive(Debug)]
+pub enum Attempt {
+    Verified(Arc<TokenIdentity>),
+    /// The keys this token needs are not in the provider's slot: none were ever obtained, or
+    /// (`unknown_kid`) the token names a key id the set lacks. The host fetches them and
+    /// tries again; after a refetch for an unknown key id, a key id still unknown is final.
+    NeedKeys {
+        provider: usize,
+        unknown_kid: bool,
+    },
 }
 
 fn to_jwt_alg(a: Algorithm) -> JwtAlg {
@@ -67,31 +81,28 @@ fn to_jwt_alg(a: Algorithm) -> JwtAlg {
 pub struct Provider {
     pub config: ProviderConfig,
     algorithms: Vec<JwtAlg>,
-    source: Arc<JwksSource>,
+    keys: Arc<KeySlot>,
 }
 
 impl Provider {
-    pub fn new(config: ProviderConfig, source: Arc<JwksSource>) -> Self {
+    /// A provider whose keys are whatever `keys` holds at verification time.
+    pub fn new(config: ProviderConfig, keys: Arc<KeySlot>) -> Self {
         let algorithms = config.algorithms.iter().copied().map(to_jwt_alg).collect();
         Provider {
             config,
             algorithms,
-            source,
+            keys,
         }
-    }
-
-    pub fn source(&self) -> &Arc<JwksSource> {
-        &self.source
     }
 }
 
 /// A verified token's verdict, as the token cache holds it.
 pub struct CachedToken {
-    identity: TokenIdentity,
+    identity: Arc<TokenIdentity>,
     /// Unix seconds after which the cached verdict is void (`exp` plus the clock skew).
     valid_until: u64,
     /// Index of the provider whose keys verified the token, and the key set that did; the
-    /// verdict is void once that provider's keys are refreshed (see `JwksSource::is_current`).
+    /// verdict is void once that provider's keys are refreshed (see [`KeySlot::is_current`]).
     provider: usize,
     keys: Weak<KeySet>,
 }
@@ -121,13 +132,12 @@ pub fn identity_bytes(id: &TokenIdentity) -> usize {
         + ignored
 }
 
-pub struct JwtVerifier {
+pub struct TokenVerifier {
     providers: Vec<Provider>,
     /// Per verifier (so per policy and config generation): the shared cache never answers
     /// one policy with another's verdict.
     cache_salt: [u8; 32],
     cache: Arc<ByteCache<CachedToken>>,
-    metrics: Arc<Metrics>,
 }
 
 fn now_unix() -> u64 {
@@ -236,20 +246,15 @@ fn identity_from_claims(
     })
 }
 
-impl JwtVerifier {
+impl TokenVerifier {
     /// A verifier whose verified tokens go to `cache` (shared by every policy).
-    pub fn new(
-        providers: Vec<Provider>,
-        cache: Arc<ByteCache<CachedToken>>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(providers: Vec<Provider>, cache: Arc<ByteCache<CachedToken>>) -> Self {
         let mut cache_salt = [0u8; 32];
         rand::fill(&mut cache_salt);
-        JwtVerifier {
+        TokenVerifier {
             providers,
             cache_salt,
             cache,
-            metrics,
         }
     }
 
@@ -265,27 +270,25 @@ impl JwtVerifier {
     }
 
     /// A verified identity for this exact token, if one is cached and still valid.
-    pub fn cached(&self, token: &str) -> Option<TokenIdentity> {
+    pub fn cached(&self, token: &str) -> Option<Arc<TokenIdentity>> {
         let slot = self.cache_slot(token);
         let now = now_unix();
-        let hit = self.cache.get(&slot, Instant::now(), |c| {
+        self.cache.get(&slot, Instant::now(), |c| {
             (c.valid_until >= now
                 && self
                     .providers
                     .get(c.provider)
-                    .is_some_and(|p| p.source.is_current(&c.keys)))
+                    .is_some_and(|p| p.keys.is_current(&c.keys)))
             .then(|| c.identity.clone())
-        });
-        self.metrics.cache_lookup("token", hit.is_some());
-        hit
+        })
     }
 
-    /// Verifies a token: header hygiene, issuer → provider, algorithm allow-list, key by
-    /// `kid` (refetching the JWKS once for an unknown kid), signature, `exp`/`nbf`/`aud`/`iss`.
-    pub async fn verify(&self, token: &str) -> Result<TokenIdentity, TokenError> {
-        if let Some(id) = self.cached(token) {
-            return Ok(id);
-        }
+    /// Verifies a token against the keys in force: header hygiene, issuer → provider,
+    /// algorithm allow-list, key by `kid`, signature, `exp`/`nbf`/`iat`/`aud`/`iss`. Does not
+    /// look in the cache (call [`TokenVerifier::cached`] first); remembers what it verifies.
+    /// `after_refetch`: the provider's keys were just refetched because this token's key id
+    /// was unknown, so a key id still unknown is final.
+    pub fn verify(&self, token: &str, after_refetch: bool) -> Result<Attempt, TokenError> {
         if token.len() > MAX_TOKEN_BYTES || token.split('.').count() != 3 {
             return Err(TokenError::Malformed);
         }
@@ -314,6 +317,22 @@ impl JwtVerifier {
         if !provider.algorithms.contains(&alg) {
             return Err(TokenError::AlgorithmNotAllowed);
         }
+        let Some(keys) = provider.keys.load() else {
+            return Ok(Attempt::NeedKeys {
+                provider: provider_index,
+                unknown_kid: false,
+            });
+        };
+        let kid = header.kid.as_deref();
+        if kid.is_some() && keys.candidates(alg, kid).next().is_none() {
+            if after_refetch {
+                return Err(TokenError::UnknownKey);
+            }
+            return Ok(Attempt::NeedKeys {
+                provider: provider_index,
+                unknown_kid: true,
+            });
+        }
         let mut validation = Validation::new(alg);
         validation.algorithms = vec![alg];
         validation.set_issuer(&[&provider.config.issuer]);
@@ -322,14 +341,6 @@ impl JwtVerifier {
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
 
-        let kid = header.kid.as_deref();
-        let mut keys = provider.source.keys().await?;
-        if kid.is_some() && keys.candidates(alg, kid).next().is_none() {
-            match provider.source.refetch_for_unknown_kid().await {
-                Some(fresh) => keys = fresh,
-                None => return Err(TokenError::UnknownKey),
-            }
-        }
         let mut last_err = TokenError::UnknownKey;
         for key in keys.candidates(alg, kid) {
             match jsonwebtoken::decode::<serde_json::Value>(token, &key.key, &validation) {
@@ -348,7 +359,7 @@ impl JwtVerifier {
                         }
                         Some(_) => return Err(TokenError::Claim("iat".into())),
                     }
-                    let identity = identity_from_claims(&provider.config, &data.claims)?;
+                    let identity = Arc::new(identity_from_claims(&provider.config, &data.claims)?);
                     let exp = data.claims.get("exp").and_then(|e| e.as_u64()).unwrap_or(0);
                     self.remember(
                         token,
@@ -359,7 +370,7 @@ impl JwtVerifier {
                             keys: Arc::downgrade(&keys),
                         },
                     );
-                    return Ok(identity);
+                    return Ok(Attempt::Verified(identity));
                 }
                 Err(e) => {
                     last_err = match e.kind() {

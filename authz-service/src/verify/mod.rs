@@ -4,3 +4,4 @@
 pub mod basic;
 pub mod cache;
 pub mod jwt;
+pub mod keys;

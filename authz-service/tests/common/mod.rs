@@ -14,9 +14,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use fhirguard_authz::config::*;
+use fhirguard_authz::runtime::executor::{Executor, Options};
 use fhirguard_authz::runtime::jwks::JwksOptions;
 use fhirguard_authz::server::metrics::Metrics;
-use fhirguard_authz::server::service::Service;
 use fhirguard_authz::{runtime::reload, server::envoy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -352,7 +352,8 @@ pub fn standard_config(generation: u64, jwks_uri: &str, extra_users: &str) -> Co
 
 /// The service running on 127.0.0.1 with its gRPC and HTTP ports.
 pub struct RunningService {
-    pub service: Arc<Service>,
+    pub service: Arc<Executor>,
+    pub metrics: Arc<Metrics>,
     pub grpc: SocketAddr,
     pub http: SocketAddr,
 }
@@ -381,7 +382,15 @@ pub async fn start_service(dir: &Path, poll: Duration) -> RunningService {
         max_retry: Duration::from_secs(1),
         ..Default::default()
     };
-    let service = Arc::new(Service::with_options(metrics, options, oauth));
+    let observer: Arc<dyn fhirguard_authz::observe::Observer> = metrics.clone();
+    let service = Arc::new(Executor::new(
+        observer,
+        Options {
+            jwks: options,
+            oauth,
+            ..Options::default()
+        },
+    ));
     let _ = reload::reload_now(&service, dir);
     let watch = reload::watch(service.clone(), dir.to_path_buf(), poll);
     std::mem::forget(watch);
@@ -398,10 +407,11 @@ pub async fn start_service(dir: &Path, poll: Duration) -> RunningService {
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = listener.local_addr().unwrap();
-    let router = fhirguard_authz::server::http::router(service.clone());
+    let router = fhirguard_authz::server::http::router(service.clone(), metrics.clone());
     tokio::spawn(async move { axum::serve(listener, router).await });
     RunningService {
         service,
+        metrics,
         grpc,
         http,
     }

@@ -95,6 +95,13 @@ pub enum AllowReason {
 }
 
 impl AllowReason {
+    pub const ALL: [AllowReason; 4] = [
+        AllowReason::PublicPath,
+        AllowReason::UnauthenticatedAccess,
+        AllowReason::Authenticated,
+        AllowReason::Outbound,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             AllowReason::PublicPath => "public_path",
@@ -206,7 +213,7 @@ pub struct Request<'a> {
     pub if_none_exist: Option<&'a str>,
     /// Every request header (lower-cased names), for rules about headers the decision does
     /// not otherwise read (method overrides).
-    pub headers: &'a [(String, String)],
+    pub headers: &'a [(&'a str, &'a str)],
     /// `None` when Envoy did not send the body, or sent only part of it.
     pub body: Option<fhir::Body<'a>>,
     /// The `fhirguard.dev/policy` context extension.
@@ -264,7 +271,8 @@ pub struct TokenIdentity {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Identity {
     pub basic_user: Option<String>,
-    pub token: Option<TokenIdentity>,
+    /// Shared with the verified-token cache: a cached decision copies nothing.
+    pub token: Option<std::sync::Arc<TokenIdentity>>,
 }
 
 fn policy_id(p: &PolicyConfig) -> String {

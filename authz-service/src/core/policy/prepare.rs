@@ -218,13 +218,18 @@ pub(super) const REFUSED_HEADERS: &[(&str, &str)] = &[
     ("x-cascade", "a cascading delete"),
 ];
 
-pub(super) fn method_override(
-    headers: &[(String, String)],
-) -> Option<(&'static str, &'static str)> {
-    headers.iter().find_map(|(k, _)| {
-        let norm = k.to_ascii_lowercase().replace('_', "-");
-        REFUSED_HEADERS.iter().copied().find(|(h, _)| *h == norm)
-    })
+pub(super) fn method_override(headers: &[(&str, &str)]) -> Option<(&'static str, &'static str)> {
+    // Compared the way CGI, WSGI and Rack stacks read names: case-insensitive, `_` as `-`.
+    let same = |k: &str, h: &str| {
+        k.len() == h.len()
+            && k.bytes().zip(h.bytes()).all(|(a, b)| {
+                let a = a.to_ascii_lowercase();
+                a == b || (a == b'_' && b == b'-')
+            })
+    };
+    headers
+        .iter()
+        .find_map(|(k, _)| REFUSED_HEADERS.iter().copied().find(|(h, _)| same(k, h)))
 }
 
 pub(super) type Parsed = (Option<BasicCredential>, Option<BearerCredential>);

@@ -465,7 +465,7 @@ fn method_overrides_are_refused_in_every_spelling() {
         "x-cascade",
         "X_Cascade",
     ] {
-        let headers = vec![(name.to_string(), "DELETE".to_string())];
+        let headers = vec![(name, "DELETE")];
         let r = Request {
             headers: &headers,
             ..req(
@@ -490,7 +490,7 @@ fn method_overrides_are_refused_in_every_spelling() {
         );
     }
     // Headers that merely look alike pass.
-    let headers = vec![("x-http-methods".to_string(), "x".to_string())];
+    let headers = vec![("x-http-methods", "x")];
     let r = Request {
         headers: &headers,
         ..req("GET", "ehr.example", "/fhir/r4/Patient/1", Some(&alice))
@@ -716,7 +716,11 @@ fn token_decisions_carry_identity_and_scope_challenges() {
     );
     let id = Identity {
         basic_user: None,
-        token: Some(token("dr-who", "user/Observation.rs", Some("p1"))),
+        token: Some(std::sync::Arc::new(token(
+            "dr-who",
+            "user/Observation.rs",
+            Some("p1"),
+        ))),
     };
     let Decision::Allow(a) = decide(&ps[1], &p, &id) else {
         panic!()
@@ -761,7 +765,7 @@ fn all_of_checks_both_and_the_subject() {
     .unwrap();
     let id = Identity {
         basic_user: Some("alice".into()),
-        token: Some(token("alice", "user/*.rs", None)),
+        token: Some(std::sync::Arc::new(token("alice", "user/*.rs", None))),
     };
     let Decision::Allow(a) = decide(all_of, &p, &id) else {
         panic!()
@@ -773,7 +777,7 @@ fn all_of_checks_both_and_the_subject() {
     );
     let id = Identity {
         basic_user: Some("alice".into()),
-        token: Some(token("mallory", "user/*.rs", None)),
+        token: Some(std::sync::Arc::new(token("mallory", "user/*.rs", None))),
     };
     assert_eq!(decide(all_of, &p, &id).reason_label(), "subject_mismatch");
     // Both credentials' permissions must allow: bob (Read) with a write scope cannot write.
@@ -789,7 +793,7 @@ fn all_of_checks_both_and_the_subject() {
     .unwrap();
     let id = Identity {
         basic_user: Some("bob".into()),
-        token: Some(token("bob", "user/*.cruds", None)),
+        token: Some(std::sync::Arc::new(token("bob", "user/*.cruds", None))),
     };
     assert_eq!(decide(all_of, &p, &id).reason_label(), "read_only_user");
 }
