@@ -14,8 +14,16 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== the config types build without the server feature (what the operator links)"
+echo "== the layers build alone: config + core (what the operator links), then + verify (what an in-process host links)"
 cargo check -p fhirguard-authz --no-default-features --locked
+cargo check -p fhirguard-authz --no-default-features --features verify --locked
+# The core and CPU-only verification must not pull in an async runtime, gRPC, HTTP clients or
+# metrics: a host without tokio (the Envoy dynamic module) links exactly this.
+forbidden='^(tokio|tonic|reqwest|prometheus-client|hyper|axum|notify|envoy-types) '
+if cargo tree -p fhirguard-authz --no-default-features --features verify -e normal --prefix none --locked \
+    | grep -E "$forbidden"; then
+  echo "the core + verify build depends on the crates listed above"; exit 1
+fi
 echo "== cargo test (property tests: ${PROPTEST_CASES:=256} cases each)"
 export PROPTEST_CASES
 log=$(mktemp)
