@@ -45,6 +45,8 @@ fn fixture() -> Fixture {
     h.kid = Some("k1".into());
     let token = jsonwebtoken::encode(&h, &claims(0), &key).unwrap();
     let policy = PolicyConfig {
+        audit: None,
+        smart_configuration: None,
         namespace: "b".into(),
         name: "p".into(),
         hosts: vec![],

@@ -83,6 +83,7 @@ impl DecisionLabel {
         match outcome {
             Outcome::Decided(Decision::Allow(a)) => Self::allow(a.reason),
             Outcome::Decided(Decision::Deny(d)) => Self::deny(d.reason),
+            Outcome::Decided(Decision::Respond(r)) => Self::allow(r.reason),
             Outcome::Unavailable(_) => Self::unavailable(),
         }
     }
@@ -135,6 +136,16 @@ pub trait Observer: Send + Sync {
     /// A token verification starts or stops waiting for a verification slot.
     fn token_waiting(&self, delta: i64) {
         let _ = delta;
+    }
+    /// An OpenID discovery fetch (`namespace/name` of the policy); `stale` while the last
+    /// good document stays in force after a failure.
+    fn discovery_fetched(&self, source: &str, ok: bool, stale: bool) {
+        let _ = (source, ok, stale);
+    }
+    /// AuditEvents by sink (`stdout`, `file:PATH`, `connection:NS/NAME`) and result:
+    /// `queued`, `written`, `dropped_queue_full`, `dropped_undeliverable`.
+    fn audit_events(&self, sink: &str, result: &'static str, count: u64) {
+        let _ = (sink, result, count);
     }
     fn config_loaded(&self, generation: u64) {
         let _ = generation;

@@ -58,6 +58,8 @@ fn policy(
         .map(|(u, _)| bcrypt_line(u, &format!("{u}-pw")))
         .collect();
     PolicyConfig {
+        audit: None,
+        smart_configuration: None,
         namespace: ns.into(),
         name: name.into(),
         hosts: hosts.iter().map(|h| h.to_string()).collect(),

@@ -76,6 +76,7 @@ async fn outbound(service: &Service) -> Result<String, (u16, DenyReason, String)
             other => panic!("unexpected {other:?}"),
         },
         Outcome::Decided(Decision::Deny(d)) => Err((d.status, d.reason, d.diagnostics)),
+        Outcome::Decided(Decision::Respond(r)) => panic!("unexpected {r:?}"),
         Outcome::Unavailable(w) => panic!("unavailable: {w}"),
     }
 }

@@ -212,6 +212,8 @@ const HASH: &str = "$2y$05$3bPgAOMbkZ3UxBYuvB/T2.7xI0ag4VDj9gkOHkRyz0.p5Rz8Ru.Ia
 
 fn smart_policy(name: &str, base: &str, narrow: bool) -> PolicyConfig {
     PolicyConfig {
+        audit: None,
+        smart_configuration: None,
         namespace: "clinical".into(),
         name: name.into(),
         hosts: vec![],
@@ -293,6 +295,7 @@ fn token_identity(token: &str) -> Option<TokenIdentity> {
         _ => return None,
     };
     Some(TokenIdentity {
+        client_id: None,
         provider: "idp".into(),
         subject: token.into(),
         scopes: smart::parse_scopes(scope.split(' ')),
@@ -356,6 +359,7 @@ fn summarise(d: Decision) -> Summary {
             strict: a.strict_search,
         },
         Decision::Deny(d) => Summary::Deny(d.status),
+        Decision::Respond(r) => panic!("no policy here answers itself: {r:?}"),
     }
 }
 

@@ -926,6 +926,8 @@ fn compile_policy(
         return None;
     }
     Some(PolicyConfig {
+        audit: None,
+        smart_configuration: None,
         namespace: ns,
         name,
         hosts: spec.match_.hosts.clone(),

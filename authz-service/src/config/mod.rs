@@ -13,9 +13,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+mod extras;
 pub mod htpasswd;
 mod validate;
 
+pub use extras::*;
 pub use validate::*;
 
 /// The file inside the config directory that holds [`CompiledConfig`] as JSON.
@@ -61,6 +63,12 @@ pub struct PolicyConfig {
     pub authentication: AuthenticationConfig,
     #[serde(default)]
     pub authorization: AuthorizationConfig,
+    /// IHE BALP AuditEvents of this policy's decisions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditConfig>,
+    /// Serve `[base]/.well-known/smart-configuration` from fhirguard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smart_configuration: Option<SmartConfigurationConfig>,
 }
 
 /// The public paths a policy gets when it names none.
@@ -304,7 +312,7 @@ pub struct SmartConfig {
     pub reference_data: ReferenceData,
 }
 
-fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+pub(crate) fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
 }
 
@@ -449,7 +457,14 @@ impl CompiledConfig {
                 .iter()
                 .flat_map(|j| j.providers.iter().map(|pr| &pr.jwks.tls))
         });
+        let discovery_tls = self.policies.iter().filter_map(|p| {
+            p.smart_configuration
+                .as_ref()
+                .and_then(|s| s.openid_discovery.as_ref())
+                .map(|d| &d.tls)
+        });
         policy_tls
+            .chain(discovery_tls)
             .chain(self.connections.iter().map(|c| &c.tls))
             .filter_map(|t| t.ca_file.as_deref())
             .collect()

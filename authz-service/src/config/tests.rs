@@ -4,6 +4,8 @@ const BCRYPT: &str = "alice:$2y$05$3bPgAOMbkZ3UxBYuvB/T2.7xI0ag4VDj9gkOHkRyz0.p5
 
 fn policy(name: &str) -> PolicyConfig {
     PolicyConfig {
+        audit: None,
+        smart_configuration: None,
         namespace: "clinical".into(),
         name: name.into(),
         hosts: vec!["ehr.example.org".into()],

@@ -227,6 +227,157 @@ pub(super) fn validate_policy(
             format!("connection {:?} does not exist", lookup.connection),
         );
     }
+    if let Some(a) = &p.audit {
+        validate_audit(v, id, a, connections);
+    }
+    if let Some(sc) = &p.smart_configuration {
+        validate_smart_configuration(v, id, p, sc);
+    }
+}
+
+pub(super) fn validate_audit(
+    v: &mut Validator,
+    id: &str,
+    a: &AuditConfig,
+    connections: &BTreeSet<String>,
+) {
+    let destinations =
+        usize::from(a.stdout) + usize::from(a.file.is_some()) + usize::from(a.connection.is_some());
+    if destinations != 1 {
+        v.push(
+            id,
+            "audit",
+            "exactly one of stdout, file and connectionRef must be set".into(),
+        );
+    }
+    if let Some(f) = &a.file
+        && (!f.starts_with('/') || f.ends_with('/') || f.chars().any(char::is_control))
+    {
+        v.push(
+            id,
+            "audit.file",
+            format!("{f:?} must be an absolute path to a file"),
+        );
+    }
+    if let Some(c) = &a.connection
+        && !connections.contains(c)
+    {
+        v.push(
+            id,
+            "audit.connectionRef",
+            format!("connection {c:?} does not exist"),
+        );
+    }
+    if a.queue_size == 0 || a.queue_size > MAX_AUDIT_QUEUE {
+        v.push(
+            id,
+            "audit.queueSize",
+            format!("must be between 1 and {MAX_AUDIT_QUEUE}"),
+        );
+    }
+    if a.batch_size == 0 || a.batch_size > MAX_AUDIT_BATCH {
+        v.push(
+            id,
+            "audit.batchSize",
+            format!("must be between 1 and {MAX_AUDIT_BATCH}"),
+        );
+    }
+}
+
+pub(super) fn validate_smart_configuration(
+    v: &mut Validator,
+    id: &str,
+    p: &PolicyConfig,
+    sc: &SmartConfigurationConfig,
+) {
+    let field = "smartConfiguration";
+    if p.authentication.jwt.is_none() {
+        v.push(
+            id,
+            field,
+            "a SMART discovery document needs authentication.jwt: without bearer tokens no SMART app could use it".into(),
+        );
+    }
+    let path = "/.well-known/smart-configuration";
+    if !p.public_paths.iter().any(|pp| pp == path) {
+        v.push(
+            id,
+            field,
+            format!("{path} must stay in publicPaths: apps fetch it without credentials"),
+        );
+    }
+    let urls = [
+        ("issuer", &sc.issuer),
+        ("authorizationEndpoint", &sc.authorization_endpoint),
+        ("tokenEndpoint", &sc.token_endpoint),
+        ("jwksUri", &sc.jwks_uri),
+        ("registrationEndpoint", &sc.registration_endpoint),
+        ("managementEndpoint", &sc.management_endpoint),
+        ("introspectionEndpoint", &sc.introspection_endpoint),
+        ("revocationEndpoint", &sc.revocation_endpoint),
+    ];
+    for (name, value) in urls {
+        if let Some(u) = value
+            && let Err(e) = check_https_url(u)
+        {
+            v.push(id, &format!("{field}.{name}"), e);
+        }
+    }
+    match &sc.openid_discovery {
+        Some(d) => {
+            if sc.issuer.is_none() {
+                v.push(
+                    id,
+                    &format!("{field}.openidDiscovery"),
+                    "needs issuer: the document is fetched from [issuer]/.well-known/openid-configuration".into(),
+                );
+            }
+            if d.refresh_interval_seconds < 10 {
+                v.push(
+                    id,
+                    &format!("{field}.openidDiscovery.refreshInterval"),
+                    "must be at least 10s".into(),
+                );
+            }
+            validate_tls(v, id, &format!("{field}.openidDiscovery.tls"), &d.tls);
+        }
+        None => {
+            if sc.token_endpoint.is_none() {
+                v.push(
+                    id,
+                    &format!("{field}.tokenEndpoint"),
+                    "required (SMART App Launch 2.2) unless openidDiscovery finds it".into(),
+                );
+            }
+        }
+    }
+    for (i, m) in sc.code_challenge_methods.iter().enumerate() {
+        if m == "plain" {
+            v.push(
+                id,
+                &format!("{field}.codeChallengeMethods[{i}]"),
+                "plain must not be offered (SMART App Launch 2.2 requires S256 and forbids plain)"
+                    .into(),
+            );
+        }
+    }
+    for (name, list) in [
+        ("capabilities", &sc.capabilities),
+        ("scopes", &sc.scopes),
+        ("grantTypes", &sc.grant_types),
+        ("codeChallengeMethods", &sc.code_challenge_methods),
+        ("tokenEndpointAuthMethods", &sc.token_endpoint_auth_methods),
+    ] {
+        for (i, item) in list.iter().enumerate() {
+            if item.is_empty() || item.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                v.push(
+                    id,
+                    &format!("{field}.{name}[{i}]"),
+                    format!("{item:?} must be one non-empty word"),
+                );
+            }
+        }
+    }
 }
 
 pub(super) fn validate_basic(v: &mut Validator, id: &str, basic: &BasicConfig) {

@@ -1,7 +1,7 @@
 //! What a refusal looks like on the wire (pure): a FHIR `OperationOutcome` body and the
 //! headers that go with it. The Envoy adapter only copies these into its message types.
 
-use crate::core::policy::{Allow, Deny, OutboundAuth};
+use crate::core::policy::{Allow, Deny, OutboundAuth, Respond};
 
 /// Header carrying the decision id, upstream and back to the client.
 pub const DECISION_ID_HEADER: &str = "x-fhirguard-decision-id";
@@ -52,6 +52,21 @@ pub fn denied(d: &Deny, decision_id: &str) -> DeniedAnswer {
         status: d.status,
         headers,
         body: operation_outcome(d.issue_code(), &d.diagnostics, decision_id),
+    }
+}
+
+/// The HTTP answer fhirguard gives itself (the SMART discovery document): the same shape as a
+/// refusal on the wire (Envoy sends it to the client instead of going upstream), with the
+/// decided status, normally 200.
+pub fn responded(r: &Respond, decision_id: &str) -> DeniedAnswer {
+    DeniedAnswer {
+        status: r.status,
+        headers: vec![
+            ("content-type".to_string(), r.content_type.to_string()),
+            ("cache-control".to_string(), "no-cache".to_string()),
+            (DECISION_ID_HEADER.to_string(), decision_id.to_string()),
+        ],
+        body: r.body.clone(),
     }
 }
 

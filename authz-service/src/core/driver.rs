@@ -17,6 +17,7 @@
 use crate::config::{CompiledConfig, ConnectionConfig};
 use std::sync::Arc;
 
+use crate::core::discovery;
 use crate::core::policy::{
     self, Allow, AllowReason, Decision, Deny, DenyReason, Identity, OutboundAuth, Pending, Request,
     Step as PolicyStep, TokenIdentity,
@@ -45,6 +46,9 @@ pub enum Need<'a> {
     },
     /// Get the current OAuth token of an outbound connection.
     OAuthToken { connection: &'a str },
+    /// The issuer's OpenID metadata for the policy's SMART discovery document (the last good
+    /// fetch; `None` when the policy does not use OpenID discovery).
+    SmartConfiguration { policy: usize },
 }
 
 /// How a check ends.
@@ -77,6 +81,7 @@ enum State {
     Authorize,
     Lookups(Vec<LookupKey>),
     OAuth(String),
+    Discovery(usize),
     Done(Outcome),
 }
 
@@ -101,6 +106,10 @@ impl<'c> Check<'c> {
             lookup_rounds: 0,
             state: State::Authorize,
         };
+        if let Some(i) = discovery::discovery_request(&config.policies, req) {
+            check.state = State::Discovery(i);
+            return check;
+        }
         match policy::prepare(&config.policies, req) {
             Err(d) => check.state = State::Done(Outcome::Decided(d)),
             Ok(p) => {
@@ -172,6 +181,7 @@ impl<'c> Check<'c> {
             },
             State::Lookups(keys) => Next::Need(Need::Lookups { policy, keys }),
             State::OAuth(c) => Next::Need(Need::OAuthToken { connection: c }),
+            State::Discovery(i) => Next::Need(Need::SmartConfiguration { policy: *i }),
             State::Authorize => Next::Done(&UNREACHABLE),
         }
     }
@@ -179,6 +189,16 @@ impl<'c> Check<'c> {
     /// The index of the policy the request is decided under, once one is chosen.
     pub fn policy_index(&self) -> Option<usize> {
         self.pending.as_ref().map(|p| p.policy_index)
+    }
+
+    /// The classified request, once the policy is chosen and the request understood.
+    pub fn request(&self) -> Option<&crate::core::fhir::FhirRequest> {
+        self.pending.as_ref().map(|p| &p.request)
+    }
+
+    /// Who the caller proved to be so far (empty before verification or after a failure).
+    pub fn identity(&self) -> &Identity {
+        &self.identity
     }
 
     /// The verified token, once there is one.
@@ -310,6 +330,31 @@ impl<'c> Check<'c> {
         });
     }
 
+    /// The answer to [`Need::SmartConfiguration`]: the issuer's metadata, or why there is
+    /// none. The document is still served from the configured values when they suffice.
+    pub fn smart_configuration(&mut self, openid: Result<Option<Arc<serde_json::Value>>, String>) {
+        let State::Discovery(i) = self.state else {
+            return self.fault("a discovery answer arrived out of turn");
+        };
+        let Some(p) = self.config.policies.get(i) else {
+            return self.fault("no such policy");
+        };
+        let Some(sc) = &p.smart_configuration else {
+            return self.fault("the policy has no smartConfiguration");
+        };
+        let (metadata, failure) = match &openid {
+            Ok(m) => (m.as_deref(), None),
+            Err(e) => (None, Some(e.as_str())),
+        };
+        self.state = State::Done(match discovery::document(sc, metadata) {
+            Ok(doc) => Outcome::Decided(discovery::respond(p, &doc)),
+            Err(e) => Outcome::Unavailable(match failure {
+                Some(f) => format!("{e}: {f}"),
+                None => e,
+            }),
+        });
+    }
+
     /// A credential the policy has no verifier for is refused before anyone is asked to
     /// verify it.
     fn require_scheme(&mut self) {
@@ -421,6 +466,8 @@ mod tests {
 
     fn config() -> CompiledConfig {
         let policy = |name: &str, lookup: bool| PolicyConfig {
+            audit: None,
+            smart_configuration: None,
             namespace: "ns".into(),
             name: name.into(),
             hosts: vec![format!("{name}.example")],
@@ -483,6 +530,7 @@ mod tests {
 
     fn token(scopes: &str, patient: Option<&str>) -> TokenIdentity {
         TokenIdentity {
+            client_id: None,
             provider: "idp".into(),
             subject: "app".into(),
             scopes: parse_scopes(scopes.split(' ')),

@@ -3,8 +3,10 @@
 //! I/O, no async, no dependency on a host.
 
 pub mod answer;
+pub mod audit;
 pub mod compartment;
 pub mod definitions;
+pub mod discovery;
 pub mod driver;
 pub mod fhir;
 pub mod granular;

@@ -22,6 +22,8 @@ use crate::core::driver::{Check, Need, Next, Outcome, TokenFailure};
 use crate::core::policy::{Decision, DenyReason, Request, TokenIdentity};
 use crate::core::smart::{LookupKey, Stored};
 use crate::observe::{DecisionLabel, DecisionObserver, Observer};
+use crate::runtime::audit::{AuditOptions, AuditSink};
+use crate::runtime::discovery::DiscoveryOptions;
 use crate::runtime::jwks::JwksOptions;
 use crate::runtime::oauth::OAuthOptions;
 use crate::runtime::state::{Outbound, Runtime, Shared};
@@ -83,6 +85,10 @@ pub struct Options {
     pub oauth: OAuthOptions,
     /// The memory budget of the caches (`--cache-memory-mib`).
     pub cache: Budget,
+    /// Retry delays of audit destinations.
+    pub audit: AuditOptions,
+    /// Retry delays of OpenID discovery fetches.
+    pub discovery: DiscoveryOptions,
 }
 
 pub struct Executor {
@@ -146,6 +152,7 @@ enum Work {
     Token(Result<Arc<TokenIdentity>, TokenFailure>),
     Lookups(Vec<(LookupKey, Result<Stored, String>)>),
     OAuth(Result<String, String>),
+    Discovery(Result<Option<Arc<serde_json::Value>>, String>),
 }
 
 impl Executor {
@@ -158,7 +165,14 @@ impl Executor {
             refused: std::sync::Mutex::new(None),
             password_checks: Arc::new(tokio::sync::Semaphore::new(slots)),
             token_checks: Arc::new(tokio::sync::Semaphore::new(slots)),
-            shared: Shared::new(options.jwks, options.oauth, options.cache, observer),
+            shared: Shared::with_options(
+                options.jwks,
+                options.oauth,
+                options.audit,
+                options.discovery,
+                options.cache,
+                observer,
+            ),
         }
     }
 
@@ -232,6 +246,12 @@ impl Executor {
 
     /// Decides an inbound request.
     pub async fn check(&self, req: &Request<'_>) -> Answer {
+        self.check_from(req, None).await
+    }
+
+    /// Decides an inbound request from `source_address` (the client as Envoy saw it, for
+    /// AuditEvents).
+    pub async fn check_from(&self, req: &Request<'_>, source_address: Option<&str>) -> Answer {
         let started = Instant::now();
         let decision_id = DecisionId::new();
         let Some(rt) = self.runtime.load_full() else {
@@ -239,6 +259,7 @@ impl Executor {
         };
         let mut check = Check::new(&rt.config, req);
         self.run(&rt, &mut check).await;
+        let audit = self.audit_event(&rt, &check, req, source_address, &decision_id);
         let observer = check
             .policy_index()
             .and_then(|i| rt.policies.get(i))
@@ -253,14 +274,61 @@ impl Executor {
             .unwrap_or_else(|| Outcome::Unavailable("the check ended unfinished".into()));
         let observer =
             observer.or_else(|| decided_policy(&outcome).and_then(|id| rt.decisions_of(id)));
-        finish(
+        let answer = finish(
             observer.unwrap_or(&rt.unmatched).as_ref(),
             decision_id,
             started,
             req.method,
             outcome,
             ignored,
-        )
+        );
+        // After the decision is counted and logged; `record` never waits.
+        if let Some((sink, event)) = audit {
+            sink.record(event);
+        }
+        answer
+    }
+
+    /// The AuditEvent for a finished check, when its policy records this decision. Built
+    /// here (pure code, microseconds); shipped by the policy's sink in the background.
+    fn audit_event(
+        &self,
+        rt: &Runtime,
+        check: &Check<'_>,
+        req: &Request<'_>,
+        source_address: Option<&str>,
+        decision_id: &DecisionId,
+    ) -> Option<(Arc<AuditSink>, serde_json::Value)> {
+        let Some(Outcome::Decided(decision)) = check.outcome() else {
+            return None;
+        };
+        let index = check.policy_index().or_else(|| {
+            let id = decided_policy(check.outcome()?)?;
+            rt.policies.iter().position(|p| p.id == id)
+        })?;
+        let policy = rt.config.policies.get(index)?;
+        let audit = policy.audit.as_ref()?;
+        let sink = rt.policies.get(index)?.audit.clone()?;
+        if !crate::core::audit::wanted(audit.record, decision, check.request()) {
+            return None;
+        }
+        let recorded_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let event = crate::core::audit::audit_event(&crate::core::audit::AuditFacts {
+            policy,
+            method: req.method,
+            host: req.host,
+            path: req.path,
+            source_address,
+            request: check.request(),
+            identity: check.identity(),
+            decision,
+            decision_id: decision_id.as_str(),
+            recorded_unix_ms,
+            observer: &self.shared.instance,
+        });
+        Some((sink, event))
     }
 
     /// An outbound request through the connection `namespace/name`: allowed with the
@@ -324,6 +392,12 @@ impl Executor {
                 Next::Need(Need::OAuthToken { connection }) => {
                     Work::OAuth(self.oauth_token(rt, connection).await)
                 }
+                Next::Need(Need::SmartConfiguration { policy }) => Work::Discovery(
+                    match rt.policies.get(policy).and_then(|p| p.discovery.clone()) {
+                        None => Ok(None),
+                        Some(source) => source.metadata().await.map(Some),
+                    },
+                ),
             };
             match work {
                 Work::Password(Ok(valid)) => check.password_checked(valid),
@@ -331,6 +405,7 @@ impl Executor {
                 Work::Token(result) => check.token_verified(result),
                 Work::Lookups(answers) => check.lookups_done(answers),
                 Work::OAuth(token) => check.oauth_token(token),
+                Work::Discovery(metadata) => check.smart_configuration(metadata),
             }
         }
     }
@@ -486,6 +561,7 @@ fn decided_policy(outcome: &Outcome) -> Option<&str> {
     match outcome {
         Outcome::Decided(Decision::Allow(a)) => Some(&a.policy),
         Outcome::Decided(Decision::Deny(d)) => d.policy.as_deref(),
+        Outcome::Decided(Decision::Respond(r)) => Some(&r.policy),
         Outcome::Unavailable(_) => None,
     }
 }
@@ -538,6 +614,17 @@ fn finish(
                     result, reason, status = d.status,
                     method = method, rule = %d.diagnostics,
                     ignored_scopes = %ignored_scopes.join(" "),
+                    micros = elapsed.as_micros() as u64,
+                    "decision"
+                );
+            }
+        }
+        Outcome::Decided(Decision::Respond(r)) => {
+            if tracing::enabled!(target: "fhirguard::decision", tracing::Level::INFO) {
+                tracing::info!(
+                    target: "fhirguard::decision",
+                    decision_id = %decision_id, policy = %r.policy, result, reason,
+                    status = r.status, method = method,
                     micros = elapsed.as_micros() as u64,
                     "decision"
                 );

@@ -1,7 +1,9 @@
 //! What a host runs around the core: the Check executor, the loaded config and its hot
 //! reload, key sets and OAuth tokens fetched with backoff, compartment lookups, TLS trust.
 
+pub mod audit;
 pub mod backoff;
+pub mod discovery;
 pub mod executor;
 pub mod jwks;
 pub mod lookup;

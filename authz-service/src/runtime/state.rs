@@ -9,6 +9,8 @@ use sha2::{Digest, Sha256};
 use crate::config::{CONFIG_FILE, CompiledConfig, ConfigError, Problem};
 use crate::core::policy::OutboundAuth;
 use crate::observe::{DecisionObserver, Observer};
+use crate::runtime::audit::{AuditAuth, AuditOptions, AuditRegistry, AuditSink};
+use crate::runtime::discovery::{DiscoveryOptions, DiscoveryRegistry, OpenIdSource};
 use crate::runtime::jwks::{JwksOptions, JwksRegistry, JwksSource};
 use crate::runtime::oauth::{OAuthOptions, OAuthRegistry, TokenSource};
 use crate::verify::basic::BasicVerifier;
@@ -22,6 +24,12 @@ pub struct Shared {
     pub oauth: OAuthRegistry,
     pub caches: Caches,
     pub observer: Arc<dyn Observer>,
+    /// Audit sinks, shared by destination between config generations.
+    pub audit: AuditRegistry,
+    /// OpenID discovery sources for SMART discovery documents.
+    pub discovery: DiscoveryRegistry,
+    /// This instance's name (the pod name), for AuditEvent sources.
+    pub instance: String,
 }
 
 impl Shared {
@@ -31,10 +39,31 @@ impl Shared {
         budget: Budget,
         observer: Arc<dyn Observer>,
     ) -> Self {
+        Self::with_options(
+            jwks,
+            oauth,
+            AuditOptions::default(),
+            DiscoveryOptions::default(),
+            budget,
+            observer,
+        )
+    }
+
+    pub fn with_options(
+        jwks: JwksOptions,
+        oauth: OAuthOptions,
+        audit: AuditOptions,
+        discovery: DiscoveryOptions,
+        budget: Budget,
+        observer: Arc<dyn Observer>,
+    ) -> Self {
         Shared {
             registry: JwksRegistry::new(jwks, observer.clone()),
             oauth: OAuthRegistry::new(oauth, observer.clone()),
             caches: Caches::new(budget, &observer),
+            audit: AuditRegistry::new(audit, observer.clone()),
+            discovery: DiscoveryRegistry::new(discovery, observer.clone()),
+            instance: std::env::var("HOSTNAME").unwrap_or_else(|_| "fhirguard-authz".into()),
             observer,
         }
     }
@@ -57,6 +86,10 @@ pub struct PolicyRuntime {
     pub lookup: Option<crate::runtime::lookup::LookupClient>,
     /// Counts this policy's decisions; made at load so that a decision looks nothing up.
     pub decisions: Arc<dyn DecisionObserver>,
+    /// Where this policy's AuditEvents go (`audit`).
+    pub audit: Option<Arc<AuditSink>>,
+    /// The issuer's OpenID metadata for the SMART discovery document.
+    pub discovery: Option<Arc<OpenIdSource>>,
 }
 
 /// How an outbound request through a connection gets its credential.
@@ -168,6 +201,9 @@ impl Runtime {
             oauth,
             caches,
             observer,
+            audit,
+            discovery,
+            ..
         } = shared;
         let mut problems = Vec::new();
         let mut connections = std::collections::HashMap::new();
@@ -273,6 +309,54 @@ impl Runtime {
             if p.unauthenticated_access {
                 tracing::warn!(policy = %id, "unauthenticatedAccess is on: every request to this policy is allowed without credentials");
             }
+            let audit_sink = match &p.audit {
+                None => None,
+                Some(a) => {
+                    let connection = a.connection.as_ref().and_then(|cid| {
+                        let c = config
+                            .connections
+                            .iter()
+                            .find(|c| format!("{}/{}", c.namespace, c.name) == *cid)?;
+                        let auth = match connections.get(cid) {
+                            Some(Outbound::Fixed(OutboundAuth::Set(v))) => {
+                                AuditAuth::Fixed(v.clone())
+                            }
+                            Some(Outbound::OAuth(s)) => AuditAuth::OAuth(s.clone()),
+                            _ => AuditAuth::None,
+                        };
+                        Some((c, auth))
+                    });
+                    match audit.sink(a, connection, dir) {
+                        Ok(s) => Some(s),
+                        Err(message) => {
+                            problems.push(Problem {
+                                object: id.clone(),
+                                field: "audit".into(),
+                                message,
+                            });
+                            None
+                        }
+                    }
+                }
+            };
+            let discovery_source = match p
+                .smart_configuration
+                .as_ref()
+                .and_then(|sc| Some((sc.issuer.as_ref()?, sc.openid_discovery.as_ref()?)))
+            {
+                None => None,
+                Some((issuer, d)) => match discovery.source(&id, issuer, d, dir) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        problems.push(Problem {
+                            object: id.clone(),
+                            field: "smartConfiguration.openidDiscovery.tls".into(),
+                            message: e.to_string(),
+                        });
+                        None
+                    }
+                },
+            };
             let decisions = observer.decisions(&id);
             policies.push(PolicyRuntime {
                 id,
@@ -280,6 +364,8 @@ impl Runtime {
                 jwt,
                 lookup,
                 decisions,
+                audit: audit_sink,
+                discovery: discovery_source,
             });
         }
         if !problems.is_empty() {

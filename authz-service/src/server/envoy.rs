@@ -193,6 +193,27 @@ pub fn to_check_response(
                 dynamic_metadata: None,
             }
         }
+        // Envoy sends a denied response to the client with the status it names, 200 included;
+        // the gRPC status only has to be something other than OK.
+        Decision::Respond(r) => {
+            let ans = answer::responded(r, decision_id);
+            let overwrite = HeaderAppendAction::OverwriteIfExistsOrAdd;
+            CheckResponse {
+                status: status(GRPC_PERMISSION_DENIED, r.reason.as_str()),
+                http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+                    status: Some(HttpStatus {
+                        code: i32::from(r.status),
+                    }),
+                    headers: ans
+                        .headers
+                        .into_iter()
+                        .map(|(k, v)| header(&k, v, overwrite))
+                        .collect(),
+                    body: ans.body,
+                })),
+                dynamic_metadata: None,
+            }
+        }
     }
 }
 
@@ -268,7 +289,17 @@ pub async fn check(
         body,
         policy_ref: ext.get(POLICY_EXTENSION).map(String::as_str),
     };
-    let answer = executor.check(&r).await;
+    let source = attrs
+        .source
+        .as_ref()
+        .and_then(|p| p.address.as_ref())
+        .and_then(|a| match &a.address {
+            Some(envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(s)) => {
+                Some(s.address.as_str())
+            }
+            _ => None,
+        });
+    let answer = executor.check_from(&r, source).await;
     respond(answer, &headers)
 }
 

@@ -45,6 +45,14 @@ pub struct SourceResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkResultLabels {
+    /// `stdout`, `file:PATH` or `connection:NAMESPACE/NAME` (from the config).
+    pub sink: String,
+    /// `queued`, `written`, `dropped_queue_full` or `dropped_undeliverable`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConnectionLabels {
     /// `namespace/name` of a FhirConnection in the config.
     pub connection: String,
@@ -144,6 +152,9 @@ pub struct Metrics {
     pub config_reloads: Family<ResultLabels, Counter>,
     pub jwks_fetches: Family<SourceResultLabels, Counter>,
     pub jwks_stale: Family<SourceLabels, Gauge>,
+    pub discovery_fetches: Family<SourceResultLabels, Counter>,
+    pub discovery_stale: Family<SourceLabels, Gauge>,
+    pub audit_events: Family<SinkResultLabels, Counter>,
     pub cache: Family<CacheLabels, Counter>,
     pub cache_entries: Family<CacheNameLabels, Gauge>,
     pub cache_bytes: Family<CacheNameLabels, Gauge>,
@@ -208,6 +219,24 @@ impl Metrics {
             "jwks_stale",
             "1 while the last JWKS fetch failed and the last good key set is still in use",
             jwks_stale.clone(),
+        );
+        let discovery_fetches = Family::<SourceResultLabels, Counter>::default();
+        registry.register(
+            "openid_discovery_fetches",
+            "OpenID discovery fetches for SMART discovery documents, by policy and result",
+            discovery_fetches.clone(),
+        );
+        let discovery_stale = Family::<SourceLabels, Gauge>::default();
+        registry.register(
+            "openid_discovery_stale",
+            "1 while the last OpenID discovery fetch failed and the last good document is in use",
+            discovery_stale.clone(),
+        );
+        let audit_events = Family::<SinkResultLabels, Counter>::default();
+        registry.register(
+            "audit_events",
+            "AuditEvents by sink and result (queued, written, dropped_queue_full, dropped_undeliverable)",
+            audit_events.clone(),
         );
         let cache = Family::<CacheLabels, Counter>::default();
         registry.register(
@@ -297,6 +326,9 @@ impl Metrics {
             config_reloads,
             jwks_fetches,
             jwks_stale,
+            discovery_fetches,
+            discovery_stale,
+            audit_events,
             cache,
             cache_lookups,
             cache_entries,
@@ -407,6 +439,29 @@ impl Observer for Metrics {
                 source: source.to_string(),
             })
             .set(i64::from(stale));
+    }
+
+    fn discovery_fetched(&self, source: &str, ok: bool, stale: bool) {
+        self.discovery_fetches
+            .get_or_create(&SourceResultLabels {
+                source: source.to_string(),
+                result: if ok { "success" } else { "failure" },
+            })
+            .inc();
+        self.discovery_stale
+            .get_or_create(&SourceLabels {
+                source: source.to_string(),
+            })
+            .set(i64::from(stale));
+    }
+
+    fn audit_events(&self, sink: &str, result: &'static str, count: u64) {
+        self.audit_events
+            .get_or_create(&SinkResultLabels {
+                sink: sink.to_string(),
+                result,
+            })
+            .inc_by(count);
     }
 
     fn oauth_fetched(&self, connection: &str, result: &'static str) {

@@ -236,7 +236,11 @@ fn identity_from_claims(
         Some(_) => return Err(TokenError::Claim(names.patient.clone())),
     };
     let fhir_user = claim_str(claims, &names.fhir_user).map(str::to_string);
+    let client_id = claim_str(claims, "client_id")
+        .or_else(|| claim_str(claims, "azp"))
+        .map(str::to_string);
     Ok(TokenIdentity {
+        client_id,
         provider: provider.name.clone(),
         subject,
         scopes,

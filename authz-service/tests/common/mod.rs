@@ -297,6 +297,8 @@ pub fn standard_config(generation: u64, jwks_uri: &str, extra_users: &str) -> Co
         bcrypt_line("bob", "bob-pw")
     );
     let ehr = PolicyConfig {
+        audit: None,
+        smart_configuration: None,
         namespace: "clinical".into(),
         name: "ehr".into(),
         hosts: vec![],
@@ -486,11 +488,13 @@ pub async fn start_fhir_stub(stub: FhirStub) -> SocketAddr {
                             Ok(n) => buf.extend_from_slice(&chunk[..n]),
                         }
                     }
+                    let body_json: serde_json::Value =
+                        serde_json::from_slice(&buf[head_end..head_end + len]).unwrap_or_default();
                     buf.drain(..head_end + len);
                     let mut parts = request_line.split(' ');
                     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
                     stub.seen.lock().unwrap().push(
-                        serde_json::json!({"method": method, "path": path, "headers": headers.clone()}),
+                        serde_json::json!({"method": method, "path": path, "headers": headers.clone(), "body": body_json}),
                     );
                     let stored = (method == "GET")
                         .then(|| stub.resources.lock().unwrap().get(path).cloned())
@@ -585,6 +589,8 @@ impl IdpStack {
 /// lookups go through the connection `clinical/ehr-internal`.
 pub fn smart_policy(name: &str, host: &str, jwks: &str, narrow: bool) -> PolicyConfig {
     PolicyConfig {
+        audit: None,
+        smart_configuration: None,
         namespace: "clinical".into(),
         name: name.into(),
         hosts: vec![host.into()],

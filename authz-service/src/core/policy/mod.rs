@@ -92,14 +92,17 @@ pub enum AllowReason {
     Authenticated,
     /// An outbound request through a FhirConnection.
     Outbound,
+    /// fhirguard answered with the policy's SMART discovery document.
+    SmartConfiguration,
 }
 
 impl AllowReason {
-    pub const ALL: [AllowReason; 4] = [
+    pub const ALL: [AllowReason; 5] = [
         AllowReason::PublicPath,
         AllowReason::UnauthenticatedAccess,
         AllowReason::Authenticated,
         AllowReason::Outbound,
+        AllowReason::SmartConfiguration,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -108,6 +111,7 @@ impl AllowReason {
             AllowReason::UnauthenticatedAccess => "unauthenticated_access",
             AllowReason::Authenticated => "authenticated",
             AllowReason::Outbound => "outbound",
+            AllowReason::SmartConfiguration => "smart_configuration",
         }
     }
 }
@@ -175,13 +179,26 @@ impl Deny {
     }
 }
 
+/// fhirguard answers the request itself; nothing goes upstream. (Envoy: a denied response
+/// whose status is 200.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Respond {
+    pub policy: String,
+    pub reason: AllowReason,
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Allow(Allow),
     Deny(Deny),
+    Respond(Respond),
 }
 
 impl Decision {
+    /// The request goes upstream.
     pub fn is_allow(&self) -> bool {
         matches!(self, Decision::Allow(_))
     }
@@ -190,6 +207,7 @@ impl Decision {
         match self {
             Decision::Allow(a) => a.reason.as_str(),
             Decision::Deny(d) => d.reason.as_str(),
+            Decision::Respond(r) => r.reason.as_str(),
         }
     }
 
@@ -197,6 +215,7 @@ impl Decision {
         match self {
             Decision::Allow(_) => 200,
             Decision::Deny(d) => d.status,
+            Decision::Respond(r) => r.status,
         }
     }
 }
@@ -265,6 +284,8 @@ pub struct TokenIdentity {
     /// The context patient's id (from `patient`, accepting `Patient/id`).
     pub patient: Option<String>,
     pub fhir_user: Option<String>,
+    /// The client application (`client_id`, else `azp`), for audit records.
+    pub client_id: Option<String>,
 }
 
 /// Step 2's result: who the caller proved to be.

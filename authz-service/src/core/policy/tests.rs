@@ -33,6 +33,8 @@ fn provider() -> ProviderConfig {
 
 fn policy(name: &str, hosts: &[&str], base: &str) -> PolicyConfig {
     PolicyConfig {
+        audit: None,
+        smart_configuration: None,
         namespace: "ns".into(),
         name: name.into(),
         hosts: hosts.iter().map(|h| h.to_string()).collect(),
@@ -135,6 +137,7 @@ fn outcome(policies: &[PolicyConfig], r: &Request<'_>) -> Want {
             a.reason,
         ),
         Err(Decision::Deny(d)) => Want::Deny(d.status, d.reason),
+        Err(Decision::Respond(r)) => panic!("prepare never answers itself: {r:?}"),
     }
 }
 
@@ -572,6 +575,7 @@ fn pending(ps: &[PolicyConfig], method: &str, host: &str, path: &str, auth: &str
 
 fn token(subject: &str, scopes: &str, patient: Option<&str>) -> TokenIdentity {
     TokenIdentity {
+        client_id: None,
         provider: "idp".into(),
         subject: subject.into(),
         scopes: parse_scopes(scopes.split(' ')),

@@ -1,0 +1,429 @@
+//! IHE Basic Audit Log Patterns (BALP 1.1.3) AuditEvents for fhirguard's decisions (pure).
+//!
+//! One decision, one FHIR R4 `AuditEvent` shaped after BALP's RESTful profiles: the
+//! interaction as `subtype` with the matching `action`, `outcome` 0 (allowed) or 4 (refused:
+//! a minor failure, with the refusing rule in `outcomeDesc`), the client as the DICOM
+//! "Source Role ID" agent, the protected server as the "Destination Role ID" agent, the user
+//! (token `sub`/`fhirUser`, or the Basic user) as the requesting agent, fhirguard and the
+//! policy as `source`, and entities for the resource, the patient, the query (searches only,
+//! base64 as BALP asks) and the decision id (BALP's X-Request-Id entity). Successful
+//! events claim the BALP profile they follow in `meta.profile`; refusals follow the same
+//! pattern without claiming a success profile.
+//!
+//! The host ships these; patient ids appear here and nowhere in the ordinary logs.
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use crate::config::{AuditRecord, PolicyConfig};
+use crate::core::definitions;
+use crate::core::fhir::{FhirRequest, Interaction};
+use crate::core::policy::{AllowReason, Decision, Identity};
+
+pub const PROFILE_BASE: &str =
+    "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.";
+const AUDIT_EVENT_TYPE: &str = "http://terminology.hl7.org/CodeSystem/audit-event-type";
+const RESTFUL_INTERACTION: &str = "http://hl7.org/fhir/restful-interaction";
+const DICOM: &str = "http://dicom.nema.org/resources/ontology/DCM";
+const PARTICIPATION: &str = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType";
+const ROLE_CLASS: &str = "http://terminology.hl7.org/CodeSystem/v3-RoleClass";
+const ENTITY_TYPE: &str = "http://terminology.hl7.org/CodeSystem/audit-entity-type";
+const OBJECT_ROLE: &str = "http://terminology.hl7.org/CodeSystem/object-role";
+const SOURCE_TYPE: &str = "http://terminology.hl7.org/CodeSystem/security-source-type";
+const BALP_ENTITY_TYPE: &str = "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType";
+
+/// Everything an AuditEvent is made of.
+#[derive(Debug, Clone, Copy)]
+pub struct AuditFacts<'a> {
+    pub policy: &'a PolicyConfig,
+    pub method: &'a str,
+    /// `:authority`.
+    pub host: &'a str,
+    /// `:path` with its query, as received.
+    pub path: &'a str,
+    /// The client's address as Envoy saw it.
+    pub source_address: Option<&'a str>,
+    /// The classified request (absent when it was refused before classification).
+    pub request: Option<&'a FhirRequest>,
+    pub identity: &'a Identity,
+    pub decision: &'a Decision,
+    pub decision_id: &'a str,
+    /// When the decision was made, in milliseconds since the Unix epoch.
+    pub recorded_unix_ms: u64,
+    /// This fhirguard instance (pod name), for `source.observer`.
+    pub observer: &'a str,
+}
+
+/// How BALP names one interaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kind {
+    /// `http://hl7.org/fhir/restful-interaction` code.
+    pub subtype: &'static str,
+    /// AuditEvent.action: C, R, U, D or E.
+    pub action: &'static str,
+    /// The BALP profile (without and with a patient) when one exists for the interaction.
+    pub profile: Option<(&'static str, &'static str)>,
+    pub writes: bool,
+}
+
+pub fn kind(i: Interaction) -> Kind {
+    let k = |subtype, action, profile, writes| Kind {
+        subtype,
+        action,
+        profile,
+        writes,
+    };
+    match i {
+        Interaction::Read => k("read", "R", Some(("Read", "PatientRead")), false),
+        Interaction::VRead => k("vread", "R", Some(("Read", "PatientRead")), false),
+        Interaction::HistoryInstance => k("history-instance", "R", None, false),
+        Interaction::HistoryType => k("history-type", "R", None, false),
+        Interaction::HistorySystem => k("history-system", "R", None, false),
+        Interaction::SearchType | Interaction::SearchSystem | Interaction::SearchCompartment => {
+            k("search", "E", Some(("Query", "PatientQuery")), false)
+        }
+        Interaction::Create | Interaction::ConditionalCreate => {
+            k("create", "C", Some(("Create", "PatientCreate")), true)
+        }
+        Interaction::Update | Interaction::ConditionalUpdate => {
+            k("update", "U", Some(("Update", "PatientUpdate")), true)
+        }
+        Interaction::Patch | Interaction::ConditionalPatch => k("patch", "U", None, true),
+        Interaction::Delete | Interaction::ConditionalDelete => {
+            k("delete", "D", Some(("Delete", "PatientDelete")), true)
+        }
+        Interaction::Capabilities => k("capabilities", "R", None, false),
+        Interaction::Batch | Interaction::BundleUninspected => k("batch", "E", None, true),
+        Interaction::Transaction => k("transaction", "E", None, true),
+        Interaction::OperationSystem
+        | Interaction::OperationType
+        | Interaction::OperationInstance => k("operation", "E", None, true),
+    }
+}
+
+/// Whether the policy's `audit.record` asks for this decision.
+pub fn wanted(record: AuditRecord, decision: &Decision, request: Option<&FhirRequest>) -> bool {
+    match (record, decision) {
+        (_, Decision::Deny(_)) => true,
+        (AuditRecord::All, _) => true,
+        (AuditRecord::Refusals, _) => false,
+        (AuditRecord::PatientDataAndRefusals, Decision::Respond(_)) => false,
+        (AuditRecord::PatientDataAndRefusals, Decision::Allow(a)) => {
+            if a.reason == AllowReason::PublicPath || a.reason == AllowReason::Outbound {
+                return false;
+            }
+            a.patient.is_some() || request.is_some_and(touches_patient_data)
+        }
+    }
+}
+
+/// Resources of the Patient compartment, or an interaction whose types cannot be known
+/// beforehand (system-level searches and history, bundles, operations).
+fn touches_patient_data(r: &FhirRequest) -> bool {
+    if r.interaction == Interaction::Capabilities {
+        return false;
+    }
+    match &r.resource_type {
+        Some(t) => t == "Patient" || definitions::compartment_params(t).is_some(),
+        None => true,
+    }
+}
+
+fn coding(system: &str, code: &str, display: &str) -> Value {
+    json!({"system": system, "code": code, "display": display})
+}
+
+/// The patient the event is about, when fhirguard knows it: the token's context patient,
+/// the compartment searched, the Patient read or written, or a `patient`/`subject`
+/// parameter naming exactly one Patient.
+pub fn patient_of(f: &AuditFacts<'_>) -> Option<String> {
+    if let Decision::Allow(a) = f.decision
+        && let Some(p) = &a.patient
+    {
+        return Some(p.clone());
+    }
+    if let Some(p) = f.identity.token.as_ref().and_then(|t| t.patient.clone()) {
+        return Some(p);
+    }
+    let r = f.request?;
+    if let Some((t, id)) = &r.compartment
+        && t == "Patient"
+    {
+        return Some(id.clone());
+    }
+    if r.resource_type.as_deref() == Some("Patient")
+        && let Some(id) = &r.id
+    {
+        return Some(id.clone());
+    }
+    let mut named = r.params.iter().filter_map(|(k, v)| {
+        let base = k.split(':').next().unwrap_or(k);
+        match base {
+            "patient" => Some(v.strip_prefix("Patient/").unwrap_or(v)),
+            "subject" => v.strip_prefix("Patient/"),
+            _ => None,
+        }
+    });
+    if let (Some(one), None) = (named.next(), named.next())
+        && !one.is_empty()
+        && !one.contains([',', '/'])
+    {
+        return Some(one.to_string());
+    }
+    if let Some(res) = &r.resource {
+        for field in ["subject", "patient"] {
+            if let Some(p) = res
+                .get(field)
+                .and_then(|s| s.get("reference"))
+                .and_then(Value::as_str)
+                .and_then(|s| s.strip_prefix("Patient/"))
+            {
+                return Some(p.to_string());
+            }
+        }
+    }
+    None
+}
+
+/// The request line with every `access_token` parameter removed (a token must never be
+/// recorded), plus the parameters of a POSTed search, which travel in the body.
+fn raw_query_text(f: &AuditFacts<'_>) -> String {
+    let (path, query) = match f.path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (f.path, None),
+    };
+    let mut out = format!("{} {path}", f.method);
+    if let Some(q) = query {
+        let kept: Vec<&str> = q
+            .split('&')
+            .filter(|piece| {
+                let name = piece.split('=').next().unwrap_or("");
+                let decoded: String = form_urlencoded::parse(name.as_bytes())
+                    .map(|(k, _)| k.into_owned())
+                    .collect();
+                !decoded.eq_ignore_ascii_case("access_token")
+            })
+            .collect();
+        if !kept.is_empty() {
+            out.push('?');
+            out.push_str(&kept.join("&"));
+        }
+    }
+    if f.method == "POST"
+        && let Some(r) = f.request
+        && !r.params.is_empty()
+    {
+        let body: String = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(r.params.iter().filter(|(k, _)| k != "access_token"))
+            .finish();
+        out.push('\n');
+        out.push_str(&body);
+    }
+    out
+}
+
+fn user_agent(f: &AuditFacts<'_>, writes: bool) -> Option<Value> {
+    let role = if writes {
+        coding(PARTICIPATION, "AUT", "author (originator)")
+    } else {
+        coding(PARTICIPATION, "IRCP", "information recipient")
+    };
+    if let Some(t) = &f.identity.token {
+        let mut codings = vec![role];
+        let mut who = json!({"identifier": {"value": t.subject}});
+        if let Some(u) = &t.fhir_user {
+            // fhirUser may be absolute; a relative `Type/id` is a reference as it stands.
+            who["reference"] = json!(u);
+            if u.starts_with("Patient/") || u.contains("/Patient/") {
+                codings.push(coding(ROLE_CLASS, "PAT", "patient"));
+            }
+        }
+        return Some(json!({
+            "type": {"coding": codings},
+            "who": who,
+            "requestor": true,
+        }));
+    }
+    f.identity.basic_user.as_ref().map(|u| {
+        json!({
+            "type": {"coding": [role]},
+            "who": {"identifier": {"value": u}},
+            "requestor": true,
+        })
+    })
+}
+
+/// Seconds since the epoch as RFC 3339 UTC with milliseconds (`2026-12-01T19:53:23.123Z`).
+pub fn rfc3339(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let ms = unix_ms % 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// The AuditEvent for one decision.
+pub fn audit_event(f: &AuditFacts<'_>) -> Value {
+    let k = f.request.map(|r| kind(r.interaction)).unwrap_or(Kind {
+        // Refused before it could be classified (malformed, no credentials on an unknown
+        // path): recorded by method.
+        subtype: match f.method {
+            "POST" => "create",
+            "PUT" => "update",
+            "PATCH" => "patch",
+            "DELETE" => "delete",
+            _ => "read",
+        },
+        action: match f.method {
+            "POST" => "C",
+            "PUT" | "PATCH" => "U",
+            "DELETE" => "D",
+            _ => "R",
+        },
+        profile: None,
+        writes: !matches!(f.method, "GET" | "HEAD"),
+    });
+    let patient = patient_of(f);
+    let (outcome, outcome_desc) = match f.decision {
+        Decision::Deny(d) => ("4", Some(format!("HTTP {}: {}", d.status, d.diagnostics))),
+        _ => ("0", None),
+    };
+    let policy_id = format!("{}/{}", f.policy.namespace, f.policy.name);
+    let base = f.policy.base_path.trim_end_matches('/');
+
+    let mut client = json!({
+        "type": {"coding": [coding(DICOM, "110153", "Source Role ID")]},
+        "requestor": false,
+    });
+    let client_id = f.identity.token.as_ref().and_then(|t| t.client_id.clone());
+    client["who"] = match (&client_id, f.source_address) {
+        (Some(id), _) => json!({"identifier": {"value": id}}),
+        (None, Some(a)) => json!({"display": a}),
+        (None, None) => json!({"display": "unknown client"}),
+    };
+    if let Some(a) = f.source_address {
+        client["network"] = json!({"address": a, "type": "2"});
+    }
+    let server = json!({
+        "type": {"coding": [coding(DICOM, "110152", "Destination Role ID")]},
+        "who": {"display": f.host},
+        "requestor": false,
+        "network": {"address": format!("{}{base}", f.host), "type": "5"},
+    });
+    let mut agents = vec![client, server];
+    if let Some(u) = user_agent(f, k.writes) {
+        agents.push(u);
+    }
+
+    let mut entities = Vec::new();
+    if let Some(r) = f.request {
+        let what = match (&r.resource_type, &r.id, &r.version_id) {
+            (Some(t), Some(id), Some(v)) => {
+                Some(json!({"reference": format!("{t}/{id}/_history/{v}")}))
+            }
+            (Some(t), Some(id), None) => Some(json!({"reference": format!("{t}/{id}")})),
+            (Some(t), None, None) if k.subtype != "search" => Some(json!({"type": t})),
+            _ => None,
+        };
+        if let Some(what) = what {
+            let mut e = json!({
+                "what": what,
+                "type": coding(ENTITY_TYPE, "2", "System Object"),
+                "role": coding(OBJECT_ROLE, "4", "Domain Resource"),
+            });
+            if let Some(op) = &r.operation {
+                e["description"] = json!(format!("${op}"));
+            }
+            entities.push(e);
+        }
+        if k.subtype == "search" {
+            let text = raw_query_text(f);
+            entities.push(json!({
+                "type": coding(ENTITY_TYPE, "2", "System Object"),
+                "role": coding(OBJECT_ROLE, "24", "Query"),
+                "description": text,
+                "query": base64::engine::general_purpose::STANDARD.encode(text.as_bytes()),
+            }));
+        }
+    }
+    if let Some(p) = &patient {
+        entities.push(json!({
+            "what": {"reference": format!("Patient/{p}")},
+            "type": coding(ENTITY_TYPE, "1", "Person"),
+            "role": coding(OBJECT_ROLE, "1", "Patient"),
+        }));
+    }
+    entities.push(json!({
+        "what": {"identifier": {"value": f.decision_id}},
+        "type": coding(BALP_ENTITY_TYPE, "XrequestId", "X-Request-Id"),
+    }));
+
+    let mut event = json!({
+        "resourceType": "AuditEvent",
+        "type": coding(AUDIT_EVENT_TYPE, "rest", "Restful Operation"),
+        "subtype": [coding(RESTFUL_INTERACTION, k.subtype, k.subtype)],
+        "action": k.action,
+        "recorded": rfc3339(f.recorded_unix_ms),
+        "outcome": outcome,
+        "agent": agents,
+        "source": {
+            "site": policy_id,
+            "observer": {"display": format!("fhirguard {}", f.observer)},
+            "type": [coding(SOURCE_TYPE, "4", "Application Server")],
+        },
+        "entity": entities,
+    });
+    if let Some(d) = outcome_desc {
+        event["outcomeDesc"] = json!(d);
+    }
+    if outcome == "0"
+        && let Some((plain, with_patient)) = k.profile
+    {
+        let name = if patient.is_some() {
+            with_patient
+        } else {
+            plain
+        };
+        event["meta"] = json!({"profile": [format!("{PROFILE_BASE}{name}")]});
+    }
+    event
+}
+
+/// A FHIR `batch` Bundle that creates each event (for POSTing to a FHIR server's base).
+pub fn bundle(events: &[Value]) -> Value {
+    json!({
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": events.iter().map(|e| json!({
+            "resource": e,
+            "request": {"method": "POST", "url": "AuditEvent"},
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(rfc3339(1_796_154_803_007), "2026-12-01T19:53:23.007Z");
+    }
+}

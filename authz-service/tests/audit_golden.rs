@@ -1,0 +1,521 @@
+//! Golden AuditEvents: one request per interaction kind goes through the core's Check driver
+//! (verification answered by the test) and `core::audit`, with a fixed time and decision id;
+//! the AuditEvent is compared with `tests/golden/audit/NAME.json` and checked against the
+//! required elements of the IHE BALP 1.1.3 RESTful profiles, written out below from the
+//! published profiles (Read, PatientRead, Query, PatientQuery, Create, PatientCreate, Update,
+//! PatientUpdate, Delete, PatientDelete; refusals follow the same pattern with a failure
+//! outcome, as BALP's notes on failures ask).
+//!
+//! After a deliberate change, `FHIRGUARD_BLESS=1 cargo test --test audit_golden` rewrites the
+//! files; review the diff like code.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use base64::Engine as _;
+use fhirguard_authz::config::*;
+use fhirguard_authz::core::audit::{AuditFacts, PROFILE_BASE, audit_event, wanted};
+use fhirguard_authz::core::driver::{Check, Next, Outcome};
+use fhirguard_authz::core::fhir::Body;
+use fhirguard_authz::core::policy::{Decision, Request, TokenIdentity};
+use fhirguard_authz::core::smart::parse_scopes;
+use serde_json::{Value, json};
+
+const DECISION_ID: &str = "0123456789abcdef0123456789abcdef";
+/// 2026-12-01T19:53:23.007Z
+const RECORDED: u64 = 1_796_154_803_007;
+
+fn policy() -> PolicyConfig {
+    let mut p: PolicyConfig = serde_json::from_value(json!({
+        "namespace": "clinical", "name": "ehr", "hosts": ["ehr.example.org"],
+        "basePath": "/fhir",
+        "authentication": {"jwt": {"providers": [{
+            "name": "idp", "issuer": "https://idp.example.org", "audiences": ["ehr"],
+            "algorithms": ["RS256"], "jwks": {"uri": "https://idp.example.org/jwks"}}]}},
+        "audit": {"record": "All", "stdout": true},
+    }))
+    .unwrap();
+    p.authorization.smart.patient_search = PatientSearch::Reject;
+    p
+}
+
+fn token(scopes: &str, patient: Option<&str>) -> TokenIdentity {
+    TokenIdentity {
+        provider: "idp".into(),
+        subject: "dr-who".into(),
+        scopes: parse_scopes(scopes.split(' ')),
+        scope_text: scopes.into(),
+        patient: patient.map(str::to_string),
+        fhir_user: Some("Practitioner/pr1".into()),
+        client_id: Some("chart-app".into()),
+    }
+}
+
+struct Case {
+    name: &'static str,
+    method: &'static str,
+    path: &'static str,
+    body: Option<&'static str>,
+    content_type: Option<&'static str>,
+    token: Option<TokenIdentity>,
+    /// BALP profile the event must follow, and the expected subtype/action/outcome.
+    profile: Option<&'static str>,
+    subtype: &'static str,
+    action: &'static str,
+    outcome: &'static str,
+}
+
+fn cases() -> Vec<Case> {
+    let all = || Some(token("user/*.cruds", None));
+    let c = |name, method, path, body, profile, subtype, action| Case {
+        name,
+        method,
+        path,
+        body,
+        content_type: body.map(|_| "application/fhir+json"),
+        token: all(),
+        profile,
+        subtype,
+        action,
+        outcome: "0",
+    };
+    vec![
+        c(
+            "read",
+            "GET",
+            "/fhir/Patient/p1",
+            None,
+            Some("PatientRead"),
+            "read",
+            "R",
+        ),
+        c(
+            "read-no-patient",
+            "GET",
+            "/fhir/Medication/m1",
+            None,
+            Some("Read"),
+            "read",
+            "R",
+        ),
+        c(
+            "vread",
+            "GET",
+            "/fhir/Patient/p1/_history/3",
+            None,
+            Some("PatientRead"),
+            "vread",
+            "R",
+        ),
+        c(
+            "search",
+            "GET",
+            "/fhir/Observation?patient=p1&code=8867-4",
+            None,
+            Some("PatientQuery"),
+            "search",
+            "E",
+        ),
+        c(
+            "search-no-patient",
+            "GET",
+            "/fhir/Medication?code=abc",
+            None,
+            Some("Query"),
+            "search",
+            "E",
+        ),
+        c(
+            "create",
+            "POST",
+            "/fhir/Observation",
+            Some(
+                r#"{"resourceType":"Observation","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/p1"}}"#,
+            ),
+            Some("PatientCreate"),
+            "create",
+            "C",
+        ),
+        c(
+            "update",
+            "PUT",
+            "/fhir/Patient/p1",
+            Some(r#"{"resourceType":"Patient","id":"p1"}"#),
+            Some("PatientUpdate"),
+            "update",
+            "U",
+        ),
+        Case {
+            content_type: Some("application/json-patch+json"),
+            ..c(
+                "patch",
+                "PATCH",
+                "/fhir/Patient/p1",
+                Some(r#"[{"op":"replace","path":"/active","value":false}]"#),
+                None,
+                "patch",
+                "U",
+            )
+        },
+        c(
+            "delete",
+            "DELETE",
+            "/fhir/Patient/p1",
+            None,
+            Some("PatientDelete"),
+            "delete",
+            "D",
+        ),
+        c(
+            "operation",
+            "GET",
+            "/fhir/Patient/p1/$everything",
+            None,
+            None,
+            "operation",
+            "E",
+        ),
+        Case {
+            token: None,
+            outcome: "4",
+            ..c(
+                "refusal-401",
+                "GET",
+                "/fhir/Patient/p1",
+                None,
+                None,
+                "read",
+                "R",
+            )
+        },
+        Case {
+            token: Some(token("patient/Observation.rs", Some("p1"))),
+            outcome: "4",
+            ..c(
+                "refusal-403",
+                "DELETE",
+                "/fhir/Patient/p1",
+                None,
+                None,
+                "delete",
+                "D",
+            )
+        },
+    ]
+}
+
+fn decide(config: &CompiledConfig, case: &Case) -> Value {
+    let auth = case.token.as_ref().map(|_| "Bearer opaque-test-token");
+    let headers: Vec<(&str, &str)> = case
+        .content_type
+        .map(|ct| vec![("content-type", ct)])
+        .unwrap_or_default();
+    let req = Request {
+        method: case.method,
+        host: "ehr.example.org",
+        path: case.path,
+        authorization: auth,
+        if_none_exist: None,
+        headers: &headers,
+        body: case.body.map(|b| Body {
+            bytes: b.as_bytes(),
+            content_type: case.content_type,
+        }),
+        policy_ref: None,
+    };
+    let mut check = Check::new(config, &req);
+    if let Next::Need(_) = check.next() {
+        let t = case.token.clone().expect("a token case");
+        check.token_verified(Ok(Arc::new(t)));
+    }
+    let Some(Outcome::Decided(decision)) = check.outcome() else {
+        panic!("{}: {:?}", case.name, check.outcome());
+    };
+    let policy = &config.policies[0];
+    assert!(
+        wanted(
+            AuditRecord::PatientDataAndRefusals,
+            decision,
+            check.request()
+        ) || case.name == "read-no-patient"
+            || case.name == "search-no-patient",
+        "{}",
+        case.name
+    );
+    match (case.outcome, decision) {
+        ("0", Decision::Allow(_)) | ("4", Decision::Deny(_)) => {}
+        _ => panic!("{}: unexpected decision {decision:?}", case.name),
+    }
+    audit_event(&AuditFacts {
+        policy,
+        method: case.method,
+        host: "ehr.example.org",
+        path: case.path,
+        source_address: Some("10.1.2.3"),
+        request: check.request(),
+        identity: check.identity(),
+        decision,
+        decision_id: DECISION_ID,
+        recorded_unix_ms: RECORDED,
+        observer: "fhirguard-authz-0",
+    })
+}
+
+fn codings(v: &Value) -> Vec<(String, String)> {
+    let list = v
+        .get("coding")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_else(|| vec![v.clone()]);
+    list.iter()
+        .map(|c| {
+            (
+                c["system"].as_str().unwrap_or("").to_string(),
+                c["code"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn has_coding(v: &Value, system: &str, code: &str) -> bool {
+    codings(v).iter().any(|(s, c)| s == system && c == code)
+}
+
+fn entity<'a>(e: &'a Value, type_code: &str, role_code: &str) -> Option<&'a Value> {
+    e["entity"].as_array()?.iter().find(|x| {
+        has_coding(
+            &x["type"],
+            "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+            type_code,
+        ) && has_coding(
+            &x["role"],
+            "http://terminology.hl7.org/CodeSystem/object-role",
+            role_code,
+        )
+    })
+}
+
+fn agent<'a>(e: &'a Value, system: &str, code: &str) -> Option<&'a Value> {
+    e["agent"]
+        .as_array()?
+        .iter()
+        .find(|a| has_coding(&a["type"], system, code))
+}
+
+/// The BALP 1.1.3 required elements (and FHIR R4 AuditEvent's own) for one event.
+fn balp_problems(e: &Value, case: &Case) -> Vec<String> {
+    let mut p = Vec::new();
+    let mut need = |ok: bool, what: &str| {
+        if !ok {
+            p.push(what.to_string());
+        }
+    };
+    need(e["resourceType"] == "AuditEvent", "resourceType AuditEvent");
+    // Every BALP RESTful profile: type rest, a restful-interaction subtype, action, recorded,
+    // outcome, the client (Source Role ID) and server (Destination Role ID) agents with `who`,
+    // and a source with an observer of type Application Server.
+    need(
+        has_coding(
+            &e["type"],
+            "http://terminology.hl7.org/CodeSystem/audit-event-type",
+            "rest",
+        ),
+        "type audit-event-type#rest",
+    );
+    need(
+        e["subtype"].as_array().is_some_and(|s| {
+            s.iter()
+                .any(|c| has_coding(c, "http://hl7.org/fhir/restful-interaction", case.subtype))
+        }),
+        "subtype restful-interaction",
+    );
+    need(e["action"] == case.action, "action");
+    need(
+        e["recorded"]
+            .as_str()
+            .is_some_and(|r| r.ends_with('Z') && r.len() == 24),
+        "recorded instant",
+    );
+    need(e["outcome"] == case.outcome, "outcome");
+    let dcm = "http://dicom.nema.org/resources/ontology/DCM";
+    for (code, name) in [("110153", "client"), ("110152", "server")] {
+        match agent(e, dcm, code) {
+            None => need(false, &format!("agent:{name} ({code})")),
+            Some(a) => {
+                need(a.get("who").is_some(), &format!("agent:{name}.who"));
+                need(
+                    a.get("requestor").and_then(Value::as_bool).is_some(),
+                    &format!("agent:{name}.requestor"),
+                );
+            }
+        }
+    }
+    need(
+        e["agent"]
+            .as_array()
+            .is_some_and(|a| a.iter().all(|x| x.get("requestor").is_some())),
+        "agent.requestor (R4 1..1)",
+    );
+    need(e["source"]["observer"].is_object(), "source.observer");
+    need(
+        e["source"]["type"].as_array().is_some_and(|t| {
+            t.iter().any(|c| {
+                has_coding(
+                    c,
+                    "http://terminology.hl7.org/CodeSystem/security-source-type",
+                    "4",
+                )
+            })
+        }),
+        "source.type Application Server",
+    );
+    // The decision id as BALP's X-Request-Id transaction entity.
+    need(
+        e["entity"].as_array().is_some_and(|l| {
+            l.iter().any(|x| {
+                x["what"]["identifier"]["value"] == DECISION_ID
+                    && has_coding(
+                        &x["type"],
+                        "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType",
+                        "XrequestId",
+                    )
+            })
+        }),
+        "entity:transaction with the decision id",
+    );
+    let profile = e["meta"]["profile"][0].as_str().map(str::to_string);
+    match case.profile {
+        Some(name) => need(
+            profile.as_deref() == Some(&format!("{PROFILE_BASE}{name}")),
+            "meta.profile names the BALP profile",
+        ),
+        None => need(profile.is_none(), "no BALP success profile claimed"),
+    }
+    let patient_profile = case.profile.is_some_and(|n| n.starts_with("Patient"));
+    if patient_profile {
+        // Patient* profiles: entity:patient 1..1, type Person, role Patient, what Patient/...
+        need(
+            entity(e, "1", "1").is_some_and(|x| {
+                x["what"]["reference"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("Patient/"))
+            }),
+            "entity:patient",
+        );
+    }
+    match case.profile.map(|n| n.trim_start_matches("Patient")) {
+        Some("Read") | Some("Update") | Some("Delete") => need(
+            entity(e, "2", "4").is_some_and(|x| x["what"]["reference"].is_string()),
+            "entity:data with what.reference",
+        ),
+        Some("Create") => need(entity(e, "2", "4").is_some(), "entity:data"),
+        Some("Query") => {
+            // entity:query 1..1: type System Object, role Query, the raw request base64.
+            let q = entity(e, "2", "24");
+            need(q.is_some(), "entity:query");
+            if let Some(q) = q {
+                let decoded = q["query"]
+                    .as_str()
+                    .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                    .and_then(|b| String::from_utf8(b).ok());
+                need(
+                    decoded
+                        .as_deref()
+                        .is_some_and(|d| d.starts_with("GET /fhir/")),
+                    "entity:query.query is the base64 request",
+                );
+            }
+        }
+        _ => {}
+    }
+    if case.outcome != "0" {
+        need(e["outcomeDesc"].is_string(), "outcomeDesc on a refusal");
+    }
+    if case.subtype != "search" {
+        need(
+            entity(e, "2", "24").is_none(),
+            "no query entity outside searches",
+        );
+    }
+    need(
+        !e.to_string().contains("opaque-test-token"),
+        "no token in the event",
+    );
+    p
+}
+
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/audit")
+}
+
+#[test]
+fn audit_events_follow_balp_and_match_the_golden_files() {
+    let config = CompiledConfig {
+        version: FORMAT_VERSION,
+        generation: 1,
+        policies: vec![policy()],
+        connections: vec![],
+    };
+    assert!(config.validate().is_empty(), "{:?}", config.validate());
+    let bless = std::env::var("FHIRGUARD_BLESS").as_deref() == Ok("1");
+    let mut failures = Vec::new();
+    for case in cases() {
+        let event = decide(&config, &case);
+        let problems = balp_problems(&event, &case);
+        if !problems.is_empty() {
+            failures.push(format!("{}: {problems:?}\n{event:#}", case.name));
+        }
+        let path = dir().join(format!("{}.json", case.name));
+        let text = serde_json::to_string_pretty(&event).unwrap() + "\n";
+        if bless {
+            std::fs::write(&path, &text).unwrap();
+        } else {
+            let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+                panic!("{}: {e} (FHIRGUARD_BLESS=1 writes it)", path.display())
+            });
+            if want != text {
+                failures.push(format!(
+                    "{} differs from {}:\n{text}",
+                    case.name,
+                    path.display()
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn the_checker_rejects_events_missing_required_elements() {
+    let config = CompiledConfig {
+        version: FORMAT_VERSION,
+        generation: 1,
+        policies: vec![policy()],
+        connections: vec![],
+    };
+    let case = &cases()[3];
+    let good = decide(&config, case);
+    assert!(balp_problems(&good, case).is_empty());
+    for (pointer, label) in [
+        ("/type", "type"),
+        ("/agent/0", "agent:client"),
+        ("/source/observer", "source.observer"),
+        ("/entity/0", "entity:query"),
+    ] {
+        let mut bad = good.clone();
+        let (parent, key) = pointer.rsplit_once('/').unwrap();
+        match bad.pointer_mut(parent).unwrap() {
+            Value::Object(m) => {
+                m.remove(key);
+            }
+            Value::Array(a) => {
+                a.remove(key.parse().unwrap());
+            }
+            _ => unreachable!(),
+        }
+        assert!(
+            !balp_problems(&bad, case).is_empty(),
+            "removing {label} went unnoticed"
+        );
+    }
+}

@@ -1,0 +1,171 @@
+//! An audit destination that stalls neither blocks nor alters decisions: the queue is bounded,
+//! the overflow is dropped and counted, and the decisions are those of the same policy
+//! without audit. Patient ids reach the AuditEvents only, never the ordinary log.
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use fhirguard_authz::config::*;
+use fhirguard_authz::core::driver::Outcome;
+use fhirguard_authz::core::policy::{Decision, Request};
+use fhirguard_authz::runtime::executor::{Executor, Options};
+use fhirguard_authz::runtime::reload;
+use fhirguard_authz::server::metrics::Metrics;
+
+/// A TCP server that accepts connections and never answers.
+async fn stalled_server() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            held.push(tcp);
+        }
+    });
+    addr
+}
+
+fn config(jwks: &str, audit_to: Option<std::net::SocketAddr>) -> CompiledConfig {
+    let mut p = smart_policy("ehr", "smart.test", jwks, true);
+    let mut connections = vec![];
+    if let Some(addr) = audit_to {
+        p.audit = Some(AuditConfig {
+            record: AuditRecord::All,
+            stdout: false,
+            file: None,
+            connection: Some("clinical/audit".into()),
+            queue_size: 5,
+            batch_size: 1,
+        });
+        connections.push(ConnectionConfig {
+            namespace: "clinical".into(),
+            name: "audit".into(),
+            url: format!("http://127.0.0.1:{}/fhir", addr.port()),
+            auth: ConnectionAuth::default(),
+            tls: TlsConfig::default(),
+        });
+    }
+    CompiledConfig {
+        version: FORMAT_VERSION,
+        generation: 1,
+        policies: vec![p],
+        connections,
+    }
+}
+
+async fn executor(config: &CompiledConfig) -> (Arc<Executor>, Arc<Metrics>, ConfigDir) {
+    let metrics = Arc::new(Metrics::new());
+    let ex = Arc::new(Executor::new(metrics.clone(), Options::default()));
+    let dir = ConfigDir::new();
+    dir.publish_config(config, None);
+    reload::reload_now(&ex, dir.path()).unwrap();
+    (ex, metrics, dir)
+}
+
+fn summary(o: &Outcome) -> (String, u16) {
+    match o {
+        Outcome::Decided(Decision::Allow(a)) => {
+            (format!("allow {:?} {:?}", a.reason, a.patient), 200)
+        }
+        Outcome::Decided(Decision::Deny(d)) => (format!("deny {:?}", d.reason), d.status),
+        Outcome::Decided(Decision::Respond(r)) => (format!("respond {:?}", r.reason), r.status),
+        Outcome::Unavailable(w) => (format!("unavailable {w}"), 503),
+    }
+}
+
+/// The log, captured.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_stalled_audit_sink_neither_blocks_nor_alters_decisions() {
+    let log = Captured::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let key = SigningKey::new("k1");
+    let jwks = jwks_doc(&[&key]);
+    let stalled = stalled_server().await;
+    let (audited, metrics, _d1) = executor(&config(&jwks, Some(stalled))).await;
+    let (plain, _, _d2) = executor(&config(&jwks, None)).await;
+
+    let patient = "patient-7f3e9c";
+    let mut c = claims("app", "patient/Observation.rs");
+    c["patient"] = patient.into();
+    let bearer = format!("Bearer {}", key.sign(&c));
+    let paths = [
+        format!("/fhir/r4/Observation?subject=Patient/{patient}"),
+        format!("/fhir/r4/Patient/{patient}"),
+        "/fhir/r4/Observation?code=x".to_string(),
+        format!("/fhir/r4/Patient/{patient}/Observation"),
+    ];
+    let started = Instant::now();
+    let n = 60;
+    for i in 0..n {
+        let path = &paths[i % paths.len()];
+        let auth = (i % 5 != 0).then_some(bearer.as_str());
+        let req = |auth| Request {
+            method: "GET",
+            host: "smart.test",
+            path,
+            authorization: auth,
+            if_none_exist: None,
+            headers: &[],
+            body: None,
+            policy_ref: None,
+        };
+        let a = audited.check(&req(auth)).await;
+        let b = plain.check(&req(auth)).await;
+        assert_eq!(summary(&a.outcome), summary(&b.outcome), "{path}");
+    }
+    // Each decision is CPU work only; a sink that holds every write for the HTTP timeout
+    // (10 s) would make this take minutes if a decision ever waited for it.
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "decisions waited for the audit sink: {:?}",
+        started.elapsed()
+    );
+    let text = metrics.encode();
+    let dropped = metric(
+        &text,
+        "fhirguard_audit_events_total{sink=\"connection:clinical/audit\",result=\"dropped_queue_full\"}",
+    )
+    .unwrap_or(0.0);
+    let queued = metric(
+        &text,
+        "fhirguard_audit_events_total{sink=\"connection:clinical/audit\",result=\"queued\"}",
+    )
+    .unwrap_or(0.0);
+    assert!(dropped >= (n - 5 - 2) as f64, "dropped {dropped}\n{text}");
+    assert_eq!(dropped + queued, n as f64, "{text}");
+    let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    assert!(log.contains("audit queue is full"), "{log}");
+    assert!(
+        log.contains("decision"),
+        "the decision log is captured: {log}"
+    );
+    assert!(
+        !log.contains(patient),
+        "a patient id reached the ordinary log:\n{log}"
+    );
+}
