@@ -167,6 +167,16 @@ pub fn referenced_secrets(
                 &b.htpasswd_secret_ref.namespace,
             );
         }
+        if let Some(r) = p
+            .spec
+            .smart_configuration
+            .as_ref()
+            .and_then(|s| s.openid_discovery.as_ref())
+            .and_then(|d| d.tls.as_ref())
+            .and_then(|t| t.ca_bundle_secret_ref.as_ref())
+        {
+            add(&r.name, &r.namespace);
+        }
         if let Some(j) = &p.spec.authentication.jwt {
             for pr in &j.providers {
                 if let Some(r) = &pr.jwks.secret_ref {
@@ -220,6 +230,11 @@ pub fn referenced_secrets(
 /// Kubernetes namespaces or names, so the name is unambiguous.
 pub fn connection_ca_file(namespace: &str, name: &str) -> String {
     format!("connection_{namespace}_{name}_ca.pem")
+}
+
+/// The CA file name for the OpenID discovery endpoint of a policy's SMART configuration.
+pub fn discovery_ca_file(namespace: &str, name: &str) -> String {
+    format!("policy_{namespace}_{name}_discovery_ca.pem")
 }
 
 /// The CA file name for the JWKS endpoint of a policy's `index`th provider.
@@ -915,6 +930,14 @@ fn compile_policy(
         }
     }
 
+    let audit = spec
+        .audit
+        .as_ref()
+        .map(|au| compile_audit(cx, au, accepted_connections, rejected_connections));
+    let smart_configuration = spec
+        .smart_configuration
+        .as_ref()
+        .map(|sc| compile_smart_configuration(cx, &name, sc));
     if a.combine == crd::Combine::AllOf && (a.basic.is_none() || a.jwt.is_none()) {
         cx.issue(
             "authentication.combine",
@@ -926,8 +949,8 @@ fn compile_policy(
         return None;
     }
     Some(PolicyConfig {
-        audit: None,
-        smart_configuration: None,
+        audit,
+        smart_configuration,
         namespace: ns,
         name,
         hosts: spec.match_.hosts.clone(),
@@ -1008,5 +1031,93 @@ fn compile_provider(
             fhir_user: pr.claims.fhir_user.clone(),
             subject: pr.claims.subject.clone(),
         },
+    }
+}
+
+fn compile_audit(
+    cx: &mut Ctx<'_>,
+    a: &crate::crd_extras::Audit,
+    accepted_connections: &BTreeMap<String, ConnectionConfig>,
+    rejected_connections: &BTreeSet<String>,
+) -> config::AuditConfig {
+    use crate::crd_extras::AuditRecord;
+    let mut connection = None;
+    if let Some(r) = &a.connection_ref {
+        let field = "audit.connectionRef";
+        if cx.same_namespace(field, r.namespace.as_deref()) {
+            let id = format!("{}/{}", cx.namespace, r.name);
+            if rejected_connections.contains(&id) {
+                cx.issue(
+                    field,
+                    Reason::ConnectionNotAccepted,
+                    format!("FhirConnection {id} is not accepted; see its status"),
+                );
+            } else if !accepted_connections.contains_key(&id) {
+                cx.issue(
+                    field,
+                    Reason::ConnectionNotFound,
+                    format!(
+                        "FhirConnection {:?} not found in namespace {:?}",
+                        r.name, cx.namespace
+                    ),
+                );
+            }
+            connection = Some(id);
+        }
+    }
+    config::AuditConfig {
+        record: match a.record {
+            AuditRecord::PatientDataAndRefusals => config::AuditRecord::PatientDataAndRefusals,
+            AuditRecord::Refusals => config::AuditRecord::Refusals,
+            AuditRecord::All => config::AuditRecord::All,
+        },
+        stdout: a.stdout.unwrap_or(false),
+        file: a.file.clone(),
+        connection,
+        queue_size: a
+            .queue_size
+            .map_or_else(config::default_queue_size, |n| n as usize),
+        batch_size: a
+            .batch_size
+            .map_or_else(config::default_batch_size, |n| n as usize),
+    }
+}
+
+fn compile_smart_configuration(
+    cx: &mut Ctx<'_>,
+    name: &str,
+    sc: &crate::crd_extras::SmartConfiguration,
+) -> config::SmartConfigurationConfig {
+    let openid_discovery = sc.openid_discovery.as_ref().map(|d| {
+        let refresh_interval_seconds = match &d.refresh_interval {
+            Some(s) => duration(cx, "smartConfiguration.openidDiscovery.refreshInterval", s),
+            None => 3600,
+        };
+        let file = discovery_ca_file(&cx.namespace.clone(), name);
+        let tls = cx.tls(
+            "smartConfiguration.openidDiscovery.tls",
+            d.tls.as_ref(),
+            file,
+        );
+        config::OpenIdDiscovery {
+            refresh_interval_seconds,
+            tls,
+        }
+    });
+    config::SmartConfigurationConfig {
+        issuer: sc.issuer.clone(),
+        openid_discovery,
+        authorization_endpoint: sc.authorization_endpoint.clone(),
+        token_endpoint: sc.token_endpoint.clone(),
+        jwks_uri: sc.jwks_uri.clone(),
+        registration_endpoint: sc.registration_endpoint.clone(),
+        management_endpoint: sc.management_endpoint.clone(),
+        introspection_endpoint: sc.introspection_endpoint.clone(),
+        revocation_endpoint: sc.revocation_endpoint.clone(),
+        capabilities: sc.capabilities.clone(),
+        scopes: sc.scopes.clone(),
+        grant_types: sc.grant_types.clone(),
+        code_challenge_methods: sc.code_challenge_methods.clone(),
+        token_endpoint_auth_methods: sc.token_endpoint_auth_methods.clone(),
     }
 }

@@ -79,6 +79,15 @@ pub struct FhirSecurityPolicySpec {
     /// patient-context enforcement for bearer tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization: Option<Authorization>,
+
+    /// IHE BALP AuditEvents of this policy's decisions (off when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<crate::crd_extras::Audit>,
+
+    /// Serve the SMART discovery document `[basePath]/.well-known/smart-configuration` from
+    /// fhirguard (when absent the path stays a public path passed to the server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smart_configuration: Option<crate::crd_extras::SmartConfiguration>,
 }
 
 /// Selects requests by `:authority` and path.

@@ -9,6 +9,7 @@
 
 pub mod compile;
 pub mod crd;
+pub mod crd_extras;
 pub mod metrics;
 pub mod object;
 pub mod output;

@@ -123,7 +123,7 @@ async fn helm_install_and_every_example_reaches_ready() {
     );
 
     // Every example applies as a user would apply it.
-    for dir in ["quickstart", "smart", "allof", "egress"] {
+    for dir in ["quickstart", "smart", "allof", "egress", "audit"] {
         stack.kubectl(&[
             "apply",
             "-f",
@@ -148,9 +148,11 @@ async fn helm_install_and_every_example_reaches_ready() {
     let expected = [
         "demo/ehr",
         "clinical/ehr-smart",
+        "clinical/ehr-audited",
         "research/cohort-explorer",
         "clinical/ehr-internal",
         "clinical/partner",
+        "clinical/audit-repository",
     ];
     let states = eventually("every example Ready", Duration::from_secs(40), || async {
         let mut out = Vec::new();
