@@ -219,7 +219,9 @@ impl EnvoyFilter {
     fn set_header(&self, kind: u32, key: &str, value: Option<&str>) {
         let value = value.map_or(ModuleBuffer::null(), |v| ModuleBuffer::of(v.as_bytes()));
         // SAFETY: live filter; the buffers point at strings alive for the call.
-        unsafe { (self.cb.http_set_header)(self.ptr, kind, ModuleBuffer::of(key.as_bytes()), value) };
+        unsafe {
+            (self.cb.http_set_header)(self.ptr, kind, ModuleBuffer::of(key.as_bytes()), value)
+        };
     }
 
     /// Sets a request header, replacing every value it had.
@@ -275,7 +277,13 @@ impl EnvoyFilter {
         out
     }
 
-    pub fn send_response(&self, status: u16, headers: &[(String, String)], body: &str, details: &str) {
+    pub fn send_response(
+        &self,
+        status: u16,
+        headers: &[(String, String)],
+        body: &str,
+        details: &str,
+    ) {
         let mut raw: Vec<ModuleHttpHeader> = headers
             .iter()
             .map(|(k, v)| ModuleHttpHeader {
@@ -386,7 +394,9 @@ unsafe fn filter_mut<'a>(ptr: *const c_void) -> &'a mut Filter {
 /// 503 for a request whose hook panicked.
 fn fail_closed(ptr: FilterPtr) {
     if let Some(e) = envoy(ptr) {
-        let _ = catch_unwind(AssertUnwindSafe(|| filter::send_unavailable(&e, "internal fault")));
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            filter::send_unavailable(&e, "internal fault")
+        }));
     }
 }
 
@@ -723,3 +733,34 @@ pub const HOOK_NAMES: &[&str] = &[
     "envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark",
     "envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_hook_body_gives_the_fail_closed_value() {
+        let got = guard("test", || -> u32 { panic!("boom") }, || 503);
+        assert_eq!(got, 503);
+        assert_eq!(guard("test", || 7u32, || 503), 7);
+    }
+
+    #[test]
+    fn the_lists_name_distinct_symbols() {
+        let mut all: Vec<&str> = CALLBACK_NAMES.iter().chain(HOOK_NAMES).copied().collect();
+        let n = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), n);
+        assert!(
+            CALLBACK_NAMES
+                .iter()
+                .all(|n| n.starts_with("envoy_dynamic_module_callback_"))
+        );
+        assert!(
+            HOOK_NAMES
+                .iter()
+                .all(|n| n.starts_with("envoy_dynamic_module_on_"))
+        );
+    }
+}

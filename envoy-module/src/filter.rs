@@ -183,7 +183,10 @@ pub fn send_unavailable(e: &EnvoyFilter, why: &str) {
 
 fn send_unavailable_with(e: &EnvoyFilter, decision_id: &str, why: &str) {
     let headers = vec![
-        ("content-type".to_string(), "application/fhir+json".to_string()),
+        (
+            "content-type".to_string(),
+            "application/fhir+json".to_string(),
+        ),
         (
             "x-fhirguard-decision-id".to_string(),
             decision_id.to_string(),
@@ -283,10 +286,12 @@ impl Filter {
 
     fn owned_request(&mut self, with_body: bool) -> OwnedRequest {
         let method = header(&self.headers, ":method").unwrap_or("").to_string();
-        let host = header(&self.headers, ":authority").unwrap_or("").to_string();
+        let host = header(&self.headers, ":authority")
+            .unwrap_or("")
+            .to_string();
         let path = header(&self.headers, ":path").unwrap_or("").to_string();
-        let content_length = header(&self.headers, "content-length")
-            .and_then(|v| v.trim().parse::<usize>().ok());
+        let content_length =
+            header(&self.headers, "content-length").and_then(|v| v.trim().parse::<usize>().ok());
         let bytes = std::mem::take(&mut self.body);
         // The same rule as the gRPC adapter: a body is judged only when it came whole.
         let partial = self.body_too_large || content_length.is_some_and(|n| n != bytes.len());
@@ -424,7 +429,8 @@ impl Filter {
         match answer.outcome {
             Outcome::Decided(Decision::Allow(a)) => {
                 let names = self.headers.iter().map(|(k, _)| k.as_str());
-                let allowed = answer::allowed(&a, id.as_str(), names, header(&self.headers, "prefer"));
+                let allowed =
+                    answer::allowed(&a, id.as_str(), names, header(&self.headers, "prefer"));
                 for k in &allowed.remove {
                     e.remove_request_header(k);
                 }
@@ -443,7 +449,12 @@ impl Filter {
             }
             Outcome::Decided(Decision::Deny(d)) => {
                 let denied = answer::denied(&d, id.as_str());
-                e.send_response(denied.status, &denied.headers, &denied.body, "fhirguard_denied");
+                e.send_response(
+                    denied.status,
+                    &denied.headers,
+                    &denied.body,
+                    "fhirguard_denied",
+                );
                 HeadersStatus::StopIteration
             }
             Outcome::Unavailable(why) => {

@@ -53,9 +53,7 @@ fn default_reload_poll_seconds() -> u64 {
 impl Settings {
     pub fn parse(bytes: &[u8]) -> Result<Settings, String> {
         let s: Settings = serde_json::from_slice(bytes).map_err(|e| {
-            format!(
-                "expected JSON like {{\"config_dir\": \"/etc/fhirguard\"}}: {e}"
-            )
+            format!("expected JSON like {{\"config_dir\": \"/etc/fhirguard\"}}: {e}")
         })?;
         if s.config_dir.as_os_str().is_empty() {
             return Err("config_dir is empty".into());
@@ -122,13 +120,19 @@ impl Host {
     pub fn for_dir(settings: &Settings) -> Result<Arc<Host>, String> {
         init_log(settings.log.as_deref());
         let rt = runtime()?;
-        let mut hosts = HOSTS.lock().map_err(|_| "host table poisoned".to_string())?;
+        let mut hosts = HOSTS
+            .lock()
+            .map_err(|_| "host table poisoned".to_string())?;
         let hosts = hosts.get_or_insert_with(HashMap::new);
         hosts.retain(|_, h| h.strong_count() > 0);
         if let Some(h) = hosts.get(&settings.config_dir).and_then(Weak::upgrade) {
             return Ok(h);
         }
-        let host = Arc::new(Host::start(rt, &settings.config_dir, settings.reload_poll_seconds));
+        let host = Arc::new(Host::start(
+            rt,
+            &settings.config_dir,
+            settings.reload_poll_seconds,
+        ));
         hosts.insert(settings.config_dir.clone(), Arc::downgrade(&host));
         Ok(host)
     }
@@ -141,7 +145,11 @@ impl Host {
         if let Err(e) = reload::reload_now(&executor, dir) {
             tracing::warn!(dir = %dir.display(), error = %e, "no valid fhirguard config yet; answering 503");
         }
-        let watch = reload::watch(executor.clone(), dir.to_path_buf(), Duration::from_secs(poll));
+        let watch = reload::watch(
+            executor.clone(),
+            dir.to_path_buf(),
+            Duration::from_secs(poll),
+        );
         Host {
             executor,
             runtime: rt,

@@ -49,7 +49,12 @@ mod tests {
     #[test]
     fn sets_replace_removes_drop_and_keys_come_out_in_order() {
         let cases: &[(&str, Vec<(String, String)>, Vec<String>, &str)] = &[
-            ("/fhir/Observation", vec![s("patient", "123")], vec![], "/fhir/Observation?patient=123"),
+            (
+                "/fhir/Observation",
+                vec![s("patient", "123")],
+                vec![],
+                "/fhir/Observation?patient=123",
+            ),
             (
                 "/fhir/Observation?code=x&patient=9&patient=8",
                 vec![s("patient", "123")],
@@ -57,7 +62,12 @@ mod tests {
                 "/fhir/Observation?code=x&patient=123",
             ),
             ("/p?b=2&a=1&a=0", vec![], vec![], "/p?a=1&a=0&b=2"),
-            ("/p?subject=Patient%2F1&x", vec![], vec!["subject".into()], "/p?x="),
+            (
+                "/p?subject=Patient%2F1&x",
+                vec![],
+                vec!["subject".into()],
+                "/p?x=",
+            ),
             ("/p?only=1", vec![], vec!["only".into()], "/p"),
         ];
         for (path, set, remove, want) in cases {
