@@ -74,8 +74,10 @@ const RECEIVED_REQUEST_BODY: u32 = 0;
 const BUFFERED_REQUEST_BODY: u32 = 1;
 const METADATA_ROUTE: u32 = 1;
 const LOG_ERROR: u32 = 4;
+const METRICS_SUCCESS: u32 = 0;
 
 type FilterPtr = *mut c_void;
+type ConfigPtr = *mut c_void;
 type SchedulerPtr = *mut c_void;
 
 unsafe extern "C" {
@@ -134,6 +136,10 @@ callbacks! {
     http_filter_scheduler_new: fn(FilterPtr) -> SchedulerPtr;
     http_filter_scheduler_commit: fn(SchedulerPtr, u64);
     http_filter_scheduler_delete: fn(SchedulerPtr);
+    http_filter_config_define_counter: fn(ConfigPtr, ModuleBuffer, *const ModuleBuffer, usize, *mut usize) -> u32;
+    http_filter_config_define_histogram: fn(ConfigPtr, ModuleBuffer, *const ModuleBuffer, usize, *mut usize) -> u32;
+    http_filter_increment_counter: fn(FilterPtr, usize, *const ModuleBuffer, usize, u64) -> u32;
+    http_filter_record_histogram_value: fn(FilterPtr, usize, *const ModuleBuffer, usize, u64) -> u32;
 }
 
 static CALLBACKS: OnceLock<Callbacks> = OnceLock::new();
@@ -165,6 +171,48 @@ pub fn log_error(message: &str) {
         unsafe { (cb.log)(LOG_ERROR, ModuleBuffer::of(message.as_bytes())) }
     } else {
         eprintln!("fhirguard: {message}");
+    }
+}
+
+/// Envoy's filter config, valid during `on_http_filter_config_new` (where metrics are defined).
+pub struct EnvoyFilterConfig {
+    ptr: ConfigPtr,
+    cb: &'static Callbacks,
+}
+
+impl EnvoyFilterConfig {
+    fn define(&self, histogram: bool, name: &str, labels: &[&str]) -> Option<usize> {
+        let labels: Vec<ModuleBuffer> = labels
+            .iter()
+            .map(|l| ModuleBuffer::of(l.as_bytes()))
+            .collect();
+        let mut id = 0usize;
+        let define = if histogram {
+            self.cb.http_filter_config_define_histogram
+        } else {
+            self.cb.http_filter_config_define_counter
+        };
+        // SAFETY: the live filter config of this hook; name and labels outlive the call (Envoy
+        // copies them into its symbol table); `id` is written by Envoy only.
+        let result = unsafe {
+            define(
+                self.ptr,
+                ModuleBuffer::of(name.as_bytes()),
+                labels.as_ptr(),
+                labels.len(),
+                &mut id,
+            )
+        };
+        (result == METRICS_SUCCESS).then_some(id)
+    }
+
+    /// A counter with these label names; `None` if Envoy refused it.
+    pub fn define_counter(&self, name: &str, labels: &[&str]) -> Option<usize> {
+        self.define(false, name, labels)
+    }
+
+    pub fn define_histogram(&self, name: &str, labels: &[&str]) -> Option<usize> {
+        self.define(true, name, labels)
     }
 }
 
@@ -306,6 +354,41 @@ impl EnvoyFilter {
         }
     }
 
+    /// Adds to a counter defined by this stream's filter config (label values in order).
+    pub fn increment_counter(&self, id: usize, labels: &[&str], value: u64) {
+        let labels: Vec<ModuleBuffer> = labels
+            .iter()
+            .map(|l| ModuleBuffer::of(l.as_bytes()))
+            .collect();
+        // SAFETY: live filter; the label buffers outlive the call.
+        unsafe {
+            (self.cb.http_filter_increment_counter)(
+                self.ptr,
+                id,
+                labels.as_ptr(),
+                labels.len(),
+                value,
+            )
+        };
+    }
+
+    pub fn record_histogram(&self, id: usize, labels: &[&str], value: u64) {
+        let labels: Vec<ModuleBuffer> = labels
+            .iter()
+            .map(|l| ModuleBuffer::of(l.as_bytes()))
+            .collect();
+        // SAFETY: live filter; the label buffers outlive the call.
+        unsafe {
+            (self.cb.http_filter_record_histogram_value)(
+                self.ptr,
+                id,
+                labels.as_ptr(),
+                labels.len(),
+                value,
+            )
+        };
+    }
+
     pub fn continue_decoding(&self) {
         // SAFETY: live filter.
         unsafe { (self.cb.http_filter_continue_decoding)(self.ptr) }
@@ -423,7 +506,7 @@ pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
 
 #[unsafe(no_mangle)]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
-    _config_envoy_ptr: *mut c_void,
+    config_envoy_ptr: *mut c_void,
     _name: EnvoyBuffer,
     config: EnvoyBuffer,
 ) -> *const c_void {
@@ -432,7 +515,14 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
         || {
             // SAFETY: Envoy passes the filter config bytes, valid during this hook.
             let bytes = unsafe { copy(config) };
-            match FilterConfig::new(&bytes) {
+            let Some(cb) = callbacks() else {
+                return std::ptr::null();
+            };
+            let envoy_config = EnvoyFilterConfig {
+                ptr: config_envoy_ptr,
+                cb,
+            };
+            match FilterConfig::new(&bytes, &envoy_config) {
                 Ok(c) => Box::into_raw(Box::new(c)) as *const c_void,
                 Err(e) => {
                     log_error(&format!("fhirguard: invalid filter config: {e}"));
@@ -444,8 +534,11 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     )
 }
 
+/// # Safety
+/// Called by Envoy only, with the pointers this module handed out for a live config or
+/// stream (see abi.h, ABI v0.2.0).
 #[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *const c_void) {
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *const c_void) {
     guard(
         "filter config destroy",
         || {
@@ -458,8 +551,11 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *co
     )
 }
 
+/// # Safety
+/// Called by Envoy only, with the pointers this module handed out for a live config or
+/// stream (see abi.h, ABI v0.2.0).
 #[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
     config: *const c_void,
     _filter_envoy_ptr: *mut c_void,
 ) -> *const c_void {
@@ -477,8 +573,11 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
     )
 }
 
+/// # Safety
+/// Called by Envoy only, with the pointers this module handed out for a live config or
+/// stream (see abi.h, ABI v0.2.0).
 #[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter: *const c_void) {
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter: *const c_void) {
     guard(
         "filter destroy",
         || {
@@ -491,8 +590,11 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter: *const c_v
     )
 }
 
+/// # Safety
+/// Called by Envoy only, with the pointers this module handed out for a live config or
+/// stream (see abi.h, ABI v0.2.0).
 #[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     envoy_ptr: *mut c_void,
     filter: *const c_void,
     end_of_stream: bool,
@@ -514,8 +616,11 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     )
 }
 
+/// # Safety
+/// Called by Envoy only, with the pointers this module handed out for a live config or
+/// stream (see abi.h, ABI v0.2.0).
 #[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     envoy_ptr: *mut c_void,
     filter: *const c_void,
     end_of_stream: bool,
@@ -537,8 +642,11 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     )
 }
 
+/// # Safety
+/// Called by Envoy only, with the pointers this module handed out for a live config or
+/// stream (see abi.h, ABI v0.2.0).
 #[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
     envoy_ptr: *mut c_void,
     filter: *const c_void,
 ) -> u32 {
@@ -559,8 +667,11 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
     )
 }
 
+/// # Safety
+/// Called by Envoy only, with the pointers this module handed out for a live config or
+/// stream (see abi.h, ABI v0.2.0).
 #[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
     envoy_ptr: *mut c_void,
     filter: *const c_void,
     _end_of_stream: bool,
@@ -596,8 +707,11 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
     0
 }
 
+/// # Safety
+/// Called by Envoy only, with the pointers this module handed out for a live config or
+/// stream (see abi.h, ABI v0.2.0).
 #[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
     _envoy_ptr: *mut c_void,
     filter: *const c_void,
 ) {
@@ -612,8 +726,11 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
     )
 }
 
+/// # Safety
+/// Called by Envoy only, with the pointers this module handed out for a live config or
+/// stream (see abi.h, ABI v0.2.0).
 #[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
     envoy_ptr: *mut c_void,
     filter: *const c_void,
     event_id: u64,

@@ -23,7 +23,7 @@ use fhirguard_authz::core::fhir::Body;
 use fhirguard_authz::core::policy::{Decision, Request};
 use fhirguard_authz::runtime::executor::{Answer, DecisionId};
 
-use crate::abi::{EnvoyFilter, Scheduler, log_error};
+use crate::abi::{EnvoyFilter, EnvoyFilterConfig, Scheduler, log_error};
 use crate::host::{Host, Settings};
 use crate::query;
 
@@ -63,17 +63,35 @@ pub fn program_init() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// Envoy stats, with the names and labels of the service's Prometheus metrics
+/// (`fhirguard_decisions_total{policy,result,reason}`, `fhirguard_check_duration_seconds`,
+/// here in microseconds). Envoy puts them under its dynamic-module stats namespace.
+#[derive(Clone, Copy, Default)]
+struct Stats {
+    decisions: Option<usize>,
+    duration_us: Option<usize>,
+}
+
 /// One `dynamic_module_config`/`filter_config` instance: which config directory, and limits.
 pub struct FilterConfig {
     host: Arc<Host>,
     settings: Settings,
+    stats: Stats,
 }
 
 impl FilterConfig {
-    pub fn new(bytes: &[u8]) -> Result<FilterConfig, String> {
+    pub fn new(bytes: &[u8], envoy: &EnvoyFilterConfig) -> Result<FilterConfig, String> {
         let settings = Settings::parse(bytes)?;
         let host = Host::for_dir(&settings)?;
-        Ok(FilterConfig { host, settings })
+        let stats = Stats {
+            decisions: envoy.define_counter("fhirguard_decisions", &["policy", "result", "reason"]),
+            duration_us: envoy.define_histogram("fhirguard_check_duration_us", &[]),
+        };
+        Ok(FilterConfig {
+            host,
+            settings,
+            stats,
+        })
     }
 }
 
@@ -111,6 +129,8 @@ impl Drop for Parked {
 pub struct Filter {
     host: Arc<Host>,
     settings: Settings,
+    stats: Stats,
+    started: Option<std::time::Instant>,
     phase: Phase,
     headers: Vec<(String, String)>,
     connection: Option<String>,
@@ -201,6 +221,8 @@ impl Filter {
         Filter {
             host: config.host.clone(),
             settings: config.settings.clone(),
+            stats: config.stats,
+            started: None,
             phase: Phase::Start,
             headers: Vec::new(),
             connection: None,
@@ -308,6 +330,7 @@ impl Filter {
 
     /// Starts the decision; answers inline when it completes at once, else parks the stream.
     fn decide(&mut self, e: &EnvoyFilter, with_body: bool) -> HeadersStatus {
+        self.started = Some(std::time::Instant::now());
         let executor = self.host.executor.clone();
         let future: Pin<Box<dyn Future<Output = Answer> + Send>> = match self.connection.clone() {
             Some(connection) => {
@@ -418,6 +441,23 @@ impl Filter {
         }
     }
 
+    /// Counts a decision on the worker thread (where Envoy's per-stream stats calls belong).
+    fn count(&self, e: &EnvoyFilter, outcome: &Outcome) {
+        let label = fhirguard_authz::observe::DecisionLabel::of(outcome);
+        let policy = match outcome {
+            Outcome::Decided(Decision::Allow(a)) => a.policy.as_str(),
+            Outcome::Decided(Decision::Deny(d)) => d.policy.as_deref().unwrap_or("none"),
+            Outcome::Unavailable(_) => "none",
+        };
+        if let Some(id) = self.stats.decisions {
+            e.increment_counter(id, &[policy, label.result, label.reason], 1);
+        }
+        if let (Some(id), Some(started)) = (self.stats.duration_us, self.started) {
+            let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            e.record_histogram(id, &[], us);
+        }
+    }
+
     /// Carries out an answer: Continue with the request rewritten, or a local reply.
     fn finish(&mut self, e: &EnvoyFilter, answer: Option<Answer>) -> HeadersStatus {
         let Some(answer) = answer else {
@@ -426,6 +466,7 @@ impl Filter {
             return HeadersStatus::StopIteration;
         };
         let id = answer.decision_id;
+        self.count(e, &answer.outcome);
         match answer.outcome {
             Outcome::Decided(Decision::Allow(a)) => {
                 let names = self.headers.iter().map(|(k, _)| k.as_str());

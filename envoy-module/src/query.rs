@@ -46,9 +46,16 @@ mod tests {
         (k.to_string(), v.to_string())
     }
 
+    type Case = (
+        &'static str,
+        Vec<(String, String)>,
+        Vec<String>,
+        &'static str,
+    );
+
     #[test]
     fn sets_replace_removes_drop_and_keys_come_out_in_order() {
-        let cases: &[(&str, Vec<(String, String)>, Vec<String>, &str)] = &[
+        let cases: &[Case] = &[
             (
                 "/fhir/Observation",
                 vec![s("patient", "123")],

@@ -110,6 +110,22 @@ async fn no_config_fails_closed_then_hot_reload_keeps_the_last_good_config() {
             r.body
         );
     }
+
+    // Counted in Envoy's stats with the service's metric labels.
+    let stats = send(
+        envoy.admin,
+        &request("GET", "/stats/prometheus", "admin", &[], ""),
+    )
+    .await
+    .unwrap()
+    .body;
+    for want in [
+        r#"fhirguard_decisions{policy="clinical/ehr",result="allow",reason="authenticated"}"#,
+        r#"fhirguard_decisions{policy="clinical/ehr",result="deny",reason="missing_credentials"} 1"#,
+        r#"result="unavailable""#,
+    ] {
+        assert!(stats.contains(want), "Envoy's stats lack {want}:\n{stats}");
+    }
     drop(envoy);
 }
 
@@ -221,7 +237,6 @@ async fn smart_reads_by_id_are_decided_by_compartment_lookups() {
     assert!(r.body.contains("forbidden"), "{}", r.body);
 
     // The lookup server gone: no decision, never an allow.
-    let mut config = config;
     config["generation"] = serde_json::json!(8);
     config["connections"][0]["url"] =
         serde_json::json!(format!("http://127.0.0.1:{}/fhir/r4", free_port()));
