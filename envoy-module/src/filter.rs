@@ -132,7 +132,8 @@ pub struct Filter {
     stats: Stats,
     started: Option<std::time::Instant>,
     phase: Phase,
-    headers: Vec<(String, String)>,
+    /// Shared with the decision future (no copy per request).
+    headers: Arc<Vec<(String, String)>>,
     connection: Option<String>,
     policy: Option<String>,
     body: Vec<u8>,
@@ -146,7 +147,7 @@ struct OwnedRequest {
     method: String,
     host: String,
     path: String,
-    headers: Vec<(String, String)>,
+    headers: Arc<Vec<(String, String)>>,
     body: Option<Vec<u8>>,
     policy: Option<String>,
 }
@@ -198,10 +199,16 @@ fn normalise(raw: Vec<(String, String)>) -> Vec<(String, String)> {
 
 pub fn send_unavailable(e: &EnvoyFilter, why: &str) {
     let id = DecisionId::new();
-    send_unavailable_with(e, id.as_str(), why);
+    // The client gets the id; the log line under it names the cause.
+    tracing::warn!(target: "fhirguard::decision", decision_id = %id, result = "unavailable", status = 503u16, why, "decision");
+    send_unavailable_with(
+        e,
+        id.as_str(),
+        "fhirguard cannot decide this request now; its decision id names the cause in fhirguard's log",
+    );
 }
 
-fn send_unavailable_with(e: &EnvoyFilter, decision_id: &str, why: &str) {
+fn send_unavailable_with(e: &EnvoyFilter, decision_id: &str, diagnostics: &str) {
     let headers = vec![
         (
             "content-type".to_string(),
@@ -212,7 +219,7 @@ fn send_unavailable_with(e: &EnvoyFilter, decision_id: &str, why: &str) {
             decision_id.to_string(),
         ),
     ];
-    let body = answer::unavailable_body(decision_id, why);
+    let body = answer::unavailable_body(decision_id, diagnostics);
     e.send_response(503, &headers, &body, "fhirguard_unavailable");
 }
 
@@ -224,7 +231,7 @@ impl Filter {
             stats: config.stats,
             started: None,
             phase: Phase::Start,
-            headers: Vec::new(),
+            headers: Arc::new(Vec::new()),
             connection: None,
             policy: None,
             body: Vec::new(),
@@ -235,7 +242,7 @@ impl Filter {
     }
 
     pub fn on_request_headers(&mut self, e: &EnvoyFilter, end_of_stream: bool) -> HeadersStatus {
-        self.headers = normalise(e.request_headers());
+        self.headers = Arc::new(normalise(e.request_headers()));
         self.connection = e.route_metadata(METADATA_NAMESPACE, CONNECTION_KEY);
         self.policy = e.route_metadata(METADATA_NAMESPACE, POLICY_KEY);
         // An outbound request is decided by its connection alone; an inbound one with a body
@@ -498,8 +505,14 @@ impl Filter {
                 );
                 HeadersStatus::StopIteration
             }
-            Outcome::Unavailable(why) => {
-                send_unavailable_with(e, id.as_str(), &format!("fhirguard cannot decide: {why}"));
+            Outcome::Unavailable(_) => {
+                // The cause (an IdP or lookup server, the config) is in the decision log line
+                // under this id; the client learns only that no decision could be made.
+                send_unavailable_with(
+                    e,
+                    id.as_str(),
+                    "fhirguard cannot decide this request now; its decision id names the cause in fhirguard's log",
+                );
                 HeadersStatus::StopIteration
             }
         }
