@@ -14,6 +14,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== layers import only the layers beneath them (ARCHITECTURE.md)"
+scripts/check-layers.sh
 echo "== the layers build alone: config + core (what the operator links), then + verify (what an in-process host links)"
 cargo check -p fhirguard-authz --no-default-features --locked
 cargo check -p fhirguard-authz --no-default-features --features verify --locked
