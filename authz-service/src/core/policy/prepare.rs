@@ -43,43 +43,42 @@ pub fn prepare(policies: &[PolicyConfig], req: &Request<'_>) -> Result<Pending, 
     }
     let rel = &segments[base.len()..];
 
-    if matches!(req.method, "GET" | "HEAD") {
-        let rel_path = format!("/{}", rel.join("/"));
-        if p.public_paths.contains(&rel_path) {
-            // A token sent along is not needed here and must not reach the server's logs. It
-            // is found by the classification's parser, in every spelling; only the literal one
-            // can be removed by Envoy, any other is refused.
-            let tokens = match raw_query {
-                Some(q) => fhir::query_tokens(q).map_err(|e| request_error(Some(p), &e))?,
-                None => Vec::new(),
-            };
-            if tokens.iter().any(|t| !t.plain) {
-                return Err(deny(
-                    Some(p),
-                    400,
-                    DenyReason::MalformedCredentials,
-                    vec![],
-                    "the token parameter must be spelled exactly access_token",
-                ));
-            }
-            let remove_query = if tokens.is_empty() {
-                vec![]
-            } else {
-                vec!["access_token".to_string()]
-            };
-            return Err(Decision::Allow(Allow {
-                policy: policy_id(p),
-                reason: AllowReason::PublicPath,
-                subject: None,
-                patient: None,
-                scopes: None,
-                remove_query,
-                set_query: vec![],
-                strict_search: false,
-                interaction: None,
-                outbound: None,
-            }));
+    if matches!(req.method, "GET" | "HEAD")
+        && p.public_paths.iter().any(|pp| is_joined_path(pp, rel))
+    {
+        // A token sent along is not needed here and must not reach the server's logs. It
+        // is found by the classification's parser, in every spelling; only the literal one
+        // can be removed by Envoy, any other is refused.
+        let tokens = match raw_query {
+            Some(q) => fhir::query_tokens(q).map_err(|e| request_error(Some(p), &e))?,
+            None => Vec::new(),
+        };
+        if tokens.iter().any(|t| !t.plain) {
+            return Err(deny(
+                Some(p),
+                400,
+                DenyReason::MalformedCredentials,
+                vec![],
+                "the token parameter must be spelled exactly access_token",
+            ));
         }
+        let remove_query = if tokens.is_empty() {
+            vec![]
+        } else {
+            vec!["access_token".to_string()]
+        };
+        return Err(Decision::Allow(Allow {
+            policy: policy_id(p),
+            reason: AllowReason::PublicPath,
+            subject: None,
+            patient: None,
+            scopes: None,
+            remove_query,
+            set_query: vec![],
+            strict_search: false,
+            interaction: None,
+            outbound: None,
+        }));
     }
 
     let request = fhir::classify(fhir::HttpRequest {
@@ -291,5 +290,59 @@ pub(super) fn parse_authorization(
             None,
             "the Authorization scheme is not supported; use Basic or Bearer",
         ))
+    }
+}
+
+/// Whether `path` is exactly `/` followed by `segments` joined with `/` (what a public path
+/// entry names), compared without building the joined string on every GET.
+fn is_joined_path<S: AsRef<str>>(path: &str, segments: &[S]) -> bool {
+    let Some(mut rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    for (i, seg) in segments.iter().enumerate() {
+        if i > 0 {
+            let Some(r) = rest.strip_prefix('/') else {
+                return false;
+            };
+            rest = r;
+        }
+        let Some(r) = rest.strip_prefix(seg.as_ref()) else {
+            return false;
+        };
+        rest = r;
+    }
+    rest.is_empty()
+}
+
+#[cfg(test)]
+mod joined_path_tests {
+    use super::is_joined_path;
+
+    #[test]
+    fn equals_the_joined_string_in_every_shape() {
+        let cases: &[(&str, &[&str])] = &[
+            ("/", &[]),
+            ("/metadata", &["metadata"]),
+            ("/metadata/", &["metadata"]),
+            (
+                "/.well-known/smart-configuration",
+                &[".well-known", "smart-configuration"],
+            ),
+            ("/.well-known", &[".well-known", "smart-configuration"]),
+            ("metadata", &["metadata"]),
+            ("/metadataX", &["metadata"]),
+            ("/meta", &["metadata"]),
+            ("//", &["", ""]),
+            ("/a/b", &["a/b"]),
+            ("", &[]),
+        ];
+        for (path, segments) in cases {
+            let joined = format!("/{}", segments.join("/"));
+            assert_eq!(
+                is_joined_path(path, segments),
+                *path == joined,
+                "{path:?} vs {segments:?}"
+            );
+        }
     }
 }
