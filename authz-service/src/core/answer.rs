@@ -357,4 +357,33 @@ mod tests {
         assert_eq!(body["issue"][0]["code"], "login");
         assert_eq!(body["issue"][0]["diagnostics"], "credentials are required");
     }
+
+    /// Finding 6 (issue 14 attack): identity header values are copied from the token (`sub`,
+    /// the scope claim) without a check. Envoy applies ext_authz header mutations unchecked
+    /// unless `validate_mutations: true` (no shipped config sets it), and its HTTP/1 encoder
+    /// writes the bytes as they are: a CR/LF in a claim becomes a header line of its own.
+    #[test]
+    #[ignore = "finding 6"]
+    fn identity_header_values_carry_no_control_characters() {
+        use crate::core::policy::AllowReason;
+        let a = Allow {
+            policy: "ns/p".into(),
+            reason: AllowReason::Authenticated,
+            subject: Some("app-1\r\nx-fhirguard-patient: 456".into()),
+            patient: Some("123".into()),
+            scopes: Some("patient/*.rs\r\nx-fhirguard-patient: 456".into()),
+            remove_query: vec![],
+            set_query: vec![],
+            strict_search: false,
+            interaction: None,
+            outbound: None,
+        };
+        let ans = allowed(&a, "id", [], None);
+        for (k, v) in &ans.set {
+            assert!(
+                !v.chars().any(|c| c.is_control()),
+                "{k} carries a control character: {v:?}"
+            );
+        }
+    }
 }

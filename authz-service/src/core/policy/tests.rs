@@ -799,3 +799,25 @@ fn all_of_checks_both_and_the_subject() {
 }
 
 mod review2;
+
+/// Finding 4 (issue 14 attack): `ehr.example.` is the same DNS name as `ehr.example`, and an
+/// inbound sidecar routes it to the same server, but the host-specific policies do not match
+/// it, so the catch-all policy `any` (hosts: []) judges the request instead. A secure choice
+/// treats both spellings alike.
+#[test]
+#[ignore = "finding 4"]
+fn attack14_trailing_dot_host_is_not_judged_by_the_catch_all() {
+    let ps = policies();
+    let alice = format!("Basic {}", b64("alice:pw"));
+    let plain = outcome(
+        &ps,
+        &req("GET", "ehr.example", "/fhir/Patient/1", Some(&alice)),
+    );
+    for host in ["ehr.example.", "EHR.example.:8443"] {
+        let got = outcome(&ps, &req("GET", host, "/fhir/Patient/1", Some(&alice)));
+        assert_eq!(
+            got, plain,
+            "{host} is judged by another policy than ehr.example"
+        );
+    }
+}
