@@ -309,7 +309,6 @@ mod attack14 {
     /// first, unpinned one; fhirguard reads the lines joined with ',' and finds a pin in the
     /// second, so HAPI returns another patient's matching Observation.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "finding 1"]
     async fn duplicate_if_none_exist_lines_are_refused() {
         let e = executor().await;
         let mut allowed_variants = Vec::new();
@@ -336,7 +335,6 @@ mod attack14 {
     /// and returns another patient's match. The same spelling rule already covers
     /// x-fhirguard-* and X-Cascade.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "finding 2"]
     async fn if_none_exist_in_another_spelling_is_refused() {
         let e = executor().await;
         for name in ["if_none_exist", "if-none_exist", "if_none-exist"] {
@@ -350,7 +348,6 @@ mod attack14 {
     /// merged into the query) see `_revinclude=*` and another patient's pin. Nothing in FHIR
     /// sends a body on GET, HEAD or DELETE, so a secure answer refuses it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "finding 5"]
     async fn a_body_on_get_is_refused() {
         let e = executor().await;
         let v: Value = serde_json::from_str(

@@ -245,4 +245,6 @@ fn hosts_normalise() {
     assert_eq!(normalize_host("EHR.Example.org:8443"), "ehr.example.org");
     assert_eq!(normalize_host("[::1]:80"), "[::1]");
     assert_eq!(normalize_host("ehr"), "ehr");
+    assert_eq!(normalize_host("ehr.example.org."), "ehr.example.org");
+    assert_eq!(normalize_host("EHR.example.org.:8443"), "ehr.example.org");
 }

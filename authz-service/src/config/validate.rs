@@ -139,10 +139,13 @@ pub fn normalize_host(host: &str) -> String {
             None => h,
         };
     }
-    match h.rsplit_once(':') {
-        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name.to_string(),
-        _ => h,
-    }
+    let name = match h.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => h.as_str(),
+    };
+    // `ehr.example.` is the fully qualified spelling of `ehr.example`: the same server behind
+    // the same sidecar, so it must be judged by the same policy, not by a catch-all.
+    name.trim_end_matches('.').to_string()
 }
 
 /// A path that fhirguard will compare literally must be free of the tricks that make two
