@@ -1,5 +1,6 @@
 //! Pure compile: every problem kind a user can cause, isolation of bad objects, determinism.
 //! Inputs are written as the YAML a user would apply.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
 

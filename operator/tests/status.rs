@@ -1,5 +1,6 @@
 //! Pure status and publish decisions: what a user sees on `kubectl describe`, and when the
 //! controller writes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use fhirguard_operator::compile::{Issue, Kind, ObjectKey, ObjectResult, Reason};
 use fhirguard_operator::publish::{self, Published};

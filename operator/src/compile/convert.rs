@@ -79,6 +79,7 @@ impl From<&config::ClaimNames> for crd::Claims {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use serde::Serialize;

@@ -173,6 +173,7 @@ pub(super) fn merge(issues: &mut Vec<Issue>, problems: &[ConfigProblem], spec: S
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use fhirguard_authz::config::{JwksProblem, ObjectId};
