@@ -74,8 +74,8 @@ fn problems_are_listed_with_object_and_field_and_exit_non_zero() {
     let (ok, _, stderr) = validate(dir.path());
     assert!(!ok);
     for want in [
-        "a/p: match.basePath: must not contain '.' or '..' segments",
-        "a/p: authentication.basic.htpasswdSecretRef: htpasswd line 1 (user \"eve\"): unsalted {SHA}",
+        "a/p: basePath: must not contain '.' or '..' segments",
+        "a/p: authentication.basic.htpasswd: htpasswd line 1 (user \"eve\"): unsalted {SHA}",
         "config: files[missing.pem]: the CA bundle named by the config cannot be read",
     ] {
         assert!(stderr.contains(want), "missing {want:?} in:\n{stderr}");

@@ -410,7 +410,7 @@ async fn unknown_kid_refetches_and_last_good_keys_survive_an_outage() {
     let started = std::time::Instant::now();
     for t in &strangers {
         let (status, _, body) = view(
-            &check(g, get("/fhir/r4/Patient/1").bearer(&t))
+            &check(g, get("/fhir/r4/Patient/1").bearer(t))
                 .await
                 .unwrap(),
         );
