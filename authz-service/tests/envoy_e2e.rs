@@ -5,6 +5,10 @@
 //! the tests say so and pass, unless `FHIRGUARD_REQUIRE_ENVOY=1` (CI sets it), which turns a
 //! missing Envoy into a failure.
 
+// A test crate of its own: clippy.toml's allow-*-in-tests covers #[test] functions only, and
+// here a failed unwrap in a helper is a failed test as well.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::net::SocketAddr;

@@ -1,5 +1,9 @@
 //! Check called in-process through tonic, against a real HTTPS JWKS endpoint on 127.0.0.1.
 
+// A test crate of its own: clippy.toml's allow-*-in-tests covers #[test] functions only, and
+// here a failed unwrap in a helper is a failed test as well.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::collections::HashMap;

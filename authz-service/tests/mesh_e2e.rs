@@ -19,6 +19,10 @@
 //! spelling of a Service's host (`svc`, `svc.ns`, `svc.ns.svc`, the FQDN, each with and without
 //! port) reaches the right policy when the policy lists it, and nothing else does.
 
+// A test crate of its own: clippy.toml's allow-*-in-tests covers #[test] functions only, and
+// here a failed unwrap in a helper is a failed test as well.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::net::SocketAddr;
