@@ -113,7 +113,7 @@ impl Stack {
     }
 }
 
-async fn stack(bin: &std::path::PathBuf) -> Stack {
+async fn stack(bin: &std::path::Path) -> Stack {
     init();
     let key = SigningKey::new("k1");
     let jwks = jwks_doc(&[&key]);
