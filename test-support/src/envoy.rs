@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::http::http_get_async;
+use crate::http::status_11;
 use crate::process::{Proc, tail};
 
 pub struct Envoy {
@@ -44,10 +44,7 @@ pub async fn run_envoy(bin: &Path, yaml: String, port: u16, admin: u16) -> Envoy
     };
     let start = Instant::now();
     loop {
-        if http_get_async(admin, "/ready")
-            .await
-            .is_some_and(|(status, _)| status == 200)
-        {
+        if status_11(admin, "/ready").await == Some(200) {
             return envoy;
         }
         assert!(

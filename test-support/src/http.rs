@@ -6,9 +6,17 @@ use std::time::Duration;
 
 /// A plain HTTP/1.0 GET on 127.0.0.1; `None` when nothing answers.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    get(port, path, "HTTP/1.0")
+}
+
+fn get(port: u16, path: &str, version: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} {version}\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let status = buf.split(' ').nth(1)?.parse().ok()?;
@@ -16,10 +24,11 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((status, body.to_string()))
 }
 
-/// [`http_get`] without blocking the async runtime's thread.
-pub async fn http_get_async(port: u16, path: &str) -> Option<(u16, String)> {
+/// The status of an HTTP/1.1 GET (`Connection: close`) on 127.0.0.1, without blocking the async
+/// runtime's thread. Envoy's admin port refuses HTTP/1.0 (426), so this is the one to ask it.
+pub async fn status_11(port: u16, path: &str) -> Option<u16> {
     let path = path.to_string();
-    tokio::task::spawn_blocking(move || http_get(port, &path))
+    tokio::task::spawn_blocking(move || get(port, &path, "HTTP/1.1").map(|(status, _)| status))
         .await
         .ok()
         .flatten()
