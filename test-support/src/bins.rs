@@ -78,9 +78,13 @@ pub fn opt_out(binary: Binary) -> Option<&'static str> {
 #[track_caller]
 fn test_name() -> String {
     let at = std::panic::Location::caller();
-    match std::thread::current().name() {
-        Some(name) if name != "main" => format!("{name} ({}:{})", at.file(), at.line()),
-        _ => format!("{}:{}", at.file(), at.line()),
+    // A location inside the standard library says nothing: the chain of track_caller ended
+    // at the test harness's call.
+    let at = (!at.file().starts_with("/rustc/")).then(|| format!("{}:{}", at.file(), at.line()));
+    match (std::thread::current().name(), at) {
+        (Some(name), Some(at)) if name != "main" => format!("{name} ({at})"),
+        (Some(name), None) if name != "main" => name.to_string(),
+        (_, at) => at.unwrap_or_else(|| "a test".into()),
     }
 }
 
