@@ -8,6 +8,10 @@
 //! 2100). After a deliberate change of answers, `FHIRGUARD_BLESS=1 cargo test --test
 //! adapter_golden` rewrites the responses; review the diff like code.
 
+// A test crate of its own: clippy.toml's allow-*-in-tests covers #[test] functions only, and
+// here a failed unwrap in a helper is a failed test as well.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
