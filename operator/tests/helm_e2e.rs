@@ -3,6 +3,7 @@
 //! chart's ServiceAccount (so exactly the chart's RBAC applies) each example reaches Ready.
 //! No kubelet runs here: the Deployments are stored, not started; the operator runs as a
 //! local process with the chart's arguments.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

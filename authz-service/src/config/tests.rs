@@ -91,7 +91,7 @@ fn base_path_tricks_are_refused() {
     ] {
         let mut p = policy("ehr");
         p.base_path = bad.into();
-        assert_eq!(fields(&with_policy(p)), vec!["match.basePath"], "{bad}");
+        assert_eq!(fields(&with_policy(p)), vec!["basePath"], "{bad}");
     }
 }
 
@@ -155,7 +155,7 @@ fn jwt_provider_rules() {
         "authentication.jwt.requireSubjectMatchesBasicUser",
         "authentication.jwt.providers[0].audiences",
         "authentication.jwt.providers[0].jwks.uri",
-        "authentication.jwt.providers[0].jwks.tls.caBundleSecretRef",
+        "authentication.jwt.providers[0].jwks.tls.caFile",
         "authentication.jwt.providers[1].name",
         "authentication.jwt.providers[1].issuer",
     ] {
@@ -213,7 +213,7 @@ fn connections_are_checked() {
         }],
         ..CompiledConfig::empty(1)
     };
-    assert_eq!(fields(&c), vec!["auth", "tls.caBundleSecretRef", "url"]);
+    assert_eq!(fields(&c), vec!["auth", "tls.caFile", "url"]);
     let dbg = format!("{:?}", c.connections[0]);
     assert!(!dbg.contains("\"p\"") && !dbg.contains("\"s\""), "{dbg}");
 }
@@ -226,7 +226,7 @@ fn compartment_lookup_must_name_a_connection() {
     });
     assert_eq!(
         fields(&with_policy(p)),
-        vec!["authorization.smart.compartmentLookup.connectionRef"]
+        vec!["authorization.smart.compartmentLookup.connection"]
     );
 }
 
@@ -245,4 +245,65 @@ fn hosts_normalise() {
     assert_eq!(normalize_host("EHR.Example.org:8443"), "ehr.example.org");
     assert_eq!(normalize_host("[::1]:80"), "[::1]");
     assert_eq!(normalize_host("ehr"), "ehr");
+    assert_eq!(normalize_host("ehr.example.org."), "ehr.example.org");
+    assert_eq!(normalize_host("EHR.example.org.:8443"), "ehr.example.org");
+}
+
+#[test]
+fn problems_are_typed_by_object_index_and_field() {
+    let mut p = policy("ehr");
+    let mut pr = provider();
+    pr.clock_skew_seconds = 601;
+    pr.issuer = "https://other.example.org".into();
+    pr.name = "other".into();
+    p.authentication.jwt = Some(JwtConfig {
+        token_sources: vec![TokenSource::Header],
+        require_subject_matches_basic_user: false,
+        providers: vec![provider(), pr],
+    });
+    let mut first = policy("first");
+    first.base_path = "/first".into();
+    let c = CompiledConfig {
+        policies: vec![first, p],
+        ..CompiledConfig::empty(1)
+    };
+    let problems = c.problems();
+    assert_eq!(
+        problems,
+        vec![ConfigProblem {
+            at: ConfigPath::Policy {
+                index: 1,
+                id: ObjectId {
+                    namespace: "clinical".into(),
+                    name: "ehr".into()
+                },
+                field: PolicyField::Provider(1, ProviderField::ClockSkew),
+            },
+            kind: ProblemKind::ClockSkewTooLarge,
+        }]
+    );
+    assert_eq!(
+        problems[0].to_string(),
+        "clinical/ehr: authentication.jwt.providers[1].clockSkewSeconds: must be at most 10m"
+    );
+    assert_eq!(
+        Problem::from(&problems[0]).to_string(),
+        problems[0].to_string()
+    );
+}
+
+#[test]
+fn urls_with_credentials_are_refused_without_echoing_them() {
+    let mut p = policy("ehr");
+    let mut pr = provider();
+    pr.jwks.uri = Some("http://user:hunter2@idp.example.org/jwks".into());
+    p.authentication.jwt = Some(JwtConfig {
+        token_sources: vec![TokenSource::Header],
+        require_subject_matches_basic_user: false,
+        providers: vec![pr],
+    });
+    let problems = with_policy(p).problems();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].kind, ProblemKind::Url(UrlProblem::Credentials));
+    assert!(!problems[0].to_string().contains("hunter2"));
 }

@@ -206,7 +206,7 @@ impl Runtime {
                     Err(e) => {
                         problems.push(Problem {
                             object: id.clone(),
-                            field: "authentication.basic.htpasswdSecretRef".into(),
+                            field: crate::config::PolicyField::Htpasswd.to_string(),
                             message: e.to_string(),
                         });
                         None
@@ -261,7 +261,8 @@ impl Runtime {
                         Some(Err(e)) => {
                             problems.push(Problem {
                                 object: id.clone(),
-                                field: "authorization.smart.compartmentLookup.connectionRef".into(),
+                                field: crate::config::PolicyField::CompartmentLookupConnection
+                                    .to_string(),
                                 message: e.to_string(),
                             });
                             None
