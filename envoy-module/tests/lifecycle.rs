@@ -1,6 +1,8 @@
 //! The module's life in Envoy: 503 with an OperationOutcome while no config exists, the config
 //! picked up when it appears, the last good one kept when an invalid one replaces it, and a
 //! body over the module's limit judged as not sent (as a partial ext_authz body).
+// Tests unwrap, expect and panic: a failed assumption here is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
 

