@@ -191,19 +191,24 @@ pub(super) fn validate_policy(
         }
     }
     let auth = &p.authentication;
-    if auth.basic.is_none() && auth.jwt.is_none() && !p.unauthenticated_access {
+    let bearer = auth.jwt.is_some() || auth.introspection.is_some();
+    if auth.basic.is_none() && !bearer && !p.unauthenticated_access {
         v.push(
             id,
             "authentication",
-            "neither basic nor jwt is configured, so no request could ever be authenticated".into(),
+            "none of basic, jwt and introspection is configured, so no request could ever be authenticated".into(),
         );
     }
-    if auth.combine == Combine::AllOf && (auth.basic.is_none() || auth.jwt.is_none()) {
+    if auth.combine == Combine::AllOf && (auth.basic.is_none() || !bearer) {
         v.push(
             id,
             "authentication.combine",
-            "AllOf needs both basic and jwt to be configured".into(),
+            "AllOf needs basic and a bearer-token check (jwt or introspection) to be configured"
+                .into(),
         );
+    }
+    if let Some(i) = &auth.introspection {
+        validate_introspection(v, id, i, auth.jwt.is_some());
     }
     if let Some(basic) = &auth.basic {
         validate_basic(v, id, basic);
@@ -355,6 +360,54 @@ pub(super) fn validate_jwt(v: &mut Validator, id: &str, jwt: &JwtConfig) {
             }
         }
     }
+}
+
+pub(super) fn validate_introspection(
+    v: &mut Validator,
+    id: &str,
+    i: &IntrospectionConfig,
+    has_jwt: bool,
+) {
+    let f = |s: &str| format!("authentication.introspection.{s}");
+    if let Err(e) = check_https_url(&i.endpoint) {
+        v.push(id, &f("endpoint"), e);
+    }
+    if i.client_id.is_empty() {
+        v.push(id, &f("clientId"), "must not be empty".into());
+    }
+    if i.client_secret.is_empty() {
+        v.push(
+            id,
+            &f("clientSecretRef"),
+            "the referenced Secret key is empty".into(),
+        );
+    }
+    if i.audiences.is_empty() || i.audiences.iter().any(|a| a.is_empty()) {
+        v.push(
+            id,
+            &f("audiences"),
+            "must list at least one non-empty audience; tokens issued for another service must not be accepted"
+                .into(),
+        );
+    }
+    if i.max_cache_seconds > 3600 {
+        v.push(
+            id,
+            &f("maxCacheDuration"),
+            "must be at most 1h: a revoked token must stop working within the hour".into(),
+        );
+    }
+    if i.clock_skew_seconds > 600 {
+        v.push(id, &f("clockSkew"), "must be at most 10m".into());
+    }
+    if i.introspect_jwts && !has_jwt {
+        v.push(
+            id,
+            &f("introspectJwts"),
+            "only meaningful when jwt providers are configured".into(),
+        );
+    }
+    validate_tls(v, id, &f("tls"), &i.tls);
 }
 
 /// Structural check of a JWKS document; the server additionally turns every key into a
