@@ -167,6 +167,11 @@ pub fn referenced_secrets(
                 &b.htpasswd_secret_ref.namespace,
             );
         }
+        if let Some(i) = &p.spec.authentication.introspection {
+            for (name, ref_ns) in crate::introspection::secret_refs(i) {
+                add(name, ref_ns);
+            }
+        }
         if let Some(j) = &p.spec.authentication.jwt {
             for pr in &j.providers {
                 if let Some(r) = &pr.jwks.secret_ref {
@@ -689,6 +694,39 @@ impl<'a> Ctx<'a> {
     }
 }
 
+/// `authentication.introspection` resolves its Secrets, TLS files and durations here.
+impl crate::introspection::Resolve for Ctx<'_> {
+    fn credential(
+        &mut self,
+        field: &str,
+        name: &str,
+        key: &str,
+        namespace: Option<&str>,
+    ) -> Option<String> {
+        Ctx::credential(
+            self,
+            field,
+            SecretRef {
+                name,
+                key,
+                namespace,
+            },
+        )
+    }
+
+    fn tls(&mut self, field: &str, tls: Option<&crd::Tls>, file_name: String) -> TlsConfig {
+        Ctx::tls(self, field, tls, file_name)
+    }
+
+    fn duration(&mut self, field: &str, s: &str) -> u64 {
+        duration(self, field, s)
+    }
+
+    fn invalid(&mut self, field: &str, message: &str) {
+        self.issue(field, Reason::InvalidSpec, message);
+    }
+}
+
 /// A CA bundle must hold at least one certificate that parses as X.509, and nothing else that
 /// looks like PEM: a private key pasted into a CA Secret would otherwise be published.
 pub fn check_ca_bundle(pem: &[u8]) -> Result<(), String> {
@@ -878,6 +916,11 @@ fn compile_policy(
         }
     });
 
+    let introspection = a
+        .introspection
+        .as_ref()
+        .and_then(|i| crate::introspection::compile(cx, &ns, &name, i));
+
     let mut smart = SmartConfig::default();
     if let Some(authz) = &spec.authorization {
         smart.patient_search = match authz.smart.patient_search {
@@ -915,11 +958,13 @@ fn compile_policy(
         }
     }
 
-    if a.combine == crd::Combine::AllOf && (a.basic.is_none() || a.jwt.is_none()) {
+    if a.combine == crd::Combine::AllOf
+        && (a.basic.is_none() || (a.jwt.is_none() && a.introspection.is_none()))
+    {
         cx.issue(
             "authentication.combine",
             Reason::InvalidSpec,
-            "AllOf needs both basic and jwt to be configured",
+            "AllOf needs basic and a bearer-token check (jwt or introspection) to be configured",
         );
     }
     if !cx.issues.is_empty() {
@@ -936,6 +981,7 @@ fn compile_policy(
             .unwrap_or_else(config::default_public_paths),
         unauthenticated_access: spec.unauthenticated_access,
         authentication: AuthenticationConfig {
+            introspection,
             combine: match a.combine {
                 crd::Combine::AnyOf => config::Combine::AnyOf,
                 crd::Combine::AllOf => config::Combine::AllOf,

@@ -9,6 +9,7 @@
 
 pub mod compile;
 pub mod crd;
+pub mod introspection;
 pub mod metrics;
 pub mod object;
 pub mod output;
