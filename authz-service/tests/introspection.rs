@@ -3,6 +3,10 @@
 //! JWT providers and introspection, the cache and single flight, outages, the bounded cache,
 //! the client authentication on the wire, and secrets kept out of logs and diagnostics.
 
+// A test crate of its own: clippy.toml's allow-*-in-tests covers #[test] functions only, and
+// here a failed unwrap in a helper is a failed test as well.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::collections::HashMap;
@@ -133,7 +137,9 @@ impl IntrospectionServer {
                             .unwrap_or_default();
                         let (status, answer) = match *mode.lock().unwrap() {
                             Mode::Fail => (500, r#"{"error":"server_error"}"#.to_string()),
-                            Mode::Unauthorized => (401, r#"{"error":"invalid_client"}"#.to_string()),
+                            Mode::Unauthorized => {
+                                (401, r#"{"error":"invalid_client"}"#.to_string())
+                            }
                             _ => (
                                 200,
                                 answers
@@ -255,10 +261,7 @@ fn fast() -> IntrospectionOptions {
     }
 }
 
-async fn stack_with(
-    make: impl FnOnce(&str) -> PolicyConfig,
-    options: Options,
-) -> Stack {
+async fn stack_with(make: impl FnOnce(&str) -> PolicyConfig, options: Options) -> Stack {
     init();
     let pki = TestPki::new();
     let server = IntrospectionServer::start(&pki).await;
@@ -284,7 +287,12 @@ async fn stack_with(
 
 async fn stack() -> Stack {
     stack_with(
-        |url| policy(introspection(url, ClientAuthMethod::ClientSecretBasic), None),
+        |url| {
+            policy(
+                introspection(url, ClientAuthMethod::ClientSecretBasic),
+                None,
+            )
+        },
         Options {
             introspection: fast(),
             ..Options::default()
@@ -353,7 +361,12 @@ async fn active_inactive_expired_and_foreign_tokens() {
         let Outcome::Decided(Decision::Deny(d)) = &o else {
             panic!("{token}: {o:?}")
         };
-        assert_eq!((d.status, d.reason), (401, reason), "{token}: {}", d.diagnostics);
+        assert_eq!(
+            (d.status, d.reason),
+            (401, reason),
+            "{token}: {}",
+            d.diagnostics
+        );
         assert_eq!(d.www_authenticate.len(), 1, "{token}");
         assert!(
             d.www_authenticate[0].starts_with(r#"Bearer realm="fhir", error="invalid_token""#),
@@ -396,7 +409,12 @@ async fn smart_decisions_are_the_same_for_introspected_and_jwt_tokens() {
     let key = SigningKey::new("k1");
     let doc = jwks_doc(&[&key]);
     let s = stack_with(
-        |url| policy(introspection(url, ClientAuthMethod::ClientSecretBasic), Some(&doc)),
+        |url| {
+            policy(
+                introspection(url, ClientAuthMethod::ClientSecretBasic),
+                Some(&doc),
+            )
+        },
         Options {
             introspection: fast(),
             ..Options::default()
@@ -442,10 +460,8 @@ async fn smart_decisions_are_the_same_for_introspected_and_jwt_tokens() {
                 verdict(&by_introspection),
                 "{scope} {method} {path}: {by_jwt:?} vs {by_introspection:?}"
             );
-            if let (
-                Outcome::Decided(Decision::Allow(a)),
-                Outcome::Decided(Decision::Allow(b)),
-            ) = (&by_jwt, &by_introspection)
+            if let (Outcome::Decided(Decision::Allow(a)), Outcome::Decided(Decision::Allow(b))) =
+                (&by_jwt, &by_introspection)
             {
                 allowed += 1;
                 assert_eq!(
@@ -470,7 +486,12 @@ async fn routing_by_issuer_and_revocation_of_jwts() {
     };
     let path = "/fhir/r4/Observation?patient=p1";
     let s = stack_with(
-        |url| policy(introspection(url, ClientAuthMethod::ClientSecretBasic), Some(&doc)),
+        |url| {
+            policy(
+                introspection(url, ClientAuthMethod::ClientSecretBasic),
+                Some(&doc),
+            )
+        },
         Options {
             introspection: fast(),
             ..Options::default()
@@ -508,11 +529,15 @@ async fn routing_by_issuer_and_revocation_of_jwts() {
     // Unknown to the endpoint: inactive, so revoked.
     let o = check(&s.ex, "GET", path, &jwt).await;
     assert_eq!(verdict(&o), (401, Some(DenyReason::InactiveToken)));
-    let jwt2 = key.sign(&serde_json::json!({"iss": JWT_ISSUER, "aud": AUD, "sub": "user-1",
-        "scope": "patient/Observation.rs", "patient": "p1", "exp": now() + 3601}));
+    let jwt2 = key.sign(
+        &serde_json::json!({"iss": JWT_ISSUER, "aud": AUD, "sub": "user-1",
+        "scope": "patient/Observation.rs", "patient": "p1", "exp": now() + 3601}),
+    );
     // The endpoint's claims do not replace the signed ones: it may say less.
-    s.server
-        .answer(&jwt2, serde_json::json!({"active": true, "aud": AUD, "sub": "x"}));
+    s.server.answer(
+        &jwt2,
+        serde_json::json!({"active": true, "aud": AUD, "sub": "x"}),
+    );
     let o = check(&s.ex, "GET", path, &jwt2).await;
     let Outcome::Decided(Decision::Allow(a)) = &o else {
         panic!("{o:?}")
@@ -542,7 +567,11 @@ async fn one_call_for_100_concurrent_checks_then_the_cache() {
     for c in futures::future::join_all(checks).await {
         assert_eq!(c.unwrap(), 200);
     }
-    assert_eq!(s.server.calls(), 1, "single flight: one call for 100 checks");
+    assert_eq!(
+        s.server.calls(),
+        1,
+        "single flight: one call for 100 checks"
+    );
     for _ in 0..50 {
         assert_eq!(verdict(&check(&s.ex, "GET", path, "hot").await).0, 200);
     }
@@ -647,9 +676,11 @@ async fn an_outage_never_allows_and_does_not_become_a_call_storm() {
     );
     // The endpoint returns: within one backoff step tokens work again.
     s.server.set_mode(Mode::Answer);
-    common::eventually("introspection works again", Duration::from_secs(3), async || {
-        verdict(&check(&s.ex, "GET", path, "new").await).0 == 200
-    })
+    common::eventually(
+        "introspection works again",
+        Duration::from_secs(3),
+        async || verdict(&check(&s.ex, "GET", path, "new").await).0 == 200,
+    )
     .await;
 }
 
@@ -660,7 +691,12 @@ async fn the_cache_stays_within_its_budget() {
         ..Budget::from_mib(8)
     };
     let s = stack_with(
-        |url| policy(introspection(url, ClientAuthMethod::ClientSecretBasic), None),
+        |url| {
+            policy(
+                introspection(url, ClientAuthMethod::ClientSecretBasic),
+                None,
+            )
+        },
         Options {
             introspection: fast(),
             cache: budget,
@@ -677,15 +713,25 @@ async fn the_cache_stays_within_its_budget() {
     }
     let path = "/fhir/r4/Observation?patient=p1";
     for i in 0..400 {
-        assert_eq!(verdict(&check(&s.ex, "GET", path, &format!("t{i}")).await).0, 200);
+        assert_eq!(
+            verdict(&check(&s.ex, "GET", path, &format!("t{i}")).await).0,
+            200
+        );
     }
     let (entries, bytes) = s.ex.shared.caches.introspection.usage();
-    assert!(bytes <= budget.introspection, "{bytes} > {}", budget.introspection);
+    assert!(
+        bytes <= budget.introspection,
+        "{bytes} > {}",
+        budget.introspection
+    );
     assert!(entries > 10 && entries < 400, "{entries} entries");
     let m = s.metrics.encode();
     assert!(
-        metric(&m, r#"fhirguard_cache_evictions_total{cache="introspection"}"#)
-            .is_some_and(|v| v > 0.0),
+        metric(
+            &m,
+            r#"fhirguard_cache_evictions_total{cache="introspection"}"#
+        )
+        .is_some_and(|v| v > 0.0),
         "{m}"
     );
 }
@@ -708,7 +754,10 @@ async fn client_secret_basic_and_post_on_the_wire() {
         let token = "a+b/c=d&e";
         check(&s.ex, "GET", "/fhir/r4/Observation?patient=p1", token).await;
         let (head, body) = s.server.requests.lock().unwrap()[0].clone();
-        assert!(head.starts_with("POST /oauth2/introspect HTTP/1.1"), "{head}");
+        assert!(
+            head.starts_with("POST /oauth2/introspect HTTP/1.1"),
+            "{head}"
+        );
         let header = |name: &str| {
             head.lines().find_map(|l| {
                 let (k, v) = l.split_once(':')?;
@@ -726,10 +775,13 @@ async fn client_secret_basic_and_post_on_the_wire() {
         assert!(form.contains(&("token_type_hint".into(), "access_token".into())));
         match method {
             ClientAuthMethod::ClientSecretBasic => {
-                let expected = base64::engine::general_purpose::STANDARD
-                    .encode(format!("{CLIENT}:{SECRET}"));
+                let expected =
+                    base64::engine::general_purpose::STANDARD.encode(format!("{CLIENT}:{SECRET}"));
                 assert_eq!(header("authorization"), Some(format!("Basic {expected}")));
-                assert!(!body.contains(SECRET) && !body.contains("client_id"), "{body}");
+                assert!(
+                    !body.contains(SECRET) && !body.contains("client_id"),
+                    "{body}"
+                );
             }
             ClientAuthMethod::ClientSecretPost => {
                 assert_eq!(header("authorization"), None);
@@ -774,7 +826,10 @@ async fn secrets_and_tokens_never_reach_logs_or_diagnostics() {
     s.server
         .answer(token, active("patient/Observation.rs", Some("p1")));
     said.push(format!("{:?}", check(&s.ex, "GET", path, token).await));
-    said.push(format!("{:?}", check(&s.ex, "GET", path, "other-secret-token").await));
+    said.push(format!(
+        "{:?}",
+        check(&s.ex, "GET", path, "other-secret-token").await
+    ));
     for mode in [Mode::Unauthorized, Mode::Fail, Mode::Down] {
         s.server.set_mode(mode);
         tokio::time::sleep(Duration::from_millis(700)).await;
@@ -845,7 +900,10 @@ async fn opaque_tokens_through_real_envoy() {
     let up: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(up["headers"]["x-fhirguard-subject"], "user-1");
     assert_eq!(up["headers"]["x-fhirguard-patient"], "p1");
-    assert_eq!(up["headers"]["x-fhirguard-scopes"], "patient/Observation.rs");
+    assert_eq!(
+        up["headers"]["x-fhirguard-scopes"],
+        "patient/Observation.rs"
+    );
 
     // Another patient's data: 403 insufficient_scope, decided from the introspected claims.
     let (st, h, body) = get("/fhir/r4/Observation?patient=p2", "opaque-e2e").await;
@@ -873,10 +931,7 @@ async fn opaque_tokens_through_real_envoy() {
     server.set_mode(Mode::Down);
     let (st, _, _) = get("/fhir/r4/Observation?patient=p1", "opaque-e2e").await;
     assert_eq!(st, 200);
-    server.answer(
-        "opaque-new",
-        active("patient/Observation.rs", Some("p1")),
-    );
+    server.answer("opaque-new", active("patient/Observation.rs", Some("p1")));
     let (st, _, body) = get("/fhir/r4/Observation?patient=p1", "opaque-new").await;
     assert_eq!(st, 503, "{body}");
     drop(envoy);

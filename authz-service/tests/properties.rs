@@ -16,6 +16,10 @@
 //! A failing case is shrunk and written to `tests/properties.proptest-regressions`; commit that
 //! file with the fix so the case is replayed from then on.
 
+// A test crate of its own: clippy.toml's allow-*-in-tests covers #[test] functions only, and
+// here a failed unwrap in a helper is a failed test as well.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -2,6 +2,10 @@
 //! client credentials resolved from Secrets, TLS files, durations, and every problem located
 //! on its field.
 
+// A test crate of its own: clippy.toml's allow-*-in-tests covers #[test] functions only, and
+// here a failed unwrap in a helper is a failed test as well.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::BTreeMap;
 
 use fhirguard_authz::config::{ClientAuthMethod, TlsMode};
@@ -154,14 +158,20 @@ fn every_problem_is_reported_on_its_field() {
         ),
         (
             "no audience",
-            FULL.replace("audiences: [https://ehr.example.org/fhir/r4]", "audiences: []"),
+            FULL.replace(
+                "audiences: [https://ehr.example.org/fhir/r4]",
+                "audiences: []",
+            ),
             "spec.authentication.introspection.audiences",
             Reason::InvalidSpec,
             "",
         ),
         (
             "CustomBundle without its Secret",
-            FULL.replace("tls: {mode: CustomBundle, caBundleSecretRef: {name: as-ca}}", "tls: {mode: CustomBundle}"),
+            FULL.replace(
+                "tls: {mode: CustomBundle, caBundleSecretRef: {name: as-ca}}",
+                "tls: {mode: CustomBundle}",
+            ),
             "spec.authentication.introspection.tls.caBundleSecretRef",
             Reason::InvalidSpec,
             "required when mode is CustomBundle",
@@ -176,9 +186,9 @@ fn every_problem_is_reported_on_its_field() {
             "{name}: a rejected policy is not published"
         );
         assert!(
-            o.issues.iter().any(|i| i.field == *field
-                && i.reason == *reason
-                && i.message.contains(message)),
+            o.issues
+                .iter()
+                .any(|i| i.field == *field && i.reason == *reason && i.message.contains(message)),
             "{name}: expected {field} {reason:?} {message:?}, got {:#?}",
             o.issues
         );

@@ -14,8 +14,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 pub mod htpasswd;
+mod problem;
 mod validate;
 
+pub use problem::*;
 pub use validate::*;
 
 /// The file inside the config directory that holds [`CompiledConfig`] as JSON.

@@ -816,7 +816,10 @@ mod tests {
             (jwt_of("https://idp.example/"), "introspect false"),
             ("opaque-abc".to_string(), "introspect false"),
             ("a.b".to_string(), "introspect false"),
-            (format!("{}.extra", jwt_of("https://idp.example")), "introspect false"),
+            (
+                format!("{}.extra", jwt_of("https://idp.example")),
+                "introspect false",
+            ),
             (dup, "introspect false"),
         ] {
             assert_eq!(first_need(&c, &token), want, "{token}");
@@ -826,7 +829,10 @@ mod tests {
         // With introspection alone, every token is introspected.
         let mut only = with_introspection(false);
         only.policies[0].authentication.jwt = None;
-        assert_eq!(first_need(&only, &jwt_of("https://idp.example")), "introspect false");
+        assert_eq!(
+            first_need(&only, &jwt_of("https://idp.example")),
+            "introspect false"
+        );
     }
 
     #[test]

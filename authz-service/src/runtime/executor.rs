@@ -439,7 +439,11 @@ impl Executor {
         policy: usize,
         token: &str,
     ) -> Result<Arc<TokenIdentity>, TokenFailure> {
-        match rt.policies.get(policy).and_then(|p| p.introspection.as_ref()) {
+        match rt
+            .policies
+            .get(policy)
+            .and_then(|p| p.introspection.as_ref())
+        {
             Some(client) => client.introspect(token).await,
             None => Err(TokenFailure::Undecidable(
                 "no introspection client is loaded for the policy".into(),

@@ -194,7 +194,9 @@ impl IntrospectionClient {
         let left = h.backoff.remaining(Instant::now())?;
         Some(format!(
             "{} (no new introspection call for {} ms)",
-            h.last_error.as_deref().unwrap_or("the introspection endpoint is failing"),
+            h.last_error
+                .as_deref()
+                .unwrap_or("the introspection endpoint is failing"),
             left.as_millis()
         ))
     }
@@ -222,8 +224,7 @@ impl IntrospectionClient {
                     Err(crate::verify::introspection::Refusal::Inactive) => "inactive",
                     Err(_) => "refused",
                 };
-                self.observer
-                    .introspection_call(&self.label, kind, elapsed);
+                self.observer.introspection_call(&self.label, kind, elapsed);
                 health.backoff.succeeded();
                 health.last_error = None;
                 drop(health);
@@ -304,10 +305,7 @@ impl IntrospectionClient {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    return Err(fail(
-                        "unreachable",
-                        crate::runtime::oauth::error_chain(&e),
-                    ));
+                    return Err(fail("unreachable", crate::runtime::oauth::error_chain(&e)));
                 }
             }
         }

@@ -212,7 +212,7 @@ impl Runtime {
                     Err(e) => {
                         problems.push(Problem {
                             object: id.clone(),
-                            field: "authentication.basic.htpasswdSecretRef".into(),
+                            field: crate::config::PolicyField::Htpasswd.to_string(),
                             message: e.to_string(),
                         });
                         None
@@ -258,7 +258,10 @@ impl Runtime {
                     Err(e) => {
                         problems.push(Problem {
                             object: id.clone(),
-                            field: "authentication.introspection.tls".into(),
+                            field: crate::config::PolicyField::Introspection(
+                                crate::config::IntrospectionField::CaFile,
+                            )
+                            .to_string(),
                             message: e.to_string(),
                         });
                         None
@@ -288,7 +291,8 @@ impl Runtime {
                         Some(Err(e)) => {
                             problems.push(Problem {
                                 object: id.clone(),
-                                field: "authorization.smart.compartmentLookup.connectionRef".into(),
+                                field: crate::config::PolicyField::CompartmentLookupConnection
+                                    .to_string(),
                                 message: e.to_string(),
                             });
                             None

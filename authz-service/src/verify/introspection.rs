@@ -320,7 +320,10 @@ mod tests {
     fn refusals_and_unreadable_answers() {
         let aud = "https://ehr.example/fhir";
         let cases: &[(serde_json::Value, Option<Refusal>)] = &[
-            (serde_json::json!({"active": false}), Some(Refusal::Inactive)),
+            (
+                serde_json::json!({"active": false}),
+                Some(Refusal::Inactive),
+            ),
             (
                 serde_json::json!({"active": true, "sub": "u", "aud": aud, "exp": 999_000}),
                 Some(Refusal::Expired),
@@ -380,7 +383,11 @@ mod tests {
         let j = i.judge(body.to_string().as_bytes(), now).unwrap();
         assert_eq!(j.reuse_until, now + 300);
         let key = i.key("opaque-1");
-        assert_ne!(key, introspector(300).key("opaque-1"), "salted per introspector");
+        assert_ne!(
+            key,
+            introspector(300).key("opaque-1"),
+            "salted per introspector"
+        );
         assert!(i.cached(&key).is_none());
         i.remember(key, &j);
         assert!(i.cached(&key).is_some_and(|v| v.is_ok()));

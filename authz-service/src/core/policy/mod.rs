@@ -271,6 +271,22 @@ pub struct TokenIdentity {
     pub fhir_user: Option<String>,
 }
 
+impl TokenIdentity {
+    /// The first claim that fhirguard copies into an identity header and that holds a
+    /// control character (CR/LF would become a header line of its own on HTTP/1).
+    pub fn unprintable_claim(&self) -> Option<&'static str> {
+        let bad = |s: &str| s.chars().any(char::is_control);
+        [
+            ("sub", Some(self.subject.as_str())),
+            ("scope", Some(self.scope_text.as_str())),
+            ("patient", self.patient.as_deref()),
+            ("fhirUser", self.fhir_user.as_deref()),
+        ]
+        .into_iter()
+        .find_map(|(name, v)| v.is_some_and(bad).then_some(name))
+    }
+}
+
 /// Step 2's result: who the caller proved to be.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Identity {
