@@ -22,7 +22,9 @@ echo "== the layers build alone: config + core (what the operator links), then +
 cargo check -p fhirguard-authz --no-default-features --locked
 cargo check -p fhirguard-authz --no-default-features --features verify --locked
 # The core and CPU-only verification must not pull in an async runtime, gRPC, HTTP clients or
-# metrics: a host without tokio (the Envoy dynamic module) links exactly this.
+# metrics: a host that brings its own threads links exactly this. (The Envoy dynamic module,
+# envoy-module/, links the runtime layer on a tokio runtime of its own; its tests, run by the
+# workspace test below, load the .so the same cargo run builds into real Envoy.)
 forbidden='^(tokio|tonic|reqwest|prometheus-client|hyper|axum|notify|envoy-types) '
 if cargo tree -p fhirguard-authz --no-default-features --features verify -e normal --prefix none --locked \
     | grep -E "$forbidden"; then
