@@ -56,6 +56,7 @@ fn fixture() -> Fixture {
         public_paths: default_public_paths(),
         unauthenticated_access: false,
         authentication: AuthenticationConfig {
+            introspection: None,
             combine: Combine::AnyOf,
             basic: Some(BasicConfig {
                 htpasswd: format!("alice:{}\n", bcrypt::hash("pw", 10).unwrap()),

@@ -223,6 +223,7 @@ fn smart_policy(name: &str, base: &str, narrow: bool) -> PolicyConfig {
         public_paths: default_public_paths(),
         unauthenticated_access: false,
         authentication: AuthenticationConfig {
+            introspection: None,
             combine: Combine::AnyOf,
             basic: Some(BasicConfig {
                 htpasswd: format!("alice:{HASH}\nbob:{HASH}\n"),

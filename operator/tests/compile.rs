@@ -237,7 +237,7 @@ fn cases() -> Vec<Case> {
             object: "a/p",
             field: "spec.authentication.combine",
             reason: Reason::InvalidSpec,
-            message: "AllOf needs both basic and jwt",
+            message: "AllOf needs basic and a bearer-token check",
         },
         Case {
             name: "no authentication at all",
@@ -647,6 +647,7 @@ spec:
                         },
                     }],
                 }),
+                introspection: None,
             },
             authorization: AuthorizationConfig {
                 smart: SmartConfig {

@@ -124,7 +124,7 @@ async fn helm_install_and_every_example_reaches_ready() {
     );
 
     // Every example applies as a user would apply it.
-    for dir in ["quickstart", "smart", "allof", "egress"] {
+    for dir in ["quickstart", "smart", "introspection", "allof", "egress"] {
         stack.kubectl(&[
             "apply",
             "-f",
@@ -149,6 +149,7 @@ async fn helm_install_and_every_example_reaches_ready() {
     let expected = [
         "demo/ehr",
         "clinical/ehr-smart",
+        "clinical/ehr-opaque",
         "research/cohort-explorer",
         "clinical/ehr-internal",
         "clinical/partner",

@@ -102,6 +102,7 @@ pub enum PolicyField {
     /// `authentication.jwt.providers` as a whole.
     Providers,
     Provider(usize, ProviderField),
+    Introspection(IntrospectionField),
     CompartmentLookupConnection,
 }
 
@@ -120,6 +121,19 @@ pub enum ProviderField {
     JwksRefreshInterval,
     JwksDocument,
     JwksCaFile,
+}
+
+/// A field of [`super::IntrospectionConfig`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntrospectionField {
+    Endpoint,
+    ClientId,
+    ClientSecret,
+    Audiences,
+    MaxCacheSeconds,
+    ClockSkew,
+    IntrospectJwts,
+    CaFile,
 }
 
 /// A field of [`super::ClaimNames`].
@@ -165,6 +179,7 @@ impl std::fmt::Display for PolicyField {
             }
             PolicyField::Providers => f.write_str("authentication.jwt.providers"),
             PolicyField::Provider(i, p) => write!(f, "authentication.jwt.providers[{i}].{p}"),
+            PolicyField::Introspection(i) => write!(f, "authentication.introspection.{i}"),
             PolicyField::CompartmentLookupConnection => {
                 f.write_str("authorization.smart.compartmentLookup.connection")
             }
@@ -187,6 +202,21 @@ impl std::fmt::Display for ProviderField {
             ProviderField::JwksDocument => f.write_str("jwks.document"),
             ProviderField::JwksCaFile => f.write_str("jwks.tls.caFile"),
         }
+    }
+}
+
+impl std::fmt::Display for IntrospectionField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IntrospectionField::Endpoint => "endpoint",
+            IntrospectionField::ClientId => "clientId",
+            IntrospectionField::ClientSecret => "clientSecret",
+            IntrospectionField::Audiences => "audiences",
+            IntrospectionField::MaxCacheSeconds => "maxCacheSeconds",
+            IntrospectionField::ClockSkew => "clockSkewSeconds",
+            IntrospectionField::IntrospectJwts => "introspectJwts",
+            IntrospectionField::CaFile => "tls.caFile",
+        })
     }
 }
 
@@ -238,9 +268,11 @@ pub enum ProblemKind {
     Path(PathProblem),
     #[error("{host:?} is not a host name (leave hosts empty to match any host)")]
     NotAHostName { host: String },
-    #[error("neither basic nor jwt is configured, so no request could ever be authenticated")]
+    #[error(
+        "none of basic, jwt and introspection is configured, so no request could ever be authenticated"
+    )]
     NoCredentials,
-    #[error("AllOf needs both basic and jwt to be configured")]
+    #[error("AllOf needs basic and a bearer-token check (jwt or introspection) to be configured")]
     AllOfNeedsBoth,
     #[error("{0}")]
     Htpasswd(htpasswd::LineError),
@@ -270,6 +302,10 @@ pub enum ProblemKind {
     NoAlgorithms,
     #[error("must be at most 10m")]
     ClockSkewTooLarge,
+    #[error("must be at most 1h: a revoked token must stop working within the hour")]
+    CacheTooLong,
+    #[error("only meaningful when jwt providers are configured")]
+    OnlyWithJwtProviders,
     #[error("exactly one of uri and document must be set")]
     JwksSourceCount,
     #[error("must be at least 10s")]

@@ -11,6 +11,7 @@ fn policy(name: &str) -> PolicyConfig {
         public_paths: default_public_paths(),
         unauthenticated_access: false,
         authentication: AuthenticationConfig {
+            introspection: None,
             combine: Combine::AnyOf,
             basic: Some(BasicConfig {
                 htpasswd: format!("{BCRYPT}\n"),
@@ -124,6 +125,67 @@ fn all_of_needs_both_kinds() {
     let mut p = policy("ehr");
     p.authentication.combine = Combine::AllOf;
     assert_eq!(fields(&with_policy(p)), vec!["authentication.combine"]);
+}
+
+fn introspection() -> IntrospectionConfig {
+    IntrospectionConfig {
+        endpoint: "https://as.example.org/introspect".into(),
+        client_id: "fhirguard".into(),
+        client_secret: "s3cret".into(),
+        client_auth_method: ClientAuthMethod::ClientSecretBasic,
+        audiences: vec!["https://ehr.example.org/fhir/r4".into()],
+        max_cache_seconds: default_max_cache_seconds(),
+        introspect_jwts: false,
+        clock_skew_seconds: 60,
+        tls: TlsConfig::default(),
+    }
+}
+
+#[test]
+fn introspection_alone_authenticates_and_satisfies_all_of_with_basic() {
+    let mut p = policy("ehr");
+    p.authentication.introspection = Some(introspection());
+    p.authentication.combine = Combine::AllOf;
+    assert_eq!(fields(&with_policy(p.clone())), Vec::<String>::new());
+    p.authentication.basic = None;
+    p.authentication.combine = Combine::AnyOf;
+    assert_eq!(fields(&with_policy(p)), Vec::<String>::new());
+}
+
+#[test]
+fn introspection_rules_speak_the_format_s_own_field_names() {
+    let mut p = policy("ehr");
+    let mut i = introspection();
+    i.endpoint = "http://as.example.org/introspect".into();
+    i.client_id.clear();
+    i.client_secret.clear();
+    i.audiences = vec![String::new()];
+    i.max_cache_seconds = 3601;
+    i.clock_skew_seconds = 601;
+    i.introspect_jwts = true;
+    i.tls.mode = TlsMode::CustomBundle;
+    p.authentication.introspection = Some(i);
+    let problems = with_policy(p).validate();
+    let got: Vec<String> = problems
+        .iter()
+        .map(|p| format!("{}: {}", p.field, p.message))
+        .collect();
+    for want in [
+        "authentication.introspection.endpoint: \"http://as.example.org/introspect\" must use https",
+        "authentication.introspection.clientId: must not be empty",
+        "authentication.introspection.clientSecret: the secret is empty",
+        "authentication.introspection.audiences: must list at least one non-empty audience",
+        "authentication.introspection.maxCacheSeconds: must be at most 1h",
+        "authentication.introspection.clockSkewSeconds: must be at most 10m",
+        "authentication.introspection.introspectJwts: only meaningful when jwt providers are configured",
+        "authentication.introspection.tls.caFile: required when mode is CustomBundle",
+    ] {
+        assert!(
+            got.iter().any(|g| g.starts_with(want)),
+            "missing {want:?} in {got:#?}"
+        );
+    }
+    assert_eq!(got.len(), 8, "{got:#?}");
 }
 
 #[test]

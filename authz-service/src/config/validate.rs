@@ -222,11 +222,15 @@ fn validate_policy(v: &mut At<'_, PolicyField>, p: &PolicyConfig, connections: &
         }
     }
     let auth = &p.authentication;
-    if auth.basic.is_none() && auth.jwt.is_none() && !p.unauthenticated_access {
+    let bearer = auth.jwt.is_some() || auth.introspection.is_some();
+    if auth.basic.is_none() && !bearer && !p.unauthenticated_access {
         v.push(PolicyField::Authentication, ProblemKind::NoCredentials);
     }
-    if auth.combine == Combine::AllOf && (auth.basic.is_none() || auth.jwt.is_none()) {
+    if auth.combine == Combine::AllOf && (auth.basic.is_none() || !bearer) {
         v.push(PolicyField::Combine, ProblemKind::AllOfNeedsBoth);
+    }
+    if let Some(i) = &auth.introspection {
+        validate_introspection(v, i, auth.jwt.is_some());
     }
     if let Some(basic) = &auth.basic {
         validate_basic(v, basic);
@@ -348,6 +352,44 @@ fn validate_jwt(v: &mut At<'_, PolicyField>, jwt: &JwtConfig) {
                 }
             }
         }
+    }
+}
+
+fn validate_introspection(v: &mut At<'_, PolicyField>, i: &IntrospectionConfig, has_jwt: bool) {
+    let mut push =
+        |f: IntrospectionField, kind: ProblemKind| v.push(PolicyField::Introspection(f), kind);
+    if let Err(e) = check_https_url(&i.endpoint) {
+        push(IntrospectionField::Endpoint, ProblemKind::Url(e));
+    }
+    if i.client_id.is_empty() {
+        push(IntrospectionField::ClientId, ProblemKind::Empty);
+    }
+    if i.client_secret.is_empty() {
+        push(IntrospectionField::ClientSecret, ProblemKind::EmptySecret);
+    }
+    if i.audiences.is_empty() || i.audiences.iter().any(|a| a.is_empty()) {
+        push(IntrospectionField::Audiences, ProblemKind::NoAudiences);
+    }
+    if i.max_cache_seconds > 3600 {
+        push(
+            IntrospectionField::MaxCacheSeconds,
+            ProblemKind::CacheTooLong,
+        );
+    }
+    if i.clock_skew_seconds > 600 {
+        push(
+            IntrospectionField::ClockSkew,
+            ProblemKind::ClockSkewTooLarge,
+        );
+    }
+    if i.introspect_jwts && !has_jwt {
+        push(
+            IntrospectionField::IntrospectJwts,
+            ProblemKind::OnlyWithJwtProviders,
+        );
+    }
+    if let Some(kind) = check_tls(&i.tls) {
+        push(IntrospectionField::CaFile, kind);
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod backoff;
 pub mod executor;
+pub mod introspect;
 pub mod jwks;
 pub mod lookup;
 pub mod oauth;

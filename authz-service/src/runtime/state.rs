@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 use crate::config::{CONFIG_FILE, CompiledConfig, ConfigError, Problem};
 use crate::core::policy::OutboundAuth;
 use crate::observe::{DecisionObserver, Observer};
+use crate::runtime::introspect::{IntrospectionClient, IntrospectionOptions};
 use crate::runtime::jwks::{JwksOptions, JwksRegistry, JwksSource};
 use crate::runtime::oauth::{OAuthOptions, OAuthRegistry, TokenSource};
 use crate::verify::basic::BasicVerifier;
@@ -22,6 +23,7 @@ pub struct Shared {
     pub oauth: OAuthRegistry,
     pub caches: Caches,
     pub observer: Arc<dyn Observer>,
+    pub introspection: IntrospectionOptions,
 }
 
 impl Shared {
@@ -36,6 +38,7 @@ impl Shared {
             oauth: OAuthRegistry::new(oauth, observer.clone()),
             caches: Caches::new(budget, &observer),
             observer,
+            introspection: IntrospectionOptions::default(),
         }
     }
 }
@@ -53,6 +56,8 @@ pub struct PolicyRuntime {
     pub id: String,
     pub basic: Option<Arc<BasicVerifier>>,
     pub jwt: Option<TokenRuntime>,
+    /// Asks the policy's RFC 7662 endpoint about tokens no JWT provider claims.
+    pub introspection: Option<Arc<IntrospectionClient>>,
     /// Fetches stored resources for patient-compartment checks (`compartmentLookup`).
     pub lookup: Option<crate::runtime::lookup::LookupClient>,
     /// Counts this policy's decisions; made at load so that a decision looks nothing up.
@@ -168,6 +173,7 @@ impl Runtime {
             oauth,
             caches,
             observer,
+            introspection: introspection_options,
         } = shared;
         let mut problems = Vec::new();
         let mut connections = std::collections::HashMap::new();
@@ -238,6 +244,30 @@ impl Runtime {
                     })
                 }
             };
+            let introspection = match &p.authentication.introspection {
+                None => None,
+                Some(ic) => match IntrospectionClient::new(
+                    id.clone(),
+                    ic,
+                    dir,
+                    caches.introspection.clone(),
+                    *introspection_options,
+                    observer.clone(),
+                ) {
+                    Ok(c) => Some(Arc::new(c)),
+                    Err(e) => {
+                        problems.push(Problem {
+                            object: id.clone(),
+                            field: crate::config::PolicyField::Introspection(
+                                crate::config::IntrospectionField::CaFile,
+                            )
+                            .to_string(),
+                            message: e.to_string(),
+                        });
+                        None
+                    }
+                },
+            };
             let lookup = match &p.authorization.smart.compartment_lookup {
                 None => None,
                 Some(cl) => {
@@ -279,6 +309,7 @@ impl Runtime {
                 id,
                 basic,
                 jwt,
+                introspection,
                 lookup,
                 decisions,
             });

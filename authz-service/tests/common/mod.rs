@@ -161,6 +161,7 @@ pub fn standard_config(generation: u64, jwks_uri: &str, extra_users: &str) -> Co
         public_paths: default_public_paths(),
         unauthenticated_access: false,
         authentication: AuthenticationConfig {
+            introspection: None,
             combine: Combine::AnyOf,
             basic: Some(BasicConfig {
                 htpasswd,
@@ -430,6 +431,7 @@ pub fn smart_policy(name: &str, host: &str, jwks: &str, narrow: bool) -> PolicyC
         public_paths: default_public_paths(),
         unauthenticated_access: false,
         authentication: AuthenticationConfig {
+            introspection: None,
             combine: Combine::AnyOf,
             basic: None,
             jwt: Some(JwtConfig {

@@ -167,6 +167,11 @@ pub fn provider_ca_file(namespace: &str, name: &str, index: usize) -> String {
     format!("policy_{namespace}_{name}_provider{index}_ca.pem")
 }
 
+/// The CA file name for a policy's introspection endpoint.
+pub fn introspection_ca_file(namespace: &str, name: &str) -> String {
+    format!("policy_{namespace}_{name}_introspection_ca.pem")
+}
+
 /// Compiles everything. See the module docs for the isolation rules. An object with shape
 /// problems is never accepted; when its cleaned spec could be read it is still compiled, alone
 /// and without claiming hosts, so that its other problems are reported in the same run.
@@ -294,17 +299,31 @@ pub fn compile(
     if !leftover.is_empty() {
         for p in leftover {
             tracing::error!(problem = %p, "compiled config failed validation; dropping the object");
-            drop_object(&mut compiled, &p, connections);
+            drop_object(&mut compiled, &p, policies, connections);
         }
     }
     compiled
 }
 
 /// Removes the object a whole-config problem is about (a safety net; see `compile`).
-fn drop_object(c: &mut Compiled, p: &ConfigProblem, connections: &[Loaded<FhirConnection>]) {
+fn drop_object(
+    c: &mut Compiled,
+    p: &ConfigProblem,
+    policies: &[Loaded<FhirSecurityPolicy>],
+    connections: &[Loaded<FhirConnection>],
+) {
     let (kind, id, field) = match &p.at {
         ConfigPath::Policy { id, field, .. } => {
-            (Kind::FhirSecurityPolicy, id, problems::policy_field(*field))
+            let spec = policies
+                .iter()
+                .find(|l| l.namespace() == id.namespace && l.name() == id.name)
+                .and_then(|l| l.object.as_ref())
+                .map(|o| &o.spec);
+            (
+                Kind::FhirSecurityPolicy,
+                id,
+                problems::policy_field(*field, spec),
+            )
         }
         ConfigPath::Connection { id, field, .. } => {
             let spec = connections

@@ -5,15 +5,17 @@
 //! here until it is given a place in the resources.
 
 use fhirguard_authz::config::{
-    ClaimField, ConfigPath, ConfigProblem, ConnectionField, PolicyField, ProblemKind, ProviderField,
+    ClaimField, ConfigPath, ConfigProblem, ConnectionField, IntrospectionField, PolicyField,
+    ProblemKind, ProviderField,
 };
 
 use super::{Issue, Reason};
 use crate::crd::{FhirConnectionSpec, FhirSecurityPolicySpec};
 
 /// The CRD field (relative to `spec`, or under `metadata.`) that a policy config field comes
-/// from.
-pub fn policy_field(field: PolicyField) -> String {
+/// from. The introspection client id may come from either of two fields, so the spec says
+/// which.
+pub fn policy_field(field: PolicyField, spec: Option<&FhirSecurityPolicySpec>) -> String {
     match field {
         PolicyField::Namespace => "metadata.namespace".into(),
         PolicyField::Name => "metadata.name".into(),
@@ -33,6 +35,10 @@ pub fn policy_field(field: PolicyField) -> String {
         PolicyField::Provider(i, f) => {
             format!("authentication.jwt.providers[{i}].{}", provider_field(f))
         }
+        PolicyField::Introspection(f) => format!(
+            "authentication.introspection.{}",
+            introspection_field(f, spec)
+        ),
         PolicyField::CompartmentLookupConnection => {
             "authorization.smart.compartmentLookup.connectionRef".into()
         }
@@ -60,6 +66,31 @@ fn provider_field(field: ProviderField) -> String {
         ProviderField::JwksRefreshInterval => "jwks.refreshInterval".into(),
         ProviderField::JwksDocument => "jwks.secretRef".into(),
         ProviderField::JwksCaFile => "jwks.tls.caBundleSecretRef".into(),
+    }
+}
+
+fn introspection_field(
+    field: IntrospectionField,
+    spec: Option<&FhirSecurityPolicySpec>,
+) -> &'static str {
+    match field {
+        IntrospectionField::Endpoint => "endpoint",
+        IntrospectionField::ClientId => {
+            let from_secret = spec
+                .and_then(|s| s.authentication.introspection.as_ref())
+                .is_some_and(|i| i.client_id_secret_ref.is_some());
+            if from_secret {
+                "clientIdSecretRef"
+            } else {
+                "clientId"
+            }
+        }
+        IntrospectionField::ClientSecret => "clientSecretRef",
+        IntrospectionField::Audiences => "audiences",
+        IntrospectionField::MaxCacheSeconds => "maxCacheDuration",
+        IntrospectionField::ClockSkew => "clockSkew",
+        IntrospectionField::IntrospectJwts => "introspectJwts",
+        IntrospectionField::CaFile => "tls.caBundleSecretRef",
     }
 }
 
@@ -116,6 +147,8 @@ pub fn reason(kind: &ProblemKind) -> Reason {
         | ProblemKind::NoAudiences
         | ProblemKind::NoAlgorithms
         | ProblemKind::ClockSkewTooLarge
+        | ProblemKind::CacheTooLong
+        | ProblemKind::OnlyWithJwtProviders
         | ProblemKind::JwksSourceCount
         | ProblemKind::RefreshTooShort
         | ProblemKind::CaFileRequired
@@ -138,7 +171,7 @@ pub enum Spec<'a> {
 /// object of the config (or the document).
 pub fn issue(problem: &ConfigProblem, spec: Spec<'_>) -> Option<Issue> {
     let field = match (&problem.at, spec) {
-        (ConfigPath::Policy { field, .. }, Spec::Policy(_)) => policy_field(*field),
+        (ConfigPath::Policy { field, .. }, Spec::Policy(s)) => policy_field(*field, Some(s)),
         (ConfigPath::Connection { field, .. }, Spec::Connection(s)) => {
             connection_field(*field, Some(s))
         }
@@ -220,6 +253,46 @@ mod tests {
             r#"{"tokenUrl": "https://t", "clientId": "x", "clientSecretRef": {"name": "s", "key": "k"}}"#,
         );
         assert_eq!(issue(&jwks, Spec::Connection(&other)), None);
+    }
+
+    #[test]
+    fn introspection_fields_map_to_the_resource_fields_they_were_compiled_from() {
+        let spec = |client: &str| -> FhirSecurityPolicySpec {
+            serde_json::from_value(serde_json::json!({
+                "match": {"basePath": "/fhir"},
+                "authentication": {"introspection": serde_json::from_str::<serde_json::Value>(&format!(
+                    r#"{{"endpoint": "https://as/i", {client}, "clientSecretRef": {{"name": "s", "key": "k"}}, "audiences": ["a"]}}"#
+                )).unwrap()},
+            }))
+            .unwrap()
+        };
+        let literal = spec(r#""clientId": """#);
+        let from_secret = spec(r#""clientIdSecretRef": {"name": "s", "key": "id"}"#);
+        let f = |i| PolicyField::Introspection(i);
+        let at = |i, s| policy_field(f(i), Some(s));
+        assert_eq!(
+            at(IntrospectionField::ClientId, &literal),
+            "authentication.introspection.clientId"
+        );
+        assert_eq!(
+            at(IntrospectionField::ClientId, &from_secret),
+            "authentication.introspection.clientIdSecretRef"
+        );
+        for (field, crd) in [
+            (IntrospectionField::Endpoint, "endpoint"),
+            (IntrospectionField::ClientSecret, "clientSecretRef"),
+            (IntrospectionField::Audiences, "audiences"),
+            (IntrospectionField::MaxCacheSeconds, "maxCacheDuration"),
+            (IntrospectionField::ClockSkew, "clockSkew"),
+            (IntrospectionField::IntrospectJwts, "introspectJwts"),
+            (IntrospectionField::CaFile, "tls.caBundleSecretRef"),
+        ] {
+            assert_eq!(
+                at(field, &literal),
+                format!("authentication.introspection.{crd}")
+            );
+        }
+        assert_eq!(reason(&ProblemKind::CacheTooLong), Reason::InvalidSpec);
     }
 
     #[test]

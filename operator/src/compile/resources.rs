@@ -6,14 +6,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use fhirguard_authz::config::{
     self, AccessRule, AuthenticationConfig, AuthorizationConfig, BasicConfig, BasicCredentials,
-    CompartmentLookup, ConnectionAuth, ConnectionConfig, JwksConfig, JwtConfig, OAuthConfig,
-    PolicyConfig, ProviderConfig, SmartConfig,
+    CompartmentLookup, ConnectionAuth, ConnectionConfig, IntrospectionConfig, JwksConfig,
+    JwtConfig, OAuthConfig, PolicyConfig, ProviderConfig, SmartConfig,
 };
 use kube::ResourceExt;
 
 use super::Reason;
 use super::secrets::{Ctx, SecretRef, duration};
-use super::{connection_ca_file, provider_ca_file};
+use super::{connection_ca_file, introspection_ca_file, provider_ca_file};
 use crate::crd::{self, FhirConnection, FhirSecurityPolicy};
 
 pub(super) fn compile_connection(cx: &mut Ctx<'_>, c: &FhirConnection) -> Option<ConnectionConfig> {
@@ -148,6 +148,11 @@ pub(super) fn compile_policy(
         }
     });
 
+    let introspection = a
+        .introspection
+        .as_ref()
+        .and_then(|i| compile_introspection(cx, &ns, &name, i));
+
     let mut smart = SmartConfig::default();
     if let Some(authz) = &spec.authorization {
         smart.patient_search = authz.smart.patient_search.into();
@@ -176,11 +181,13 @@ pub(super) fn compile_policy(
         }
     }
 
-    if a.combine == crd::Combine::AllOf && (a.basic.is_none() || a.jwt.is_none()) {
+    if a.combine == crd::Combine::AllOf
+        && (a.basic.is_none() || (a.jwt.is_none() && a.introspection.is_none()))
+    {
         cx.issue(
             "authentication.combine",
             Reason::InvalidSpec,
-            "AllOf needs both basic and jwt to be configured",
+            "AllOf needs basic and a bearer-token check (jwt or introspection) to be configured",
         );
     }
     if !cx.issues.is_empty() {
@@ -200,6 +207,7 @@ pub(super) fn compile_policy(
             combine: a.combine.into(),
             basic,
             jwt,
+            introspection,
         },
         authorization: AuthorizationConfig { smart },
     })
@@ -252,4 +260,57 @@ fn compile_provider(
         },
         claims: (&pr.claims).into(),
     }
+}
+
+/// `authentication.introspection`, with the client credentials read from their Secrets; `None`
+/// when one of them could not be resolved (the issue is in `cx`).
+fn compile_introspection(
+    cx: &mut Ctx<'_>,
+    ns: &str,
+    name: &str,
+    i: &crd::Introspection,
+) -> Option<IntrospectionConfig> {
+    let f = |s: &str| format!("authentication.introspection.{s}");
+    let client_id = match (&i.client_id, &i.client_id_secret_ref) {
+        (Some(id), None) => Some(id.clone()),
+        (None, Some(r)) => cx.credential(
+            &f("clientIdSecretRef"),
+            SecretRef {
+                name: &r.name,
+                key: &r.key,
+                namespace: r.namespace.as_deref(),
+            },
+        ),
+        _ => {
+            cx.issue(
+                f("clientId"),
+                Reason::InvalidSpec,
+                "exactly one of clientId and clientIdSecretRef must be set",
+            );
+            None
+        }
+    };
+    let r = &i.client_secret_ref;
+    let client_secret = cx.credential(
+        &f("clientSecretRef"),
+        SecretRef {
+            name: &r.name,
+            key: &r.key,
+            namespace: r.namespace.as_deref(),
+        },
+    );
+    let max_cache_seconds = duration(cx, &f("maxCacheDuration"), &i.max_cache_duration);
+    let clock_skew_seconds = duration(cx, &f("clockSkew"), &i.clock_skew);
+    let tls = cx.tls(&f("tls"), i.tls.as_ref(), introspection_ca_file(ns, name));
+    Some(IntrospectionConfig {
+        endpoint: i.endpoint.clone(),
+        client_id: client_id?,
+        client_secret: client_secret?,
+        client_auth_method: i.client_auth_method.into(),
+        audiences: i.audiences.clone(),
+        max_cache_seconds,
+        introspect_jwts: i.introspect_jwts,
+        clock_skew_seconds,
+        tls,
+    })
 }

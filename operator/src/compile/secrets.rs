@@ -52,6 +52,15 @@ pub fn referenced_secrets(
                 &b.htpasswd_secret_ref.namespace,
             );
         }
+        if let Some(i) = &p.spec.authentication.introspection {
+            add(&i.client_secret_ref.name, &i.client_secret_ref.namespace);
+            if let Some(r) = &i.client_id_secret_ref {
+                add(&r.name, &r.namespace);
+            }
+            if let Some(r) = i.tls.as_ref().and_then(|t| t.ca_bundle_secret_ref.as_ref()) {
+                add(&r.name, &r.namespace);
+            }
+        }
         if let Some(j) = &p.spec.authentication.jwt {
             for pr in &j.providers {
                 if let Some(r) = &pr.jwks.secret_ref {

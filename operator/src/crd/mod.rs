@@ -18,11 +18,13 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub mod connection;
+pub mod introspection;
 pub mod object;
 pub mod policy;
 pub mod shape;
 
 pub use connection::*;
+pub use introspection::*;
 pub use policy::*;
 
 pub const GROUP: &str = "fhirguard.dev";

@@ -4,7 +4,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{HtpasswdSecretRef, JwksSecretRef, LocalObjectRef, ObjectStatus, Tls};
+use super::{HtpasswdSecretRef, Introspection, JwksSecretRef, LocalObjectRef, ObjectStatus, Tls};
 /// Who may do what to a FHIR server that fhirguard protects.
 ///
 /// Envoy's ext_authz filter asks fhirguard about every request; the policy for a request is
@@ -97,11 +97,11 @@ pub enum Combine {
     AllOf,
 }
 
-/// Credentials accepted by the policy. At least one of `basic` and `jwt` must be set (unless
-/// `unauthenticatedAccess` is true).
+/// Credentials accepted by the policy. At least one of `basic`, `jwt` and `introspection` must
+/// be set (unless `unauthenticatedAccess` is true).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.combine != 'AllOf' || (has(self.basic) && has(self.jwt))").message("combine: AllOf needs both basic and jwt"))]
+#[x_kube(validation = Rule::new("self.combine != 'AllOf' || (has(self.basic) && (has(self.jwt) || has(self.introspection)))").message("combine: AllOf needs basic and one of jwt and introspection"))]
 pub struct Authentication {
     /// `AnyOf` (default): one valid credential suffices. `AllOf`: Basic and a bearer token must
     /// both be valid.
@@ -115,6 +115,11 @@ pub struct Authentication {
     /// OAuth2 / OpenID Connect bearer tokens (JWT), verified against the providers' keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt: Option<JwtAuth>,
+
+    /// Bearer tokens checked at an RFC 7662 token introspection endpoint: opaque tokens, JWTs
+    /// of issuers no `jwt` provider names, and (with `introspectJwts`) verified JWTs too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub introspection: Option<Introspection>,
 }
 
 /// HTTP Basic Auth.

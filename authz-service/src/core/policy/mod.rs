@@ -33,6 +33,8 @@ pub enum DenyReason {
     InvalidBasic,
     InvalidToken,
     ExpiredToken,
+    /// The introspection endpoint says the token is not active (revoked, expired, unknown).
+    InactiveToken,
     UnknownSigningKey,
     SubjectMismatch,
     ReadOnlyUser,
@@ -45,7 +47,7 @@ pub enum DenyReason {
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 15] = [
+    pub const ALL: [DenyReason; 16] = [
         DenyReason::NoPolicy,
         DenyReason::MalformedRequest,
         DenyReason::MissingCredentials,
@@ -54,6 +56,7 @@ impl DenyReason {
         DenyReason::InvalidBasic,
         DenyReason::InvalidToken,
         DenyReason::ExpiredToken,
+        DenyReason::InactiveToken,
         DenyReason::UnknownSigningKey,
         DenyReason::SubjectMismatch,
         DenyReason::ReadOnlyUser,
@@ -73,6 +76,7 @@ impl DenyReason {
             DenyReason::InvalidBasic => "invalid_basic",
             DenyReason::InvalidToken => "invalid_token",
             DenyReason::ExpiredToken => "expired_token",
+            DenyReason::InactiveToken => "inactive_token",
             DenyReason::UnknownSigningKey => "unknown_signing_key",
             DenyReason::SubjectMismatch => "subject_mismatch",
             DenyReason::ReadOnlyUser => "read_only_user",
@@ -335,7 +339,7 @@ pub fn select_policy(
 
 fn challenges(p: &PolicyConfig) -> Vec<String> {
     let mut out = Vec::new();
-    if p.authentication.jwt.is_some() {
+    if p.authentication.jwt.is_some() || p.authentication.introspection.is_some() {
         out.push(r#"Bearer realm="fhir""#.to_string());
     }
     if p.authentication.basic.is_some() {

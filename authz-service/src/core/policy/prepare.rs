@@ -110,8 +110,13 @@ pub fn prepare(policies: &[PolicyConfig], req: &Request<'_>) -> Result<Pending, 
     let jwt = auth.jwt.as_ref();
     let query_allowed = auth.combine == Combine::AllOf
         || jwt.is_some_and(|j| j.token_sources.contains(&TokenSource::QueryParameter));
+    // `jwt.tokenSources` says where tokens come from; a policy with introspection alone
+    // takes them from the Authorization header.
     let header_allowed = auth.combine == Combine::AnyOf
-        && jwt.is_some_and(|j| j.token_sources.contains(&TokenSource::Header));
+        && match jwt {
+            Some(j) => j.token_sources.contains(&TokenSource::Header),
+            None => auth.introspection.is_some(),
+        };
 
     let bad_request = |msg: &str| {
         let mut d = unauthorized(

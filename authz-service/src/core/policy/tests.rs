@@ -40,6 +40,7 @@ fn policy(name: &str, hosts: &[&str], base: &str) -> PolicyConfig {
         public_paths: default_public_paths(),
         unauthenticated_access: false,
         authentication: AuthenticationConfig {
+            introspection: None,
             combine: Combine::AnyOf,
             basic: Some(BasicConfig {
                 htpasswd: format!("alice:{HASH}\nbob:{HASH}\n"),
