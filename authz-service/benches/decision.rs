@@ -2,6 +2,10 @@
 //! (signature verification), from cached Basic credentials, and the pure classification and
 //! scope evaluation underneath. Run with `cargo bench -p fhirguard-authz`.
 
+// A benchmark of its own: clippy.toml's allow-*-in-tests covers #[test] functions only, and
+// here a failed unwrap in a helper is a failed run as well.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,6 +58,7 @@ fn fixture() -> Fixture {
         public_paths: default_public_paths(),
         unauthenticated_access: false,
         authentication: AuthenticationConfig {
+            introspection: None,
             combine: Combine::AnyOf,
             basic: Some(BasicConfig {
                 htpasswd: format!("alice:{}\n", bcrypt::hash("pw", 10).unwrap()),

@@ -1,7 +1,3 @@
-#![cfg_attr(
-    not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
-)]
 //! fhirguard's data plane: the decision core and the hosts that run it.
 //!
 //! Layers, from pure to I/O (see ARCHITECTURE.md for who may import whom):

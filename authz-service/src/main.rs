@@ -188,7 +188,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let observer: Arc<dyn Observer> = metrics.clone();
     let service = Arc::new(Executor::new(observer, options));
     tracing::info!(
-        cache_budget_bytes = options.cache.tokens + options.cache.basic + options.cache.lookups,
+        cache_budget_bytes = options.cache.total(),
         "cache memory budget"
     );
     if let Err(e) = reload::reload_now(&service, &config_dir) {

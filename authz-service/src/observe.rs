@@ -19,16 +19,23 @@ pub enum CacheName {
     Token,
     Basic,
     Lookup,
+    Introspection,
 }
 
 impl CacheName {
-    pub const ALL: [CacheName; 3] = [CacheName::Token, CacheName::Basic, CacheName::Lookup];
+    pub const ALL: [CacheName; 4] = [
+        CacheName::Token,
+        CacheName::Basic,
+        CacheName::Lookup,
+        CacheName::Introspection,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             CacheName::Token => "token",
             CacheName::Basic => "basic",
             CacheName::Lookup => "lookup",
+            CacheName::Introspection => "introspection",
         }
     }
 
@@ -125,6 +132,17 @@ pub trait Observer: Send + Sync {
     /// An OAuth token request of an outbound connection, by result class.
     fn oauth_fetched(&self, connection: &str, result: &'static str) {
         let _ = (connection, result);
+    }
+    /// One call to a policy's introspection endpoint (`namespace/name`), by result class
+    /// (`active`, `inactive`, `refused`, `unreachable`, `timeout`, `tls`, `http_4xx`,
+    /// `http_5xx`, `invalid_response`), and how long it took.
+    fn introspection_call(&self, policy: &str, result: &'static str, elapsed: Duration) {
+        let _ = (policy, result, elapsed);
+    }
+    /// A token answered from the introspection cache, or (`shared`) by a call another check
+    /// of the same token was already making.
+    fn introspection_reused(&self, policy: &str, shared: bool) {
+        let _ = (policy, shared);
     }
     fn oauth_token_valid(&self, connection: &str, valid: bool) {
         let _ = (connection, valid);

@@ -8,6 +8,10 @@
 //! 2100). After a deliberate change of answers, `FHIRGUARD_BLESS=1 cargo test --test
 //! adapter_golden` rewrites the responses; review the diff like code.
 
+// A test crate of its own: clippy.toml's allow-*-in-tests covers #[test] functions only, and
+// here a failed unwrap in a helper is a failed test as well.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -236,4 +240,145 @@ async fn the_adapter_answers_as_the_golden_files_say() {
         names.len(),
         failures.join("\n")
     );
+}
+
+/// Attack probes (issue 14): requests whose answer a secure adapter must give. A test marked
+/// `#[ignore = "finding N"]` fails today; see the attack report for finding N.
+mod attack14 {
+    use super::*;
+
+    async fn executor() -> Arc<Executor> {
+        let executor = Arc::new(Executor::new(Arc::new(Ignore), Options::default()));
+        reload::reload_now(&executor, &dir()).expect("the golden config loads");
+        executor
+    }
+
+    /// The writer app's token (patient 123, `patient/Observation.cruds`), from its golden request.
+    fn writer_token() -> String {
+        let v: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir().join("token-create-in-own-chart.request.json")).unwrap(),
+        )
+        .unwrap();
+        str_of(&v["http"]["headers"], "authorization").to_string()
+    }
+
+    const OBS_123: &str = r#"{"resourceType":"Observation","status":"final","code":{"text":"heart rate"},"subject":{"reference":"Patient/123"}}"#;
+
+    /// A conditional create of an Observation in patient 123's chart with these extra headers,
+    /// either in `headers` (Envoy's default: duplicates joined with ',') or as `header_map`
+    /// entries (`encode_raw_headers: true`: one entry per header line).
+    fn create(extra: &[(&str, &str)], raw: bool) -> Value {
+        let mut list = vec![
+            ("authorization".to_string(), writer_token()),
+            ("content-type".into(), "application/fhir+json".into()),
+            ("content-length".into(), OBS_123.len().to_string()),
+        ];
+        list.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut http = json!({"method": "POST", "host": "ehr.golden", "path": "/fhir/r4/Observation", "body": OBS_123});
+        if raw {
+            http["headerMap"] = list
+                .iter()
+                .map(|(k, v)| json!({"key": k, "rawValue": v}))
+                .collect();
+        } else {
+            let mut m = serde_json::Map::new();
+            for (k, v) in list {
+                m.insert(k, Value::String(v));
+            }
+            http["headers"] = Value::Object(m);
+        }
+        json!({ "http": http })
+    }
+
+    async fn allowed(executor: &Executor, input: &Value) -> bool {
+        matches!(
+            envoy::check(executor, &check_request(input)).await,
+            Ok(r) if matches!(r.get_ref().http_response, Some(HttpResponse::OkResponse(_)))
+        )
+    }
+
+    /// Control: an If-None-Exist that does not name patient 123 is refused (a match is
+    /// returned to the client), and one that does is allowed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn control_if_none_exist_must_be_pinned() {
+        let e = executor().await;
+        let unpinned = [("if-none-exist", "identifier=http://x|abc")];
+        assert!(!allowed(&e, &create(&unpinned, false)).await);
+        assert!(!allowed(&e, &create(&unpinned, true)).await);
+        let pinned = [("if-none-exist", "patient=123&identifier=http://x|abc")];
+        assert!(allowed(&e, &create(&pinned, false)).await);
+    }
+
+    /// Finding 1: two If-None-Exist lines. The upstream (Tomcat/HAPI `getHeader`) reads the
+    /// first, unpinned one; fhirguard reads the lines joined with ',' and finds a pin in the
+    /// second, so HAPI returns another patient's matching Observation.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn duplicate_if_none_exist_lines_are_refused() {
+        let e = executor().await;
+        let mut allowed_variants = Vec::new();
+        for first in ["identifier=http://x|abc", "_id=o2"] {
+            // encode_raw_headers: true — one entry per line, joined by the adapter.
+            let two_lines = [("if-none-exist", first), ("if-none-exist", "&patient=123")];
+            if allowed(&e, &create(&two_lines, true)).await {
+                allowed_variants.push(format!("header_map: {first:?} + \"&patient=123\""));
+            }
+            // Envoy's default `headers` map joins the same two lines with ','.
+            let joined = format!("{first},&patient=123");
+            if allowed(&e, &create(&[("if-none-exist", joined.as_str())], false)).await {
+                allowed_variants.push(format!("headers: {joined:?}"));
+            }
+        }
+        assert!(
+            allowed_variants.is_empty(),
+            "allowed: {allowed_variants:#?}"
+        );
+    }
+
+    /// Finding 2: `If_None_Exist` (underscore) is not read, so the request is judged as a
+    /// plain create; a CGI/WSGI/Rack-style server reads it as If-None-Exist (HTTP_IF_NONE_EXIST)
+    /// and returns another patient's match. The same spelling rule already covers
+    /// x-fhirguard-* and X-Cascade.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn if_none_exist_in_another_spelling_is_refused() {
+        let e = executor().await;
+        for name in ["if_none_exist", "if-none_exist", "if_none-exist"] {
+            let h = [(name, "identifier=http://x|abc")];
+            assert!(!allowed(&e, &create(&h, false)).await, "{name} was allowed");
+        }
+    }
+
+    /// Finding 5: a GET carrying a form body. fhirguard judges the URL only; stacks that read
+    /// form bodies on any method (Rack/Rails `params`, PHP `$_REQUEST`, Express `body-parser`
+    /// merged into the query) see `_revinclude=*` and another patient's pin. Nothing in FHIR
+    /// sends a body on GET, HEAD or DELETE, so a secure answer refuses it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_body_on_get_is_refused() {
+        let e = executor().await;
+        let v: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir().join("token-own-patient-search.request.json")).unwrap(),
+        )
+        .unwrap();
+        let token = str_of(&v["http"]["headers"], "authorization").to_string();
+        let body = "patient=456&_revinclude=*";
+        let input = json!({"http": {"method": "GET", "host": "ehr.golden",
+            "path": "/fhir/r4/Observation?patient=123",
+            "headers": {"authorization": token,
+                        "content-type": "application/x-www-form-urlencoded",
+                        "content-length": body.len().to_string()},
+            "body": body}});
+        assert!(
+            !allowed(&e, &input).await,
+            "GET with a form body was allowed"
+        );
+        // Without the body reaching fhirguard (a route that buffers no body) the length shows it.
+        let input = json!({"http": {"method": "GET", "host": "ehr.golden",
+            "path": "/fhir/r4/Observation?patient=123",
+            "headers": {"authorization": str_of(&v["http"]["headers"], "authorization"),
+                        "content-type": "application/x-www-form-urlencoded",
+                        "content-length": body.len().to_string()}}});
+        assert!(
+            !allowed(&e, &input).await,
+            "GET with an unseen body was allowed"
+        );
+    }
 }

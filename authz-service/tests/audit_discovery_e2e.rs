@@ -2,6 +2,7 @@
 //! fhirguard-authz → a FHIR stub, with the AuditEvent Bundles POSTed through a FhirConnection
 //! to a second FHIR stub, and OpenID discovery fetched from a local HTTPS issuer (refreshed
 //! every 10 s, the shortest interval allowed, so this test takes about half a minute).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -8,6 +8,7 @@
 //!
 //! After a deliberate change, `FHIRGUARD_BLESS=1 cargo test --test audit_golden` rewrites the
 //! files; review the diff like code.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

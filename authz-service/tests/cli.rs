@@ -1,6 +1,15 @@
 //! The binary's `validate` command, as a user runs it.
 
+// A test crate of its own: clippy.toml's allow-*-in-tests covers #[test] functions only, and
+// here a failed unwrap in a helper is a failed test as well.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::process::Command;
+use std::time::Duration;
+
+use test_support::http::http_get;
+use test_support::ports::free_port;
+use test_support::process::{Proc, tail};
 
 fn validate(dir: &std::path::Path) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_fhirguard-authz"))
@@ -74,8 +83,8 @@ fn problems_are_listed_with_object_and_field_and_exit_non_zero() {
     let (ok, _, stderr) = validate(dir.path());
     assert!(!ok);
     for want in [
-        "a/p: match.basePath: must not contain '.' or '..' segments",
-        "a/p: authentication.basic.htpasswdSecretRef: htpasswd line 1 (user \"eve\"): unsalted {SHA}",
+        "a/p: basePath: must not contain '.' or '..' segments",
+        "a/p: authentication.basic.htpasswd: htpasswd line 1 (user \"eve\"): unsalted {SHA}",
         "config: files[missing.pem]: the CA bundle named by the config cannot be read",
     ] {
         assert!(stderr.contains(want), "missing {want:?} in:\n{stderr}");
@@ -96,56 +105,37 @@ fn problems_are_listed_with_object_and_field_and_exit_non_zero() {
 fn serve_becomes_ready_and_stops_cleanly_on_sigterm() {
     let config = quickstart_config();
     let dir = config.path();
-    let port = |_: ()| {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
-    let (grpc, http) = (port(()), port(()));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fhirguard-authz"))
-        .args(["serve", "--config-dir"])
-        .arg(dir)
-        .args([
-            "--grpc-addr",
-            &format!("127.0.0.1:{grpc}"),
-            "--http-addr",
-            &format!("127.0.0.1:{http}"),
-        ])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let logs = tempfile::tempdir().unwrap();
+    let (grpc, http) = (free_port(), free_port());
+    let mut serve = Proc::spawn(
+        "fhirguard-authz",
+        Command::new(env!("CARGO_BIN_EXE_fhirguard-authz"))
+            .args(["serve", "--config-dir"])
+            .arg(dir)
+            .args([
+                "--grpc-addr",
+                &format!("127.0.0.1:{grpc}"),
+                "--http-addr",
+                &format!("127.0.0.1:{http}"),
+            ]),
+        logs.path(),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        use std::io::{Read, Write};
-        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", http)) {
-            let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
-            let mut out = String::new();
-            let _ = s.read_to_string(&mut out);
-            if out.starts_with("HTTP/1.1 200") {
-                assert!(out.contains("config generation 1"), "{out}");
-                break;
-            }
-        }
-        assert!(std::time::Instant::now() < deadline, "never became ready");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "exit status {status}");
+        if let Some((200, body)) = http_get(http, "/readyz") {
+            assert!(body.contains("config generation 1"), "{body}");
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "did not stop after SIGTERM"
+            "never became ready:\n{}",
+            tail(&serve.log_text(), 20)
         );
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(100));
     }
+    assert!(serve.signal("TERM"));
+    let status = serve
+        .wait_timeout(Duration::from_secs(15))
+        .expect("did not stop after SIGTERM");
+    assert!(status.success(), "exit status {status}");
 }

@@ -2,13 +2,17 @@
 //! fail closed, request bodies) → fhirguard-authz → a local upstream. Everything on 127.0.0.1.
 //!
 //! Envoy is found through `ENVOY_BIN`, else `<workspace>/.venv/bin/envoy`. When it is missing
-//! the tests say so and pass, unless `FHIRGUARD_REQUIRE_ENVOY=1` (CI sets it), which turns a
-//! missing Envoy into a failure.
+//! the tests fail, unless `FHIRGUARD_SKIP_ENVOY=1` or `FHIRGUARD_SKIP_MISSING=1` is set, which
+//! skips them with a `SKIPPED:` line on stderr (`test_support::bins`).
+
+// A test crate of its own: clippy.toml's allow-*-in-tests covers #[test] functions only, and
+// here a failed unwrap in a helper is a failed test as well.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -47,7 +51,7 @@ impl Stack {
     }
 }
 
-async fn stack(bin: &PathBuf) -> Stack {
+async fn stack(bin: &Path) -> Stack {
     let idp = IdpStack::start(Duration::from_secs(1)).await;
     let upstream = start_echo_upstream().await;
     let envoy = start_envoy(bin, idp.svc.grpc, upstream).await;

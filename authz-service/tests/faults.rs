@@ -18,6 +18,10 @@
 //! kept, one refusal per bad write, only in-flight requests lost to a killed replica).
 //! The measured numbers are printed at the end (`cargo test --test faults -- --nocapture`).
 
+// A test crate of its own: clippy.toml's allow-*-in-tests covers #[test] functions only, and
+// here a failed unwrap in a helper is a failed test as well.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -1,4 +1,10 @@
-//! Check called in-process through tonic, against a real HTTPS JWKS endpoint on 127.0.0.1.
+//! Check against a real HTTPS JWKS endpoint on 127.0.0.1. The Checks call the service's
+//! Envoy adapter directly (`server::envoy::check`, what the gRPC method runs), without a
+//! socket; one test proves the gRPC transport itself: Check over TCP and grpc.health.v1.
+
+// A test crate of its own: clippy.toml's allow-*-in-tests covers #[test] functions only, and
+// here a failed unwrap in a helper is a failed test as well.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
@@ -13,6 +19,10 @@ use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use fhirguard_authz::runtime::executor::Executor;
+use fhirguard_authz::server::{envoy, health};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 struct Call<'a> {
     method: &'a str,
@@ -42,16 +52,13 @@ impl<'a> Call<'a> {
     }
 }
 
-async fn check(grpc: std::net::SocketAddr, call: Call<'_>) -> Result<CheckResponse, tonic::Status> {
-    let mut client = AuthorizationClient::connect(format!("http://{grpc}"))
-        .await
-        .unwrap();
+fn request(call: Call<'_>) -> CheckRequest {
     let headers: HashMap<String, String> = call
         .headers
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-    let req = CheckRequest {
+    CheckRequest {
         attributes: Some(AttributeContext {
             request: Some(AttrRequest {
                 http: Some(HttpRequest {
@@ -65,8 +72,25 @@ async fn check(grpc: std::net::SocketAddr, call: Call<'_>) -> Result<CheckRespon
             }),
             ..Default::default()
         }),
-    };
-    client.check(req).await.map(|r| r.into_inner())
+    }
+}
+
+/// Check as the gRPC method runs it, without the transport.
+async fn check(service: &Executor, call: Call<'_>) -> Result<CheckResponse, tonic::Status> {
+    envoy::check(service, &request(call))
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Check through a tonic client over TCP.
+async fn check_over_tcp(
+    grpc: std::net::SocketAddr,
+    call: Call<'_>,
+) -> Result<CheckResponse, tonic::Status> {
+    let mut client = AuthorizationClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    client.check(request(call)).await.map(|r| r.into_inner())
 }
 
 /// (status, headers, body) of a decided Check; 200 for allow.
@@ -107,7 +131,9 @@ async fn no_config_means_unavailable_never_allow() {
     init();
     let dir = ConfigDir::new();
     let svc = start_service(dir.path(), Duration::from_secs(60)).await;
-    let err = check(svc.grpc, get("/fhir/r4/metadata")).await.unwrap_err();
+    let err = check(&svc.service, get("/fhir/r4/metadata"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable);
     let ready = reqwest::get(format!("http://{}/readyz", svc.http))
         .await
@@ -119,10 +145,74 @@ async fn no_config_means_unavailable_never_allow() {
     assert_eq!(health.status(), 200);
 }
 
+async fn health(grpc: std::net::SocketAddr, service: &str) -> ServingStatus {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let answer = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .unwrap();
+    answer.into_inner().status()
+}
+
+/// The gRPC transport itself, which the direct calls above skip: Envoy's Check over TCP gets
+/// the adapter's answers (a decided deny, an allow with its headers, UNAVAILABLE as a gRPC
+/// status), and grpc.health.v1 on the same port follows readiness.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_and_health_over_the_grpc_transport() {
+    init();
+    let empty = ConfigDir::new();
+    let svc = start_service(empty.path(), Duration::from_secs(60)).await;
+    let err = check_over_tcp(svc.grpc, get("/fhir/r4/metadata"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    for name in ["", health::AUTHORIZATION_SERVICE] {
+        eventually(
+            &format!("health {name:?} NOT_SERVING without a config"),
+            Duration::from_secs(5),
+            async || health(svc.grpc, name).await == ServingStatus::NotServing,
+        )
+        .await;
+    }
+
+    let s = stack().await;
+    let r = check_over_tcp(s.svc.grpc, get("/fhir/r4/Patient/1"))
+        .await
+        .unwrap();
+    let (status, headers, body) = view(&r);
+    assert_eq!(status, 401);
+    assert_eq!(hdr(&headers, "content-type"), Some("application/fhir+json"));
+    let oo: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(oo["issue"][0]["code"], "login");
+    let r = check_over_tcp(
+        s.svc.grpc,
+        get("/fhir/r4/Patient/1").auth(basic("alice", "alice-pw")),
+    )
+    .await
+    .unwrap();
+    let (status, headers, _) = view(&r);
+    assert_eq!(status, 200);
+    assert_eq!(hdr(&headers, "x-fhirguard-subject"), Some("alice"));
+    for name in ["", health::AUTHORIZATION_SERVICE] {
+        eventually(
+            &format!("health {name:?} SERVING with a config"),
+            Duration::from_secs(5),
+            async || health(s.svc.grpc, name).await == ServingStatus::Serving,
+        )
+        .await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basic_auth_answers() {
     let s = stack().await;
-    let g = s.svc.grpc;
+    let g = &s.svc.service;
 
     let r = check(g, get("/fhir/r4/Patient/1")).await.unwrap();
     let (status, headers, body) = view(&r);
@@ -224,18 +314,18 @@ async fn basic_auth_answers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_wrong_passwords_is_refused_and_real_users_still_get_in() {
     let s = stack().await;
-    let g = s.svc.grpc;
     // Password checks are bounded to a few at a time; the rest queue. Every attempt must still
     // get its own correct answer: queueing never turns into an allow or an UNAVAILABLE.
     let mut calls = tokio::task::JoinSet::new();
     for i in 0..48 {
+        let g = s.svc.service.clone();
         calls.spawn(async move {
             let (user, pw, want) = match i % 8 {
                 0 => ("alice", "alice-pw".to_string(), 200),
                 4 => ("bob", "bob-pw".to_string(), 200),
                 _ => ("alice", format!("guess-{i}"), 401),
             };
-            let r = check(g, get("/fhir/r4/Patient/1").auth(basic(user, &pw))).await;
+            let r = check(&g, get("/fhir/r4/Patient/1").auth(basic(user, &pw))).await;
             (i, r.map(|r| view(&r).0), want)
         });
     }
@@ -261,7 +351,7 @@ async fn a_flood_of_wrong_passwords_is_refused_and_real_users_still_get_in() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_are_verified_strictly() {
     let s = stack().await;
-    let g = s.svc.grpc;
+    let g = &s.svc.service;
     let good = s
         .key
         .sign(&claims("dr-who", "user/Patient.rs launch openid"));
@@ -373,7 +463,7 @@ async fn tokens_are_verified_strictly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_kid_refetches_and_last_good_keys_survive_an_outage() {
     let s = stack().await;
-    let g = s.svc.grpc;
+    let g = &s.svc.service;
     let t = s.key.sign(&claims("a", "user/*.rs"));
     assert_eq!(
         view(
@@ -401,21 +491,23 @@ async fn unknown_kid_refetches_and_last_good_keys_survive_an_outage() {
     );
     assert_eq!(s.jwks.hits.load(Ordering::SeqCst), before + 1);
 
-    // Random kids cannot make us hammer the IdP: at most one refetch per interval.
+    // Random kids cannot make us hammer the IdP: at most one refetch per interval (500 ms in
+    // these tests), counted against the time the 20 checks really took on a busy machine.
+    let strangers: Vec<String> = (0..20)
+        .map(|i| SigningKey::new(&format!("r{i}")).sign(&claims("c", "user/*.rs")))
+        .collect();
     let hits = s.jwks.hits.load(Ordering::SeqCst);
-    for i in 0..20 {
-        let t = SigningKey::new(&format!("r{i}")).sign(&claims("c", "user/*.rs"));
-        let (status, _, body) = view(
-            &check(g, get("/fhir/r4/Patient/1").bearer(&t))
-                .await
-                .unwrap(),
-        );
+    let started = std::time::Instant::now();
+    for t in &strangers {
+        let (status, _, body) = view(&check(g, get("/fhir/r4/Patient/1").bearer(t)).await.unwrap());
         assert_eq!(status, 401);
         assert!(body.contains("does not publish"), "{body}");
     }
+    let intervals = (started.elapsed().as_millis() / 500) as usize;
+    let refetches = s.jwks.hits.load(Ordering::SeqCst) - hits;
     assert!(
-        s.jwks.hits.load(Ordering::SeqCst) <= hits + 1,
-        "refetches were not rate-limited"
+        refetches <= 1 + intervals,
+        "{refetches} refetches for 20 unknown key ids in {intervals} refetch intervals: not rate-limited"
     );
 
     // The JWKS endpoint goes down: fresh tokens signed with known keys still work.
@@ -459,7 +551,7 @@ async fn unknown_kid_refetches_and_last_good_keys_survive_an_outage() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_withdrawn_key_stops_a_cached_token_at_the_next_key_refresh() {
     let s = stack().await;
-    let g = s.svc.grpc;
+    let g = &s.svc.service;
     let status = async |token: &str| {
         view(
             &check(g, get("/fhir/r4/Patient/1").bearer(token))
@@ -498,13 +590,13 @@ async fn keys_never_obtained_means_unavailable() {
     dir.publish_config(&standard_config(1, &jwks.uri(), ""), Some(&pki.ca_pem));
     let svc = start_service(dir.path(), Duration::from_secs(60)).await;
     let t = key.sign(&claims("a", "user/*.rs"));
-    let err = check(svc.grpc, get("/fhir/r4/Patient/1").bearer(&t))
+    let err = check(&svc.service, get("/fhir/r4/Patient/1").bearer(&t))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable);
     // Basic still decides: the outage only affects tokens.
     let r = check(
-        svc.grpc,
+        &svc.service,
         get("/fhir/r4/Patient/1").auth(basic("alice", "alice-pw")),
     )
     .await
@@ -524,7 +616,7 @@ async fn a_jwks_server_outside_the_custom_bundle_is_not_trusted() {
     dir.publish_config(&standard_config(1, &jwks.uri(), ""), Some(&other_ca.ca_pem));
     let svc = start_service(dir.path(), Duration::from_secs(60)).await;
     let t = key.sign(&claims("a", "user/*.rs"));
-    let err = check(svc.grpc, get("/fhir/r4/Patient/1").bearer(&t))
+    let err = check(&svc.service, get("/fhir/r4/Patient/1").bearer(&t))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable);
@@ -538,7 +630,7 @@ async fn a_jwks_server_outside_the_custom_bundle_is_not_trusted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_swaps_valid_configs_and_keeps_the_last_good_one() {
     let s = stack().await;
-    let g = s.svc.grpc;
+    let g = &s.svc.service;
     let carol = || get("/fhir/r4/Patient/1").auth(basic("carol", "carol-pw"));
     assert_eq!(view(&check(g, carol()).await.unwrap()).0, 401);
 

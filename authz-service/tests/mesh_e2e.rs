@@ -19,10 +19,14 @@
 //! spelling of a Service's host (`svc`, `svc.ns`, `svc.ns.svc`, the FQDN, each with and without
 //! port) reaches the right policy when the policy lists it, and nothing else does.
 
+// A test crate of its own: clippy.toml's allow-*-in-tests covers #[test] functions only, and
+// here a failed unwrap in a helper is a failed test as well.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Duration;
 
 use common::real_envoy::{Envoy, envoy_bin, free_port, run_envoy};
@@ -67,6 +71,7 @@ fn policy(
         public_paths: default_public_paths(),
         unauthenticated_access: false,
         authentication: AuthenticationConfig {
+            introspection: None,
             combine: Combine::AnyOf,
             basic: Some(BasicConfig {
                 htpasswd: htpasswd.join("\n"),
@@ -228,7 +233,7 @@ const ISTIO_RECIPE: Istio = Istio {
 };
 
 /// The server workload's inbound sidecar, as istiod generates it for a CUSTOM policy.
-async fn istio_sidecar(bin: &PathBuf, mesh: &Mesh, grpc: SocketAddr, o: &Istio) -> Envoy {
+async fn istio_sidecar(bin: &Path, mesh: &Mesh, grpc: SocketAddr, o: &Istio) -> Envoy {
     let (port, admin) = (free_port(), free_port());
     let authz_cluster = "outbound|9001||fhirguard-authz.fhirguard-system.svc.cluster.local";
     let permission = match o.rule_path_prefix {
@@ -312,7 +317,7 @@ static_resources:
 /// `gateway/research` chosen by host and basePath, and `gateway/named` whose route names the
 /// policy with `contextExtensions`.
 async fn envoy_gateway(
-    bin: &PathBuf,
+    bin: &Path,
     mesh: &Mesh,
     grpc: SocketAddr,
     max_body: u32,

@@ -1,6 +1,10 @@
 //! OAuth2 client credentials for outbound connections, against a local HTTPS token server
 //! signed by a test CA, counting its requests.
 
+// A test crate of its own: clippy.toml's allow-*-in-tests covers #[test] functions only, and
+// here a failed unwrap in a helper is a failed test as well.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::net::SocketAddr;

@@ -16,6 +16,10 @@
 //! A failing case is shrunk and written to `tests/properties.proptest-regressions`; commit that
 //! file with the fix so the case is replayed from then on.
 
+// A test crate of its own: clippy.toml's allow-*-in-tests covers #[test] functions only, and
+// here a failed unwrap in a helper is a failed test as well.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::collections::BTreeMap;
@@ -221,6 +225,7 @@ fn smart_policy(name: &str, base: &str, narrow: bool) -> PolicyConfig {
         public_paths: default_public_paths(),
         unauthenticated_access: false,
         authentication: AuthenticationConfig {
+            introspection: None,
             combine: Combine::AnyOf,
             basic: Some(BasicConfig {
                 htpasswd: format!("alice:{HASH}\nbob:{HASH}\n"),

@@ -1,6 +1,10 @@
 //! SMART enforcement end to end: client → real Envoy → fhirguard-authz → a local FHIR stub,
 //! with compartment lookups made through a FhirConnection (Basic auth) to the same stub.
 
+// A test crate of its own: clippy.toml's allow-*-in-tests covers #[test] functions only, and
+// here a failed unwrap in a helper is a failed test as well.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::time::Duration;
@@ -79,7 +83,7 @@ impl Stack {
     }
 }
 
-async fn stack(bin: &std::path::PathBuf) -> Stack {
+async fn stack(bin: &std::path::Path) -> Stack {
     init();
     let key = SigningKey::new("k1");
     let jwks = jwks_doc(&[&key]);

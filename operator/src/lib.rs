@@ -1,19 +1,25 @@
 //! fhirguard-operator: turns `FhirSecurityPolicy` and `FhirConnection` resources and the Secrets
 //! they name into the compiled configuration that `fhirguard-authz` serves.
 //!
-//! Layering: [`crd`] holds the resource types; [`object`] reads resources (with [`shape`]
-//! naming every malformed field) for [`compile`], which is pure (objects in, config and
-//! verdicts out); [`output`] and [`status`] turn a compile into the files, Secret, conditions
-//! and Events to publish (also pure); [`render`] is the offline front end; only [`reconcile`]
-//! talks to the Kubernetes API.
+//! The layers, and who may import whom (a module imports only those above it):
+//!
+//! ```text
+//! crd        resource types; reading a resource (shape check)      imports: nothing here
+//! compile    pure: resources + Secrets → CompiledConfig + verdicts  imports: crd, config format
+//! publish    pure: a compile → config files, the Secret, ConfigMaps imports: compile
+//! status     pure: a verdict + publish outcome → conditions, Events imports: compile, crd
+//! render     offline front end: YAML files → compile               imports: crd, compile
+//! metrics    the operator's metrics and its HTTP port               imports: nothing here
+//! reconcile  the controller: the ONLY module with a kube Client     imports: all of the above
+//! ```
+//!
+//! Everything above `reconcile` is pure and tested without an API server; `render` and the
+//! controller run the same compile and publish code, so they produce the same bytes.
 
 pub mod compile;
 pub mod crd;
-pub mod crd_extras;
 pub mod metrics;
-pub mod object;
-pub mod output;
+pub mod publish;
 pub mod reconcile;
 pub mod render;
-pub mod shape;
 pub mod status;

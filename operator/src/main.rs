@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fhirguard_operator::reconcile::{self, Settings, lease::LeaseSettings};
-use fhirguard_operator::{crd, metrics, output, render, status};
+use fhirguard_operator::{crd, metrics, publish, render, status};
 
 #[derive(Parser)]
 #[command(
@@ -74,7 +74,7 @@ struct RunArgs {
     #[arg(
         long,
         env = "FHIRGUARD_TRUST_CONFIGMAP",
-        default_value = output::DEFAULT_TRUST_CONFIGMAP
+        default_value = publish::DEFAULT_TRUST_CONFIGMAP
     )]
     trust_configmap: String,
     /// Name of the leader-election Lease.
@@ -152,14 +152,14 @@ fn render_cmd(
         );
         return ExitCode::FAILURE;
     }
-    let files = output::files(&compiled, generation);
-    if let Err(e) = output::write_dir(out, &files) {
+    let files = publish::files(&compiled, generation);
+    if let Err(e) = publish::write_dir(out, &files) {
         eprintln!("error: cannot write {}: {e}", out.display());
         return ExitCode::FAILURE;
     }
     if let Some(dir) = trust_dir {
-        let trust = output::trust_files(&compiled);
-        if let Err(e) = output::write_trust_dir(dir, &trust) {
+        let trust = publish::trust_files(&compiled);
+        if let Err(e) = publish::write_trust_dir(dir, &trust) {
             eprintln!("error: cannot write {}: {e}", dir.display());
             return ExitCode::FAILURE;
         }

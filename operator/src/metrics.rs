@@ -1,5 +1,6 @@
 //! Operator metrics and the HTTP port (`/healthz`, `/readyz`, `/metrics`). Labels are bounded:
-//! kinds and reasons are enums.
+//! kinds and reasons are enums. Imports nothing from the other layers; [`crate::reconcile`]
+//! records into it.
 
 use std::sync::{Arc, Mutex};
 

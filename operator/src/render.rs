@@ -1,5 +1,7 @@
-//! Offline front end: read FhirSecurityPolicy, FhirConnection and Secret objects from YAML files
-//! and run the same compile as the controller.
+//! The offline front end (a peer of [`crate::reconcile`], without a cluster): read
+//! FhirSecurityPolicy, FhirConnection and Secret objects from YAML files and run the same
+//! compile as the controller. Imports [`crate::crd`] and [`crate::compile`]; the binary hands
+//! the result to [`crate::publish`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,8 +11,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 
 use crate::compile::{self, Compiled, Secrets};
+use crate::crd::object::{self, Loaded};
 use crate::crd::{FhirConnection, FhirSecurityPolicy};
-use crate::object::{self, Loaded};
 
 /// Objects read from files.
 #[derive(Debug, Default)]
@@ -172,7 +174,7 @@ pub fn load_text(file: &str, text: &str, inputs: &mut Inputs, seen: &mut BTreeMa
                 Ok(s) => {
                     inputs
                         .secrets
-                        .insert((namespace, s.name_any()), secret_data(&s));
+                        .insert((namespace, s.name_any()), compile::secret_data(&s));
                 }
                 Err(e) => inputs.problems.push(Problem {
                     object: id.clone(),
@@ -182,20 +184,6 @@ pub fn load_text(file: &str, text: &str, inputs: &mut Inputs, seen: &mut BTreeMa
             },
         }
     }
-}
-
-/// A Secret's keys as the API server would store them: `stringData` wins over `data`.
-pub fn secret_data(s: &Secret) -> BTreeMap<String, Vec<u8>> {
-    let mut out: BTreeMap<String, Vec<u8>> = s
-        .data
-        .iter()
-        .flatten()
-        .map(|(k, v)| (k.clone(), v.0.clone()))
-        .collect();
-    for (k, v) in s.string_data.iter().flatten() {
-        out.insert(k.clone(), v.clone().into_bytes());
-    }
-    out
 }
 
 /// Compiles loaded inputs; load problems are reported with the compile problems, grouped by

@@ -1,5 +1,7 @@
-//! Pure status computation: from a compile verdict and the publish outcome to the conditions
-//! an object should carry, and the Events worth emitting when they change.
+//! Layer 3, status: from a compile verdict and the publish outcome to the conditions an object
+//! should carry (each with `observedGeneration`), and the Events worth emitting when they
+//! change. Pure; [`crate::reconcile`] writes the result. Imports [`crate::compile`] and
+//! [`crate::crd`].
 
 use fhirguard_authz::config::Problem;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};

@@ -1,10 +1,11 @@
 //! Pure compile: every problem kind a user can cause, isolation of bad objects, determinism.
 //! Inputs are written as the YAML a user would apply.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
 
 use fhirguard_operator::compile::{self, Compiled, Reason};
-use fhirguard_operator::output;
+use fhirguard_operator::publish;
 use fhirguard_operator::render::{self, Inputs};
 
 const HTPASSWD: &str = "alice:$6$demoAlic$ymJf6FEfOFdofNtjX17SLmXMsZSKBdVjPUHqckA2Yz3autzWfvvgcyMuAOiyZWeG06FKNUFjtCJ1So76MPLBR/\n";
@@ -236,7 +237,7 @@ fn cases() -> Vec<Case> {
             object: "a/p",
             field: "spec.authentication.combine",
             reason: Reason::InvalidSpec,
-            message: "AllOf needs both basic and jwt",
+            message: "AllOf needs basic and a bearer-token check",
         },
         Case {
             name: "no authentication at all",
@@ -427,7 +428,7 @@ fn only_referenced_secret_keys_reach_the_output_and_other_namespaces_are_never_r
         "a cross-namespace reference is not even fetched: {refs:?}"
     );
     let c = compile::compile(&i.policies, &i.connections, &i.secrets);
-    let files = output::files(&c, 1);
+    let files = publish::files(&c, 1);
     let all: String = files
         .values()
         .map(|v| String::from_utf8_lossy(v).into_owned())
@@ -501,16 +502,16 @@ fn output_is_deterministic_whatever_the_input_order() {
     let mut rev = docs.clone();
     rev.reverse();
     let backward = compile_yaml(&rev.concat());
-    assert_eq!(output::files(&forward, 7), output::files(&backward, 7));
+    assert_eq!(publish::files(&forward, 7), publish::files(&backward, 7));
     assert_eq!(
-        output::content_hash(&forward),
-        output::content_hash(&backward)
+        publish::content_hash(&forward),
+        publish::content_hash(&backward)
     );
     // The hash ignores the generation and follows the content.
     let changed = compile_yaml(&docs[..5].concat());
     assert_ne!(
-        output::content_hash(&forward),
-        output::content_hash(&changed)
+        publish::content_hash(&forward),
+        publish::content_hash(&changed)
     );
 }
 
@@ -534,4 +535,155 @@ fn the_contested_smart_rules_compile_to_their_settings() {
     let smart = &c.config.policies[0].authorization.smart;
     assert_eq!(smart.user_scopes, UserScopes::ConfineToFhirUser);
     assert_eq!(smart.reference_data, ReferenceData::ReadWithScope);
+}
+
+/// The conversion contract end to end: a policy and a connection that set every enum to a
+/// non-default value (and every other field the compile copies) compile into exactly this
+/// config.
+#[test]
+fn a_fixture_with_every_setting_compiles_into_the_expected_config() {
+    use fhirguard_authz::config::{
+        AccessRule, Algorithm, AuthenticationConfig, AuthorizationConfig, BasicConfig, ClaimNames,
+        ClientAuthMethod, Combine, CompartmentLookup, CompiledConfig, ConnectionAuth,
+        ConnectionConfig, JwksConfig, JwtConfig, OAuthConfig, PatientSearch, Permission,
+        PolicyConfig, ProviderConfig, ReferenceData, SmartConfig, TlsConfig, TlsMode, TokenSource,
+        UserScopes,
+    };
+    let yaml = format!(
+        "{}{}apiVersion: v1\nkind: Secret\nmetadata: {{name: oauth, namespace: a}}\nstringData: {{secret: s3cret}}\n---\n{}{}",
+        users_secret("a", "users", HTPASSWD),
+        ca_secret("a", "ca", CA),
+        "apiVersion: fhirguard.dev/v1alpha1
+kind: FhirSecurityPolicy
+metadata: {name: p, namespace: a}
+spec:
+  match: {hosts: [ehr.example.org], basePath: /fhir/p}
+  publicPaths: [/metadata]
+  authentication:
+    combine: AllOf
+    basic:
+      htpasswdSecretRef: {name: users}
+      access: [{users: [alice], permission: Read}]
+    jwt:
+      tokenSources: [QueryParameter, Header]
+      requireSubjectMatchesBasicUser: true
+      providers:
+      - name: idp
+        issuer: https://idp.example.org
+        audiences: [https://ehr.example.org/fhir/p]
+        algorithms: [PS384, EdDSA]
+        clockSkew: 1m30s
+        jwks: {uri: https://idp.example.org/jwks, refreshInterval: 5m, tls: {mode: SkipVerification}}
+        claims: {scope: scp, patient: pt, fhirUser: fu, subject: oid}
+  authorization:
+    smart:
+      patientSearch: Narrow
+      userScopes: ConfineToFhirUser
+      referenceData: ReadWithScope
+      compartmentLookup: {connectionRef: {name: c}}
+---
+",
+        connection(
+            "a",
+            "c",
+            "  url: https://ehr.internal/fhir
+  auth:
+    oauth:
+      tokenUrl: https://auth.example.org/token
+      clientId: me
+      clientSecretRef: {name: oauth, key: secret}
+      clientAuthMethod: ClientSecretPost
+      scopes: ['system/*.rs']
+      audience: https://ehr.internal/fhir
+      extraParams: {resource: x}
+  tls: {mode: CustomBundle, caBundleSecretRef: {name: ca}}
+"
+        ),
+    );
+    let c = compile_yaml(&yaml);
+    for o in c.objects.values() {
+        assert!(o.accepted() && o.warnings.is_empty(), "{o:?}");
+    }
+    let expected = CompiledConfig {
+        policies: vec![PolicyConfig {
+            audit: None,
+            smart_configuration: None,
+            namespace: "a".into(),
+            name: "p".into(),
+            hosts: vec!["ehr.example.org".into()],
+            base_path: "/fhir/p".into(),
+            public_paths: vec!["/metadata".into()],
+            unauthenticated_access: false,
+            authentication: AuthenticationConfig {
+                combine: Combine::AllOf,
+                basic: Some(BasicConfig {
+                    htpasswd: HTPASSWD.into(),
+                    access: vec![AccessRule {
+                        users: vec!["alice".into()],
+                        permission: Permission::Read,
+                    }],
+                }),
+                jwt: Some(JwtConfig {
+                    token_sources: vec![TokenSource::QueryParameter, TokenSource::Header],
+                    require_subject_matches_basic_user: true,
+                    providers: vec![ProviderConfig {
+                        name: "idp".into(),
+                        issuer: "https://idp.example.org".into(),
+                        audiences: vec!["https://ehr.example.org/fhir/p".into()],
+                        algorithms: vec![Algorithm::PS384, Algorithm::EdDSA],
+                        clock_skew_seconds: 90,
+                        jwks: JwksConfig {
+                            uri: Some("https://idp.example.org/jwks".into()),
+                            refresh_interval_seconds: 300,
+                            tls: TlsConfig {
+                                mode: TlsMode::SkipVerification,
+                                ca_file: None,
+                            },
+                            document: None,
+                        },
+                        claims: ClaimNames {
+                            scope: "scp".into(),
+                            patient: "pt".into(),
+                            fhir_user: "fu".into(),
+                            subject: "oid".into(),
+                        },
+                    }],
+                }),
+                introspection: None,
+            },
+            authorization: AuthorizationConfig {
+                smart: SmartConfig {
+                    patient_search: PatientSearch::Narrow,
+                    compartment_lookup: Some(CompartmentLookup {
+                        connection: "a/c".into(),
+                    }),
+                    user_scopes: UserScopes::ConfineToFhirUser,
+                    reference_data: ReferenceData::ReadWithScope,
+                },
+            },
+        }],
+        connections: vec![ConnectionConfig {
+            namespace: "a".into(),
+            name: "c".into(),
+            url: "https://ehr.internal/fhir".into(),
+            auth: ConnectionAuth {
+                basic: None,
+                oauth: Some(OAuthConfig {
+                    token_url: "https://auth.example.org/token".into(),
+                    client_id: "me".into(),
+                    client_secret: "s3cret".into(),
+                    client_auth_method: ClientAuthMethod::ClientSecretPost,
+                    scopes: vec!["system/*.rs".into()],
+                    audience: Some("https://ehr.internal/fhir".into()),
+                    extra_params: [("resource".to_string(), "x".to_string())].into(),
+                }),
+            },
+            tls: TlsConfig {
+                mode: TlsMode::CustomBundle,
+                ca_file: Some(compile::connection_ca_file("a", "c")),
+            },
+        }],
+        ..CompiledConfig::empty(0)
+    };
+    assert_eq!(c.config, expected);
 }

@@ -1,6 +1,7 @@
 //! docs/configuration.md is generated from the CRD schemas (every field, its type, default and
 //! description), so the reference cannot drift from what `kubectl explain` shows.
 //! Regenerate with `UPDATE_GOLDEN=1 cargo test --workspace --test docs`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use kube::CustomResourceExt;
 use serde_json::Value;

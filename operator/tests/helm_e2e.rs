@@ -3,6 +3,7 @@
 //! chart's ServiceAccount (so exactly the chart's RBAC applies) each example reaches Ready.
 //! No kubelet runs here: the Deployments are stored, not started; the operator runs as a
 //! local process with the chart's arguments.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
@@ -123,7 +124,14 @@ async fn helm_install_and_every_example_reaches_ready() {
     );
 
     // Every example applies as a user would apply it.
-    for dir in ["quickstart", "smart", "allof", "egress", "audit"] {
+    for dir in [
+        "quickstart",
+        "smart",
+        "introspection",
+        "allof",
+        "egress",
+        "audit",
+    ] {
         stack.kubectl(&[
             "apply",
             "-f",
@@ -148,6 +156,7 @@ async fn helm_install_and_every_example_reaches_ready() {
     let expected = [
         "demo/ehr",
         "clinical/ehr-smart",
+        "clinical/ehr-opaque",
         "clinical/ehr-audited",
         "research/cohort-explorer",
         "clinical/ehr-internal",

@@ -1,6 +1,7 @@
 //! Leader-election steps against kube's tower-test mock: the request sequence for each
 //! situation is short and exact, which is what a mock shows best. (The same code runs against
 //! the real API server in kube_e2e.rs, including a takeover after a leader is killed.)
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::Duration;
 

@@ -1,6 +1,7 @@
 //! `fhirguard-operator render` as a user runs it: golden output for a valid set of objects,
 //! every problem printed for an invalid one, and nothing written then.
 //! Regenerate the golden files with `UPDATE_GOLDEN=1 cargo test --test render`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -192,7 +193,7 @@ fn broken_inputs_name_every_field_in_one_run() {
                 "  match: {{basePath: /fhir/r4}}\n  colour: blue\n{basic}"
             )),
             vec![
-                "clinical/ehr: spec.colour: unknown field (expected one of: authentication, authorization, match, publicPaths, unauthenticatedAccess)",
+                "clinical/ehr: spec.colour: unknown field (expected one of: audit, authentication, authorization, match, publicPaths, smartConfiguration, unauthenticatedAccess)",
             ],
         ),
         (

@@ -1,8 +1,9 @@
 //! Pure status and publish decisions: what a user sees on `kubectl describe`, and when the
 //! controller writes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use fhirguard_operator::compile::{Issue, Kind, ObjectKey, ObjectResult, Reason};
-use fhirguard_operator::output::{self, Published};
+use fhirguard_operator::publish::{self, Published};
 use fhirguard_operator::status::{self, PublishOutcome};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -193,12 +194,12 @@ fn long_messages_are_truncated_on_a_char_boundary() {
 #[test]
 fn publish_plan_writes_only_on_content_change_and_counts_generations() {
     let compiled = fhirguard_operator::compile::compile(&[], &[], &Default::default());
-    let (secret, g1) = output::plan("ns", "cfg", &compiled, None).expect("first write");
+    let (secret, g1) = publish::plan("ns", "cfg", &compiled, None).expect("first write");
     assert_eq!(g1, 1);
     let state = Published::of(&secret);
     assert_eq!(state.generation, 1);
     assert!(
-        output::plan("ns", "cfg", &compiled, Some(&state)).is_none(),
+        publish::plan("ns", "cfg", &compiled, Some(&state)).is_none(),
         "unchanged content: no write"
     );
     // Someone edited the data but not the annotations: it is put back, as a new generation.
@@ -207,7 +208,7 @@ fn publish_plan_writes_only_on_content_change_and_counts_generations() {
         ..state.clone()
     };
     tampered.data.insert("config.json".into(), b"{}".to_vec());
-    let (_, g) = output::plan("ns", "cfg", &compiled, Some(&tampered)).unwrap();
+    let (_, g) = publish::plan("ns", "cfg", &compiled, Some(&tampered)).unwrap();
     assert_eq!(g, 8);
     let with = |key: &str| {
         let mut data = state.data.clone();
@@ -218,11 +219,11 @@ fn publish_plan_writes_only_on_content_change_and_counts_generations() {
         }
     };
     assert!(
-        output::plan("ns", "cfg", &compiled, Some(&with("connection_a_b_ca.pem"))).is_some(),
+        publish::plan("ns", "cfg", &compiled, Some(&with("connection_a_b_ca.pem"))).is_some(),
         "a stale CA file is removed"
     );
     assert!(
-        output::plan("ns", "cfg", &compiled, Some(&with("README"))).is_none(),
+        publish::plan("ns", "cfg", &compiled, Some(&with("README"))).is_none(),
         "foreign keys are ignored"
     );
     // What an apply cannot remove (another field manager owns it) is named for deletion;
@@ -230,10 +231,10 @@ fn publish_plan_writes_only_on_content_change_and_counts_generations() {
     let mut data = with("connection_gone_old_ca.pem").data;
     data.insert("README".into(), vec![]);
     assert_eq!(
-        output::stale_files(&data, &compiled),
+        publish::stale_files(&data, &compiled),
         ["connection_gone_old_ca.pem"]
     );
-    assert!(output::stale_files(&state.data, &compiled).is_empty());
+    assert!(publish::stale_files(&state.data, &compiled).is_empty());
     let data = secret.data.unwrap();
     let config = String::from_utf8(data["config.json"].0.clone()).unwrap();
     assert!(config.contains("\"generation\": 1"));

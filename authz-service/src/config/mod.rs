@@ -15,9 +15,11 @@ use serde::{Deserialize, Serialize};
 
 mod extras;
 pub mod htpasswd;
+mod problem;
 mod validate;
 
 pub use extras::*;
+pub use problem::*;
 pub use validate::*;
 
 /// The file inside the config directory that holds [`CompiledConfig`] as JSON.
@@ -97,6 +99,9 @@ pub struct AuthenticationConfig {
     pub basic: Option<BasicConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt: Option<JwtConfig>,
+    /// Bearer tokens that no JWT provider claims, checked at an RFC 7662 endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub introspection: Option<IntrospectionConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -426,6 +431,52 @@ impl std::fmt::Debug for OAuthConfig {
     }
 }
 
+/// RFC 7662 token introspection for one policy, with the client secret resolved.
+///
+/// Routing: a bearer token that is a JWT whose (unverified) `iss` names one of the policy's
+/// JWT providers is verified by that provider; every other bearer token (opaque, or a JWT of
+/// another issuer) is sent here. With `introspectJwts`, a JWT that its provider verified is
+/// introspected as well, so that a revoked JWT is refused before its `exp`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IntrospectionConfig {
+    /// The introspection endpoint (https).
+    pub endpoint: String,
+    pub client_id: String,
+    pub client_secret: String,
+    #[serde(default)]
+    pub client_auth_method: ClientAuthMethod,
+    /// The response's `aud` must contain at least one of these.
+    pub audiences: Vec<String>,
+    /// An answer is reused until the token's `exp` or for this long, whichever comes first.
+    #[serde(default = "default_max_cache_seconds")]
+    pub max_cache_seconds: u64,
+    #[serde(default)]
+    pub introspect_jwts: bool,
+    #[serde(default = "default_clock_skew")]
+    pub clock_skew_seconds: u64,
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+pub fn default_max_cache_seconds() -> u64 {
+    300
+}
+
+impl std::fmt::Debug for IntrospectionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntrospectionConfig")
+            .field("endpoint", &self.endpoint)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .field("client_auth_method", &self.client_auth_method)
+            .field("audiences", &self.audiences)
+            .field("max_cache_seconds", &self.max_cache_seconds)
+            .field("introspect_jwts", &self.introspect_jwts)
+            .finish_non_exhaustive()
+    }
+}
+
 impl CompiledConfig {
     /// An empty config of the current format.
     pub fn empty(generation: u64) -> Self {
@@ -457,6 +508,10 @@ impl CompiledConfig {
                 .iter()
                 .flat_map(|j| j.providers.iter().map(|pr| &pr.jwks.tls))
         });
+        let introspection_tls = self
+            .policies
+            .iter()
+            .filter_map(|p| p.authentication.introspection.as_ref().map(|i| &i.tls));
         let discovery_tls = self.policies.iter().filter_map(|p| {
             p.smart_configuration
                 .as_ref()
@@ -464,6 +519,7 @@ impl CompiledConfig {
                 .map(|d| &d.tls)
         });
         policy_tls
+            .chain(introspection_tls)
             .chain(discovery_tls)
             .chain(self.connections.iter().map(|c| &c.tls))
             .filter_map(|t| t.ca_file.as_deref())

@@ -13,6 +13,7 @@ fn policy(name: &str) -> PolicyConfig {
         public_paths: default_public_paths(),
         unauthenticated_access: false,
         authentication: AuthenticationConfig {
+            introspection: None,
             combine: Combine::AnyOf,
             basic: Some(BasicConfig {
                 htpasswd: format!("{BCRYPT}\n"),
@@ -93,7 +94,7 @@ fn base_path_tricks_are_refused() {
     ] {
         let mut p = policy("ehr");
         p.base_path = bad.into();
-        assert_eq!(fields(&with_policy(p)), vec!["match.basePath"], "{bad}");
+        assert_eq!(fields(&with_policy(p)), vec!["basePath"], "{bad}");
     }
 }
 
@@ -128,6 +129,67 @@ fn all_of_needs_both_kinds() {
     assert_eq!(fields(&with_policy(p)), vec!["authentication.combine"]);
 }
 
+fn introspection() -> IntrospectionConfig {
+    IntrospectionConfig {
+        endpoint: "https://as.example.org/introspect".into(),
+        client_id: "fhirguard".into(),
+        client_secret: "s3cret".into(),
+        client_auth_method: ClientAuthMethod::ClientSecretBasic,
+        audiences: vec!["https://ehr.example.org/fhir/r4".into()],
+        max_cache_seconds: default_max_cache_seconds(),
+        introspect_jwts: false,
+        clock_skew_seconds: 60,
+        tls: TlsConfig::default(),
+    }
+}
+
+#[test]
+fn introspection_alone_authenticates_and_satisfies_all_of_with_basic() {
+    let mut p = policy("ehr");
+    p.authentication.introspection = Some(introspection());
+    p.authentication.combine = Combine::AllOf;
+    assert_eq!(fields(&with_policy(p.clone())), Vec::<String>::new());
+    p.authentication.basic = None;
+    p.authentication.combine = Combine::AnyOf;
+    assert_eq!(fields(&with_policy(p)), Vec::<String>::new());
+}
+
+#[test]
+fn introspection_rules_speak_the_format_s_own_field_names() {
+    let mut p = policy("ehr");
+    let mut i = introspection();
+    i.endpoint = "http://as.example.org/introspect".into();
+    i.client_id.clear();
+    i.client_secret.clear();
+    i.audiences = vec![String::new()];
+    i.max_cache_seconds = 3601;
+    i.clock_skew_seconds = 601;
+    i.introspect_jwts = true;
+    i.tls.mode = TlsMode::CustomBundle;
+    p.authentication.introspection = Some(i);
+    let problems = with_policy(p).validate();
+    let got: Vec<String> = problems
+        .iter()
+        .map(|p| format!("{}: {}", p.field, p.message))
+        .collect();
+    for want in [
+        "authentication.introspection.endpoint: \"http://as.example.org/introspect\" must use https",
+        "authentication.introspection.clientId: must not be empty",
+        "authentication.introspection.clientSecret: the secret is empty",
+        "authentication.introspection.audiences: must list at least one non-empty audience",
+        "authentication.introspection.maxCacheSeconds: must be at most 1h",
+        "authentication.introspection.clockSkewSeconds: must be at most 10m",
+        "authentication.introspection.introspectJwts: only meaningful when jwt providers are configured",
+        "authentication.introspection.tls.caFile: required when mode is CustomBundle",
+    ] {
+        assert!(
+            got.iter().any(|g| g.starts_with(want)),
+            "missing {want:?} in {got:#?}"
+        );
+    }
+    assert_eq!(got.len(), 8, "{got:#?}");
+}
+
 #[test]
 fn access_rules_must_name_known_users() {
     let mut p = policy("ehr");
@@ -157,7 +219,7 @@ fn jwt_provider_rules() {
         "authentication.jwt.requireSubjectMatchesBasicUser",
         "authentication.jwt.providers[0].audiences",
         "authentication.jwt.providers[0].jwks.uri",
-        "authentication.jwt.providers[0].jwks.tls.caBundleSecretRef",
+        "authentication.jwt.providers[0].jwks.tls.caFile",
         "authentication.jwt.providers[1].name",
         "authentication.jwt.providers[1].issuer",
     ] {
@@ -215,7 +277,7 @@ fn connections_are_checked() {
         }],
         ..CompiledConfig::empty(1)
     };
-    assert_eq!(fields(&c), vec!["auth", "tls.caBundleSecretRef", "url"]);
+    assert_eq!(fields(&c), vec!["auth", "tls.caFile", "url"]);
     let dbg = format!("{:?}", c.connections[0]);
     assert!(!dbg.contains("\"p\"") && !dbg.contains("\"s\""), "{dbg}");
 }
@@ -228,7 +290,7 @@ fn compartment_lookup_must_name_a_connection() {
     });
     assert_eq!(
         fields(&with_policy(p)),
-        vec!["authorization.smart.compartmentLookup.connectionRef"]
+        vec!["authorization.smart.compartmentLookup.connection"]
     );
 }
 
@@ -247,4 +309,139 @@ fn hosts_normalise() {
     assert_eq!(normalize_host("EHR.Example.org:8443"), "ehr.example.org");
     assert_eq!(normalize_host("[::1]:80"), "[::1]");
     assert_eq!(normalize_host("ehr"), "ehr");
+    assert_eq!(normalize_host("ehr.example.org."), "ehr.example.org");
+    assert_eq!(normalize_host("EHR.example.org.:8443"), "ehr.example.org");
+}
+
+#[test]
+fn problems_are_typed_by_object_index_and_field() {
+    let mut p = policy("ehr");
+    let mut pr = provider();
+    pr.clock_skew_seconds = 601;
+    pr.issuer = "https://other.example.org".into();
+    pr.name = "other".into();
+    p.authentication.jwt = Some(JwtConfig {
+        token_sources: vec![TokenSource::Header],
+        require_subject_matches_basic_user: false,
+        providers: vec![provider(), pr],
+    });
+    let mut first = policy("first");
+    first.base_path = "/first".into();
+    let c = CompiledConfig {
+        policies: vec![first, p],
+        ..CompiledConfig::empty(1)
+    };
+    let problems = c.problems();
+    assert_eq!(
+        problems,
+        vec![ConfigProblem {
+            at: ConfigPath::Policy {
+                index: 1,
+                id: ObjectId {
+                    namespace: "clinical".into(),
+                    name: "ehr".into()
+                },
+                field: PolicyField::Provider(1, ProviderField::ClockSkew),
+            },
+            kind: ProblemKind::ClockSkewTooLarge,
+        }]
+    );
+    assert_eq!(
+        problems[0].to_string(),
+        "clinical/ehr: authentication.jwt.providers[1].clockSkewSeconds: must be at most 10m"
+    );
+    assert_eq!(
+        Problem::from(&problems[0]).to_string(),
+        problems[0].to_string()
+    );
+}
+
+#[test]
+fn urls_with_credentials_are_refused_without_echoing_them() {
+    let mut p = policy("ehr");
+    let mut pr = provider();
+    pr.jwks.uri = Some("http://user:hunter2@idp.example.org/jwks".into());
+    p.authentication.jwt = Some(JwtConfig {
+        token_sources: vec![TokenSource::Header],
+        require_subject_matches_basic_user: false,
+        providers: vec![pr],
+    });
+    let problems = with_policy(p).problems();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].kind, ProblemKind::Url(UrlProblem::Credentials));
+    assert!(!problems[0].to_string().contains("hunter2"));
+}
+
+#[test]
+fn audit_rules_speak_the_format_s_own_field_names() {
+    let mut p = policy("ehr");
+    p.audit = Some(AuditConfig {
+        record: AuditRecord::All,
+        stdout: true,
+        file: Some("relative/audit.ndjson".into()),
+        connection: Some("clinical/missing".into()),
+        queue_size: 0,
+        batch_size: MAX_AUDIT_BATCH + 1,
+    });
+    let mut got: Vec<String> = with_policy(p)
+        .validate()
+        .iter()
+        .map(|p| format!("{}: {}", p.field, p.message))
+        .collect();
+    let mut want = [
+        "audit: exactly one destination (stdout, file or a connection) must be set",
+        "audit.file: \"relative/audit.ndjson\" must be an absolute path to a file",
+        "audit.connection: connection \"clinical/missing\" does not exist",
+        "audit.queueSize: must be between 1 and 1000000",
+        "audit.batchSize: must be between 1 and 1000",
+    ];
+    got.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn smart_configuration_rules_speak_the_format_s_own_field_names() {
+    let mut p = policy("ehr");
+    p.public_paths = vec!["/metadata".into()];
+    p.smart_configuration = Some(SmartConfigurationConfig {
+        openid_discovery: Some(OpenIdDiscovery {
+            refresh_interval_seconds: 5,
+            tls: TlsConfig {
+                mode: TlsMode::CustomBundle,
+                ca_file: None,
+            },
+        }),
+        authorization_endpoint: Some("http://as.example.org/authorize".into()),
+        code_challenge_methods: vec!["S256".into(), "plain".into()],
+        scopes: vec!["two words".into()],
+        ..SmartConfigurationConfig::default()
+    });
+    let mut got: Vec<String> = with_policy(p)
+        .validate()
+        .iter()
+        .map(|p| format!("{}: {}", p.field, p.message))
+        .collect();
+    let mut want = [
+        "smartConfiguration: a SMART discovery document needs a bearer-token check (jwt or introspection): without bearer tokens no SMART app could use it",
+        "smartConfiguration: /.well-known/smart-configuration must stay in publicPaths: apps fetch it without credentials",
+        "smartConfiguration.authorizationEndpoint: \"http://as.example.org/authorize\" must use https",
+        "smartConfiguration.openidDiscovery: needs issuer: the document is fetched from [issuer]/.well-known/openid-configuration",
+        "smartConfiguration.openidDiscovery.refreshIntervalSeconds: must be at least 10s",
+        "smartConfiguration.openidDiscovery.tls.caFile: required when mode is CustomBundle",
+        "smartConfiguration.codeChallengeMethods[1]: plain must not be offered (SMART App Launch 2.2 requires S256 and forbids plain)",
+        "smartConfiguration.scopes[0]: \"two words\" must be one non-empty word",
+    ];
+    got.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(got, want);
+    // Opaque tokens checked by introspection serve SMART apps as well as JWTs do.
+    let mut q = policy("ehr");
+    q.authentication.basic = None;
+    q.authentication.introspection = Some(introspection());
+    q.smart_configuration = Some(SmartConfigurationConfig {
+        token_endpoint: Some("https://as.example.org/token".into()),
+        ..SmartConfigurationConfig::default()
+    });
+    assert_eq!(with_policy(q).validate(), vec![]);
 }

@@ -1,22 +1,8 @@
-//! Validation of a compiled config: every problem, located by object and field.
+//! Validation of a compiled config: every problem, typed and located by object and field
+//! (see [`super::problem`]).
 
+use super::problem::*;
 use super::*;
-
-/// One thing wrong with a config, located well enough for a user to fix it.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Problem {
-    /// `namespace/name` of the object, or `config` for the document itself.
-    pub object: String,
-    /// Field path inside the object, e.g. `authentication.jwt.providers[0].issuer`.
-    pub field: String,
-    pub message: String,
-}
-
-impl std::fmt::Display for Problem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}: {}", self.object, self.field, self.message)
-    }
-}
 
 /// Why a config directory could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -38,18 +24,17 @@ pub enum ConfigError {
 }
 
 impl CompiledConfig {
-    /// Every problem in the config. An empty list means the service will accept it.
-    pub fn validate(&self) -> Vec<Problem> {
-        let mut v = Validator::default();
+    /// Every problem in the config, typed, in document order. Empty means the service will
+    /// accept it.
+    pub fn problems(&self) -> Vec<ConfigProblem> {
+        let mut out = Vec::new();
         if self.version != FORMAT_VERSION {
-            v.push(
-                "config",
-                "version",
-                format!(
-                    "format version {} is not supported (this build reads {FORMAT_VERSION})",
-                    self.version
-                ),
-            );
+            out.push(ConfigProblem {
+                at: ConfigPath::Version,
+                kind: ProblemKind::UnsupportedVersion {
+                    found: self.version,
+                },
+            });
         }
         let connections: BTreeSet<String> = self
             .connections
@@ -57,14 +42,29 @@ impl CompiledConfig {
             .map(|c| format!("{}/{}", c.namespace, c.name))
             .collect();
         let mut seen = BTreeSet::new();
-        let mut claims: BTreeMap<(String, String), String> = BTreeMap::new();
-        for p in &self.policies {
-            let id = format!("{}/{}", p.namespace, p.name);
+        let mut claims: BTreeMap<(String, String), ObjectId> = BTreeMap::new();
+        for (index, p) in self.policies.iter().enumerate() {
+            let id = ObjectId {
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+            };
+            let mut v = At {
+                out: &mut out,
+                index,
+                id: id.clone(),
+                path: policy_path,
+            };
             if !seen.insert(id.clone()) {
-                v.push(&id, "metadata.name", "two policies have this name".into());
+                v.push(PolicyField::Name, ProblemKind::DuplicatePolicy);
             }
-            validate_object_name(&mut v, &id, &p.namespace, &p.name);
-            validate_policy(&mut v, &id, p, &connections);
+            check_object_name(
+                &mut v,
+                &p.namespace,
+                &p.name,
+                PolicyField::Namespace,
+                PolicyField::Name,
+            );
+            validate_policy(&mut v, p, &connections);
             let hosts: Vec<String> = if p.hosts.is_empty() {
                 vec!["*".into()]
             } else {
@@ -74,12 +74,12 @@ impl CompiledConfig {
                 let key = (h.clone(), p.base_path.trim_end_matches('/').to_string());
                 if let Some(other) = claims.get(&key) {
                     v.push(
-                        &id,
-                        "match",
-                        format!(
-                            "host {h:?} with basePath {:?} is already claimed by {other}",
-                            p.base_path
-                        ),
+                        PolicyField::Hosts,
+                        ProblemKind::HostClaimed {
+                            host: h,
+                            base_path: p.base_path.clone(),
+                            by: other.clone(),
+                        },
                     );
                 } else {
                     claims.insert(key, id.clone());
@@ -87,45 +87,79 @@ impl CompiledConfig {
             }
         }
         let mut seen = BTreeSet::new();
-        for c in &self.connections {
-            let id = format!("{}/{}", c.namespace, c.name);
-            if !seen.insert(id.clone()) {
-                v.push(
-                    &id,
-                    "metadata.name",
-                    "two connections have this name".into(),
-                );
+        for (index, c) in self.connections.iter().enumerate() {
+            let id = ObjectId {
+                namespace: c.namespace.clone(),
+                name: c.name.clone(),
+            };
+            let mut v = At {
+                out: &mut out,
+                index,
+                id: id.clone(),
+                path: connection_path,
+            };
+            if !seen.insert(id) {
+                v.push(ConnectionField::Name, ProblemKind::DuplicateConnection);
             }
-            validate_object_name(&mut v, &id, &c.namespace, &c.name);
-            validate_connection(&mut v, &id, c);
+            check_object_name(
+                &mut v,
+                &c.namespace,
+                &c.name,
+                ConnectionField::Namespace,
+                ConnectionField::Name,
+            );
+            validate_connection(&mut v, c);
         }
-        v.problems.sort();
-        v.problems
+        out
+    }
+
+    /// Every problem rendered for people, sorted by object, field and message. Empty means the
+    /// service will accept the config.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut out: Vec<Problem> = self.problems().iter().map(Problem::from).collect();
+        out.sort();
+        out
     }
 }
 
-#[derive(Default)]
-pub(super) struct Validator {
-    problems: Vec<Problem>,
+fn policy_path(index: usize, id: ObjectId, field: PolicyField) -> ConfigPath {
+    ConfigPath::Policy { index, id, field }
 }
 
-impl Validator {
-    fn push(&mut self, object: &str, field: &str, message: String) {
-        self.problems.push(Problem {
-            object: object.into(),
-            field: field.into(),
-            message,
+fn connection_path(index: usize, id: ObjectId, field: ConnectionField) -> ConfigPath {
+    ConfigPath::Connection { index, id, field }
+}
+
+/// Collects the problems of one object: its index and id are filled in for every field.
+struct At<'a, F> {
+    out: &'a mut Vec<ConfigProblem>,
+    index: usize,
+    id: ObjectId,
+    path: fn(usize, ObjectId, F) -> ConfigPath,
+}
+
+impl<F> At<'_, F> {
+    fn push(&mut self, field: F, kind: ProblemKind) {
+        self.out.push(ConfigProblem {
+            at: (self.path)(self.index, self.id.clone(), field),
+            kind,
         });
     }
 }
 
-pub(super) fn validate_object_name(v: &mut Validator, id: &str, namespace: &str, name: &str) {
-    if namespace.is_empty() || name.is_empty() || namespace.contains('/') || name.contains('/') {
-        v.push(
-            id,
-            "metadata",
-            "namespace and name must be non-empty and contain no '/'".into(),
-        );
+fn check_object_name<F>(
+    v: &mut At<'_, F>,
+    namespace: &str,
+    name: &str,
+    ns_field: F,
+    name_field: F,
+) {
+    let bad = |s: &str| s.is_empty() || s.contains('/');
+    if bad(namespace) {
+        v.push(ns_field, ProblemKind::BadObjectName);
+    }
+    if bad(name) {
+        v.push(name_field, ProblemKind::BadObjectName);
     }
 }
 
@@ -139,483 +173,445 @@ pub fn normalize_host(host: &str) -> String {
             None => h,
         };
     }
-    match h.rsplit_once(':') {
-        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name.to_string(),
-        _ => h,
-    }
+    let name = match h.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => h.as_str(),
+    };
+    // `ehr.example.` is the fully qualified spelling of `ehr.example`: the same server behind
+    // the same sidecar, so it must be judged by the same policy, not by a catch-all.
+    name.trim_end_matches('.').to_string()
 }
 
 /// A path that fhirguard will compare literally must be free of the tricks that make two
 /// spellings mean one resource; otherwise a policy could be bypassed by spelling it differently.
-pub(super) fn check_plain_path(path: &str) -> Result<(), String> {
+pub(super) fn check_plain_path(path: &str) -> Result<(), PathProblem> {
     if !path.starts_with('/') {
-        return Err("must start with '/'".into());
+        return Err(PathProblem::NotAbsolute);
     }
     if path.contains(['?', '#', '%', '\\']) || path.chars().any(|c| c.is_control() || c == ' ') {
-        return Err("must not contain '?', '#', '%', '\\', spaces or control characters".into());
+        return Err(PathProblem::ForbiddenCharacter);
     }
     if path.len() > 1 && path.ends_with('/') {
-        return Err("must not end with '/'".into());
+        return Err(PathProblem::TrailingSlash);
     }
     if path.contains("//") {
-        return Err("must not contain '//'".into());
+        return Err(PathProblem::EmptySegment);
     }
     if path.split('/').any(|s| s == "." || s == "..") {
-        return Err("must not contain '.' or '..' segments".into());
+        return Err(PathProblem::DotSegment);
     }
     Ok(())
 }
 
-pub(super) fn validate_policy(
-    v: &mut Validator,
-    id: &str,
-    p: &PolicyConfig,
-    connections: &BTreeSet<String>,
-) {
+fn validate_policy(v: &mut At<'_, PolicyField>, p: &PolicyConfig, connections: &BTreeSet<String>) {
     if let Err(e) = check_plain_path(&p.base_path) {
-        v.push(id, "match.basePath", e);
+        v.push(PolicyField::BasePath, ProblemKind::Path(e));
     }
     for (i, h) in p.hosts.iter().enumerate() {
         let n = normalize_host(h);
         if n.is_empty() || n.contains(['/', ' ', '?', '#', '@']) || n == "*" {
             v.push(
-                id,
-                &format!("match.hosts[{i}]"),
-                format!("{h:?} is not a host name (leave hosts empty to match any host)"),
+                PolicyField::Host(i),
+                ProblemKind::NotAHostName { host: h.clone() },
             );
         }
     }
     for (i, pp) in p.public_paths.iter().enumerate() {
         if let Err(e) = check_plain_path(pp) {
-            v.push(id, &format!("publicPaths[{i}]"), e);
+            v.push(PolicyField::PublicPath(i), ProblemKind::Path(e));
         }
     }
     let auth = &p.authentication;
-    if auth.basic.is_none() && auth.jwt.is_none() && !p.unauthenticated_access {
-        v.push(
-            id,
-            "authentication",
-            "neither basic nor jwt is configured, so no request could ever be authenticated".into(),
-        );
+    let bearer = auth.jwt.is_some() || auth.introspection.is_some();
+    if auth.basic.is_none() && !bearer && !p.unauthenticated_access {
+        v.push(PolicyField::Authentication, ProblemKind::NoCredentials);
     }
-    if auth.combine == Combine::AllOf && (auth.basic.is_none() || auth.jwt.is_none()) {
-        v.push(
-            id,
-            "authentication.combine",
-            "AllOf needs both basic and jwt to be configured".into(),
-        );
+    if auth.combine == Combine::AllOf && (auth.basic.is_none() || !bearer) {
+        v.push(PolicyField::Combine, ProblemKind::AllOfNeedsBoth);
+    }
+    if let Some(i) = &auth.introspection {
+        validate_introspection(v, i, auth.jwt.is_some());
     }
     if let Some(basic) = &auth.basic {
-        validate_basic(v, id, basic);
+        validate_basic(v, basic);
     }
     if let Some(jwt) = &auth.jwt {
         if jwt.require_subject_matches_basic_user && auth.combine != Combine::AllOf {
             v.push(
-                id,
-                "authentication.jwt.requireSubjectMatchesBasicUser",
-                "only meaningful with combine: AllOf".into(),
+                PolicyField::RequireSubjectMatchesBasicUser,
+                ProblemKind::OnlyWithAllOf,
             );
         }
-        validate_jwt(v, id, jwt);
+        validate_jwt(v, jwt);
     }
     if let Some(lookup) = &p.authorization.smart.compartment_lookup
         && !connections.contains(&lookup.connection)
     {
         v.push(
-            id,
-            "authorization.smart.compartmentLookup.connectionRef",
-            format!("connection {:?} does not exist", lookup.connection),
+            PolicyField::CompartmentLookupConnection,
+            ProblemKind::UnknownConnection {
+                connection: lookup.connection.clone(),
+            },
         );
     }
     if let Some(a) = &p.audit {
-        validate_audit(v, id, a, connections);
+        validate_audit(v, a, connections);
     }
     if let Some(sc) = &p.smart_configuration {
-        validate_smart_configuration(v, id, p, sc);
+        validate_smart_configuration(v, p, sc);
     }
 }
 
-pub(super) fn validate_audit(
-    v: &mut Validator,
-    id: &str,
-    a: &AuditConfig,
-    connections: &BTreeSet<String>,
-) {
+fn validate_audit(v: &mut At<'_, PolicyField>, a: &AuditConfig, connections: &BTreeSet<String>) {
+    let mut push = |f: AuditField, kind: ProblemKind| v.push(PolicyField::Audit(f), kind);
     let destinations =
         usize::from(a.stdout) + usize::from(a.file.is_some()) + usize::from(a.connection.is_some());
     if destinations != 1 {
-        v.push(
-            id,
-            "audit",
-            "exactly one of stdout, file and connectionRef must be set".into(),
-        );
+        push(AuditField::Destination, ProblemKind::AuditDestinationCount);
     }
     if let Some(f) = &a.file
         && (!f.starts_with('/') || f.ends_with('/') || f.chars().any(char::is_control))
     {
-        v.push(
-            id,
-            "audit.file",
-            format!("{f:?} must be an absolute path to a file"),
+        push(
+            AuditField::File,
+            ProblemKind::NotAnAbsoluteFile { file: f.clone() },
         );
     }
     if let Some(c) = &a.connection
         && !connections.contains(c)
     {
-        v.push(
-            id,
-            "audit.connectionRef",
-            format!("connection {c:?} does not exist"),
+        push(
+            AuditField::Connection,
+            ProblemKind::UnknownConnection {
+                connection: c.clone(),
+            },
         );
     }
     if a.queue_size == 0 || a.queue_size > MAX_AUDIT_QUEUE {
-        v.push(
-            id,
-            "audit.queueSize",
-            format!("must be between 1 and {MAX_AUDIT_QUEUE}"),
+        push(
+            AuditField::QueueSize,
+            ProblemKind::OutOfRange {
+                min: 1,
+                max: MAX_AUDIT_QUEUE,
+            },
         );
     }
     if a.batch_size == 0 || a.batch_size > MAX_AUDIT_BATCH {
-        v.push(
-            id,
-            "audit.batchSize",
-            format!("must be between 1 and {MAX_AUDIT_BATCH}"),
+        push(
+            AuditField::BatchSize,
+            ProblemKind::OutOfRange {
+                min: 1,
+                max: MAX_AUDIT_BATCH,
+            },
         );
     }
 }
 
-pub(super) fn validate_smart_configuration(
-    v: &mut Validator,
-    id: &str,
+fn validate_smart_configuration(
+    v: &mut At<'_, PolicyField>,
     p: &PolicyConfig,
     sc: &SmartConfigurationConfig,
 ) {
-    let field = "smartConfiguration";
-    if p.authentication.jwt.is_none() {
-        v.push(
-            id,
-            field,
-            "a SMART discovery document needs authentication.jwt: without bearer tokens no SMART app could use it".into(),
-        );
+    use SmartConfigurationField as S;
+    let mut push = |f: S, kind: ProblemKind| v.push(PolicyField::SmartConfiguration(f), kind);
+    let auth = &p.authentication;
+    if auth.jwt.is_none() && auth.introspection.is_none() {
+        push(S::Document, ProblemKind::DiscoveryNeedsBearer);
     }
     let path = "/.well-known/smart-configuration";
     if !p.public_paths.iter().any(|pp| pp == path) {
-        v.push(
-            id,
-            field,
-            format!("{path} must stay in publicPaths: apps fetch it without credentials"),
+        push(
+            S::Document,
+            ProblemKind::DiscoveryNotPublic { path: path.into() },
         );
     }
     let urls = [
-        ("issuer", &sc.issuer),
-        ("authorizationEndpoint", &sc.authorization_endpoint),
-        ("tokenEndpoint", &sc.token_endpoint),
-        ("jwksUri", &sc.jwks_uri),
-        ("registrationEndpoint", &sc.registration_endpoint),
-        ("managementEndpoint", &sc.management_endpoint),
-        ("introspectionEndpoint", &sc.introspection_endpoint),
-        ("revocationEndpoint", &sc.revocation_endpoint),
+        (S::Issuer, &sc.issuer),
+        (S::AuthorizationEndpoint, &sc.authorization_endpoint),
+        (S::TokenEndpoint, &sc.token_endpoint),
+        (S::JwksUri, &sc.jwks_uri),
+        (S::RegistrationEndpoint, &sc.registration_endpoint),
+        (S::ManagementEndpoint, &sc.management_endpoint),
+        (S::IntrospectionEndpoint, &sc.introspection_endpoint),
+        (S::RevocationEndpoint, &sc.revocation_endpoint),
     ];
-    for (name, value) in urls {
+    for (field, value) in urls {
         if let Some(u) = value
             && let Err(e) = check_https_url(u)
         {
-            v.push(id, &format!("{field}.{name}"), e);
+            push(field, ProblemKind::Url(e));
         }
     }
     match &sc.openid_discovery {
         Some(d) => {
             if sc.issuer.is_none() {
-                v.push(
-                    id,
-                    &format!("{field}.openidDiscovery"),
-                    "needs issuer: the document is fetched from [issuer]/.well-known/openid-configuration".into(),
-                );
+                push(S::OpenIdDiscovery, ProblemKind::DiscoveryNeedsIssuer);
             }
             if d.refresh_interval_seconds < 10 {
-                v.push(
-                    id,
-                    &format!("{field}.openidDiscovery.refreshInterval"),
-                    "must be at least 10s".into(),
-                );
+                push(S::DiscoveryRefreshInterval, ProblemKind::RefreshTooShort);
             }
-            validate_tls(v, id, &format!("{field}.openidDiscovery.tls"), &d.tls);
+            if let Some(kind) = check_tls(&d.tls) {
+                push(S::DiscoveryCaFile, kind);
+            }
         }
         None => {
             if sc.token_endpoint.is_none() {
-                v.push(
-                    id,
-                    &format!("{field}.tokenEndpoint"),
-                    "required (SMART App Launch 2.2) unless openidDiscovery finds it".into(),
-                );
+                push(S::TokenEndpoint, ProblemKind::TokenEndpointRequired);
             }
         }
     }
     for (i, m) in sc.code_challenge_methods.iter().enumerate() {
         if m == "plain" {
-            v.push(
-                id,
-                &format!("{field}.codeChallengeMethods[{i}]"),
-                "plain must not be offered (SMART App Launch 2.2 requires S256 and forbids plain)"
-                    .into(),
-            );
+            push(S::CodeChallengeMethod(i), ProblemKind::PlainCodeChallenge);
         }
     }
-    for (name, list) in [
-        ("capabilities", &sc.capabilities),
-        ("scopes", &sc.scopes),
-        ("grantTypes", &sc.grant_types),
-        ("codeChallengeMethods", &sc.code_challenge_methods),
-        ("tokenEndpointAuthMethods", &sc.token_endpoint_auth_methods),
-    ] {
+    type Item = fn(usize) -> SmartConfigurationField;
+    let lists: [(Item, &Vec<String>); 5] = [
+        (S::Capability, &sc.capabilities),
+        (S::Scope, &sc.scopes),
+        (S::GrantType, &sc.grant_types),
+        (S::CodeChallengeMethod, &sc.code_challenge_methods),
+        (S::TokenEndpointAuthMethod, &sc.token_endpoint_auth_methods),
+    ];
+    for (field, list) in lists {
         for (i, item) in list.iter().enumerate() {
             if item.is_empty() || item.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                v.push(
-                    id,
-                    &format!("{field}.{name}[{i}]"),
-                    format!("{item:?} must be one non-empty word"),
-                );
+                push(field(i), ProblemKind::NotOneWord { item: item.clone() });
             }
         }
     }
 }
 
-pub(super) fn validate_basic(v: &mut Validator, id: &str, basic: &BasicConfig) {
-    let field = "authentication.basic.htpasswdSecretRef";
+fn validate_basic(v: &mut At<'_, PolicyField>, basic: &BasicConfig) {
     let users = match htpasswd::parse(&basic.htpasswd) {
         Ok(entries) => entries.into_iter().map(|e| e.user).collect::<BTreeSet<_>>(),
         Err(errors) => {
             for e in errors {
-                v.push(id, field, e.to_string());
+                v.push(PolicyField::Htpasswd, ProblemKind::Htpasswd(e));
             }
             return;
         }
     };
     if users.is_empty() {
-        v.push(id, field, "the htpasswd file holds no users".into());
+        v.push(PolicyField::Htpasswd, ProblemKind::NoHtpasswdUsers);
     }
     for (i, rule) in basic.access.iter().enumerate() {
         if rule.users.is_empty() {
-            v.push(
-                id,
-                &format!("authentication.basic.access[{i}].users"),
-                "must name at least one user or \"*\"".into(),
-            );
+            v.push(PolicyField::AccessUsers(i), ProblemKind::NoUsers);
         }
         for u in &rule.users {
             if u != "*" && !users.contains(u) {
                 v.push(
-                    id,
-                    &format!("authentication.basic.access[{i}].users"),
-                    format!("user {u:?} is not in the htpasswd file"),
+                    PolicyField::AccessUsers(i),
+                    ProblemKind::UnknownUser { user: u.clone() },
                 );
             }
         }
     }
 }
 
-pub(super) fn validate_jwt(v: &mut Validator, id: &str, jwt: &JwtConfig) {
+fn validate_jwt(v: &mut At<'_, PolicyField>, jwt: &JwtConfig) {
     if jwt.token_sources.is_empty() {
-        v.push(
-            id,
-            "authentication.jwt.tokenSources",
-            "must name at least one source".into(),
-        );
+        v.push(PolicyField::TokenSources, ProblemKind::NoTokenSources);
     }
     if jwt.providers.is_empty() {
-        v.push(
-            id,
-            "authentication.jwt.providers",
-            "must list at least one provider".into(),
-        );
+        v.push(PolicyField::Providers, ProblemKind::NoProviders);
     }
     let mut names = BTreeSet::new();
     let mut issuers = BTreeSet::new();
     for (i, p) in jwt.providers.iter().enumerate() {
-        let f = |s: &str| format!("authentication.jwt.providers[{i}].{s}");
+        let mut push =
+            |f: ProviderField, kind: ProblemKind| v.push(PolicyField::Provider(i, f), kind);
         if p.name.is_empty() || !names.insert(p.name.clone()) {
-            v.push(id, &f("name"), "must be non-empty and unique".into());
+            push(ProviderField::Name, ProblemKind::NameNotUnique);
         }
         if p.issuer.is_empty() {
-            v.push(id, &f("issuer"), "must not be empty".into());
+            push(ProviderField::Issuer, ProblemKind::Empty);
         } else if !issuers.insert(p.issuer.clone()) {
-            v.push(
-                id,
-                &f("issuer"),
-                format!(
-                    "issuer {:?} is used by two providers; tokens could not be told apart",
-                    p.issuer
-                ),
+            push(
+                ProviderField::Issuer,
+                ProblemKind::SharedIssuer {
+                    issuer: p.issuer.clone(),
+                },
             );
         }
         if p.audiences.is_empty() || p.audiences.iter().any(|a| a.is_empty()) {
-            v.push(
-                id,
-                &f("audiences"),
-                "must list at least one non-empty audience; tokens minted for another service must not be accepted"
-                    .into(),
-            );
+            push(ProviderField::Audiences, ProblemKind::NoAudiences);
         }
         if p.algorithms.is_empty() {
-            v.push(
-                id,
-                &f("algorithms"),
-                "must list at least one algorithm".into(),
-            );
+            push(ProviderField::Algorithms, ProblemKind::NoAlgorithms);
         }
         if p.clock_skew_seconds > 600 {
-            v.push(id, &f("clockSkew"), "must be at most 10m".into());
+            push(ProviderField::ClockSkew, ProblemKind::ClockSkewTooLarge);
         }
-        for (name, value) in [
-            ("scope", &p.claims.scope),
-            ("patient", &p.claims.patient),
-            ("fhirUser", &p.claims.fhir_user),
-            ("subject", &p.claims.subject),
+        for (claim, value) in [
+            (ClaimField::Scope, &p.claims.scope),
+            (ClaimField::Patient, &p.claims.patient),
+            (ClaimField::FhirUser, &p.claims.fhir_user),
+            (ClaimField::Subject, &p.claims.subject),
         ] {
             if value.is_empty() {
-                v.push(
-                    id,
-                    &f(&format!("claims.{name}")),
-                    "must not be empty".into(),
-                );
+                push(ProviderField::Claim(claim), ProblemKind::Empty);
             }
         }
         match (&p.jwks.uri, &p.jwks.document) {
-            (Some(_), Some(_)) | (None, None) => v.push(
-                id,
-                &f("jwks"),
-                "exactly one of uri and secretRef must be set".into(),
-            ),
+            (Some(_), Some(_)) | (None, None) => {
+                push(ProviderField::Jwks, ProblemKind::JwksSourceCount)
+            }
             (Some(uri), None) => {
                 if let Err(e) = check_https_url(uri) {
-                    v.push(id, &f("jwks.uri"), e);
+                    push(ProviderField::JwksUri, ProblemKind::Url(e));
                 }
                 if p.jwks.refresh_interval_seconds < 10 {
-                    v.push(
-                        id,
-                        &f("jwks.refreshInterval"),
-                        "must be at least 10s".into(),
+                    push(
+                        ProviderField::JwksRefreshInterval,
+                        ProblemKind::RefreshTooShort,
                     );
                 }
-                validate_tls(v, id, &f("jwks.tls"), &p.jwks.tls);
+                if let Some(kind) = check_tls(&p.jwks.tls) {
+                    push(ProviderField::JwksCaFile, kind);
+                }
             }
             (None, Some(doc)) => {
                 if let Err(e) = check_jwks_document(doc) {
-                    v.push(id, &f("jwks.secretRef"), e);
+                    push(ProviderField::JwksDocument, ProblemKind::Jwks(e));
                 }
             }
         }
+    }
+}
+
+fn validate_introspection(v: &mut At<'_, PolicyField>, i: &IntrospectionConfig, has_jwt: bool) {
+    let mut push =
+        |f: IntrospectionField, kind: ProblemKind| v.push(PolicyField::Introspection(f), kind);
+    if let Err(e) = check_https_url(&i.endpoint) {
+        push(IntrospectionField::Endpoint, ProblemKind::Url(e));
+    }
+    if i.client_id.is_empty() {
+        push(IntrospectionField::ClientId, ProblemKind::Empty);
+    }
+    if i.client_secret.is_empty() {
+        push(IntrospectionField::ClientSecret, ProblemKind::EmptySecret);
+    }
+    if i.audiences.is_empty() || i.audiences.iter().any(|a| a.is_empty()) {
+        push(IntrospectionField::Audiences, ProblemKind::NoAudiences);
+    }
+    if i.max_cache_seconds > 3600 {
+        push(
+            IntrospectionField::MaxCacheSeconds,
+            ProblemKind::CacheTooLong,
+        );
+    }
+    if i.clock_skew_seconds > 600 {
+        push(
+            IntrospectionField::ClockSkew,
+            ProblemKind::ClockSkewTooLarge,
+        );
+    }
+    if i.introspect_jwts && !has_jwt {
+        push(
+            IntrospectionField::IntrospectJwts,
+            ProblemKind::OnlyWithJwtProviders,
+        );
+    }
+    if let Some(kind) = check_tls(&i.tls) {
+        push(IntrospectionField::CaFile, kind);
     }
 }
 
 /// Structural check of a JWKS document; the server additionally turns every key into a
 /// verification key when it loads the config.
-pub fn check_jwks_document(doc: &str) -> Result<(), String> {
+pub fn check_jwks_document(doc: &str) -> Result<(), JwksProblem> {
     let value: serde_json::Value =
-        serde_json::from_str(doc).map_err(|e| format!("not a JSON document: {e}"))?;
+        serde_json::from_str(doc).map_err(|e| JwksProblem::NotJson(e.to_string()))?;
     let keys = value
         .get("keys")
         .and_then(|k| k.as_array())
-        .ok_or("not a JWKS: no \"keys\" array")?;
+        .ok_or(JwksProblem::NoKeysArray)?;
     if keys.is_empty() {
-        return Err("the JWKS holds no keys".into());
+        return Err(JwksProblem::NoKeys);
     }
     for (i, k) in keys.iter().enumerate() {
         if k.get("d").is_some() || k.get("k").is_some() {
-            return Err(format!(
-                "key {i} contains private or symmetric key material; publish only public keys"
-            ));
+            return Err(JwksProblem::PrivateKeyMaterial(i));
         }
     }
     Ok(())
 }
 
-pub(super) fn validate_tls(v: &mut Validator, id: &str, field: &str, tls: &TlsConfig) {
+/// The problem with a TLS setting, if any; every one of them concerns `caFile`.
+fn check_tls(tls: &TlsConfig) -> Option<ProblemKind> {
     match (tls.mode, &tls.ca_file) {
-        (TlsMode::CustomBundle, None) => v.push(
-            id,
-            &format!("{field}.caBundleSecretRef"),
-            "required when mode is CustomBundle".into(),
-        ),
-        (TlsMode::CustomBundle, Some(f)) => {
-            if f.is_empty() || f.contains('/') || f.starts_with('.') {
-                v.push(
-                    id,
-                    &format!("{field}.caFile"),
-                    format!("{f:?} must be a plain file name inside the config directory"),
-                );
-            }
-        }
-        (_, Some(_)) => v.push(
-            id,
-            &format!("{field}.caBundleSecretRef"),
-            "only allowed when mode is CustomBundle".into(),
-        ),
-        (_, None) => {}
+        (TlsMode::CustomBundle, None) => Some(ProblemKind::CaFileRequired),
+        (TlsMode::CustomBundle, Some(f)) => (f.is_empty() || f.contains('/') || f.starts_with('.'))
+            .then(|| ProblemKind::CaFileNotPlain { file: f.clone() }),
+        (_, Some(_)) => Some(ProblemKind::CaFileNotAllowed),
+        (_, None) => None,
     }
 }
 
-pub(super) fn check_https_url(s: &str) -> Result<url::Url, String> {
-    let u = url::Url::parse(s).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+pub(super) fn check_https_url(s: &str) -> Result<url::Url, UrlProblem> {
+    let u = url::Url::parse(s).map_err(|e| UrlProblem::NotAUrl {
+        url: s.into(),
+        error: e.to_string(),
+    })?;
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err(UrlProblem::Credentials);
+    }
     if u.scheme() != "https" {
-        return Err(format!("{s:?} must use https"));
+        return Err(UrlProblem::NotHttps { url: s.into() });
     }
     if u.host_str().is_none_or(str::is_empty) {
-        return Err(format!("{s:?} has no host"));
-    }
-    if !u.username().is_empty() || u.password().is_some() {
-        return Err(format!("{s:?} must not carry credentials in the URL"));
+        return Err(UrlProblem::NoHost { url: s.into() });
     }
     Ok(u)
 }
 
-pub(super) fn validate_connection(v: &mut Validator, id: &str, c: &ConnectionConfig) {
+fn validate_connection(v: &mut At<'_, ConnectionField>, c: &ConnectionConfig) {
     match url::Url::parse(&c.url) {
         Ok(u) if (u.scheme() == "https" || u.scheme() == "http") && u.host_str().is_some() => {
             if !u.username().is_empty() || u.password().is_some() {
-                v.push(id, "url", "must not carry credentials in the URL".into());
+                v.push(
+                    ConnectionField::Url,
+                    ProblemKind::Url(UrlProblem::Credentials),
+                );
             }
         }
         Ok(_) => v.push(
-            id,
-            "url",
-            format!("{:?} must be an http(s) URL with a host", c.url),
+            ConnectionField::Url,
+            ProblemKind::Url(UrlProblem::NotHttp { url: c.url.clone() }),
         ),
-        Err(e) => v.push(id, "url", format!("{:?} is not a URL: {e}", c.url)),
+        Err(e) => v.push(
+            ConnectionField::Url,
+            ProblemKind::Url(UrlProblem::NotAUrl {
+                url: c.url.clone(),
+                error: e.to_string(),
+            }),
+        ),
     }
     match (&c.auth.basic, &c.auth.oauth) {
-        (Some(_), Some(_)) => v.push(
-            id,
-            "auth",
-            "at most one of basic and oauth: HTTP has one Authorization header".into(),
-        ),
+        (Some(_), Some(_)) => v.push(ConnectionField::Auth, ProblemKind::BasicAndOAuth),
         (Some(b), None) => {
             if b.username.is_empty() || b.username.contains(':') {
-                v.push(
-                    id,
-                    "auth.basic.secretRef",
-                    "username must be non-empty and contain no ':'".into(),
-                );
+                v.push(ConnectionField::BasicUsername, ProblemKind::BadUsername);
             }
         }
         (None, Some(o)) => {
             if let Err(e) = check_https_url(&o.token_url) {
-                v.push(id, "auth.oauth.tokenUrl", e);
+                v.push(ConnectionField::OAuthTokenUrl, ProblemKind::Url(e));
             }
             if o.client_id.is_empty() {
-                v.push(id, "auth.oauth.clientId", "must not be empty".into());
+                v.push(ConnectionField::OAuthClientId, ProblemKind::Empty);
             }
             if o.client_secret.is_empty() {
-                v.push(
-                    id,
-                    "auth.oauth.clientSecretRef",
-                    "the secret is empty".into(),
-                );
+                v.push(ConnectionField::OAuthClientSecret, ProblemKind::EmptySecret);
             }
         }
         (None, None) => {}
     }
-    validate_tls(v, id, "tls", &c.tls);
+    if let Some(kind) = check_tls(&c.tls) {
+        v.push(ConnectionField::CaFile, kind);
+    }
 }
 
 /// Parses the CRDs' duration strings: an integer followed by `s`, `m` or `h`, or several

@@ -117,31 +117,55 @@ pub fn strict_prefer(existing: Option<&str>) -> String {
 
 /// Every spelling of fhirguard's identity headers with `-` or `_` at each separator, for
 /// removal even when the check request did not carry them. Computed once.
-pub fn identity_header_spellings() -> &'static [String] {
-    static SPELLINGS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
-        let mut out = Vec::new();
-        for name in [
-            SUBJECT_HEADER,
-            PATIENT_HEADER,
-            SCOPES_HEADER,
-            DECISION_ID_HEADER,
-        ] {
-            let parts: Vec<&str> = name.split('-').collect();
-            let gaps = parts.len() - 1;
-            for mask in 0..(1u32 << gaps) {
-                let mut s = parts[0].to_string();
-                for (i, p) in parts[1..].iter().enumerate() {
-                    s.push(if mask & (1 << i) == 0 { '-' } else { '_' });
-                    s.push_str(p);
-                }
-                out.push(s);
-            }
-        }
-        out.sort();
-        out
-    });
-    &SPELLINGS
+pub fn identity_header_spellings() -> &'static [&'static str] {
+    &IDENTITY_SPELLINGS.all
 }
+
+/// The spellings, and for each combination of identity headers an allow can set (subject,
+/// patient, scopes; the decision id is always set) the spellings left to remove, so that an
+/// allow picks its list instead of filtering twenty names per request.
+struct Spellings {
+    all: Vec<&'static str>,
+    removals: [Vec<&'static str>; 8],
+}
+
+static IDENTITY_SPELLINGS: std::sync::LazyLock<Spellings> = std::sync::LazyLock::new(|| {
+    let mut all: Vec<&'static str> = Vec::new();
+    for name in [
+        SUBJECT_HEADER,
+        PATIENT_HEADER,
+        SCOPES_HEADER,
+        DECISION_ID_HEADER,
+    ] {
+        let parts: Vec<&str> = name.split('-').collect();
+        let gaps = parts.len() - 1;
+        for mask in 0..(1u32 << gaps) {
+            let mut s = parts[0].to_string();
+            for (i, p) in parts[1..].iter().enumerate() {
+                s.push(if mask & (1 << i) == 0 { '-' } else { '_' });
+                s.push_str(p);
+            }
+            // Twenty short names made once per process: leaking them gives the `'static`
+            // borrows every answer hands out.
+            all.push(Box::leak(s.into_boxed_str()));
+        }
+    }
+    all.sort_unstable();
+    let removals = std::array::from_fn(|mask| {
+        let set = |bit: usize, name: &'static str| (mask & bit != 0).then_some(name);
+        let ours = [
+            Some(DECISION_ID_HEADER),
+            set(1, SUBJECT_HEADER),
+            set(2, PATIENT_HEADER),
+            set(4, SCOPES_HEADER),
+        ];
+        all.iter()
+            .copied()
+            .filter(|k| !ours.contains(&Some(*k)))
+            .collect()
+    });
+    Spellings { all, removals }
+});
 
 /// Whether a header name, read the way CGI, WSGI and Rack stacks read it (case-insensitive,
 /// `_` as `-`), starts with `x-fhirguard-`.
@@ -169,13 +193,15 @@ pub fn forged_headers<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<Strin
 
 /// What an allowed request becomes upstream (pure): the headers to set and to remove, and the
 /// headers for the client's response. A host copies these into its own message types; the
-/// query rewrite is in the [`Allow`] itself (`remove_query`, `set_query`).
+/// query rewrite is in the [`Allow`] itself (`remove_query`, `set_query`). Names are borrowed
+/// (static, or from the request's own header names) so that a host that can pass them on
+/// without copying does.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AllowedAnswer {
+pub struct AllowedAnswer<'a> {
     /// Set on the upstream request, replacing any value the client sent.
     pub set: Vec<(&'static str, String)>,
     /// Removed from the upstream request.
-    pub remove: Vec<String>,
+    pub remove: Vec<&'a str>,
     /// Set on the response to the client.
     pub response_set: Vec<(&'static str, String)>,
 }
@@ -187,17 +213,21 @@ pub fn allowed<'a>(
     decision_id: &str,
     incoming: impl IntoIterator<Item = &'a str>,
     prefer: Option<&str>,
-) -> AllowedAnswer {
+) -> AllowedAnswer<'a> {
     let mut set = Vec::with_capacity(6);
     set.push((DECISION_ID_HEADER, decision_id.to_string()));
+    let mut mask = 0;
     if let Some(s) = &a.subject {
         set.push((SUBJECT_HEADER, s.clone()));
+        mask |= 1;
     }
     if let Some(p) = &a.patient {
         set.push((PATIENT_HEADER, p.clone()));
+        mask |= 2;
     }
     if let Some(s) = &a.scopes {
         set.push((SCOPES_HEADER, s.clone()));
+        mask |= 4;
     }
     if a.strict_search {
         set.push(("prefer", strict_prefer(prefer)));
@@ -214,25 +244,46 @@ pub fn allowed<'a>(
     // ours even when the check request did not show them: a mesh may send fhirguard only
     // some headers (Envoy Gateway's headersToExtAuth, Envoy's allowed_headers), and a forged
     // x-fhirguard-patient must not survive that.
-    let ours = |k: &str| set.iter().any(|(s, _)| *s == k);
-    let mut remove: Vec<String> = identity_header_spellings()
-        .iter()
-        .filter(|k| !ours(k))
-        .cloned()
-        .collect();
+    let fixed = &IDENTITY_SPELLINGS.removals[mask];
+    let mut remove: Vec<&'a str> = Vec::with_capacity(fixed.len() + 2);
+    remove.extend_from_slice(fixed);
     for k in incoming {
-        if is_forged_name(k) && !ours(k) && !remove.iter().any(|r| r == k) {
-            remove.push(k.to_string());
+        if is_forged_name(k) && !set.iter().any(|(s, _)| *s == k) && !remove.contains(&k) {
+            remove.push(k);
         }
     }
     if remove_authorization {
-        remove.push("authorization".into());
+        remove.push("authorization");
+    }
+    // The values come from verified credentials, which the policy step already refuses when
+    // they hold control characters; escaping here keeps any future source from writing a
+    // header line of its own upstream.
+    for (_, v) in &mut set {
+        if v.chars().any(char::is_control) {
+            *v = escape_controls(v);
+        }
     }
     AllowedAnswer {
         set,
         remove,
         response_set: vec![(DECISION_ID_HEADER, decision_id.to_string())],
     }
+}
+
+/// Control characters as `%XX`, the rest unchanged.
+fn escape_controls(v: &str) -> String {
+    let mut out = String::with_capacity(v.len() + 8);
+    for c in v.chars() {
+        if c.is_control() {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -344,5 +395,33 @@ mod tests {
         assert_eq!(body["resourceType"], "OperationOutcome");
         assert_eq!(body["issue"][0]["code"], "login");
         assert_eq!(body["issue"][0]["diagnostics"], "credentials are required");
+    }
+
+    /// Finding 6 (issue 14 attack): identity header values are copied from the token (`sub`,
+    /// the scope claim) without a check. Envoy applies ext_authz header mutations unchecked
+    /// unless `validate_mutations: true` (no shipped config sets it), and its HTTP/1 encoder
+    /// writes the bytes as they are: a CR/LF in a claim becomes a header line of its own.
+    #[test]
+    fn identity_header_values_carry_no_control_characters() {
+        use crate::core::policy::AllowReason;
+        let a = Allow {
+            policy: "ns/p".into(),
+            reason: AllowReason::Authenticated,
+            subject: Some("app-1\r\nx-fhirguard-patient: 456".into()),
+            patient: Some("123".into()),
+            scopes: Some("patient/*.rs\r\nx-fhirguard-patient: 456".into()),
+            remove_query: vec![],
+            set_query: vec![],
+            strict_search: false,
+            interaction: None,
+            outbound: None,
+        };
+        let ans = allowed(&a, "id", [], None);
+        for (k, v) in &ans.set {
+            assert!(
+                !v.chars().any(|c| c.is_control()),
+                "{k} carries a control character: {v:?}"
+            );
+        }
     }
 }

@@ -10,9 +10,15 @@
 //! hosts cannot drift apart on a security sequence.
 //!
 //! ```text
-//! Check::new ──► Password? ──► Token? ──► authorize ──► Lookups? ──► authorize ──► Done
-//!                  ▲ host         ▲ host                  ▲ host (at most two rounds)
+//! Check::new ──► Password? ──► Token? ──► Introspect? ──► authorize ──► Lookups? ──► authorize ──► Done
+//!                  ▲ host         ▲ host      ▲ host                        ▲ host (at most two rounds)
 //! ```
+//!
+//! Which check a bearer token gets is decided here too ([`route_token`]): a JWT whose `iss`
+//! names one of the policy's JWT providers is verified by that provider (and, with
+//! `introspectJwts`, introspected afterwards for revocation); any other token goes to the
+//! policy's introspection endpoint when it has one, and to the JWT verifier (which refuses
+//! it) otherwise.
 
 use crate::config::{CompiledConfig, ConnectionConfig};
 use std::sync::Arc;
@@ -39,6 +45,14 @@ pub enum Need<'a> {
     },
     /// Verify a bearer token for the policy (signature with the provider's keys, claims).
     Token { policy: usize, token: &'a str },
+    /// Ask the policy's RFC 7662 introspection endpoint about a bearer token. `revocation`:
+    /// the token is a JWT its provider has already verified, asked about only to learn that
+    /// it has not been revoked.
+    Introspect {
+        policy: usize,
+        token: &'a str,
+        revocation: bool,
+    },
     /// Fetch these stored resources through the policy's `compartmentLookup` connection.
     Lookups {
         policy: usize,
@@ -78,6 +92,7 @@ pub enum TokenFailure {
 enum State {
     Password,
     Token,
+    Introspect { revocation: bool },
     Authorize,
     Lookups(Vec<LookupKey>),
     OAuth(String),
@@ -179,6 +194,16 @@ impl<'c> Check<'c> {
                 }),
                 None => Next::Done(&UNREACHABLE),
             },
+            State::Introspect { revocation } => {
+                match self.pending.as_ref().and_then(|p| p.bearer.as_ref()) {
+                    Some(b) => Next::Need(Need::Introspect {
+                        policy,
+                        token: &b.token,
+                        revocation: *revocation,
+                    }),
+                    None => Next::Done(&UNREACHABLE),
+                }
+            }
             State::Lookups(keys) => Next::Need(Need::Lookups { policy, keys }),
             State::OAuth(c) => Next::Need(Need::OAuthToken { connection: c }),
             State::Discovery(i) => Next::Need(Need::SmartConfiguration { policy: *i }),
@@ -266,10 +291,14 @@ impl<'c> Check<'c> {
         let Some(p) = &self.pending else {
             return self.fault("no pending request");
         };
+        let policy = &self.config.policies[p.policy_index];
         match result {
             Ok(identity) => {
                 self.identity.token = Some(identity);
-                self.state = State::Authorize;
+                self.state = match &policy.authentication.introspection {
+                    Some(i) if i.introspect_jwts => State::Introspect { revocation: true },
+                    _ => State::Authorize,
+                };
                 self.advance();
             }
             Err(TokenFailure::Invalid(reason, message)) => {
@@ -282,6 +311,43 @@ impl<'c> Check<'c> {
                 )));
             }
             Err(TokenFailure::Undecidable(why)) => {
+                self.state = State::Done(Outcome::Unavailable(why));
+            }
+        }
+    }
+
+    /// The answer to [`Need::Introspect`]: the token's identity (the same as a verified JWT
+    /// gives), or why it is refused, or that the endpoint could not be asked.
+    pub fn token_introspected(&mut self, result: Result<Arc<TokenIdentity>, TokenFailure>) {
+        let State::Introspect { revocation } = self.state else {
+            return self.fault("an introspection answer arrived out of turn");
+        };
+        let Some(p) = &self.pending else {
+            return self.fault("no pending request");
+        };
+        match result {
+            Ok(identity) => {
+                // For a verified JWT the introspection only says "not revoked"; the identity
+                // stays the one its signed claims give.
+                if !revocation {
+                    self.identity.token = Some(identity);
+                }
+                self.state = State::Authorize;
+                self.advance();
+            }
+            Err(TokenFailure::Invalid(reason, message)) => {
+                // A refused token grants nothing, also not a JWT identity found before.
+                self.identity.token = None;
+                let policy = &self.config.policies[p.policy_index];
+                self.state = State::Done(Outcome::Decided(policy::unauthorized(
+                    policy,
+                    reason,
+                    Some("invalid_token"),
+                    message,
+                )));
+            }
+            Err(TokenFailure::Undecidable(why)) => {
+                self.identity.token = None;
                 self.state = State::Done(Outcome::Unavailable(why));
             }
         }
@@ -364,8 +430,19 @@ impl<'c> Check<'c> {
             State::Password if policy.authentication.basic.is_none() => {
                 "this policy does not accept Basic credentials"
             }
-            State::Token if policy.authentication.jwt.is_none() => {
+            State::Token
+                if policy.authentication.jwt.is_none()
+                    && policy.authentication.introspection.is_none() =>
+            {
                 "this policy does not accept bearer tokens"
+            }
+            State::Token => {
+                if let Some(b) = &p.bearer
+                    && route_token(policy, &b.token) == TokenRoute::Introspect
+                {
+                    self.state = State::Introspect { revocation: false };
+                }
+                return;
             }
             _ => return,
         };
@@ -423,6 +500,51 @@ impl<'c> Check<'c> {
     }
 }
 
+/// Which check a bearer token gets under a policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRoute {
+    /// Verified by the JWT provider its `iss` names (or refused by the JWT verifier).
+    Jwt,
+    /// Sent to the policy's introspection endpoint.
+    Introspect,
+}
+
+/// The routing rule, in one place: a JWT whose unverified `iss` equals the issuer of one of
+/// the policy's JWT providers goes to that provider; everything else (an opaque token, a JWT
+/// of any other issuer, something that does not parse) goes to introspection when the policy
+/// has it. Reading `iss` unverified is safe here: it only chooses who checks the token, and
+/// a token routed to a provider must still carry that provider's signature.
+pub fn route_token(policy: &crate::config::PolicyConfig, token: &str) -> TokenRoute {
+    if policy.authentication.introspection.is_none() {
+        return TokenRoute::Jwt;
+    }
+    let Some(jwt) = &policy.authentication.jwt else {
+        return TokenRoute::Introspect;
+    };
+    match unverified_issuer(token) {
+        Some(iss) if jwt.providers.iter().any(|p| p.issuer == iss) => TokenRoute::Jwt,
+        _ => TokenRoute::Introspect,
+    }
+}
+
+/// The `iss` of something shaped like a JWS compact serialization, unverified.
+fn unverified_issuer(token: &str) -> Option<String> {
+    use base64::Engine as _;
+    let mut parts = token.split('.');
+    let (_header, payload) = (parts.next()?, parts.next()?);
+    parts.next()?;
+    if parts.next().is_some() || payload.len() > 16 * 1024 {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    // Strict parsing: a payload with two `iss` members means different things to different
+    // parsers and is routed nowhere in particular (the JWT verifier refuses it anyway).
+    let claims = crate::core::json::parse_strict(&raw).ok()?;
+    claims.get("iss")?.as_str().map(str::to_string)
+}
+
 /// A placeholder the state machine never returns in practice (every non-final state has a
 /// need); kept as a value so that `next` cannot panic.
 static UNREACHABLE: Outcome = Outcome::Unavailable(String::new());
@@ -475,6 +597,7 @@ mod tests {
             public_paths: default_public_paths(),
             unauthenticated_access: false,
             authentication: AuthenticationConfig {
+                introspection: None,
                 combine: Combine::AnyOf,
                 basic: Some(BasicConfig {
                     htpasswd: String::new(),
@@ -669,6 +792,159 @@ mod tests {
             panic!("{:?}", check.outcome())
         };
         assert_eq!(d.status, 403);
+    }
+
+    fn with_introspection(introspect_jwts: bool) -> CompiledConfig {
+        let mut c = config();
+        let auth = &mut c.policies[0].authentication;
+        if let Some(j) = auth.jwt.as_mut() {
+            j.providers = vec![ProviderConfig {
+                name: "idp".into(),
+                issuer: "https://idp.example".into(),
+                audiences: vec!["aud".into()],
+                algorithms: vec![Algorithm::ES256],
+                clock_skew_seconds: 60,
+                jwks: JwksConfig {
+                    uri: None,
+                    refresh_interval_seconds: 600,
+                    tls: TlsConfig::default(),
+                    document: Some("{}".into()),
+                },
+                claims: ClaimNames::default(),
+            }];
+        }
+        auth.introspection = Some(IntrospectionConfig {
+            endpoint: "https://as.example/introspect".into(),
+            client_id: "c".into(),
+            client_secret: "s".into(),
+            client_auth_method: ClientAuthMethod::ClientSecretBasic,
+            audiences: vec!["aud".into()],
+            max_cache_seconds: 300,
+            introspect_jwts,
+            clock_skew_seconds: 60,
+            tls: TlsConfig::default(),
+        });
+        c
+    }
+
+    fn jwt_of(iss: &str) -> String {
+        use base64::Engine as _;
+        let enc = |v: serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        format!(
+            "{}.{}.sig",
+            enc(serde_json::json!({"alg": "ES256"})),
+            enc(serde_json::json!({"iss": iss}))
+        )
+    }
+
+    fn first_need(c: &CompiledConfig, token: &str) -> String {
+        let auth = format!("Bearer {token}");
+        let check = Check::new(c, &request("ehr.example", "/fhir/Patient/1", Some(&auth)));
+        match check.next() {
+            Next::Need(Need::Token { .. }) => "jwt".into(),
+            Next::Need(Need::Introspect { revocation, .. }) => format!("introspect {revocation}"),
+            other => format!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn tokens_are_routed_by_issuer_then_to_introspection() {
+        let c = with_introspection(false);
+        let dup = {
+            use base64::Engine as _;
+            let p = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(r#"{"iss":"https://idp.example","iss":"https://x"}"#);
+            format!("e30.{p}.sig")
+        };
+        for (token, want) in [
+            (jwt_of("https://idp.example"), "jwt"),
+            (jwt_of("https://other.example"), "introspect false"),
+            (jwt_of("https://idp.example/"), "introspect false"),
+            ("opaque-abc".to_string(), "introspect false"),
+            ("a.b".to_string(), "introspect false"),
+            (
+                format!("{}.extra", jwt_of("https://idp.example")),
+                "introspect false",
+            ),
+            (dup, "introspect false"),
+        ] {
+            assert_eq!(first_need(&c, &token), want, "{token}");
+        }
+        // Without introspection every token goes to the JWT verifier (which refuses it).
+        assert_eq!(first_need(&config(), "opaque-abc"), "jwt");
+        // With introspection alone, every token is introspected.
+        let mut only = with_introspection(false);
+        only.policies[0].authentication.jwt = None;
+        assert_eq!(
+            first_need(&only, &jwt_of("https://idp.example")),
+            "introspect false"
+        );
+    }
+
+    #[test]
+    fn introspection_answers_drive_the_check() {
+        let c = with_introspection(false);
+        let auth = "Bearer opaque";
+        let path = "/fhir/Observation?patient=p1";
+        let mut check = Check::new(&c, &request("ehr.example", path, Some(auth)));
+        check.token_introspected(Ok(Arc::new(token("patient/Observation.rs", Some("p1")))));
+        assert!(matches!(
+            check.outcome(),
+            Some(Outcome::Decided(Decision::Allow(_)))
+        ));
+        let mut check = Check::new(&c, &request("ehr.example", path, Some(auth)));
+        check.token_introspected(Err(TokenFailure::Invalid(
+            DenyReason::InactiveToken,
+            "not active".into(),
+        )));
+        let Some(Outcome::Decided(Decision::Deny(d))) = check.outcome() else {
+            panic!()
+        };
+        assert_eq!((d.status, d.reason), (401, DenyReason::InactiveToken));
+        let mut check = Check::new(&c, &request("ehr.example", path, Some(auth)));
+        check.token_introspected(Err(TokenFailure::Undecidable("down".into())));
+        assert_eq!(check.outcome(), Some(&Outcome::Unavailable("down".into())));
+        // An answer out of turn is a fault, never an allow.
+        let mut check = Check::new(&c, &request("ehr.example", path, Some(auth)));
+        check.token_verified(Ok(Arc::new(token("patient/Observation.rs", Some("p1")))));
+        assert!(matches!(check.outcome(), Some(Outcome::Unavailable(_))));
+    }
+
+    #[test]
+    fn with_introspect_jwts_a_verified_jwt_is_also_introspected() {
+        let c = with_introspection(true);
+        let auth = format!("Bearer {}", jwt_of("https://idp.example"));
+        let path = "/fhir/Observation?patient=p1";
+        let mut check = Check::new(&c, &request("ehr.example", path, Some(&auth)));
+        assert!(matches!(check.next(), Next::Need(Need::Token { .. })));
+        check.token_verified(Ok(Arc::new(token("patient/Observation.rs", Some("p1")))));
+        assert!(matches!(
+            check.next(),
+            Next::Need(Need::Introspect {
+                revocation: true,
+                ..
+            })
+        ));
+        // Revoked: refused, and the JWT's identity is gone.
+        check.token_introspected(Err(TokenFailure::Invalid(
+            DenyReason::InactiveToken,
+            "not active".into(),
+        )));
+        assert!(check.token().is_none());
+        assert!(matches!(
+            check.outcome(),
+            Some(Outcome::Decided(Decision::Deny(_)))
+        ));
+        // Active: the identity stays the JWT's, whatever the endpoint says about claims.
+        let mut check = Check::new(&c, &request("ehr.example", path, Some(&auth)));
+        check.token_verified(Ok(Arc::new(token("patient/Observation.rs", Some("p1")))));
+        check.token_introspected(Ok(Arc::new(token("", None))));
+        let Some(Outcome::Decided(Decision::Allow(a))) = check.outcome() else {
+            panic!("{:?}", check.outcome())
+        };
+        assert_eq!(a.patient.as_deref(), Some("p1"));
     }
 
     #[test]

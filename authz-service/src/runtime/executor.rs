@@ -24,6 +24,7 @@ use crate::core::smart::{LookupKey, Stored};
 use crate::observe::{DecisionLabel, DecisionObserver, Observer};
 use crate::runtime::audit::{AuditOptions, AuditSink};
 use crate::runtime::discovery::DiscoveryOptions;
+use crate::runtime::introspect::IntrospectionOptions;
 use crate::runtime::jwks::JwksOptions;
 use crate::runtime::oauth::OAuthOptions;
 use crate::runtime::state::{Outbound, Runtime, Shared};
@@ -83,6 +84,7 @@ pub struct Answer {
 pub struct Options {
     pub jwks: JwksOptions,
     pub oauth: OAuthOptions,
+    pub introspection: IntrospectionOptions,
     /// The memory budget of the caches (`--cache-memory-mib`).
     pub cache: Budget,
     /// Retry delays of audit destinations.
@@ -150,6 +152,7 @@ fn token_failure(e: &TokenError) -> TokenFailure {
 enum Work {
     Password(Result<bool, String>),
     Token(Result<Arc<TokenIdentity>, TokenFailure>),
+    Introspected(Result<Arc<TokenIdentity>, TokenFailure>),
     Lookups(Vec<(LookupKey, Result<Stored, String>)>),
     OAuth(Result<String, String>),
     Discovery(Result<Option<Arc<serde_json::Value>>, String>),
@@ -165,14 +168,17 @@ impl Executor {
             refused: std::sync::Mutex::new(None),
             password_checks: Arc::new(tokio::sync::Semaphore::new(slots)),
             token_checks: Arc::new(tokio::sync::Semaphore::new(slots)),
-            shared: Shared::with_options(
-                options.jwks,
-                options.oauth,
-                options.audit,
-                options.discovery,
-                options.cache,
-                observer,
-            ),
+            shared: Shared {
+                introspection: options.introspection,
+                ..Shared::with_options(
+                    options.jwks,
+                    options.oauth,
+                    options.audit,
+                    options.discovery,
+                    options.cache,
+                    observer,
+                )
+            },
         }
     }
 
@@ -386,6 +392,9 @@ impl Executor {
                 Next::Need(Need::Token { policy, token }) => {
                     Work::Token(self.token(rt, policy, token).await)
                 }
+                Next::Need(Need::Introspect { policy, token, .. }) => {
+                    Work::Introspected(self.introspect(rt, policy, token).await)
+                }
                 Next::Need(Need::Lookups { policy, keys }) => {
                     Work::Lookups(self.lookups(rt, policy, keys).await)
                 }
@@ -403,6 +412,7 @@ impl Executor {
                 Work::Password(Ok(valid)) => check.password_checked(valid),
                 Work::Password(Err(why)) => check.undecidable(why),
                 Work::Token(result) => check.token_verified(result),
+                Work::Introspected(result) => check.token_introspected(result),
                 Work::Lookups(answers) => check.lookups_done(answers),
                 Work::OAuth(token) => check.oauth_token(token),
                 Work::Discovery(metadata) => check.smart_configuration(metadata),
@@ -495,6 +505,24 @@ impl Executor {
                     }
                 }
             }
+        }
+    }
+
+    async fn introspect(
+        &self,
+        rt: &Runtime,
+        policy: usize,
+        token: &str,
+    ) -> Result<Arc<TokenIdentity>, TokenFailure> {
+        match rt
+            .policies
+            .get(policy)
+            .and_then(|p| p.introspection.as_ref())
+        {
+            Some(client) => client.introspect(token).await,
+            None => Err(TokenFailure::Undecidable(
+                "no introspection client is loaded for the policy".into(),
+            )),
         }
     }
 

@@ -152,9 +152,11 @@ impl LookupClient {
         if let Some(source) = &self.oauth {
             req = req.header("authorization", format!("Bearer {}", source.token().await?));
         }
+        // reqwest's message repeats the URL, and with it the resource id (which can name a
+        // patient): the error keeps only what went wrong.
         let resp = req.send().await.map_err(|e| LookupError::Fetch {
             what: what.clone(),
-            message: e.to_string(),
+            message: e.without_url().to_string(),
         })?;
         let status = resp.status().as_u16();
         let stored = match status {
@@ -164,7 +166,7 @@ impl LookupClient {
             200 => {
                 let bytes = resp.bytes().await.map_err(|e| LookupError::Fetch {
                     what: what.clone(),
-                    message: e.to_string(),
+                    message: e.without_url().to_string(),
                 })?;
                 let body =
                     crate::core::json::parse_strict(&bytes).map_err(|e| LookupError::Fetch {
@@ -193,5 +195,33 @@ impl LookupClient {
             );
         }
         Ok(stored)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Finding 3 (issue 14 attack): the lookup error masks the id (`Observation/<id>`), but
+    /// reqwest's message repeats the whole URL, id included. It becomes the driver's
+    /// `Unavailable` reason: the warn-level decision log line and the gRPC status message.
+    #[tokio::test]
+    async fn a_failed_lookup_does_not_name_the_resource_id() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        // A loopback port nobody listens on: the connection is refused at once.
+        let conn = ConnectionConfig {
+            namespace: "ns".into(),
+            name: "internal".into(),
+            url: "http://127.0.0.1:1/fhir".into(),
+            auth: Default::default(),
+            tls: Default::default(),
+        };
+        let client = LookupClient::new(&conn, Path::new("."), None).unwrap();
+        let key = LookupKey::current("Observation", "secret-id-of-patient-456");
+        let err = client.stored(&key).await.unwrap_err().to_string();
+        assert!(
+            !err.contains("secret-id-of-patient-456"),
+            "the error names the id: {err}"
+        );
     }
 }

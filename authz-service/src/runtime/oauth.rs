@@ -107,7 +107,7 @@ pub struct TokenStatus {
 }
 
 /// RFC 6749 section 2.3.1: client id and secret are form-urlencoded before Basic encoding.
-fn basic_header(id: &str, secret: &str) -> String {
+pub(crate) fn basic_header(id: &str, secret: &str) -> String {
     let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
     format!(
         "Basic {}",
@@ -456,7 +456,7 @@ impl TokenSource {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(inner) = src {

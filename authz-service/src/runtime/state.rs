@@ -11,6 +11,7 @@ use crate::core::policy::OutboundAuth;
 use crate::observe::{DecisionObserver, Observer};
 use crate::runtime::audit::{AuditAuth, AuditOptions, AuditRegistry, AuditSink};
 use crate::runtime::discovery::{DiscoveryOptions, DiscoveryRegistry, OpenIdSource};
+use crate::runtime::introspect::{IntrospectionClient, IntrospectionOptions};
 use crate::runtime::jwks::{JwksOptions, JwksRegistry, JwksSource};
 use crate::runtime::oauth::{OAuthOptions, OAuthRegistry, TokenSource};
 use crate::verify::basic::BasicVerifier;
@@ -24,6 +25,7 @@ pub struct Shared {
     pub oauth: OAuthRegistry,
     pub caches: Caches,
     pub observer: Arc<dyn Observer>,
+    pub introspection: IntrospectionOptions,
     /// Audit sinks, shared by destination between config generations.
     pub audit: AuditRegistry,
     /// OpenID discovery sources for SMART discovery documents.
@@ -65,6 +67,7 @@ impl Shared {
             discovery: DiscoveryRegistry::new(discovery, observer.clone()),
             instance: std::env::var("HOSTNAME").unwrap_or_else(|_| "fhirguard-authz".into()),
             observer,
+            introspection: IntrospectionOptions::default(),
         }
     }
 }
@@ -82,6 +85,8 @@ pub struct PolicyRuntime {
     pub id: String,
     pub basic: Option<Arc<BasicVerifier>>,
     pub jwt: Option<TokenRuntime>,
+    /// Asks the policy's RFC 7662 endpoint about tokens no JWT provider claims.
+    pub introspection: Option<Arc<IntrospectionClient>>,
     /// Fetches stored resources for patient-compartment checks (`compartmentLookup`).
     pub lookup: Option<crate::runtime::lookup::LookupClient>,
     /// Counts this policy's decisions; made at load so that a decision looks nothing up.
@@ -201,6 +206,7 @@ impl Runtime {
             oauth,
             caches,
             observer,
+            introspection: introspection_options,
             audit,
             discovery,
             ..
@@ -242,7 +248,7 @@ impl Runtime {
                     Err(e) => {
                         problems.push(Problem {
                             object: id.clone(),
-                            field: "authentication.basic.htpasswdSecretRef".into(),
+                            field: crate::config::PolicyField::Htpasswd.to_string(),
                             message: e.to_string(),
                         });
                         None
@@ -274,6 +280,30 @@ impl Runtime {
                     })
                 }
             };
+            let introspection = match &p.authentication.introspection {
+                None => None,
+                Some(ic) => match IntrospectionClient::new(
+                    id.clone(),
+                    ic,
+                    dir,
+                    caches.introspection.clone(),
+                    *introspection_options,
+                    observer.clone(),
+                ) {
+                    Ok(c) => Some(Arc::new(c)),
+                    Err(e) => {
+                        problems.push(Problem {
+                            object: id.clone(),
+                            field: crate::config::PolicyField::Introspection(
+                                crate::config::IntrospectionField::CaFile,
+                            )
+                            .to_string(),
+                            message: e.to_string(),
+                        });
+                        None
+                    }
+                },
+            };
             let lookup = match &p.authorization.smart.compartment_lookup {
                 None => None,
                 Some(cl) => {
@@ -297,7 +327,8 @@ impl Runtime {
                         Some(Err(e)) => {
                             problems.push(Problem {
                                 object: id.clone(),
-                                field: "authorization.smart.compartmentLookup.connectionRef".into(),
+                                field: crate::config::PolicyField::CompartmentLookupConnection
+                                    .to_string(),
                                 message: e.to_string(),
                             });
                             None
@@ -362,6 +393,7 @@ impl Runtime {
                 id,
                 basic,
                 jwt,
+                introspection,
                 lookup,
                 decisions,
                 audit: audit_sink,

@@ -142,7 +142,7 @@ pub fn to_check_response(
                         .into_iter()
                         .map(|(k, v)| header(k, v, overwrite))
                         .collect(),
-                    headers_to_remove: ans.remove,
+                    headers_to_remove: ans.remove.into_iter().map(str::to_string).collect(),
                     response_headers_to_add: ans
                         .response_set
                         .into_iter()

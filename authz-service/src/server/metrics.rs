@@ -13,6 +13,7 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, N
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
@@ -67,8 +68,20 @@ pub struct ConnectionResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    /// `namespace/name` of the policy whose introspection endpoint this is.
+    pub policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyResultLabels {
+    pub policy: String,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CacheNameLabels {
-    /// `token`, `basic` or `lookup`.
+    /// `token`, `basic`, `lookup` or `introspection`.
     pub cache: &'static str,
 }
 
@@ -169,7 +182,10 @@ pub struct Metrics {
     pub password_checks_waiting: Gauge,
     pub token_checks_waiting: Gauge,
     /// `cache_lookups{cache, result}` per [`CacheName`] index: [miss, hit].
-    cache_lookups: [[Counter; 2]; 3],
+    cache_lookups: [[Counter; 2]; 4],
+    pub introspection_calls: Family<PolicyResultLabels, Counter>,
+    pub introspection_reused: Family<PolicyResultLabels, Counter>,
+    pub introspection_duration: Family<PolicyLabels, Histogram, fn() -> Histogram>,
 }
 
 impl Default for Metrics {
@@ -314,7 +330,34 @@ impl Metrics {
             "Uncached token verifications waiting for one of the bounded verification slots",
             token_checks_waiting.clone(),
         );
+        let introspection_calls = Family::<PolicyResultLabels, Counter>::default();
+        registry.register(
+            "introspection_requests",
+            "Calls to a policy's token introspection endpoint by result (active, inactive, refused, unreachable, timeout, tls, http_4xx, http_5xx, invalid_response)",
+            introspection_calls.clone(),
+        );
+        let introspection_reused = Family::<PolicyResultLabels, Counter>::default();
+        registry.register(
+            "introspection_reused",
+            "Introspections answered without a call of their own, by how (cache, shared: joined a call in flight for the same token)",
+            introspection_reused.clone(),
+        );
+        let introspection_duration =
+            Family::<PolicyLabels, Histogram, fn() -> Histogram>::new_with_constructor(|| {
+                // 1 ms .. ~10 s.
+                Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                    1e-3, 2.0, 14,
+                ))
+            });
+        registry.register(
+            "introspection_request_duration_seconds",
+            "Time of one call to a policy's token introspection endpoint",
+            introspection_duration.clone(),
+        );
         Metrics {
+            introspection_calls,
+            introspection_reused,
+            introspection_duration,
             registry,
             password_checks_waiting,
             token_checks_waiting,
@@ -462,6 +505,29 @@ impl Observer for Metrics {
                 result,
             })
             .inc_by(count);
+    }
+
+    fn introspection_call(&self, policy: &str, result: &'static str, elapsed: Duration) {
+        self.introspection_calls
+            .get_or_create(&PolicyResultLabels {
+                policy: policy.to_string(),
+                result,
+            })
+            .inc();
+        self.introspection_duration
+            .get_or_create(&PolicyLabels {
+                policy: policy.to_string(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    fn introspection_reused(&self, policy: &str, shared: bool) {
+        self.introspection_reused
+            .get_or_create(&PolicyResultLabels {
+                policy: policy.to_string(),
+                result: if shared { "shared" } else { "cache" },
+            })
+            .inc();
     }
 
     fn oauth_fetched(&self, connection: &str, result: &'static str) {

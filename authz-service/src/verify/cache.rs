@@ -40,16 +40,24 @@ pub struct Budget {
     pub tokens: usize,
     pub basic: usize,
     pub lookups: usize,
+    /// Introspection verdicts (opaque tokens): an identity like a verified JWT's.
+    pub introspection: usize,
 }
 
 impl Budget {
-    /// Splits `total` bytes: 75 % token verdicts, 5 % Basic successes, 20 % lookups.
+    /// Splits `total` bytes: 60 % verified JWTs, 15 % introspection verdicts, 5 % Basic
+    /// successes, 20 % lookups.
     pub fn split(total: usize) -> Budget {
         Budget {
-            tokens: total / 100 * 75,
+            tokens: total / 100 * 60,
             basic: total / 100 * 5,
             lookups: total / 100 * 20,
+            introspection: total / 100 * 15,
         }
+    }
+
+    pub fn total(&self) -> usize {
+        self.tokens + self.basic + self.lookups + self.introspection
     }
 
     pub fn from_mib(mib: usize) -> Budget {
@@ -308,6 +316,7 @@ pub struct Caches {
     pub tokens: Arc<ByteCache<crate::verify::jwt::CachedToken>>,
     pub basic: Arc<ByteCache<()>>,
     pub lookups: Arc<ByteCache<crate::core::smart::Stored>>,
+    pub introspection: Arc<ByteCache<crate::verify::introspection::CachedIntrospection>>,
 }
 
 impl Caches {
@@ -328,6 +337,11 @@ impl Caches {
                 budget.lookups,
                 observer.clone(),
             )),
+            introspection: Arc::new(ByteCache::observed(
+                CacheName::Introspection,
+                budget.introspection,
+                observer.clone(),
+            )),
         }
     }
 
@@ -335,6 +349,7 @@ impl Caches {
         self.tokens.clear();
         self.basic.clear();
         self.lookups.clear();
+        self.introspection.clear();
     }
 }
 
@@ -474,7 +489,7 @@ mod tests {
     #[test]
     fn the_budget_split_adds_up() {
         let b = Budget::from_mib(64);
-        assert!(b.tokens + b.basic + b.lookups <= 64 << 20);
+        assert!(b.total() <= 64 << 20);
         assert!(b.tokens > b.lookups && b.lookups > b.basic);
     }
 }

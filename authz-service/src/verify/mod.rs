@@ -3,5 +3,6 @@
 
 pub mod basic;
 pub mod cache;
+pub mod introspection;
 pub mod jwt;
 pub mod keys;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use super::TestPki;
+use test_support::pki::TestPki;
 
 /// Reads one HTTP/1.1 request (head and a content-length body).
 async fn read_request<S: tokio::io::AsyncRead + Unpin>(tls: &mut S) -> Option<(String, String)> {

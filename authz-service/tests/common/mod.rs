@@ -1,13 +1,16 @@
-//! Shared test harness: a throwaway CA, an HTTPS JWKS endpoint signed by it, token minting,
-//! a Kubernetes-style config directory, an echo upstream, and the service itself, all on
-//! 127.0.0.1.
-#![allow(dead_code)]
+//! The authz-service's test harness: an HTTPS JWKS endpoint signed by a throwaway CA, token
+//! claims, the standard configs, an echo upstream, a FHIR stub, and the service itself, all on
+//! 127.0.0.1. What the operator's tests need as well (ports, processes, waiting, the test PKI,
+//! signing keys, config directories, real binaries) lives in the `fhirguard-test-support`
+//! crate and is re-exported here.
+// Each test crate uses its own subset of the harness.
+#![allow(dead_code, unused_imports)]
 
 pub mod https;
 pub mod real_envoy;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,6 +24,12 @@ use fhirguard_authz::{runtime::reload, server::envoy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+pub use test_support::config_dir::ConfigDir;
+pub use test_support::http::metric;
+pub use test_support::jwt::{SigningKey, jwks_doc};
+pub use test_support::pki::TestPki;
+pub use test_support::wait::eventually;
+
 pub const ISSUER: &str = "https://idp.test";
 pub const AUDIENCE: &str = "https://ehr.test/fhir/r4";
 
@@ -30,120 +39,6 @@ pub fn init() {
         .with_env_filter("warn")
         .with_test_writer()
         .try_init();
-}
-
-/// A CA and a server certificate for 127.0.0.1 and localhost.
-pub struct TestPki {
-    pub ca_pem: String,
-    pub server_cert_pem: String,
-    pub server_key_pem: String,
-}
-
-impl TestPki {
-    pub fn new() -> TestPki {
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "fhirguard test CA");
-        ca_params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::CrlSign,
-        ];
-        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params =
-            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-                .unwrap();
-        let cert = params.signed_by(&key, &ca).unwrap();
-        TestPki {
-            ca_pem: ca.pem(),
-            server_cert_pem: cert.pem(),
-            server_key_pem: key.serialize_pem(),
-        }
-    }
-
-    /// A self-signed certificate (no CA), for SkipVerification/DefaultBundle tests.
-    pub fn self_signed() -> TestPki {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        TestPki {
-            ca_pem: String::new(),
-            server_cert_pem: cert.pem(),
-            server_key_pem: key.serialize_pem(),
-        }
-    }
-
-    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        use rustls::pki_types::pem::PemObject;
-        let certs: Vec<_> =
-            rustls::pki_types::CertificateDer::pem_slice_iter(self.server_cert_pem.as_bytes())
-                .map(|c| c.unwrap())
-                .collect();
-        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(self.server_key_pem.as_bytes())
-            .unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-        tokio_rustls::TlsAcceptor::from(Arc::new(config))
-    }
-}
-
-/// An ES256 signing key with its public JWK.
-#[derive(Clone)]
-pub struct SigningKey {
-    pub kid: String,
-    pub pem: String,
-    pub jwk: serde_json::Value,
-}
-
-impl SigningKey {
-    pub fn new(kid: &str) -> SigningKey {
-        let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let raw = kp.public_key_raw(); // 0x04 || x || y
-        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
-        SigningKey {
-            kid: kid.to_string(),
-            pem: kp.serialize_pem(),
-            jwk: serde_json::json!({
-                "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": kid,
-                "x": b64(&raw[1..33]), "y": b64(&raw[33..65]),
-            }),
-        }
-    }
-
-    pub fn sign(&self, claims: &serde_json::Value) -> String {
-        self.sign_as(&self.kid, claims)
-    }
-
-    /// Signs a payload given as JSON text, so that a test can send what serde_json would
-    /// never produce (repeated members).
-    pub fn sign_raw(&self, payload: &str) -> String {
-        use base64::Engine as _;
-        let b64 = |s: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
-        let header = format!(r#"{{"alg":"ES256","typ":"JWT","kid":"{}"}}"#, self.kid);
-        let input = format!("{}.{}", b64(header.as_bytes()), b64(payload.as_bytes()));
-        let key = jsonwebtoken::EncodingKey::from_ec_pem(self.pem.as_bytes()).unwrap();
-        let sig =
-            jsonwebtoken::crypto::sign(input.as_bytes(), &key, jsonwebtoken::Algorithm::ES256)
-                .unwrap();
-        format!("{input}.{sig}")
-    }
-
-    /// Signs with this key but names another kid (a forged signature for a known kid).
-    pub fn sign_as(&self, kid: &str, claims: &serde_json::Value) -> String {
-        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-        header.kid = Some(kid.to_string());
-        let key = jsonwebtoken::EncodingKey::from_ec_pem(self.pem.as_bytes()).unwrap();
-        jsonwebtoken::encode(&header, claims, &key).unwrap()
-    }
 }
 
 pub fn now() -> u64 {
@@ -165,10 +60,6 @@ pub fn rand_u64() -> u64 {
     let mut b = [0u8; 8];
     rand::fill(&mut b);
     u64::from_le_bytes(b)
-}
-
-pub fn jwks_doc(keys: &[&SigningKey]) -> String {
-    serde_json::json!({"keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>()}).to_string()
 }
 
 /// An HTTPS JWKS endpoint whose document can be swapped and which can be taken down.
@@ -234,47 +125,13 @@ impl JwksServer {
     }
 }
 
-/// A config directory laid out like a mounted Secret: files are symlinks through `..data`,
-/// and an update swaps `..data` atomically.
-pub struct ConfigDir {
-    pub dir: tempfile::TempDir,
-    version: AtomicUsize,
+/// Publishes a compiled config (and the IdP CA file the standard config names).
+pub trait PublishConfig {
+    fn publish_config(&self, config: &CompiledConfig, ca_pem: Option<&str>);
 }
 
-impl ConfigDir {
-    pub fn new() -> ConfigDir {
-        ConfigDir {
-            dir: tempfile::tempdir().unwrap(),
-            version: AtomicUsize::new(0),
-        }
-    }
-
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Publishes files the way the kubelet does.
-    pub fn publish(&self, files: &[(&str, &str)]) {
-        let v = self.version.fetch_add(1, Ordering::SeqCst);
-        let ts = format!("..2026_11_23_{v:04}");
-        let ts_dir = self.path().join(&ts);
-        std::fs::create_dir(&ts_dir).unwrap();
-        for (name, content) in files {
-            std::fs::write(ts_dir.join(name), content).unwrap();
-        }
-        let tmp = self.path().join("..data_tmp");
-        let _ = std::fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(&ts, &tmp).unwrap();
-        std::fs::rename(&tmp, self.path().join("..data")).unwrap();
-        for (name, _) in files {
-            let link = self.path().join(name);
-            if std::fs::symlink_metadata(&link).is_err() {
-                std::os::unix::fs::symlink(PathBuf::from("..data").join(name), &link).unwrap();
-            }
-        }
-    }
-
-    pub fn publish_config(&self, config: &CompiledConfig, ca_pem: Option<&str>) {
+impl PublishConfig for ConfigDir {
+    fn publish_config(&self, config: &CompiledConfig, ca_pem: Option<&str>) {
         let json = config.to_json();
         let mut files = vec![(CONFIG_FILE, json.as_str())];
         if let Some(ca) = ca_pem {
@@ -306,6 +163,7 @@ pub fn standard_config(generation: u64, jwks_uri: &str, extra_users: &str) -> Co
         public_paths: default_public_paths(),
         unauthenticated_access: false,
         authentication: AuthenticationConfig {
+            introspection: None,
             combine: Combine::AnyOf,
             basic: Some(BasicConfig {
                 htpasswd,
@@ -536,25 +394,6 @@ pub fn basic(user: &str, pw: &str) -> String {
     )
 }
 
-/// Polls until `f` is true or the deadline passes.
-pub async fn eventually(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while tokio::time::Instant::now() < deadline {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
-
-pub fn metric(text: &str, prefix: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 /// The stack most tests start from: a test CA, a signing key published by an HTTPS JWKS
 /// endpoint signed by that CA, the standard config, and the service serving it.
 pub struct IdpStack {
@@ -598,6 +437,7 @@ pub fn smart_policy(name: &str, host: &str, jwks: &str, narrow: bool) -> PolicyC
         public_paths: default_public_paths(),
         unauthenticated_access: false,
         authentication: AuthenticationConfig {
+            introspection: None,
             combine: Combine::AnyOf,
             basic: None,
             jwt: Some(JwtConfig {

@@ -1,51 +1,13 @@
-//! Real Envoy for end-to-end tests: found through `ENVOY_BIN`, else `<workspace>/.venv/bin/envoy`.
-//! When it is missing the tests say so and pass, unless `FHIRGUARD_REQUIRE_ENVOY=1` (CI sets
-//! it), which turns a missing Envoy into a failure.
+//! Real Envoy for end-to-end tests, configured as an ext_authz front of fhirguard. Finding the
+//! binary (and failing, or with an explicit opt-out skipping, when it is missing) and running
+//! the process are `test_support`'s: see `test_support::bins`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::path::Path;
 
-use super::eventually;
-
-pub fn envoy_bin() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("ENVOY_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/envoy");
-    if p.exists() {
-        return Some(p);
-    }
-    if std::env::var("FHIRGUARD_REQUIRE_ENVOY").as_deref() == Ok("1") {
-        panic!(
-            "Envoy is required (FHIRGUARD_REQUIRE_ENVOY=1) but neither ENVOY_BIN nor .venv/bin/envoy exists"
-        );
-    }
-    eprintln!("SKIPPED: no Envoy binary (set ENVOY_BIN or run scripts/setup-envoy.sh)");
-    None
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-pub struct Envoy {
-    child: Child,
-    pub port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+pub use test_support::bins::envoy as envoy_bin;
+pub use test_support::envoy::{Envoy, run_envoy};
+pub use test_support::ports::free_port;
 
 fn cluster(name: &str, addr: SocketAddr, http2: bool) -> String {
     let proto = if http2 {
@@ -69,13 +31,13 @@ fn cluster(name: &str, addr: SocketAddr, http2: bool) -> String {
     )
 }
 
-pub async fn start_envoy(bin: &PathBuf, grpc: SocketAddr, upstream: SocketAddr) -> Envoy {
+pub async fn start_envoy(bin: &Path, grpc: SocketAddr, upstream: SocketAddr) -> Envoy {
     start_envoy_with(bin, grpc, upstream, "").await
 }
 
 /// [`start_envoy`] with extra HttpConnectionManager settings (YAML lines at its indentation).
 pub async fn start_envoy_with(
-    bin: &PathBuf,
+    bin: &Path,
     grpc: SocketAddr,
     upstream: SocketAddr,
     hcm_extra: &str,
@@ -142,42 +104,4 @@ static_resources:
         up = cluster("upstream", upstream, false),
     );
     run_envoy(bin, yaml, port, admin).await
-}
-
-/// Starts Envoy with a full YAML config whose listener is `port` and admin `admin`.
-pub async fn run_envoy(bin: &PathBuf, yaml: String, port: u16, admin: u16) -> Envoy {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("envoy.yaml");
-    std::fs::write(&cfg, yaml).unwrap();
-    let log = std::fs::File::create(dir.path().join("envoy.log")).unwrap();
-    let child = Command::new(bin)
-        .args([
-            "-c",
-            cfg.to_str().unwrap(),
-            "--concurrency",
-            "1",
-            "--log-level",
-            "warn",
-            "--base-id",
-        ])
-        .arg(format!("{}", port))
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("starting envoy");
-    let envoy = Envoy {
-        child,
-        port,
-        _dir: dir,
-    };
-    let client = reqwest::Client::new();
-    eventually("envoy ready", Duration::from_secs(30), async || {
-        client
-            .get(format!("http://127.0.0.1:{admin}/ready"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
-    envoy
 }

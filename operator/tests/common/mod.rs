@@ -3,126 +3,24 @@
 //! The API server binary is built from Debian's `kubernetes` source package by
 //! `scripts/kube-apiserver.sh` (Kubernetes 1.20.2; see docs/testing.md for what that version can
 //! and cannot show). It is found through `FHIRGUARD_KUBE_APISERVER` or the script's cache.
-//! Without it the tests are skipped, unless `FHIRGUARD_REQUIRE_KUBE=1` (set by CI) makes that
-//! a failure.
-#![allow(dead_code)]
+//! Without it (or etcd, or kubectl) the tests fail, unless `FHIRGUARD_SKIP_KUBE=1` or
+//! `FHIRGUARD_SKIP_MISSING=1` skips them with a `SKIPPED:` line on stderr. Finding binaries,
+//! ports, processes and waiting are the shared `fhirguard-test-support` crate's, re-exported
+//! here under the names these tests use.
+// Each test crate uses its own subset of the harness.
+#![allow(dead_code, unused_imports)]
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn which(cmd: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(cmd))
-            .find(|p| p.is_file())
-    })
-}
-
-fn apiserver_bin() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("FHIRGUARD_KUBE_APISERVER") {
-        return Some(PathBuf::from(p));
-    }
-    let cache = std::env::var_os("FHIRGUARD_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/fhirguard")))?;
-    let mut found: Vec<PathBuf> = std::fs::read_dir(cache)
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("kube-apiserver-"))
-        })
-        .collect();
-    found.sort();
-    found.pop()
-}
-
-/// Returns `None` (test skipped) when the binaries are missing and CI did not require them.
-pub fn binaries() -> Option<(PathBuf, PathBuf, PathBuf)> {
-    let found = (apiserver_bin(), which("etcd"), which("kubectl"));
-    match found {
-        (Some(a), Some(e), Some(k)) if a.is_file() => Some((a, e, k)),
-        _ => {
-            assert!(
-                std::env::var("FHIRGUARD_REQUIRE_KUBE").as_deref() != Ok("1"),
-                "FHIRGUARD_REQUIRE_KUBE=1 but kube-apiserver/etcd/kubectl missing: {found:?}; run scripts/kube-apiserver.sh"
-            );
-            eprintln!(
-                "SKIPPED: kube-apiserver, etcd or kubectl not found ({found:?}); run scripts/kube-apiserver.sh"
-            );
-            None
-        }
-    }
-}
-
-/// A child process killed (and reaped) on drop.
-pub struct Proc {
-    pub name: String,
-    pub child: Child,
-    pub log: PathBuf,
-}
-
-impl Proc {
-    pub fn spawn(name: &str, cmd: &mut Command, log_dir: &Path) -> Proc {
-        let log = log_dir.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).expect("log file");
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("clone log"))
-            .stderr(file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {name}: {e}"));
-        Proc {
-            name: name.into(),
-            child,
-            log,
-        }
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub fn signal(&self, sig: &str) {
-        let _ = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status();
-    }
-
-    /// Waits for exit; `None` if still running after `timeout`.
-    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let start = Instant::now();
-        while start.elapsed() < timeout {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                return Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+pub use test_support::bins::helm as helm_bin;
+pub use test_support::http::{http_get, metric};
+pub use test_support::ports::free_port;
+pub use test_support::process::{Proc, tail};
+pub use test_support::repo;
+pub use test_support::wait::eventually_some as eventually;
 
 /// etcd + kube-apiserver with two identities: `admin` (system:masters) and the operator's
 /// ServiceAccount name, so the operator runs with exactly the RBAC in deploy/operator-rbac.yaml.
@@ -170,8 +68,14 @@ fn apiserver_command(bin: &Path, d: &Path, etcd_port: u16, secure_port: u16) -> 
 pub const OPERATOR_USER: &str = "system:serviceaccount:fhirguard-system:fhirguard-operator";
 
 impl KubeStack {
+    /// `None` only when the binaries are missing and the run opted out of them.
+    #[track_caller]
     pub fn start() -> Option<KubeStack> {
-        let (apiserver_bin, etcd_bin, kubectl) = binaries()?;
+        let test_support::bins::KubeBinaries {
+            apiserver: apiserver_bin,
+            etcd: etcd_bin,
+            kubectl,
+        } = test_support::bins::kube()?;
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
         let (etcd_port, peer_port, secure_port) = (free_port(), free_port(), free_port());
@@ -194,9 +98,9 @@ impl KubeStack {
                 .env("ETCD_UNSUPPORTED_ARCH", "amd64"),
             d,
         );
-        let key = rcgen::KeyPair::generate().expect("service account key");
-        std::fs::write(d.join("sa.key"), key.serialize_pem()).expect("write sa.key");
-        std::fs::write(d.join("sa.pub"), key.public_key_pem()).expect("write sa.pub");
+        let (sa_key, sa_pub) = test_support::pki::key_pair_pem();
+        std::fs::write(d.join("sa.key"), sa_key).expect("write sa.key");
+        std::fs::write(d.join("sa.pub"), sa_pub).expect("write sa.pub");
         std::fs::write(
             d.join("tokens.csv"),
             format!(
@@ -249,19 +153,8 @@ impl KubeStack {
     pub fn start_apiserver(&mut self) {
         let d = self.dir.path().to_path_buf();
         let mut cmd = apiserver_command(&self.apiserver_bin, &d, self.etcd_port, self.secure_port);
-        let log = d.join("kube-apiserver-restarted.log");
-        let file = std::fs::File::create(&log).expect("log file");
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("clone log"))
-            .stderr(file)
-            .spawn()
-            .expect("restart kube-apiserver");
-        self.apiserver = Proc {
-            name: "kube-apiserver".into(),
-            child,
-            log,
-        };
+        // The restarted server logs to kube-apiserver-restarted.log, next to the first one's.
+        self.apiserver = Proc::spawn("kube-apiserver-restarted", &mut cmd, &d);
         self.wait_ready();
     }
 
@@ -348,11 +241,6 @@ impl KubeStack {
     }
 }
 
-pub fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
 /// Starts `fhirguard-operator run` as the operator's ServiceAccount identity.
 pub fn start_operator(stack: &KubeStack, name: &str, http_port: u16, extra: &[&str]) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fhirguard-operator"));
@@ -366,64 +254,4 @@ pub fn start_operator(stack: &KubeStack, name: &str, http_port: u16, extra: &[&s
         .env("KUBECONFIG", &stack.operator_kubeconfig)
         .env("RUST_LOG", "info,kube=warn");
     Proc::spawn(name, &mut cmd, stack.dir.path())
-}
-
-/// A plain HTTP GET on 127.0.0.1; `None` when nothing answers.
-pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let status = buf.split(' ').nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n").map(|x| x.1).unwrap_or_default();
-    Some((status, body.to_string()))
-}
-
-/// The value of a metric sample line starting with `prefix` (name plus labels).
-pub fn metric(text: &str, prefix: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// helm (v4): `FHIRGUARD_HELM`, else `.venv/bin/helm` from `scripts/setup-helm.sh`. Missing
-/// means skipped, unless `FHIRGUARD_REQUIRE_HELM=1`.
-pub fn helm_bin() -> Option<PathBuf> {
-    let p = std::env::var_os("FHIRGUARD_HELM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".venv/bin/helm"));
-    if p.is_file() {
-        return Some(p);
-    }
-    assert!(
-        std::env::var("FHIRGUARD_REQUIRE_HELM").as_deref() != Ok("1"),
-        "FHIRGUARD_REQUIRE_HELM=1 but {} is missing; run scripts/setup-helm.sh",
-        p.display()
-    );
-    eprintln!(
-        "SKIPPED: no helm at {} (run scripts/setup-helm.sh)",
-        p.display()
-    );
-    None
 }

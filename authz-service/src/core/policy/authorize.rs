@@ -90,6 +90,16 @@ pub fn authorize(
         outbound: None,
     };
     if let Some(tok) = &id.token {
+        // Whatever verified it (signature or introspection), a claim that cannot travel in a
+        // header is not passed on, and the token is not half-used either.
+        if let Some(claim) = tok.unprintable_claim() {
+            return Step::Done(unauthorized(
+                p,
+                DenyReason::InvalidToken,
+                Some("invalid_token"),
+                format!("the token's {claim} claim holds control characters"),
+            ));
+        }
         let smart_cfg = &p.authorization.smart;
         let grant = smart::Grant {
             scopes: &tok.scopes,

@@ -33,6 +33,8 @@ pub enum DenyReason {
     InvalidBasic,
     InvalidToken,
     ExpiredToken,
+    /// The introspection endpoint says the token is not active (revoked, expired, unknown).
+    InactiveToken,
     UnknownSigningKey,
     SubjectMismatch,
     ReadOnlyUser,
@@ -45,7 +47,7 @@ pub enum DenyReason {
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 15] = [
+    pub const ALL: [DenyReason; 16] = [
         DenyReason::NoPolicy,
         DenyReason::MalformedRequest,
         DenyReason::MissingCredentials,
@@ -54,6 +56,7 @@ impl DenyReason {
         DenyReason::InvalidBasic,
         DenyReason::InvalidToken,
         DenyReason::ExpiredToken,
+        DenyReason::InactiveToken,
         DenyReason::UnknownSigningKey,
         DenyReason::SubjectMismatch,
         DenyReason::ReadOnlyUser,
@@ -73,6 +76,7 @@ impl DenyReason {
             DenyReason::InvalidBasic => "invalid_basic",
             DenyReason::InvalidToken => "invalid_token",
             DenyReason::ExpiredToken => "expired_token",
+            DenyReason::InactiveToken => "inactive_token",
             DenyReason::UnknownSigningKey => "unknown_signing_key",
             DenyReason::SubjectMismatch => "subject_mismatch",
             DenyReason::ReadOnlyUser => "read_only_user",
@@ -288,6 +292,22 @@ pub struct TokenIdentity {
     pub client_id: Option<String>,
 }
 
+impl TokenIdentity {
+    /// The first claim that fhirguard copies into an identity header and that holds a
+    /// control character (CR/LF would become a header line of its own on HTTP/1).
+    pub fn unprintable_claim(&self) -> Option<&'static str> {
+        let bad = |s: &str| s.chars().any(char::is_control);
+        [
+            ("sub", Some(self.subject.as_str())),
+            ("scope", Some(self.scope_text.as_str())),
+            ("patient", self.patient.as_deref()),
+            ("fhirUser", self.fhir_user.as_deref()),
+        ]
+        .into_iter()
+        .find_map(|(name, v)| v.is_some_and(bad).then_some(name))
+    }
+}
+
 /// Step 2's result: who the caller proved to be.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Identity {
@@ -340,7 +360,7 @@ pub fn select_policy(
 
 fn challenges(p: &PolicyConfig) -> Vec<String> {
     let mut out = Vec::new();
-    if p.authentication.jwt.is_some() {
+    if p.authentication.jwt.is_some() || p.authentication.introspection.is_some() {
         out.push(r#"Bearer realm="fhir""#.to_string());
     }
     if p.authentication.basic.is_some() {

@@ -17,15 +17,13 @@ pub fn prepare(policies: &[PolicyConfig], req: &Request<'_>) -> Result<Pending, 
         return Err(deny(None, 403, DenyReason::NoPolicy, vec![], why));
     };
     let p = &policies[index];
-    if let Some((name, what)) = method_override(req.headers) {
+    if let Some(why) = smuggled_header(req) {
         return Err(deny(
             Some(p),
             400,
             DenyReason::MalformedRequest,
             vec![],
-            format!(
-                "the {name} header ({what}) is not accepted: it would make the server do something fhirguard did not judge"
-            ),
+            why,
         ));
     }
     let base = base_segments(&p.base_path);
@@ -43,43 +41,42 @@ pub fn prepare(policies: &[PolicyConfig], req: &Request<'_>) -> Result<Pending, 
     }
     let rel = &segments[base.len()..];
 
-    if matches!(req.method, "GET" | "HEAD") {
-        let rel_path = format!("/{}", rel.join("/"));
-        if p.public_paths.contains(&rel_path) {
-            // A token sent along is not needed here and must not reach the server's logs. It
-            // is found by the classification's parser, in every spelling; only the literal one
-            // can be removed by Envoy, any other is refused.
-            let tokens = match raw_query {
-                Some(q) => fhir::query_tokens(q).map_err(|e| request_error(Some(p), &e))?,
-                None => Vec::new(),
-            };
-            if tokens.iter().any(|t| !t.plain) {
-                return Err(deny(
-                    Some(p),
-                    400,
-                    DenyReason::MalformedCredentials,
-                    vec![],
-                    "the token parameter must be spelled exactly access_token",
-                ));
-            }
-            let remove_query = if tokens.is_empty() {
-                vec![]
-            } else {
-                vec!["access_token".to_string()]
-            };
-            return Err(Decision::Allow(Allow {
-                policy: policy_id(p),
-                reason: AllowReason::PublicPath,
-                subject: None,
-                patient: None,
-                scopes: None,
-                remove_query,
-                set_query: vec![],
-                strict_search: false,
-                interaction: None,
-                outbound: None,
-            }));
+    if matches!(req.method, "GET" | "HEAD")
+        && p.public_paths.iter().any(|pp| is_joined_path(pp, rel))
+    {
+        // A token sent along is not needed here and must not reach the server's logs. It
+        // is found by the classification's parser, in every spelling; only the literal one
+        // can be removed by Envoy, any other is refused.
+        let tokens = match raw_query {
+            Some(q) => fhir::query_tokens(q).map_err(|e| request_error(Some(p), &e))?,
+            None => Vec::new(),
+        };
+        if tokens.iter().any(|t| !t.plain) {
+            return Err(deny(
+                Some(p),
+                400,
+                DenyReason::MalformedCredentials,
+                vec![],
+                "the token parameter must be spelled exactly access_token",
+            ));
         }
+        let remove_query = if tokens.is_empty() {
+            vec![]
+        } else {
+            vec!["access_token".to_string()]
+        };
+        return Err(Decision::Allow(Allow {
+            policy: policy_id(p),
+            reason: AllowReason::PublicPath,
+            subject: None,
+            patient: None,
+            scopes: None,
+            remove_query,
+            set_query: vec![],
+            strict_search: false,
+            interaction: None,
+            outbound: None,
+        }));
     }
 
     let request = fhir::classify(fhir::HttpRequest {
@@ -113,8 +110,13 @@ pub fn prepare(policies: &[PolicyConfig], req: &Request<'_>) -> Result<Pending, 
     let jwt = auth.jwt.as_ref();
     let query_allowed = auth.combine == Combine::AllOf
         || jwt.is_some_and(|j| j.token_sources.contains(&TokenSource::QueryParameter));
+    // `jwt.tokenSources` says where tokens come from; a policy with introspection alone
+    // takes them from the Authorization header.
     let header_allowed = auth.combine == Combine::AnyOf
-        && jwt.is_some_and(|j| j.token_sources.contains(&TokenSource::Header));
+        && match jwt {
+            Some(j) => j.token_sources.contains(&TokenSource::Header),
+            None => auth.introspection.is_some(),
+        };
 
     let bad_request = |msg: &str| {
         let mut d = unauthorized(
@@ -218,18 +220,78 @@ pub(super) const REFUSED_HEADERS: &[(&str, &str)] = &[
     ("x-cascade", "a cascading delete"),
 ];
 
+/// Headers fhirguard reads for its decision, whose other spellings a CGI, WSGI or Rack stack
+/// reads as the same header (`If_None_Exist` becomes `HTTP_IF_NONE_EXIST`): a request that
+/// spells one differently would be judged without it and served with it.
+const READ_HEADERS: &[(&str, &str, &str)] = &[(
+    "if-none-exist",
+    "If-None-Exist",
+    "conditional-create criteria",
+)];
+
+/// Compared the way CGI, WSGI and Rack stacks read names: case-insensitive, `_` as `-`.
+fn same_header(k: &str, h: &str) -> bool {
+    k.len() == h.len()
+        && k.bytes().zip(h.bytes()).all(|(a, b)| {
+            let a = a.to_ascii_lowercase();
+            a == b || (a == b'_' && b == b'-')
+        })
+}
+
 pub(super) fn method_override(headers: &[(&str, &str)]) -> Option<(&'static str, &'static str)> {
-    // Compared the way CGI, WSGI and Rack stacks read names: case-insensitive, `_` as `-`.
-    let same = |k: &str, h: &str| {
-        k.len() == h.len()
-            && k.bytes().zip(h.bytes()).all(|(a, b)| {
-                let a = a.to_ascii_lowercase();
-                a == b || (a == b'_' && b == b'-')
-            })
-    };
-    headers
-        .iter()
-        .find_map(|(k, _)| REFUSED_HEADERS.iter().copied().find(|(h, _)| same(k, h)))
+    headers.iter().find_map(|(k, _)| {
+        REFUSED_HEADERS
+            .iter()
+            .copied()
+            .find(|(h, _)| same_header(k, h))
+    })
+}
+
+/// A header the server could read differently from fhirguard: a method override or cascade
+/// (in any spelling), a header fhirguard reads sent under another spelling, an
+/// `If-None-Exist` that may be two lines (servers read the first, fhirguard would see them
+/// joined), or a body on a method that has none in FHIR (some stacks read form parameters from
+/// any body, and fhirguard judges only the URL of a GET).
+fn smuggled_header(req: &Request<'_>) -> Option<String> {
+    if let Some((name, what)) = method_override(req.headers) {
+        return Some(format!(
+            "the {name} header ({what}) is not accepted: it would make the server do something fhirguard did not judge"
+        ));
+    }
+    for (k, _) in req.headers {
+        if let Some((_, h, what)) = READ_HEADERS
+            .iter()
+            .find(|(h, _, _)| same_header(k, h) && k.contains('_'))
+        {
+            return Some(format!(
+                "the header {k:?} is read by some servers as {h} ({what}); send it as {h}"
+            ));
+        }
+    }
+    if req.if_none_exist.is_some_and(|v| v.contains(',')) {
+        return Some(
+            "If-None-Exist must be one header line without commas: two lines reach fhirguard joined by a comma, and servers read only the first"
+                .into(),
+        );
+    }
+    if matches!(req.method, "GET" | "HEAD" | "DELETE") {
+        let header = |name: &str| {
+            req.headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.trim())
+        };
+        let announced = header("content-length").is_some_and(|v| v != "0")
+            || header("transfer-encoding").is_some();
+        let seen = req.body.as_ref().is_some_and(|b| !b.bytes.is_empty());
+        if announced || seen {
+            return Some(format!(
+                "a {} request must not carry a body: some servers read parameters from it, and fhirguard judges only the URL",
+                req.method
+            ));
+        }
+    }
+    None
 }
 
 pub(super) type Parsed = (Option<BasicCredential>, Option<BearerCredential>);
@@ -291,5 +353,59 @@ pub(super) fn parse_authorization(
             None,
             "the Authorization scheme is not supported; use Basic or Bearer",
         ))
+    }
+}
+
+/// Whether `path` is exactly `/` followed by `segments` joined with `/` (what a public path
+/// entry names), compared without building the joined string on every GET.
+fn is_joined_path<S: AsRef<str>>(path: &str, segments: &[S]) -> bool {
+    let Some(mut rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    for (i, seg) in segments.iter().enumerate() {
+        if i > 0 {
+            let Some(r) = rest.strip_prefix('/') else {
+                return false;
+            };
+            rest = r;
+        }
+        let Some(r) = rest.strip_prefix(seg.as_ref()) else {
+            return false;
+        };
+        rest = r;
+    }
+    rest.is_empty()
+}
+
+#[cfg(test)]
+mod joined_path_tests {
+    use super::is_joined_path;
+
+    #[test]
+    fn equals_the_joined_string_in_every_shape() {
+        let cases: &[(&str, &[&str])] = &[
+            ("/", &[]),
+            ("/metadata", &["metadata"]),
+            ("/metadata/", &["metadata"]),
+            (
+                "/.well-known/smart-configuration",
+                &[".well-known", "smart-configuration"],
+            ),
+            ("/.well-known", &[".well-known", "smart-configuration"]),
+            ("metadata", &["metadata"]),
+            ("/metadataX", &["metadata"]),
+            ("/meta", &["metadata"]),
+            ("//", &["", ""]),
+            ("/a/b", &["a/b"]),
+            ("", &[]),
+        ];
+        for (path, segments) in cases {
+            let joined = format!("/{}", segments.join("/"));
+            assert_eq!(
+                is_joined_path(path, segments),
+                *path == joined,
+                "{path:?} vs {segments:?}"
+            );
+        }
     }
 }

@@ -42,6 +42,7 @@ fn policy(name: &str, hosts: &[&str], base: &str) -> PolicyConfig {
         public_paths: default_public_paths(),
         unauthenticated_access: false,
         authentication: AuthenticationConfig {
+            introspection: None,
             combine: Combine::AnyOf,
             basic: Some(BasicConfig {
                 htpasswd: format!("alice:{HASH}\nbob:{HASH}\n"),
@@ -803,3 +804,318 @@ fn all_of_checks_both_and_the_subject() {
 }
 
 mod review2;
+
+/// Finding 4 (issue 14 attack): `ehr.example.` is the same DNS name as `ehr.example`, and an
+/// inbound sidecar routes it to the same server, but the host-specific policies do not match
+/// it, so the catch-all policy `any` (hosts: []) judges the request instead. A secure choice
+/// treats both spellings alike.
+#[test]
+fn attack14_trailing_dot_host_is_not_judged_by_the_catch_all() {
+    let ps = policies();
+    let alice = format!("Basic {}", b64("alice:pw"));
+    let plain = outcome(
+        &ps,
+        &req("GET", "ehr.example", "/fhir/Patient/1", Some(&alice)),
+    );
+    for host in ["ehr.example.", "EHR.example.:8443"] {
+        let got = outcome(&ps, &req("GET", host, "/fhir/Patient/1", Some(&alice)));
+        assert_eq!(
+            got, plain,
+            "{host} is judged by another policy than ehr.example"
+        );
+    }
+}
+
+/// Headers and bodies a server can read differently from fhirguard (issue 14 attack, findings
+/// 1, 2 and 5): every variant is refused with 400 naming what it is, and the look-alikes that
+/// mean nothing pass.
+#[test]
+fn smuggled_headers_and_bodies_are_refused_in_every_form() {
+    let ps = policies();
+    let alice = format!("Basic {}", b64("alice:pw"));
+    let form = fhir::Body {
+        bytes: b"patient=456&_revinclude=*",
+        content_type: Some("application/x-www-form-urlencoded"),
+    };
+    let empty = fhir::Body {
+        bytes: b"",
+        content_type: None,
+    };
+    // (name, method, path, headers, If-None-Exist, body, refused, words in the refusal)
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        Vec<(&'a str, &'a str)>,
+        Option<&'a str>,
+        Option<fhir::Body<'a>>,
+        bool,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "if_none_exist",
+            "POST",
+            "/fhir/r4/Observation",
+            vec![("if_none_exist", "identifier=x|1")],
+            None,
+            None,
+            true,
+            "If-None-Exist",
+        ),
+        (
+            "If_None-Exist",
+            "POST",
+            "/fhir/r4/Observation",
+            vec![("If_None-Exist", "identifier=x|1")],
+            None,
+            None,
+            true,
+            "If-None-Exist",
+        ),
+        (
+            "IF-NONE_EXIST",
+            "POST",
+            "/fhir/r4/Observation",
+            vec![("IF-NONE_EXIST", "identifier=x|1")],
+            None,
+            None,
+            true,
+            "If-None-Exist",
+        ),
+        (
+            "underscore on GET too",
+            "GET",
+            "/fhir/r4/Patient/1",
+            vec![("if_none_exist", "x=1")],
+            None,
+            None,
+            true,
+            "If-None-Exist",
+        ),
+        (
+            "two lines joined",
+            "POST",
+            "/fhir/r4/Observation",
+            vec![],
+            Some("_id=o2,&patient=123"),
+            None,
+            true,
+            "one header line",
+        ),
+        (
+            "comma in one line",
+            "POST",
+            "/fhir/r4/Observation",
+            vec![],
+            Some("identifier=a,b&patient=123"),
+            None,
+            true,
+            "one header line",
+        ),
+        (
+            "GET with a form body",
+            "GET",
+            "/fhir/r4/Observation?patient=123",
+            vec![],
+            None,
+            Some(form),
+            true,
+            "must not carry a body",
+        ),
+        (
+            "GET announcing a body",
+            "GET",
+            "/fhir/r4/Observation?patient=123",
+            vec![("content-length", "25")],
+            None,
+            None,
+            true,
+            "must not carry a body",
+        ),
+        (
+            "GET chunked",
+            "GET",
+            "/fhir/r4/Patient/1",
+            vec![("transfer-encoding", "chunked")],
+            None,
+            None,
+            true,
+            "must not carry a body",
+        ),
+        (
+            "HEAD with a body",
+            "HEAD",
+            "/fhir/r4/Patient/1",
+            vec![("Content-Length", "3")],
+            None,
+            Some(form),
+            true,
+            "must not carry a body",
+        ),
+        (
+            "DELETE with a body",
+            "DELETE",
+            "/fhir/r4/Patient/1",
+            vec![],
+            None,
+            Some(form),
+            true,
+            "must not carry a body",
+        ),
+        // Look-alikes and harmless forms pass this step.
+        (
+            "If-None-Exist proper",
+            "POST",
+            "/fhir/r4/Observation",
+            vec![("if-none-exist", "identifier=x|1")],
+            Some("identifier=x|1"),
+            None,
+            false,
+            "",
+        ),
+        (
+            "if-none-exists (another name)",
+            "POST",
+            "/fhir/r4/Observation",
+            vec![("if_none_exists", "x")],
+            None,
+            None,
+            false,
+            "",
+        ),
+        (
+            "GET with Content-Length: 0",
+            "GET",
+            "/fhir/r4/Patient/1",
+            vec![("content-length", "0")],
+            None,
+            Some(empty),
+            false,
+            "",
+        ),
+        (
+            "POST with a body",
+            "POST",
+            "/fhir/r4/Observation/_search",
+            vec![("content-length", "25")],
+            None,
+            Some(form),
+            false,
+            "",
+        ),
+    ];
+    for (name, method, path, headers, ine, body, refused, words) in cases {
+        let r = Request {
+            headers: &headers,
+            if_none_exist: ine,
+            body,
+            ..req(method, "ehr.example", path, Some(&alice))
+        };
+        match prepare(&ps, &r) {
+            Err(Decision::Deny(d)) if refused => {
+                assert_eq!(
+                    (d.status, d.reason),
+                    (400, DenyReason::MalformedRequest),
+                    "{name}"
+                );
+                assert!(d.diagnostics.contains(words), "{name}: {}", d.diagnostics);
+            }
+            Ok(_) if !refused => {}
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+}
+
+/// A verified token whose copied claims hold control characters is refused as a whole,
+/// whichever claim it is (they would become header lines of their own upstream).
+#[test]
+fn tokens_with_control_characters_in_copied_claims_are_refused() {
+    let ps = policies();
+    let ehr = &ps[1];
+    let p = prepare(
+        &ps,
+        &req(
+            "GET",
+            "ehr.example",
+            "/fhir/r4/Observation/1",
+            Some("Bearer t"),
+        ),
+    )
+    .unwrap();
+    let clean = token("app", "user/*.rs", None);
+    let variants: Vec<(&str, TokenIdentity)> = vec![
+        (
+            "sub CRLF",
+            TokenIdentity {
+                subject: "app\r\nx-fhirguard-patient: 456".into(),
+                ..clean.clone()
+            },
+        ),
+        (
+            "sub NUL",
+            TokenIdentity {
+                subject: "app\0".into(),
+                ..clean.clone()
+            },
+        ),
+        (
+            "scope LF",
+            TokenIdentity {
+                scope_text: "user/*.rs\nx: y".into(),
+                ..clean.clone()
+            },
+        ),
+        (
+            "patient CR",
+            TokenIdentity {
+                patient: Some("123\r".into()),
+                ..clean.clone()
+            },
+        ),
+        (
+            "fhirUser TAB",
+            TokenIdentity {
+                fhir_user: Some("Practitioner/1\t".into()),
+                ..clean.clone()
+            },
+        ),
+        (
+            "sub DEL",
+            TokenIdentity {
+                subject: "app\u{7f}".into(),
+                ..clean.clone()
+            },
+        ),
+        (
+            "sub C1 control",
+            TokenIdentity {
+                subject: "app\u{85}".into(),
+                ..clean.clone()
+            },
+        ),
+    ];
+    for (name, t) in variants {
+        let id = Identity {
+            basic_user: None,
+            token: Some(std::sync::Arc::new(t)),
+        };
+        let Decision::Deny(d) = decide(ehr, &p, &id) else {
+            panic!("{name} was allowed")
+        };
+        assert_eq!(
+            (d.status, d.reason),
+            (401, DenyReason::InvalidToken),
+            "{name}"
+        );
+        assert!(d.diagnostics.contains("control characters"), "{name}");
+    }
+    let id = Identity {
+        basic_user: None,
+        token: Some(std::sync::Arc::new(clean)),
+    };
+    assert!(
+        decide(ehr, &p, &id).is_allow(),
+        "the clean token is allowed"
+    );
+}

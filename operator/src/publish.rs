@@ -1,6 +1,7 @@
-//! What gets published: the files of a config directory (`config.json` plus CA bundles), their
-//! content hash, and the Secret that carries them. Pure, shared by `render` and the controller
-//! so that both produce the same bytes.
+//! Layer 3, what gets published: the files of a config directory (`config.json` plus CA
+//! bundles), their content hash, the Secret that carries them and the per-namespace trust
+//! ConfigMaps for egress Envoys. Pure (objects to write, not writes), shared by `render` and
+//! [`crate::reconcile`] so that both produce the same bytes. Imports [`crate::compile`].
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -1,21 +1,13 @@
-//! The two custom resources, `FhirSecurityPolicy` and `FhirConnection` (group `fhirguard.dev`,
-//! version `v1alpha1`). Field names are part of the contract (docs/reference.md); doc comments
-//! here become the `kubectl explain` text, so they are written for the people applying these
-//! objects.
-//!
-//! Cross-field rules are expressed twice: as CEL `x-kubernetes-validations` (rejected at apply
-//! time on API servers that evaluate CEL, Kubernetes >= 1.25) and in [`crate::compile`], which
-//! enforces the same rules for older servers that silently drop CEL from schemas.
+//! `FhirSecurityPolicy`: who may do what to a FHIR server that fhirguard protects.
 
-use std::collections::BTreeMap;
-
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub const GROUP: &str = "fhirguard.dev";
-
+use super::{
+    Audit, HtpasswdSecretRef, Introspection, JwksSecretRef, LocalObjectRef, ObjectStatus,
+    SmartConfiguration, Tls,
+};
 /// Who may do what to a FHIR server that fhirguard protects.
 ///
 /// Envoy's ext_authz filter asks fhirguard about every request; the policy for a request is
@@ -82,12 +74,12 @@ pub struct FhirSecurityPolicySpec {
 
     /// IHE BALP AuditEvents of this policy's decisions (off when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub audit: Option<crate::crd_extras::Audit>,
+    pub audit: Option<Audit>,
 
     /// Serve the SMART discovery document `[basePath]/.well-known/smart-configuration` from
     /// fhirguard (when absent the path stays a public path passed to the server).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub smart_configuration: Option<crate::crd_extras::SmartConfiguration>,
+    pub smart_configuration: Option<SmartConfiguration>,
 }
 
 /// Selects requests by `:authority` and path.
@@ -117,11 +109,11 @@ pub enum Combine {
     AllOf,
 }
 
-/// Credentials accepted by the policy. At least one of `basic` and `jwt` must be set (unless
-/// `unauthenticatedAccess` is true).
+/// Credentials accepted by the policy. At least one of `basic`, `jwt` and `introspection` must
+/// be set (unless `unauthenticatedAccess` is true).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.combine != 'AllOf' || (has(self.basic) && has(self.jwt))").message("combine: AllOf needs both basic and jwt"))]
+#[x_kube(validation = Rule::new("self.combine != 'AllOf' || (has(self.basic) && (has(self.jwt) || has(self.introspection)))").message("combine: AllOf needs basic and one of jwt and introspection"))]
 pub struct Authentication {
     /// `AnyOf` (default): one valid credential suffices. `AllOf`: Basic and a bearer token must
     /// both be valid.
@@ -135,6 +127,11 @@ pub struct Authentication {
     /// OAuth2 / OpenID Connect bearer tokens (JWT), verified against the providers' keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt: Option<JwtAuth>,
+
+    /// Bearer tokens checked at an RFC 7662 token introspection endpoint: opaque tokens, JWTs
+    /// of issuers no `jwt` provider names, and (with `introspectJwts`) verified JWTs too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub introspection: Option<Introspection>,
 }
 
 /// HTTP Basic Auth.
@@ -415,268 +412,4 @@ pub enum ReferenceData {
 pub struct CompartmentLookup {
     /// A FhirConnection in this policy's namespace.
     pub connection_ref: LocalObjectRef,
-}
-
-/// How workloads reach a FHIR server that someone else runs: the credentials fhirguard injects
-/// into outbound requests and how the server's TLS certificate is trusted.
-///
-/// An Envoy route names the connection with the context extension
-/// `fhirguard.dev/connection: <namespace>/<name>`; fhirguard then sets the request's
-/// Authorization header (Basic, or Bearer with an OAuth2 client-credentials token it keeps
-/// fresh).
-// Several printer columns share `type_ = "string"`; that is not a duplicate.
-#[allow(clippy::duplicated_attributes)]
-#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[kube(
-    group = "fhirguard.dev",
-    version = "v1alpha1",
-    kind = "FhirConnection",
-    plural = "fhirconnections",
-    singular = "fhirconnection",
-    shortname = "fconn",
-    category = "fhirguard",
-    namespaced,
-    status = "ObjectStatus",
-    doc = "FhirConnection describes how workloads reach another organisation's FHIR server: the credentials fhirguard injects (Basic or OAuth2 client credentials) and how its TLS certificate is trusted.",
-    printcolumn(name = "URL", type_ = "string", json_path = ".spec.url"),
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
-    ),
-    printcolumn(
-        name = "Reason",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
-)]
-#[serde(rename_all = "camelCase")]
-pub struct FhirConnectionSpec {
-    /// The FHIR base URL, e.g. `https://partner.example.org/fhir/r4`.
-    #[schemars(regex(pattern = r"^https?://"))]
-    pub url: String,
-
-    /// Credentials injected into outbound requests: at most one of `basic` and `oauth`, since
-    /// HTTP has one Authorization header. Without it requests are forwarded without credentials.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub auth: Option<ConnectionAuth>,
-
-    /// How the server's certificate (and the token endpoint's) is verified. Default: public CAs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<Tls>,
-}
-
-/// Outbound credentials.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!(has(self.basic) && has(self.oauth))").message("at most one of basic and oauth: HTTP has one Authorization header"))]
-pub struct ConnectionAuth {
-    /// HTTP Basic credentials from a Secret with the keys `username` and `password`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub basic: Option<ConnectionBasic>,
-
-    /// An OAuth2 client (client-credentials grant, RFC 6749 section 4.4). Tokens are fetched,
-    /// cached and refreshed before they expire (and at least hourly) with no further settings.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub oauth: Option<OAuthClient>,
-}
-
-/// Basic credentials for a connection.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct ConnectionBasic {
-    /// A Secret in this namespace with the keys `username` and `password`.
-    pub secret_ref: LocalObjectRef,
-}
-
-/// How the client authenticates to the token endpoint.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum ClientAuthMethod {
-    /// HTTP Basic with the client id and secret (RFC 6749 section 2.3.1; the default).
-    #[default]
-    ClientSecretBasic,
-    /// `client_id` and `client_secret` in the form body.
-    ClientSecretPost,
-}
-
-/// An OAuth2 client-credentials client.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.clientId) != has(self.clientIdSecretRef)").message("exactly one of clientId and clientIdSecretRef must be set"))]
-pub struct OAuthClient {
-    /// The token endpoint, an HTTPS URL.
-    #[schemars(regex(pattern = r"^https://"))]
-    pub token_url: String,
-
-    /// The client id, given literally ...
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_id: Option<String>,
-
-    /// ... or read from a Secret key.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_id_secret_ref: Option<SecretKeyRef>,
-
-    /// The Secret key holding the client secret.
-    pub client_secret_ref: SecretKeyRef,
-
-    /// `ClientSecretBasic` (default) or `ClientSecretPost`.
-    #[serde(default)]
-    pub client_auth_method: ClientAuthMethod,
-
-    /// Scopes to request, e.g. `["system/*.rs"]`.
-    #[serde(default)]
-    pub scopes: Vec<String>,
-
-    /// Sent as the `audience` form parameter when set (some servers require it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub audience: Option<String>,
-
-    /// More form parameters for the token request, e.g. `resource`.
-    #[serde(default)]
-    pub extra_params: BTreeMap<String, String>,
-}
-
-/// How a server certificate is verified.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum TlsMode {
-    /// Accept any certificate. Development only: anyone on the path can impersonate the server.
-    SkipVerification,
-    /// The public (Mozilla) certificate authorities.
-    #[default]
-    DefaultBundle,
-    /// Only the CA certificates in `caBundleSecretRef`.
-    CustomBundle,
-}
-
-/// TLS trust.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.mode == 'CustomBundle' ? has(self.caBundleSecretRef) : !has(self.caBundleSecretRef)").message("caBundleSecretRef is required for mode CustomBundle and only allowed with it"))]
-pub struct Tls {
-    /// `SkipVerification`, `DefaultBundle` (default) or `CustomBundle`.
-    #[serde(default)]
-    pub mode: TlsMode,
-
-    /// With `CustomBundle`: a Secret key holding PEM CA certificates. `key` defaults to `ca.crt`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_bundle_secret_ref: Option<CaBundleSecretRef>,
-}
-
-macro_rules! secret_key_ref {
-    ($name:ident, $default_fn:ident, $default_fn_name:literal, $default:literal, $doc:literal) => {
-        #[doc = $doc]
-        #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-        #[serde(rename_all = "camelCase")]
-        pub struct $name {
-            /// The Secret's name.
-            #[schemars(length(min = 1))]
-            pub name: String,
-            #[doc = concat!("The key inside the Secret (default `", $default, "`).")]
-            #[serde(default = $default_fn_name)]
-            pub key: String,
-            /// Must be empty or this object's own namespace: references never cross namespaces.
-            #[serde(default, skip_serializing_if = "Option::is_none")]
-            pub namespace: Option<String>,
-        }
-
-        fn $default_fn() -> String {
-            $default.into()
-        }
-    };
-}
-
-secret_key_ref!(
-    HtpasswdSecretRef,
-    default_htpasswd_key,
-    "default_htpasswd_key",
-    "htpasswd",
-    "A key in a Secret in this object's namespace."
-);
-secret_key_ref!(
-    JwksSecretRef,
-    default_jwks_key,
-    "default_jwks_key",
-    "jwks.json",
-    "A key in a Secret in this object's namespace."
-);
-secret_key_ref!(
-    CaBundleSecretRef,
-    default_ca_key,
-    "default_ca_key",
-    "ca.crt",
-    "A key in a Secret in this object's namespace."
-);
-
-/// A key in a Secret in this object's namespace.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct SecretKeyRef {
-    /// The Secret's name.
-    #[schemars(length(min = 1))]
-    pub name: String,
-    /// The key inside the Secret.
-    #[schemars(length(min = 1))]
-    pub key: String,
-    /// Must be empty or this object's own namespace: references never cross namespaces.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-}
-
-/// An object in this object's namespace.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct LocalObjectRef {
-    /// The object's name.
-    #[schemars(length(min = 1))]
-    pub name: String,
-    /// Must be empty or this object's own namespace: references never cross namespaces.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-}
-
-/// Observed state, written by the operator.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct ObjectStatus {
-    /// The `metadata.generation` the conditions describe.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-
-    /// `Accepted`: the spec is valid and every reference resolved (reason `Valid`, or why not).
-    /// `Ready`: the object is part of the configuration published to the authz-service
-    /// (reason `ConfigPublished`, or why not).
-    #[serde(default)]
-    pub conditions: Vec<Condition>,
-
-    /// The generation of the compiled configuration that last included this object.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub config_generation: Option<i64>,
-}
-
-/// Each CRD as `(file name in crds/, YAML document)`.
-pub fn crd_documents() -> Result<Vec<(String, String)>, serde_saphyr::ser::Error> {
-    use kube::CustomResourceExt;
-    [FhirSecurityPolicy::crd(), FhirConnection::crd()]
-        .into_iter()
-        .map(|crd| {
-            let name = crd.metadata.name.clone().unwrap_or_default();
-            Ok((format!("{name}.yaml"), serde_saphyr::to_string(&crd)?))
-        })
-        .collect()
-}
-
-/// Both CRDs as one multi-document YAML stream, exactly what `fhirguard-operator crds` prints;
-/// the files in `crds/` are these documents one per file.
-pub fn crds_yaml() -> Result<String, serde_saphyr::ser::Error> {
-    let mut out = String::new();
-    for (_, doc) in crd_documents()? {
-        out.push_str("---\n");
-        out.push_str(&doc);
-    }
-    Ok(out)
 }

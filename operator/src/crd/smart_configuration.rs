@@ -1,56 +1,10 @@
-//! `FhirSecurityPolicy` fields for the audit trail (`spec.audit`) and the SMART discovery
-//! document (`spec.smartConfiguration`), and their compilation into the service's config.
+//! `spec.smartConfiguration` of a `FhirSecurityPolicy`: the SMART discovery document
+//! fhirguard serves itself. Its compile lives in [`crate::compile`].
 
 use kube::KubeSchema;
-use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::crd::{LocalObjectRef, Tls};
-
-/// Which decisions are recorded.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum AuditRecord {
-    /// Every refusal, and every allowed access to resources of the Patient compartment
-    /// (and to interactions whose types are unknown beforehand: system searches, batches,
-    /// operations). The default.
-    #[default]
-    PatientDataAndRefusals,
-    /// Refusals only.
-    Refusals,
-    /// Every decision, public paths included.
-    All,
-}
-
-/// IHE BALP AuditEvents (FHIR R4) for this policy's decisions, tied to the decision id.
-/// Exactly one destination: `stdout`, `file` or `connectionRef`. Recording never delays or
-/// changes a decision: a full queue drops events and counts them in
-/// `fhirguard_audit_events_total{result="dropped_queue_full"}`.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("(has(self.stdout) && self.stdout ? 1 : 0) + (has(self.file) ? 1 : 0) + (has(self.connectionRef) ? 1 : 0) == 1").message("exactly one of stdout, file and connectionRef must be set"))]
-pub struct Audit {
-    /// `PatientDataAndRefusals` (default), `Refusals` or `All`.
-    #[serde(default)]
-    pub record: AuditRecord,
-    /// Write NDJSON (one AuditEvent a line) to the service's standard output.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stdout: Option<bool>,
-    /// Append NDJSON to this absolute path inside the authz-service container (mount a volume).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub file: Option<String>,
-    /// POST Bundles of AuditEvents to the base URL of this FhirConnection (its credentials
-    /// and TLS trust), retried with backoff.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub connection_ref: Option<LocalObjectRef>,
-    /// Events waiting to be written (default 10000); beyond it they are dropped and counted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1000000))]
-    pub queue_size: Option<u32>,
-    /// At most this many events per write or Bundle (default 100).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1000))]
-    pub batch_size: Option<u32>,
-}
+use super::Tls;
 
 /// Fetch the issuer's OpenID Provider Metadata (`[issuer]/.well-known/openid-configuration`)
 /// for the endpoints not given here. Refreshed like a JWKS; the last good document is kept
@@ -68,7 +22,8 @@ pub struct OpenIdDiscovery {
 
 /// fhirguard answers `GET [basePath]/.well-known/smart-configuration` itself (SMART App Launch
 /// 2.2) with these endpoints, those found by OpenID discovery, and `capabilities` and
-/// `scopes_supported` derived from what fhirguard enforces. Needs `authentication.jwt`.
+/// `scopes_supported` derived from what fhirguard enforces. Needs bearer tokens
+/// (`authentication.jwt` or `authentication.introspection`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct SmartConfiguration {

@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use kube::CustomResourceExt;
 use serde_json::{Map, Value};
 
-use crate::crd::{FhirConnection, FhirSecurityPolicy};
+use super::{FhirConnection, FhirSecurityPolicy};
 
 /// One thing wrong with the spec's shape: the full field path (`spec.match.basePath`) and what.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -410,6 +410,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

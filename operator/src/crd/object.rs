@@ -8,8 +8,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::crd::{FhirConnection, FhirSecurityPolicy, ObjectStatus};
-use crate::shape::{self, Checked, ShapeProblem};
+use super::shape::{self, Checked, ShapeProblem};
+use super::{FhirConnection, FhirSecurityPolicy, ObjectStatus};
 
 /// One resource as read.
 #[derive(Debug, Clone, PartialEq)]
