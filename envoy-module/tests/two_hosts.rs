@@ -92,7 +92,10 @@ fn visible(r: &Response) -> Value {
         "decision-id-sent": r.header("x-fhirguard-decision-id").is_some_and(|v| v.len() == 32),
     });
     let body: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
-    if r.status == 200 {
+    if r.status == 200 && body.get("method").is_none() {
+        // fhirguard's own answer (the SMART discovery document), not the echo's.
+        v["own-answer"] = body;
+    } else if r.status == 200 {
         // The echo: what reached the upstream.
         let mut headers = serde_json::Map::new();
         let upstream_id = body["headers"]["x-fhirguard-decision-id"]
@@ -237,6 +240,13 @@ static_resources:
             failures.push(format!(
                 "{case}: status {} but the golden file says {want_status}",
                 via_module.status
+            ));
+        }
+        let own = &expected["httpResponse"]["denied"];
+        if own["status"] == 200 && m["own-answer"] != own["body"] {
+            failures.push(format!(
+                "{case}: answered {} but the golden file says {}",
+                m["own-answer"], own["body"]
             ));
         }
         if let Some(ok) = expected["httpResponse"]["ok"].as_object() {
