@@ -102,6 +102,38 @@ pub trait DecisionObserver: Send + Sync {
     fn decided(&self, label: DecisionLabel, elapsed: Duration);
 }
 
+/// What became of AuditEvents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditResult {
+    Queued,
+    Written,
+    DroppedQueueFull,
+    DroppedUndeliverable,
+}
+
+impl AuditResult {
+    pub const ALL: [AuditResult; 4] = [
+        AuditResult::Queued,
+        AuditResult::Written,
+        AuditResult::DroppedQueueFull,
+        AuditResult::DroppedUndeliverable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditResult::Queued => "queued",
+            AuditResult::Written => "written",
+            AuditResult::DroppedQueueFull => "dropped_queue_full",
+            AuditResult::DroppedUndeliverable => "dropped_undeliverable",
+        }
+    }
+}
+
+/// Counts one audit sink's events. Made once per sink by [`Observer::audit_sink`].
+pub trait AuditObserver: Send + Sync {
+    fn events(&self, result: AuditResult, count: u64);
+}
+
 /// Reports from the layers below the host. Every method defaults to doing nothing.
 pub trait Observer: Send + Sync {
     /// The handle that counts `policy`'s decisions (`namespace/name`, or `none`).
@@ -160,10 +192,12 @@ pub trait Observer: Send + Sync {
     fn discovery_fetched(&self, source: &str, ok: bool, stale: bool) {
         let _ = (source, ok, stale);
     }
-    /// AuditEvents by sink (`stdout`, `file:PATH`, `connection:NS/NAME`) and result:
-    /// `queued`, `written`, `dropped_queue_full`, `dropped_undeliverable`.
-    fn audit_events(&self, sink: &str, result: &'static str, count: u64) {
-        let _ = (sink, result, count);
+    /// The handle that counts one audit sink's events (`stdout`, `file:PATH`,
+    /// `connection:NS/NAME`). Made once when the sink is made, so recording an event never
+    /// looks a label set up.
+    fn audit_sink(&self, sink: &str) -> Arc<dyn AuditObserver> {
+        let _ = sink;
+        Arc::new(Ignore)
     }
     fn config_loaded(&self, generation: u64) {
         let _ = generation;
@@ -186,6 +220,10 @@ impl Observer for Ignore {}
 
 impl DecisionObserver for Ignore {
     fn decided(&self, _: DecisionLabel, _: Duration) {}
+}
+
+impl AuditObserver for Ignore {
+    fn events(&self, _: AuditResult, _: u64) {}
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@
 //! required elements of the IHE BALP 1.1.3 RESTful profiles, written out below from the
 //! published profiles (Read, PatientRead, Query, PatientQuery, Create, PatientCreate, Update,
 //! PatientUpdate, Delete, PatientDelete; refusals follow the same pattern with a failure
-//! outcome, as BALP's notes on failures ask).
+//! outcome, as BALP's notes on failures ask). An allowed batch yields one more event per
+//! entry (`NAME.entryN.json`), each checked against its own interaction's profile.
 //!
 //! After a deliberate change, `FHIRGUARD_BLESS=1 cargo test --test audit_golden` rewrites the
 //! files; review the diff like code.
@@ -15,8 +16,8 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use fhirguard_authz::config::*;
-use fhirguard_authz::core::audit::{AuditFacts, PROFILE_BASE, audit_event, wanted};
-use fhirguard_authz::core::driver::{Check, Next, Outcome};
+use fhirguard_authz::core::audit::{AuditFacts, PROFILE_BASE, audit_events, wanted};
+use fhirguard_authz::core::driver::{Check, Next, Outcome, TokenFailure};
 use fhirguard_authz::core::fhir::Body;
 use fhirguard_authz::core::policy::{Decision, Request, TokenIdentity};
 use fhirguard_authz::core::smart::parse_scopes;
@@ -64,6 +65,10 @@ struct Case {
     subtype: &'static str,
     action: &'static str,
     outcome: &'static str,
+    /// The verifier cannot decide (keys unobtainable): no decision, 503.
+    undecidable: bool,
+    /// For an allowed bundle, each entry event's (profile, subtype, action).
+    entries: &'static [(Option<&'static str>, &'static str, &'static str)],
 }
 
 fn cases() -> Vec<Case> {
@@ -79,6 +84,8 @@ fn cases() -> Vec<Case> {
         subtype,
         action,
         outcome: "0",
+        undecidable: false,
+        entries: &[],
     };
     vec![
         c(
@@ -202,10 +209,48 @@ fn cases() -> Vec<Case> {
                 "D",
             )
         },
+        Case {
+            outcome: "8",
+            undecidable: true,
+            ..c(
+                "no-decision-503",
+                "GET",
+                "/fhir/Patient/p1",
+                None,
+                None,
+                "read",
+                "R",
+            )
+        },
+        Case {
+            entries: &[
+                (Some("PatientQuery"), "search", "E"),
+                (Some("PatientCreate"), "create", "C"),
+                (Some("PatientRead"), "read", "R"),
+                // Conditional: the deleted resources are not known, so no Delete profile.
+                (None, "delete", "D"),
+            ],
+            ..c(
+                "batch",
+                "POST",
+                "/fhir",
+                Some(
+                    r#"{"resourceType":"Bundle","type":"batch","entry":[
+                    {"request":{"method":"GET","url":"Observation?patient=p1&code=8867-4"}},
+                    {"request":{"method":"POST","url":"Observation"},"resource":{"resourceType":"Observation","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/p2"}}},
+                    {"request":{"method":"GET","url":"Patient/p3"}},
+                    {"request":{"method":"GET","url":"Medication/m1"}},
+                    {"request":{"method":"DELETE","url":"Condition?patient=p4&code=x"}}]}"#,
+                ),
+                None,
+                "batch",
+                "E",
+            )
+        },
     ]
 }
 
-fn decide(config: &CompiledConfig, case: &Case) -> Value {
+fn decide(config: &CompiledConfig, case: &Case) -> Vec<Value> {
     let auth = case.token.as_ref().map(|_| "Bearer opaque-test-token");
     let headers: Vec<(&str, &str)> = case
         .content_type
@@ -226,28 +271,34 @@ fn decide(config: &CompiledConfig, case: &Case) -> Value {
     };
     let mut check = Check::new(config, &req);
     if let Next::Need(_) = check.next() {
-        let t = case.token.clone().expect("a token case");
-        check.token_verified(Ok(Arc::new(t)));
+        if case.undecidable {
+            check.token_verified(Err(TokenFailure::Undecidable(
+                "no signing keys could be obtained".into(),
+            )));
+        } else {
+            let t = case.token.clone().expect("a token case");
+            check.token_verified(Ok(Arc::new(t)));
+        }
     }
-    let Some(Outcome::Decided(decision)) = check.outcome() else {
-        panic!("{}: {:?}", case.name, check.outcome());
-    };
+    let outcome = check.outcome().expect("a finished check");
     let policy = &config.policies[0];
     assert!(
         wanted(
             AuditRecord::PatientDataAndRefusals,
-            decision,
+            outcome,
             check.request()
         ) || case.name == "read-no-patient"
             || case.name == "search-no-patient",
         "{}",
         case.name
     );
-    match (case.outcome, decision) {
-        ("0", Decision::Allow(_)) | ("4", Decision::Deny(_)) => {}
-        _ => panic!("{}: unexpected decision {decision:?}", case.name),
+    match (case.outcome, outcome) {
+        ("0", Outcome::Decided(Decision::Allow(_)))
+        | ("4", Outcome::Decided(Decision::Deny(_)))
+        | ("8", Outcome::Unavailable(_)) => {}
+        _ => panic!("{}: unexpected outcome {outcome:?}", case.name),
     }
-    audit_event(&AuditFacts {
+    let facts = AuditFacts {
         policy,
         method: case.method,
         host: "ehr.example.org",
@@ -255,11 +306,45 @@ fn decide(config: &CompiledConfig, case: &Case) -> Value {
         source_address: Some("10.1.2.3"),
         request: check.request(),
         identity: check.identity(),
-        decision,
+        outcome,
         decision_id: DECISION_ID,
         recorded_unix_ms: RECORDED,
         observer: "fhirguard-authz-0",
-    })
+    };
+    let events = audit_events(&facts, AuditRecord::PatientDataAndRefusals);
+    // Under `All` every entry has its event; under the default only those touching patient
+    // data (the Medication read is left out).
+    let all = audit_events(&facts, AuditRecord::All);
+    assert_eq!(
+        all.len(),
+        events.len() + usize::from(!case.entries.is_empty()),
+        "{}",
+        case.name
+    );
+    events
+}
+
+/// The expectations for event `i` of a case: the case itself, then its entries.
+fn expected(case: &Case, i: usize) -> Case {
+    let (profile, subtype, action) = if i == 0 {
+        (case.profile, case.subtype, case.action)
+    } else {
+        case.entries[i - 1]
+    };
+    Case {
+        name: case.name,
+        method: case.method,
+        path: case.path,
+        body: case.body,
+        content_type: case.content_type,
+        token: case.token.clone(),
+        profile,
+        subtype,
+        action,
+        outcome: case.outcome,
+        undecidable: case.undecidable,
+        entries: &[],
+    }
 }
 
 fn codings(v: &Value) -> Vec<(String, String)> {
@@ -461,29 +546,35 @@ fn audit_events_follow_balp_and_match_the_golden_files() {
     let bless = std::env::var("FHIRGUARD_BLESS").as_deref() == Ok("1");
     let mut failures = Vec::new();
     for case in cases() {
-        let event = decide(&config, &case);
-        let problems = balp_problems(&event, &case);
-        if !problems.is_empty() {
-            failures.push(format!("{}: {problems:?}\n{event:#}", case.name));
-        }
-        let path = dir().join(format!("{}.json", case.name));
-        let text = serde_json::to_string_pretty(&event).unwrap() + "\n";
-        if bless {
-            std::fs::write(&path, &text).unwrap();
-        } else {
-            let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-                panic!("{}: {e} (FHIRGUARD_BLESS=1 writes it)", path.display())
-            });
-            if want != text {
-                failures.push(format!(
-                    "{} differs from {}:\n{text}",
-                    case.name,
-                    path.display()
-                ));
+        let events = decide(&config, &case);
+        assert_eq!(events.len(), 1 + case.entries.len(), "{}", case.name);
+        for (i, event) in events.iter().enumerate() {
+            let want = expected(&case, i);
+            let problems = balp_problems(event, &want);
+            if !problems.is_empty() {
+                failures.push(format!("{} event {i}: {problems:?}\n{event:#}", case.name));
             }
+            let name = match i {
+                0 => format!("{}.json", case.name),
+                i => format!("{}.entry{i}.json", case.name),
+            };
+            compare(&dir().join(name), event, bless, &mut failures);
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+fn compare(path: &Path, event: &Value, bless: bool, failures: &mut Vec<String>) {
+    let text = serde_json::to_string_pretty(event).unwrap() + "\n";
+    if bless {
+        std::fs::write(path, &text).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e} (FHIRGUARD_BLESS=1 writes it)", path.display()));
+    if want != text {
+        failures.push(format!("{} differs:\n{text}", path.display()));
+    }
 }
 
 #[test]
@@ -495,7 +586,7 @@ fn the_checker_rejects_events_missing_required_elements() {
         connections: vec![],
     };
     let case = &cases()[3];
-    let good = decide(&config, case);
+    let good = decide(&config, case).remove(0);
     assert!(balp_problems(&good, case).is_empty());
     for (pointer, label) in [
         ("/type", "type"),

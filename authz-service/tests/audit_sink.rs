@@ -170,3 +170,143 @@ async fn a_stalled_audit_sink_neither_blocks_nor_alters_decisions() {
         "a patient id reached the ordinary log:\n{log}"
     );
 }
+
+/// Every line of an NDJSON audit file, once it holds at least `n`.
+async fn lines(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let events: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if events.len() >= n || Instant::now() > deadline {
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn decision_id(e: &serde_json::Value) -> &str {
+    e["entity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["type"]["code"] == "XrequestId")
+        .and_then(|x| x["what"]["identifier"]["value"].as_str())
+        .unwrap()
+}
+
+/// A check that cannot be decided (503) is a refusal and is recorded (outcome 8, serious
+/// failure); an allowed batch is recorded with one event per entry under its decision id.
+#[tokio::test(flavor = "current_thread")]
+async fn undecided_checks_and_bundle_entries_are_recorded() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let key = SigningKey::new("k1");
+    let jwks = jwks_doc(&[&key]);
+    let out = ConfigDir::new();
+    let file = out.path().join("audit.ndjson");
+    let audit = AuditConfig {
+        record: AuditRecord::PatientDataAndRefusals,
+        stdout: false,
+        file: Some(file.display().to_string()),
+        connection: None,
+        queue_size: 100,
+        batch_size: 10,
+    };
+    let mut ok = smart_policy("ehr", "smart.test", &jwks, true);
+    ok.audit = Some(audit.clone());
+    // Keys from an endpoint nobody listens on: no verification is possible.
+    let mut dead = smart_policy("dead", "dead.test", &jwks, true);
+    dead.audit = Some(audit);
+    if let Some(jwt) = dead.authentication.jwt.as_mut() {
+        jwt.providers[0].jwks.document = None;
+        jwt.providers[0].jwks.uri = Some("https://127.0.0.1:9/jwks".into());
+    }
+    let config = CompiledConfig {
+        version: FORMAT_VERSION,
+        generation: 1,
+        policies: vec![ok, dead],
+        connections: vec![],
+    };
+    assert!(config.validate().is_empty(), "{:?}", config.validate());
+    let (ex, _metrics, _dir) = executor(&config).await;
+
+    let mut c = claims("app", "patient/*.rs");
+    c["patient"] = "p1".into();
+    let bearer = format!("Bearer {}", key.sign(&c));
+    let body = br#"{"resourceType":"Bundle","type":"batch","entry":[
+        {"request":{"method":"GET","url":"Observation?subject=Patient/p1"}},
+        {"request":{"method":"GET","url":"Patient/p1"}}]}"#;
+    let headers = [("content-type", "application/fhir+json")];
+    let batch = ex
+        .check(&Request {
+            method: "POST",
+            host: "smart.test",
+            path: "/fhir/r4",
+            authorization: Some(&bearer),
+            if_none_exist: None,
+            headers: &headers,
+            body: Some(fhirguard_authz::core::fhir::Body {
+                bytes: body,
+                content_type: Some("application/fhir+json"),
+            }),
+            policy_ref: None,
+        })
+        .await;
+    assert_eq!(summary(&batch.outcome).1, 200, "{:?}", batch.outcome);
+    let undecided = ex
+        .check(&Request {
+            method: "GET",
+            host: "dead.test",
+            path: "/fhir/r4/Patient/p1",
+            authorization: Some(&bearer),
+            if_none_exist: None,
+            headers: &[],
+            body: None,
+            policy_ref: None,
+        })
+        .await;
+    assert_eq!(
+        summary(&undecided.outcome).1,
+        503,
+        "{:?}",
+        undecided.outcome
+    );
+
+    let events = lines(&file, 4).await;
+    assert_eq!(events.len(), 4, "{events:#?}");
+    let of = |subtype: &str| {
+        events
+            .iter()
+            .filter(|e| e["subtype"][0]["code"] == subtype && e["outcome"] == "0")
+            .collect::<Vec<_>>()
+    };
+    let bundle = of("batch");
+    assert_eq!(bundle.len(), 1);
+    let id = decision_id(bundle[0]);
+    assert_eq!(id, batch.decision_id.as_str());
+    for subtype in ["search", "read"] {
+        let e = of(subtype);
+        assert_eq!(e.len(), 1, "{subtype}: {events:#?}");
+        assert_eq!(
+            decision_id(e[0]),
+            id,
+            "entries share the bundle's decision id"
+        );
+        assert!(e[0].to_string().contains("\"Patient/p1\""), "{:#}", e[0]);
+    }
+    let failed: Vec<_> = events.iter().filter(|e| e["outcome"] == "8").collect();
+    assert_eq!(failed.len(), 1, "{events:#?}");
+    assert_eq!(decision_id(failed[0]), undecided.decision_id.as_str());
+    assert_eq!(failed[0]["source"]["site"], "clinical/dead");
+    assert!(
+        failed[0]["outcomeDesc"]
+            .as_str()
+            .unwrap()
+            .starts_with("HTTP 503: no decision could be made"),
+        "{:#}",
+        failed[0]
+    );
+    assert!(!failed[0].to_string().contains(&bearer[7..]), "no token");
+}

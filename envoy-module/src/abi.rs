@@ -73,6 +73,8 @@ const RESPONSE_HEADER: u32 = 2;
 const RECEIVED_REQUEST_BODY: u32 = 0;
 const BUFFERED_REQUEST_BODY: u32 = 1;
 const METADATA_ROUTE: u32 = 1;
+/// `envoy_dynamic_module_type_attribute_id_SourceAddress` (`source.address`).
+const ATTRIBUTE_SOURCE_ADDRESS: u32 = 24;
 const LOG_ERROR: u32 = 4;
 const METRICS_SUCCESS: u32 = 0;
 
@@ -133,6 +135,7 @@ callbacks! {
     http_send_response: fn(FilterPtr, u32, *mut ModuleHttpHeader, usize, ModuleBuffer, ModuleBuffer);
     http_filter_continue_decoding: fn(FilterPtr);
     http_get_metadata_string: fn(FilterPtr, u32, ModuleBuffer, ModuleBuffer, *mut EnvoyBuffer) -> bool;
+    http_filter_get_attribute_string: fn(FilterPtr, u32, *mut EnvoyBuffer) -> bool;
     http_filter_scheduler_new: fn(FilterPtr) -> SchedulerPtr;
     http_filter_scheduler_commit: fn(SchedulerPtr, u64);
     http_filter_scheduler_delete: fn(SchedulerPtr);
@@ -414,6 +417,21 @@ impl EnvoyFilter {
         found.then(|| lossy(unsafe { copy(out) }))
     }
 
+    /// The downstream client's address (`source.address`), as ext_authz's
+    /// `attributes.source.address` names it; for AuditEvents.
+    pub fn source_address(&self) -> Option<String> {
+        let mut out = EnvoyBuffer {
+            ptr: std::ptr::null(),
+            length: 0,
+        };
+        // SAFETY: live filter; `out` is written by Envoy only.
+        let found = unsafe {
+            (self.cb.http_filter_get_attribute_string)(self.ptr, ATTRIBUTE_SOURCE_ADDRESS, &mut out)
+        };
+        // SAFETY: on success `out` points into the stream's info, alive during this hook.
+        (found && !out.ptr.is_null()).then(|| without_port(&lossy(unsafe { copy(out) })))
+    }
+
     /// A scheduler that wakes this stream on its worker thread from any thread.
     pub fn scheduler(&self) -> Option<Scheduler> {
         // SAFETY: live filter.
@@ -447,6 +465,18 @@ impl Drop for Scheduler {
     fn drop(&mut self) {
         // SAFETY: deleted exactly once, here.
         unsafe { (self.cb.http_filter_scheduler_delete)(self.ptr) }
+    }
+}
+
+/// Envoy 1.40 gives `source.address` as `ip:port` (`[v6]:port`); ext_authz's CheckRequest
+/// carries the IP alone, and so do AuditEvents from either host.
+fn without_port(addr: &str) -> String {
+    if let Some(rest) = addr.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest).to_string();
+    }
+    match addr.split_once(':') {
+        Some((ip, port)) if !port.contains(':') => ip.to_string(),
+        _ => addr.to_string(),
     }
 }
 
@@ -860,6 +890,19 @@ mod tests {
         let got = guard("test", || -> u32 { panic!("boom") }, || 503);
         assert_eq!(got, 503);
         assert_eq!(guard("test", || 7u32, || 503), 7);
+    }
+
+    #[test]
+    fn client_addresses_lose_their_port() {
+        for (given, want) in [
+            ("127.0.0.1:49824", "127.0.0.1"),
+            ("[::1]:8080", "::1"),
+            ("[2001:db8::7]:1", "2001:db8::7"),
+            ("10.0.0.1", "10.0.0.1"),
+            ("::1", "::1"),
+        ] {
+            assert_eq!(without_port(given), want, "{given}");
+        }
     }
 
     #[test]

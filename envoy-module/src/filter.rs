@@ -136,6 +136,8 @@ pub struct Filter {
     headers: Arc<Vec<(String, String)>>,
     connection: Option<String>,
     policy: Option<String>,
+    /// The client's address (`source.address`), for AuditEvents.
+    source: Option<String>,
     body: Vec<u8>,
     body_too_large: bool,
     response_set: Vec<(&'static str, String)>,
@@ -150,6 +152,7 @@ struct OwnedRequest {
     headers: Arc<Vec<(String, String)>>,
     body: Option<Vec<u8>>,
     policy: Option<String>,
+    source: Option<String>,
 }
 
 type Decide = Pin<Box<dyn Future<Output = Option<Answer>> + Send>>;
@@ -234,6 +237,7 @@ impl Filter {
             headers: Arc::new(Vec::new()),
             connection: None,
             policy: None,
+            source: None,
             body: Vec::new(),
             body_too_large: false,
             response_set: Vec::new(),
@@ -245,6 +249,7 @@ impl Filter {
         self.headers = Arc::new(normalise(e.request_headers()));
         self.connection = e.route_metadata(METADATA_NAMESPACE, CONNECTION_KEY);
         self.policy = e.route_metadata(METADATA_NAMESPACE, POLICY_KEY);
+        self.source = e.source_address();
         // An outbound request is decided by its connection alone; an inbound one with a body
         // waits for it (the decision may read it, as ext_authz's with_request_body).
         if end_of_stream || self.connection.is_some() {
@@ -332,6 +337,7 @@ impl Filter {
             headers: self.headers.clone(),
             body: (sent && !partial).then_some(bytes),
             policy: self.policy.clone(),
+            source: self.source.clone(),
         }
     }
 
@@ -365,7 +371,7 @@ impl Filter {
                         }),
                         policy_ref: owned.policy.as_deref(),
                     };
-                    executor.check(&request).await
+                    executor.check_from(&request, owned.source.as_deref()).await
                 })
             }
         };

@@ -254,3 +254,61 @@ async fn smart_reads_by_id_are_decided_by_compartment_lookups() {
     )
     .await;
 }
+
+/// The module records AuditEvents like the ext_authz service, with the client's address from
+/// Envoy's `source.address` attribute (the only place the module learns it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_events_carry_the_client_address() {
+    if envoy_bin().is_none() {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("audit.ndjson");
+    let mut config: serde_json::Value = serde_json::from_str(&golden_config()).unwrap();
+    config["policies"][0]["audit"] =
+        serde_json::json!({"record": "All", "file": file.display().to_string(), "batchSize": 1});
+    let dir = tempfile::tempdir().unwrap();
+    publish(dir.path(), &config.to_string());
+    let (_envoy, port) = start(dir.path(), "").await;
+
+    let allowed = send(port, &get("/fhir/r4/Patient/p1", Some(ALICE)))
+        .await
+        .unwrap();
+    assert_eq!(allowed.status, 200, "{}", allowed.body);
+    let refused = send(port, &get("/fhir/r4/Patient/p1", None)).await.unwrap();
+    assert_eq!(refused.status, 401, "{}", refused.body);
+
+    let mut events = Vec::new();
+    eventually(
+        "two AuditEvents in the file",
+        Duration::from_secs(10),
+        async || {
+            events = std::fs::read_to_string(&file)
+                .unwrap_or_default()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .collect();
+            events.len() >= 2
+        },
+    )
+    .await;
+    for (e, answer) in events.iter().zip([&allowed, &refused]) {
+        let id = e["entity"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["type"]["code"] == "XrequestId")
+            .unwrap()["what"]["identifier"]["value"]
+            .clone();
+        assert_eq!(
+            Some(id.as_str().unwrap()),
+            answer.header("x-fhirguard-decision-id"),
+            "{e:#}"
+        );
+        let client = &e["agent"][0];
+        assert_eq!(client["type"]["coding"][0]["code"], "110153", "{e:#}");
+        assert_eq!(client["network"]["address"], "127.0.0.1", "{e:#}");
+    }
+    assert_eq!(events[0]["outcome"], "0");
+    assert_eq!(events[1]["outcome"], "4");
+}

@@ -1,14 +1,20 @@
 //! IHE Basic Audit Log Patterns (BALP 1.1.3) AuditEvents for fhirguard's decisions (pure).
 //!
 //! One decision, one FHIR R4 `AuditEvent` shaped after BALP's RESTful profiles: the
-//! interaction as `subtype` with the matching `action`, `outcome` 0 (allowed) or 4 (refused:
-//! a minor failure, with the refusing rule in `outcomeDesc`), the client as the DICOM
+//! interaction as `subtype` with the matching `action`, `outcome` 0 (allowed), 4 (refused:
+//! a minor failure, with the refusing rule in `outcomeDesc`) or 8 (no decision could be made,
+//! so the request was refused with 503: a serious failure), the client as the DICOM
 //! "Source Role ID" agent, the protected server as the "Destination Role ID" agent, the user
 //! (token `sub`/`fhirUser`, or the Basic user) as the requesting agent, fhirguard and the
 //! policy as `source`, and entities for the resource, the patient, the query (searches only,
 //! base64 as BALP asks) and the decision id (BALP's X-Request-Id entity). Successful
 //! events claim the BALP profile they follow in `meta.profile`; refusals follow the same
 //! pattern without claiming a success profile.
+//!
+//! An allowed batch or transaction also gets one event per entry (the entry's own
+//! interaction, resource and patient, under the same decision id): the bundle's event alone
+//! would not say whose records were read or written. A refused bundle is one event; none of
+//! its entries ran.
 //!
 //! The host ships these; patient ids appear here and nowhere in the ordinary logs.
 
@@ -17,6 +23,7 @@ use serde_json::{Value, json};
 
 use crate::config::{AuditRecord, PolicyConfig};
 use crate::core::definitions;
+use crate::core::driver::Outcome;
 use crate::core::fhir::{FhirRequest, Interaction};
 use crate::core::policy::{AllowReason, Decision, Identity};
 
@@ -46,7 +53,7 @@ pub struct AuditFacts<'a> {
     /// The classified request (absent when it was refused before classification).
     pub request: Option<&'a FhirRequest>,
     pub identity: &'a Identity,
-    pub decision: &'a Decision,
+    pub outcome: &'a Outcome,
     pub decision_id: &'a str,
     /// When the decision was made, in milliseconds since the Unix epoch.
     pub recorded_unix_ms: u64,
@@ -101,8 +108,23 @@ pub fn kind(i: Interaction) -> Kind {
     }
 }
 
-/// Whether the policy's `audit.record` asks for this decision.
-pub fn wanted(record: AuditRecord, decision: &Decision, request: Option<&FhirRequest>) -> bool {
+fn conditional(i: Interaction) -> bool {
+    matches!(
+        i,
+        Interaction::ConditionalCreate
+            | Interaction::ConditionalUpdate
+            | Interaction::ConditionalPatch
+            | Interaction::ConditionalDelete
+    )
+}
+
+/// Whether the policy's `audit.record` asks for this outcome. A check that could not be
+/// decided was refused (503) and counts as a refusal.
+pub fn wanted(record: AuditRecord, outcome: &Outcome, request: Option<&FhirRequest>) -> bool {
+    let decision = match outcome {
+        Outcome::Unavailable(_) => return true,
+        Outcome::Decided(d) => d,
+    };
     match (record, decision) {
         (_, Decision::Deny(_)) => true,
         (AuditRecord::All, _) => true,
@@ -137,7 +159,7 @@ fn coding(system: &str, code: &str, display: &str) -> Value {
 /// the compartment searched, the Patient read or written, or a `patient`/`subject`
 /// parameter naming exactly one Patient.
 pub fn patient_of(f: &AuditFacts<'_>) -> Option<String> {
-    if let Decision::Allow(a) = f.decision
+    if let Outcome::Decided(Decision::Allow(a)) = f.outcome
         && let Some(p) = &a.patient
     {
         return Some(p.clone());
@@ -214,7 +236,11 @@ fn raw_query_text(f: &AuditFacts<'_>) -> String {
         && !r.params.is_empty()
     {
         let body: String = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(r.params.iter().filter(|(k, _)| k != "access_token"))
+            .extend_pairs(
+                r.params
+                    .iter()
+                    .filter(|(k, _)| !k.eq_ignore_ascii_case("access_token")),
+            )
             .finish();
         out.push('\n');
         out.push_str(&body);
@@ -299,9 +325,15 @@ pub fn audit_event(f: &AuditFacts<'_>) -> Value {
         writes: !matches!(f.method, "GET" | "HEAD"),
     });
     let patient = patient_of(f);
-    let (outcome, outcome_desc) = match f.decision {
-        Decision::Deny(d) => ("4", Some(format!("HTTP {}: {}", d.status, d.diagnostics))),
-        _ => ("0", None),
+    let (outcome, outcome_desc) = match f.outcome {
+        Outcome::Decided(Decision::Deny(d)) => {
+            ("4", Some(format!("HTTP {}: {}", d.status, d.diagnostics)))
+        }
+        Outcome::Decided(_) => ("0", None),
+        Outcome::Unavailable(why) => (
+            "8",
+            Some(format!("HTTP 503: no decision could be made: {why}")),
+        ),
     };
     let policy_id = format!("{}/{}", f.policy.namespace, f.policy.name);
     let base = f.policy.base_path.trim_end_matches('/');
@@ -348,6 +380,16 @@ pub fn audit_event(f: &AuditFacts<'_>) -> Value {
             });
             if let Some(op) = &r.operation {
                 e["description"] = json!(format!("${op}"));
+            } else if conditional(r.interaction) {
+                // Which resources the server picks is unknown here; the criteria say how.
+                let criteria: String = form_urlencoded::Serializer::new(String::new())
+                    .extend_pairs(
+                        r.params
+                            .iter()
+                            .filter(|(k, _)| !k.eq_ignore_ascii_case("access_token")),
+                    )
+                    .finish();
+                e["description"] = json!(format!("conditional: {criteria}"));
             }
             entities.push(e);
         }
@@ -391,8 +433,12 @@ pub fn audit_event(f: &AuditFacts<'_>) -> Value {
     if let Some(d) = outcome_desc {
         event["outcomeDesc"] = json!(d);
     }
+    // BALP's Read, Update and Delete profiles require the resource's reference: a
+    // conditional interaction (no id known here) follows the pattern without claiming them.
+    let names_resource = f.request.is_some_and(|r| r.id.is_some());
     if outcome == "0"
         && let Some((plain, with_patient)) = k.profile
+        && (names_resource || !matches!(plain, "Read" | "Update" | "Delete"))
     {
         let name = if patient.is_some() {
             with_patient
@@ -402,6 +448,109 @@ pub fn audit_event(f: &AuditFacts<'_>) -> Value {
         event["meta"] = json!({"profile": [format!("{PROFILE_BASE}{name}")]});
     }
     event
+}
+
+/// The events for one decision: [`audit_event`], then for an allowed batch or transaction
+/// one event per entry that `record` asks for (every entry under `All`, entries that touch
+/// patient data otherwise).
+pub fn audit_events(f: &AuditFacts<'_>, record: AuditRecord) -> Vec<Value> {
+    let mut out = vec![audit_event(f)];
+    let Some(r) = f.request else {
+        return out;
+    };
+    let allowed = matches!(f.outcome, Outcome::Decided(Decision::Allow(_)));
+    if !allowed
+        || !matches!(
+            r.interaction,
+            Interaction::Batch | Interaction::Transaction | Interaction::BundleUninspected
+        )
+    {
+        return out;
+    }
+    for entry in &r.entries {
+        let wanted = match record {
+            AuditRecord::All => true,
+            AuditRecord::PatientDataAndRefusals => touches_patient_data(entry),
+            AuditRecord::Refusals => false,
+        };
+        if !wanted {
+            continue;
+        }
+        // As the server sees it: the entry's URL under the policy's base.
+        let path = format!(
+            "{}/{}",
+            f.policy.base_path.trim_end_matches('/'),
+            entry_path(entry)
+        );
+        out.push(audit_event(&AuditFacts {
+            method: entry_method(entry),
+            path: &path,
+            request: Some(entry),
+            ..*f
+        }));
+    }
+    out
+}
+
+/// The HTTP method an entry's `request.method` carried, from its classification.
+fn entry_method(e: &FhirRequest) -> &'static str {
+    match e.interaction {
+        Interaction::Create | Interaction::ConditionalCreate => "POST",
+        Interaction::Update | Interaction::ConditionalUpdate => "PUT",
+        Interaction::Patch | Interaction::ConditionalPatch => "PATCH",
+        Interaction::Delete | Interaction::ConditionalDelete => "DELETE",
+        Interaction::OperationSystem
+        | Interaction::OperationType
+        | Interaction::OperationInstance
+        | Interaction::Batch
+        | Interaction::Transaction
+        | Interaction::BundleUninspected
+            if e.writes =>
+        {
+            "POST"
+        }
+        _ => "GET",
+    }
+}
+
+/// An entry's `request.url` rebuilt from its classification (relative to the base, as
+/// entries carry it), with its parameters; `access_token` never appears.
+fn entry_path(e: &FhirRequest) -> String {
+    let mut path = String::new();
+    if let Some((t, id)) = &e.compartment {
+        path = format!("{t}/{id}/");
+    }
+    if let Some(t) = &e.resource_type {
+        path.push_str(t);
+    }
+    if let Some(id) = &e.id {
+        path.push('/');
+        path.push_str(id);
+    }
+    if let Some(v) = &e.version_id {
+        path.push_str("/_history/");
+        path.push_str(v);
+    }
+    if let Some(op) = &e.operation {
+        if !path.is_empty() {
+            path.push('/');
+        }
+        path.push('$');
+        path.push_str(op);
+    }
+    let kept: Vec<&(String, String)> = e
+        .params
+        .iter()
+        .filter(|(k, _)| !k.eq_ignore_ascii_case("access_token"))
+        .collect();
+    if !kept.is_empty() {
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(kept.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .finish();
+        path.push('?');
+        path.push_str(&query);
+    }
+    path
 }
 
 /// A FHIR `batch` Bundle that creates each event (for POSTing to a FHIR server's base).

@@ -21,7 +21,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use crate::config::{AuditConfig, ConnectionConfig};
-use crate::observe::Observer;
+use crate::observe::{AuditObserver, AuditResult, Observer};
 use crate::runtime::backoff::{Backoff, BackoffPolicy};
 use crate::runtime::oauth::TokenSource;
 
@@ -67,7 +67,7 @@ enum Destination {
 pub struct AuditSink {
     label: String,
     tx: mpsc::Sender<serde_json::Value>,
-    observer: Arc<dyn Observer>,
+    counts: Arc<dyn AuditObserver>,
     dropped_since_warning: AtomicU64,
     last_warning: Mutex<Option<Instant>>,
 }
@@ -77,10 +77,9 @@ impl AuditSink {
     /// content).
     pub fn record(&self, event: serde_json::Value) {
         match self.tx.try_send(event) {
-            Ok(()) => self.observer.audit_events(&self.label, "queued", 1),
+            Ok(()) => self.counts.events(AuditResult::Queued, 1),
             Err(_) => {
-                self.observer
-                    .audit_events(&self.label, "dropped_queue_full", 1);
+                self.counts.events(AuditResult::DroppedQueueFull, 1);
                 let dropped = self.dropped_since_warning.fetch_add(1, Ordering::Relaxed) + 1;
                 let Ok(mut last) = self.last_warning.lock() else {
                     return;
@@ -107,7 +106,7 @@ struct Writer {
     destination: Destination,
     batch_size: usize,
     options: AuditOptions,
-    observer: Arc<dyn Observer>,
+    counts: Arc<dyn AuditObserver>,
 }
 
 impl Writer {
@@ -132,7 +131,7 @@ impl Writer {
         for attempt in 1..=DELIVERY_ATTEMPTS {
             match self.write(batch).await {
                 Ok(()) => {
-                    self.observer.audit_events(&self.label, "written", n);
+                    self.counts.events(AuditResult::Written, n);
                     return;
                 }
                 Err(e) => {
@@ -147,8 +146,7 @@ impl Writer {
                 }
             }
         }
-        self.observer
-            .audit_events(&self.label, "dropped_undeliverable", n);
+        self.counts.events(AuditResult::DroppedUndeliverable, n);
         tracing::error!(sink = %self.label, events = n, "AuditEvents dropped after {DELIVERY_ATTEMPTS} attempts");
     }
 
@@ -276,10 +274,11 @@ impl AuditRegistry {
             (None, None) => return Err("the audit setting names no destination".into()),
         };
         let (tx, rx) = mpsc::channel(a.queue_size.max(1));
+        let counts = self.observer.audit_sink(&label);
         let sink = Arc::new(AuditSink {
             label: label.clone(),
             tx,
-            observer: self.observer.clone(),
+            counts: counts.clone(),
             dropped_since_warning: AtomicU64::new(0),
             last_warning: Mutex::new(None),
         });
@@ -288,7 +287,7 @@ impl AuditRegistry {
             destination,
             batch_size: a.batch_size.max(1),
             options: self.options,
-            observer: self.observer.clone(),
+            counts,
         };
         tokio::spawn(writer.run(rx));
         sinks.insert(key, Arc::downgrade(&sink));

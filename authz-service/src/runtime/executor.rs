@@ -265,7 +265,7 @@ impl Executor {
         };
         let mut check = Check::new(&rt.config, req);
         self.run(&rt, &mut check).await;
-        let audit = self.audit_event(&rt, &check, req, source_address, &decision_id);
+        let audit = self.audit_events(&rt, &check, req, source_address, &decision_id);
         let observer = check
             .policy_index()
             .and_then(|i| rt.policies.get(i))
@@ -289,39 +289,39 @@ impl Executor {
             ignored,
         );
         // After the decision is counted and logged; `record` never waits.
-        if let Some((sink, event)) = audit {
-            sink.record(event);
+        if let Some((sink, events)) = audit {
+            for event in events {
+                sink.record(event);
+            }
         }
         answer
     }
 
-    /// The AuditEvent for a finished check, when its policy records this decision. Built
+    /// The AuditEvents for a finished check, when its policy records this outcome. Built
     /// here (pure code, microseconds); shipped by the policy's sink in the background.
-    fn audit_event(
+    fn audit_events(
         &self,
         rt: &Runtime,
         check: &Check<'_>,
         req: &Request<'_>,
         source_address: Option<&str>,
         decision_id: &DecisionId,
-    ) -> Option<(Arc<AuditSink>, serde_json::Value)> {
-        let Some(Outcome::Decided(decision)) = check.outcome() else {
-            return None;
-        };
+    ) -> Option<(Arc<AuditSink>, Vec<serde_json::Value>)> {
+        let outcome = check.outcome()?;
         let index = check.policy_index().or_else(|| {
-            let id = decided_policy(check.outcome()?)?;
+            let id = decided_policy(outcome)?;
             rt.policies.iter().position(|p| p.id == id)
         })?;
         let policy = rt.config.policies.get(index)?;
         let audit = policy.audit.as_ref()?;
         let sink = rt.policies.get(index)?.audit.clone()?;
-        if !crate::core::audit::wanted(audit.record, decision, check.request()) {
+        if !crate::core::audit::wanted(audit.record, outcome, check.request()) {
             return None;
         }
         let recorded_unix_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        let event = crate::core::audit::audit_event(&crate::core::audit::AuditFacts {
+        let facts = crate::core::audit::AuditFacts {
             policy,
             method: req.method,
             host: req.host,
@@ -329,12 +329,12 @@ impl Executor {
             source_address,
             request: check.request(),
             identity: check.identity(),
-            decision,
+            outcome,
             decision_id: decision_id.as_str(),
             recorded_unix_ms,
             observer: &self.shared.instance,
-        });
-        Some((sink, event))
+        };
+        Some((sink, crate::core::audit::audit_events(&facts, audit.record)))
     }
 
     /// An outbound request through the connection `namespace/name`: allowed with the

@@ -17,7 +17,9 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
-use crate::observe::{CacheName, DecisionLabel, DecisionObserver, Observer};
+use crate::observe::{
+    AuditObserver, AuditResult, CacheName, DecisionLabel, DecisionObserver, Observer,
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabels {
@@ -423,6 +425,17 @@ impl DecisionObserver for PolicyDecisions {
     }
 }
 
+/// One audit sink's counters, one per [`AuditResult`] in `AuditResult::ALL` order.
+struct SinkCounters([Counter; AuditResult::ALL.len()]);
+
+impl AuditObserver for SinkCounters {
+    fn events(&self, result: AuditResult, count: u64) {
+        if let Some(c) = self.0.get(result as usize) {
+            c.inc_by(count);
+        }
+    }
+}
+
 impl Observer for Metrics {
     fn decisions(&self, policy: &str) -> Arc<dyn DecisionObserver> {
         Arc::new(PolicyDecisions {
@@ -498,13 +511,15 @@ impl Observer for Metrics {
             .set(i64::from(stale));
     }
 
-    fn audit_events(&self, sink: &str, result: &'static str, count: u64) {
-        self.audit_events
-            .get_or_create(&SinkResultLabels {
-                sink: sink.to_string(),
-                result,
-            })
-            .inc_by(count);
+    fn audit_sink(&self, sink: &str) -> Arc<dyn AuditObserver> {
+        Arc::new(SinkCounters(AuditResult::ALL.map(|result| {
+            self.audit_events
+                .get_or_create(&SinkResultLabels {
+                    sink: sink.to_string(),
+                    result: result.as_str(),
+                })
+                .clone()
+        })))
     }
 
     fn introspection_call(&self, policy: &str, result: &'static str, elapsed: Duration) {

@@ -12,10 +12,11 @@ use super::LocalObjectRef;
 pub enum AuditRecord {
     /// Every refusal, and every allowed access to resources of the Patient compartment
     /// (and to interactions whose types are unknown beforehand: system searches, batches,
-    /// operations). The default.
+    /// operations; a batch's or transaction's entries get an event each). A request that
+    /// could not be decided (503) counts as a refusal. The default.
     #[default]
     PatientDataAndRefusals,
-    /// Refusals only.
+    /// Refusals only (503s included).
     Refusals,
     /// Every decision, public paths included.
     All,
@@ -29,7 +30,9 @@ pub enum AuditRecord {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("(has(self.stdout) && self.stdout ? 1 : 0) + (has(self.file) ? 1 : 0) + (has(self.connectionRef) ? 1 : 0) == 1").message("exactly one of stdout, file and connectionRef must be set"))]
 pub struct Audit {
-    /// `PatientDataAndRefusals` (default), `Refusals` or `All`.
+    /// `PatientDataAndRefusals` (default): every refusal and every access to patient data;
+    /// `Refusals`; or `All`. A request that could not be decided (answered 503) counts as a
+    /// refusal; an allowed batch or transaction gets one event more per entry.
     #[serde(default)]
     pub record: AuditRecord,
     /// Write NDJSON (one AuditEvent a line) to the service's standard output.
