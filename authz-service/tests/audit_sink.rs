@@ -239,32 +239,29 @@ async fn undecided_checks_and_bundle_entries_are_recorded() {
         {"request":{"method":"GET","url":"Observation?subject=Patient/p1"}},
         {"request":{"method":"GET","url":"Patient/p1"}}]}"#;
     let headers = [("content-type", "application/fhir+json")];
-    let batch = ex
-        .check(&Request {
-            method: "POST",
-            host: "smart.test",
-            path: "/fhir/r4",
-            authorization: Some(&bearer),
-            if_none_exist: None,
-            headers: &headers,
-            body: Some(fhirguard_authz::core::fhir::Body {
-                bytes: body,
-                content_type: Some("application/fhir+json"),
-            }),
-            policy_ref: None,
-        })
-        .await;
+    let bundle_post = Request {
+        method: "POST",
+        host: "smart.test",
+        path: "/fhir/r4",
+        authorization: Some(&bearer),
+        if_none_exist: None,
+        headers: &headers,
+        body: Some(fhirguard_authz::core::fhir::Body {
+            bytes: body,
+            content_type: Some("application/fhir+json"),
+        }),
+        policy_ref: None,
+    };
+    let batch = ex.check(&bundle_post).await;
     assert_eq!(summary(&batch.outcome).1, 200, "{:?}", batch.outcome);
     let undecided = ex
         .check(&Request {
             method: "GET",
             host: "dead.test",
             path: "/fhir/r4/Patient/p1",
-            authorization: Some(&bearer),
-            if_none_exist: None,
             headers: &[],
             body: None,
-            policy_ref: None,
+            ..bundle_post
         })
         .await;
     assert_eq!(

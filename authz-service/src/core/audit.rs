@@ -235,15 +235,8 @@ fn raw_query_text(f: &AuditFacts<'_>) -> String {
         && let Some(r) = f.request
         && !r.params.is_empty()
     {
-        let body: String = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(
-                r.params
-                    .iter()
-                    .filter(|(k, _)| !k.eq_ignore_ascii_case("access_token")),
-            )
-            .finish();
         out.push('\n');
-        out.push_str(&body);
+        out.push_str(&params_text(&r.params));
     }
     out
 }
@@ -382,14 +375,7 @@ pub fn audit_event(f: &AuditFacts<'_>) -> Value {
                 e["description"] = json!(format!("${op}"));
             } else if conditional(r.interaction) {
                 // Which resources the server picks is unknown here; the criteria say how.
-                let criteria: String = form_urlencoded::Serializer::new(String::new())
-                    .extend_pairs(
-                        r.params
-                            .iter()
-                            .filter(|(k, _)| !k.eq_ignore_ascii_case("access_token")),
-                    )
-                    .finish();
-                e["description"] = json!(format!("conditional: {criteria}"));
+                e["description"] = json!(format!("conditional: {}", params_text(&r.params)));
             }
             entities.push(e);
         }
@@ -538,19 +524,24 @@ fn entry_path(e: &FhirRequest) -> String {
         path.push('$');
         path.push_str(op);
     }
-    let kept: Vec<&(String, String)> = e
-        .params
-        .iter()
-        .filter(|(k, _)| !k.eq_ignore_ascii_case("access_token"))
-        .collect();
-    if !kept.is_empty() {
-        let query: String = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(kept.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .finish();
+    let query = params_text(&e.params);
+    if !query.is_empty() {
         path.push('?');
         path.push_str(&query);
     }
     path
+}
+
+/// Parameters form-encoded as they would travel, every `access_token` left out (a token is
+/// never recorded, whatever the case of its name).
+fn params_text(params: &[(String, String)]) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(
+            params
+                .iter()
+                .filter(|(k, _)| !k.eq_ignore_ascii_case("access_token")),
+        )
+        .finish()
 }
 
 /// A FHIR `batch` Bundle that creates each event (for POSTing to a FHIR server's base).
