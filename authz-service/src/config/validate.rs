@@ -165,21 +165,27 @@ fn check_object_name<F>(
 
 /// Lower-cases a host and drops a port, as `:authority` is compared.
 pub fn normalize_host(host: &str) -> String {
-    let h = host.trim().to_ascii_lowercase();
+    host_name(host).to_ascii_lowercase()
+}
+
+/// [`normalize_host`] without the lowercasing, borrowed: what a per-request comparison uses
+/// (with `eq_ignore_ascii_case`) so that matching a host allocates nothing.
+pub fn host_name(host: &str) -> &str {
+    let h = host.trim();
     if h.starts_with('[') {
         // IPv6 literal: [::1]:8080
         return match h.find(']') {
-            Some(end) => h[..=end].to_string(),
+            Some(end) => &h[..=end],
             None => h,
         };
     }
     let name = match h.rsplit_once(':') {
         Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
-        _ => h.as_str(),
+        _ => h,
     };
     // `ehr.example.` is the fully qualified spelling of `ehr.example`: the same server behind
     // the same sidecar, so it must be judged by the same policy, not by a catch-all.
-    name.trim_end_matches('.').to_string()
+    name.trim_end_matches('.')
 }
 
 /// A path that fhirguard will compare literally must be free of the tricks that make two

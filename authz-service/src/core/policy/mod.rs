@@ -10,9 +10,7 @@
 
 use base64::Engine as _;
 
-use crate::config::{
-    Combine, PatientSearch, Permission, PolicyConfig, TokenSource, normalize_host,
-};
+use crate::config::{Combine, PatientSearch, Permission, PolicyConfig, TokenSource, host_name};
 use crate::core::fhir::{self, FhirRequest, RequestError};
 use crate::core::smart;
 
@@ -320,8 +318,16 @@ fn policy_id(p: &PolicyConfig) -> String {
     format!("{}/{}", p.namespace, p.name)
 }
 
-fn base_segments(base_path: &str) -> Vec<&str> {
-    base_path.split('/').filter(|s| !s.is_empty()).collect()
+/// How many segments `base_path` has, when they are a prefix of `segments`.
+fn base_prefix(base_path: &str, segments: &[String]) -> Option<usize> {
+    let mut n = 0;
+    for b in base_path.split('/').filter(|s| !s.is_empty()) {
+        if segments.get(n).is_none_or(|a| a != b) {
+            return None;
+        }
+        n += 1;
+    }
+    Some(n)
 }
 
 /// Chooses the policy for a request: the named one when the route names it, else the one
@@ -339,18 +345,22 @@ pub fn select_policy(
             .iter()
             .position(|p| p.namespace == ns && p.name == name);
     }
-    let host = normalize_host(host);
+    let host = host_name(host);
     let mut best: Option<(usize, (bool, usize))> = None;
     for (i, p) in policies.iter().enumerate() {
         let specific = !p.hosts.is_empty();
-        if specific && !p.hosts.iter().any(|h| normalize_host(h) == host) {
+        if specific
+            && !p
+                .hosts
+                .iter()
+                .any(|h| host_name(h).eq_ignore_ascii_case(host))
+        {
             continue;
         }
-        let base = base_segments(&p.base_path);
-        if segments.len() < base.len() || segments.iter().zip(&base).any(|(a, b)| a != b) {
+        let Some(base) = base_prefix(&p.base_path, segments) else {
             continue;
-        }
-        let rank = (specific, base.len());
+        };
+        let rank = (specific, base);
         if best.is_none_or(|(_, r)| rank > r) {
             best = Some((i, rank));
         }

@@ -26,8 +26,7 @@ pub fn prepare(policies: &[PolicyConfig], req: &Request<'_>) -> Result<Pending, 
             why,
         ));
     }
-    let base = base_segments(&p.base_path);
-    if segments.len() < base.len() || segments.iter().zip(&base).any(|(a, b)| a != b) {
+    let Some(base) = base_prefix(&p.base_path, &segments) else {
         return Err(deny(
             Some(p),
             403,
@@ -38,8 +37,8 @@ pub fn prepare(policies: &[PolicyConfig], req: &Request<'_>) -> Result<Pending, 
                 p.base_path
             ),
         ));
-    }
-    let rel = &segments[base.len()..];
+    };
+    let rel = &segments[base..];
 
     if matches!(req.method, "GET" | "HEAD")
         && p.public_paths.iter().any(|pp| is_joined_path(pp, rel))
