@@ -621,7 +621,7 @@ async fn no_request_reaches_another_patients_data() {
     );
     assert_eq!(s.client_requests().len(), before);
 
-    // 7. tokens whose claims have two meanings, 8. a token issued in the future.
+    // 7. tokens whose claims have two meanings, 8. a token issued in the future,
     let t = now();
     let duplicate = format!(
         r#"{{"iss":"{ISSUER}","aud":"{AUDIENCE}","sub":"app","exp":{},"scope":"patient/*.rs","patient":"p1","patient":"p2"}}"#,
@@ -632,9 +632,24 @@ async fn no_request_reaches_another_patients_data() {
         t + 7200,
         t + 3600
     );
+    // 9. key-bound tokens (DPoP, mutual TLS) presented without their proof.
+    let bound = |cnf: &str| {
+        format!(
+            r#"{{"iss":"{ISSUER}","aud":"{AUDIENCE}","sub":"app","exp":{},"scope":"patient/*.rs","patient":"p1","cnf":{cnf}}}"#,
+            t + 300
+        )
+    };
     for (name, token) in [
         ("duplicate patient claim", duplicate),
         ("issued in the future", future),
+        (
+            "DPoP-bound (cnf.jkt)",
+            bound(r#"{"jkt":"0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}"#),
+        ),
+        (
+            "mTLS-bound (cnf.x5t#S256)",
+            bound(r#"{"x5t#S256":"bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2"}"#),
+        ),
     ] {
         let before = s.client_requests().len();
         let (status, headers, body) = s

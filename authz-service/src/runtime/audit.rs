@@ -200,16 +200,10 @@ impl Writer {
                         req = req.header("authorization", format!("Bearer {token}"));
                     }
                 }
-                let resp = req.send().await.map_err(|e| {
-                    let mut s = e.to_string();
-                    let mut cur = std::error::Error::source(&e);
-                    while let Some(c) = cur {
-                        s.push_str(": ");
-                        s.push_str(&c.to_string());
-                        cur = c.source();
-                    }
-                    s
-                })?;
+                let resp = req
+                    .send()
+                    .await
+                    .map_err(|e| crate::runtime::http::error_chain(&e))?;
                 if resp.status().is_success() {
                     Ok(())
                 } else {

@@ -140,22 +140,19 @@ impl OpenIdSource {
                 resp.status().as_u16()
             ));
         }
-        let body = resp
-            .bytes()
+        let body = crate::runtime::http::read_bounded(resp, MAX_METADATA_BYTES)
             .await
             .map_err(|e| format!("OpenID discovery fetch failed: {e}"))?;
-        if body.len() > MAX_METADATA_BYTES {
-            return Err(format!(
-                "OpenID discovery document is larger than {MAX_METADATA_BYTES} bytes"
-            ));
-        }
-        let doc: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|e| format!("OpenID discovery document is not JSON: {e}"))?;
+        // Strict: a document with two `issuer` members must not be read as either.
+        let doc: serde_json::Value = crate::core::json::parse_strict(&body)
+            .map_err(|e| format!("OpenID discovery document is not valid JSON: {e}"))?;
         if !doc.is_object() {
             return Err("OpenID discovery document is not a JSON object".into());
         }
+        // OpenID Connect Discovery 1.0 §4.3: the issuer must be identical to the one the
+        // document was fetched for, character for character (a trailing `/` included).
         let issuer = doc.get("issuer").and_then(|i| i.as_str()).unwrap_or("");
-        if issuer.trim_end_matches('/') != self.issuer.trim_end_matches('/') {
+        if issuer != self.issuer {
             return Err(format!(
                 "OpenID discovery document names issuer {issuer:?}, not the configured {:?}",
                 self.issuer

@@ -276,7 +276,7 @@ impl IntrospectionClient {
         if let Some(b) = &self.basic {
             req = req.header("authorization", b);
         }
-        let mut resp = req.send().await.map_err(|e| {
+        let resp = req.send().await.map_err(|e| {
             // reqwest's errors name the URL and the cause; never the body we sent.
             let chain = crate::runtime::oauth::error_chain(&e);
             // A certificate that does not verify is a trust setting to fix; anything else
@@ -291,24 +291,14 @@ impl IntrospectionClient {
             fail(kind, chain)
         })?;
         let status = resp.status();
-        let mut body = Vec::new();
-        loop {
-            match resp.chunk().await {
-                Ok(Some(c)) => {
-                    if body.len() + c.len() > MAX_RESPONSE_BYTES {
-                        return Err(fail(
-                            "invalid_response",
-                            format!("the answer is larger than {MAX_RESPONSE_BYTES} bytes"),
-                        ));
-                    }
-                    body.extend_from_slice(&c);
+        let body = crate::runtime::http::read_bounded(resp, MAX_RESPONSE_BYTES)
+            .await
+            .map_err(|e| match e {
+                crate::runtime::http::BodyError::TooLarge(_) => {
+                    fail("invalid_response", e.to_string())
                 }
-                Ok(None) => break,
-                Err(e) => {
-                    return Err(fail("unreachable", crate::runtime::oauth::error_chain(&e)));
-                }
-            }
-        }
+                crate::runtime::http::BodyError::Read(m) => fail("unreachable", m),
+            })?;
         if !status.is_success() {
             let kind = if status.is_server_error() {
                 "http_5xx"

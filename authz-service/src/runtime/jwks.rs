@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 use crate::config::{JwksConfig, TlsConfig};
 use crate::observe::Observer;
 use crate::runtime::backoff::{Backoff, BackoffPolicy};
+use crate::runtime::http::{BodyError, error_chain, read_bounded};
 pub use crate::verify::keys::KeysUnavailable;
 use crate::verify::keys::{KeySet, KeySetError, KeySlot, parse_jwks};
 
@@ -254,32 +255,13 @@ async fn fetch(client: &reqwest::Client, uri: &str) -> Result<KeySet, JwksError>
     if !resp.status().is_success() {
         return Err(JwksError::Status(resp.status().as_u16()));
     }
-    if resp
-        .content_length()
-        .is_some_and(|l| l > MAX_JWKS_BYTES as u64)
-    {
-        return Err(JwksError::TooLarge);
-    }
-    let body = resp
-        .bytes()
+    let body = read_bounded(resp, MAX_JWKS_BYTES)
         .await
-        .map_err(|e| JwksError::Fetch(error_chain(&e)))?;
-    if body.len() > MAX_JWKS_BYTES {
-        return Err(JwksError::TooLarge);
-    }
+        .map_err(|e| match e {
+            BodyError::TooLarge(_) => JwksError::TooLarge,
+            BodyError::Read(m) => JwksError::Fetch(m),
+        })?;
     Ok(parse_jwks(&body)?)
-}
-
-/// reqwest's top-level message hides the cause (certificate errors in particular).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// Shares sources between config generations.

@@ -16,6 +16,8 @@ use crate::verify::cache::{ByteCache, alloc_bytes, string_bytes};
 pub const CACHE_TTL: Duration = Duration::from_secs(30);
 /// The cache a client made without one gets (tests and tools).
 const PRIVATE_CACHE_BYTES: usize = 1 << 20;
+/// The largest stored resource a lookup reads (a bigger one leaves the check undecided, 503).
+const MAX_RESOURCE_BYTES: usize = 32 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LookupError {
@@ -164,10 +166,12 @@ impl LookupClient {
             // Deleted: it existed, and a 410 says nothing of whose it was.
             410 => Stored::Gone,
             200 => {
-                let bytes = resp.bytes().await.map_err(|e| LookupError::Fetch {
-                    what: what.clone(),
-                    message: e.without_url().to_string(),
-                })?;
+                let bytes = crate::runtime::http::read_bounded(resp, MAX_RESOURCE_BYTES)
+                    .await
+                    .map_err(|e| LookupError::Fetch {
+                        what: what.clone(),
+                        message: e.to_string(),
+                    })?;
                 let body =
                     crate::core::json::parse_strict(&bytes).map_err(|e| LookupError::Fetch {
                         what: what.clone(),

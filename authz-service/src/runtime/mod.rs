@@ -5,6 +5,7 @@ pub mod audit;
 pub mod backoff;
 pub mod discovery;
 pub mod executor;
+pub mod http;
 pub mod introspect;
 pub mod jwks;
 pub mod lookup;

@@ -340,10 +340,14 @@ impl TokenSource {
             fail(kind, chain)
         })?;
         let status = resp.status();
-        let body = resp
-            .bytes()
+        let body = crate::runtime::http::read_bounded(resp, MAX_TOKEN_RESPONSE_BYTES)
             .await
-            .map_err(|e| fail("network", error_chain(&e)))?;
+            .map_err(|e| match e {
+                crate::runtime::http::BodyError::TooLarge(_) => {
+                    fail("invalid_response", e.to_string())
+                }
+                crate::runtime::http::BodyError::Read(m) => fail("network", m),
+            })?;
         let json: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
         if !status.is_success() {
             // RFC 6749 section 5.2 error codes are a small fixed set: usable as a label.
@@ -456,16 +460,10 @@ impl TokenSource {
     }
 }
 
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
-}
+pub(crate) use crate::runtime::http::error_chain;
+
+/// A token response is a few hundred bytes; this leaves room for large JWTs.
+const MAX_TOKEN_RESPONSE_BYTES: usize = 256 * 1024;
 
 fn spawn_refresher(weak: Weak<TokenSource>) {
     tokio::spawn(async move {

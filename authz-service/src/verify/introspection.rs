@@ -35,6 +35,9 @@ pub enum Refusal {
     Expired,
     NotYetValid,
     WrongAudience,
+    /// Bound to a key (`cnf`) or of a type other than Bearer: the holder must prove the key
+    /// (DPoP, mutual TLS), which fhirguard does not check, so the token is not usable here.
+    SenderConstrained,
     /// A member is present with the wrong type or value.
     Claim(&'static str),
 }
@@ -56,6 +59,7 @@ impl Refusal {
             Refusal::WrongAudience => {
                 "the token's audience is not this server (introspection)".into()
             }
+            Refusal::SenderConstrained => SENDER_CONSTRAINED.into(),
             Refusal::Claim(c) => {
                 format!("the introspection response's {c} member has the wrong type or value")
             }
@@ -64,6 +68,9 @@ impl Refusal {
 }
 
 pub type Verdict = Result<Arc<TokenIdentity>, Refusal>;
+
+pub const SENDER_CONSTRAINED: &str = "the token is bound to a key (cnf: DPoP or mutual TLS) and \
+     its holder must prove that key, which this server does not check; only bearer tokens are accepted";
 
 /// A judged response and how long it may be reused (Unix seconds).
 #[derive(Debug, Clone)]
@@ -215,6 +222,17 @@ impl Introspector {
         if exp.is_some_and(|e| e.saturating_add(self.clock_skew) <= now) {
             return Err(Refusal::Expired);
         }
+        // RFC 9449 §6.2 / RFC 8705 §3.2: a key-bound token used without its proof is a stolen
+        // token as far as anyone can tell. `token_type` other than Bearer (`DPoP`, `N_A`)
+        // means the same.
+        if obj.get("cnf").is_some_and(|c| !c.is_null()) {
+            return Err(Refusal::SenderConstrained);
+        }
+        match optional_string(obj, "token_type")? {
+            None => {}
+            Some(t) if t.eq_ignore_ascii_case("bearer") => {}
+            Some(_) => return Err(Refusal::SenderConstrained),
+        }
         match obj.get("nbf") {
             None | Some(serde_json::Value::Null) => {}
             Some(v) => {
@@ -356,6 +374,41 @@ mod tests {
             (
                 serde_json::json!({"active": true, "sub": "u", "aud": aud, "scope": ["a"]}),
                 Some(Refusal::Claim("scope")),
+            ),
+            // Key-bound tokens presented as bearer tokens, every way an AS says so.
+            (
+                serde_json::json!({"active": true, "sub": "u", "aud": aud, "cnf": {"jkt": "x"}}),
+                Some(Refusal::SenderConstrained),
+            ),
+            (
+                serde_json::json!({"active": true, "sub": "u", "aud": aud,
+                    "cnf": {"x5t#S256": "x"}}),
+                Some(Refusal::SenderConstrained),
+            ),
+            (
+                serde_json::json!({"active": true, "sub": "u", "aud": aud, "cnf": {}}),
+                Some(Refusal::SenderConstrained),
+            ),
+            (
+                serde_json::json!({"active": true, "sub": "u", "aud": aud, "token_type": "DPoP"}),
+                Some(Refusal::SenderConstrained),
+            ),
+            (
+                serde_json::json!({"active": true, "sub": "u", "aud": aud, "token_type": "N_A"}),
+                Some(Refusal::SenderConstrained),
+            ),
+            (
+                serde_json::json!({"active": true, "sub": "u", "aud": aud, "token_type": 1}),
+                Some(Refusal::Claim("token_type")),
+            ),
+            (
+                serde_json::json!({"active": true, "sub": "u", "aud": aud, "token_type": "bearer",
+                    "cnf": null}),
+                None,
+            ),
+            (
+                serde_json::json!({"active": true, "sub": "u", "aud": aud, "token_type": "Bearer"}),
+                None,
             ),
         ];
         for (body, want) in cases {

@@ -47,6 +47,8 @@ pub enum TokenError {
     DuplicateMember(String),
     #[error("the token's audience is not this server")]
     WrongAudience,
+    #[error("{}", crate::verify::introspection::SENDER_CONSTRAINED)]
+    SenderConstrained,
     #[error("the token lacks the {0} claim or it has the wrong type")]
     Claim(String),
 }
@@ -362,6 +364,10 @@ impl TokenVerifier {
                             }
                         }
                         Some(_) => return Err(TokenError::Claim("iat".into())),
+                    }
+                    // RFC 9449 / RFC 8705: a key-bound token presented without its proof.
+                    if data.claims.get("cnf").is_some_and(|c| !c.is_null()) {
+                        return Err(TokenError::SenderConstrained);
                     }
                     let identity = Arc::new(identity_from_claims(&provider.config, &data.claims)?);
                     let exp = data.claims.get("exp").and_then(|e| e.as_u64()).unwrap_or(0);
