@@ -4,8 +4,9 @@
 //! required elements of the IHE BALP 1.1.3 RESTful profiles, written out below from the
 //! published profiles (Read, PatientRead, Query, PatientQuery, Create, PatientCreate, Update,
 //! PatientUpdate, Delete, PatientDelete; refusals follow the same pattern with a failure
-//! outcome, as BALP's notes on failures ask). An allowed batch yields one more event per
-//! entry (`NAME.entryN.json`), each checked against its own interaction's profile.
+//! outcome, as BALP's notes on failures ask). A request naming several patients yields one
+//! event per patient, and an allowed batch one more event per entry (`NAME.N.json`), each
+//! checked against its own interaction's profile.
 //!
 //! After a deliberate change, `FHIRGUARD_BLESS=1 cargo test --test audit_golden` rewrites the
 //! files; review the diff like code.
@@ -67,8 +68,9 @@ struct Case {
     outcome: &'static str,
     /// The verifier cannot decide (keys unobtainable): no decision, 503.
     undecidable: bool,
-    /// For an allowed bundle, each entry event's (profile, subtype, action).
-    entries: &'static [(Option<&'static str>, &'static str, &'static str)],
+    /// The events after the first, each as (profile, subtype, action): one per further
+    /// patient the request names, or one per entry of an allowed bundle.
+    more: &'static [(Option<&'static str>, &'static str, &'static str)],
 }
 
 fn cases() -> Vec<Case> {
@@ -85,7 +87,7 @@ fn cases() -> Vec<Case> {
         action,
         outcome: "0",
         undecidable: false,
-        entries: &[],
+        more: &[],
     };
     vec![
         c(
@@ -210,6 +212,46 @@ fn cases() -> Vec<Case> {
             )
         },
         Case {
+            // A user-level grant with a launch context: the event names the patient read,
+            // not the context patient.
+            token: Some(token("user/*.cruds", Some("p1"))),
+            ..c(
+                "read-other-patient",
+                "GET",
+                "/fhir/Patient/p2",
+                None,
+                Some("PatientRead"),
+                "read",
+                "R",
+            )
+        },
+        Case {
+            // Refused: the patient reached for, not the token's own.
+            token: Some(token("patient/Observation.rs", Some("p1"))),
+            outcome: "4",
+            ..c(
+                "refusal-other-patient",
+                "GET",
+                "/fhir/Observation?patient=p2",
+                None,
+                None,
+                "search",
+                "E",
+            )
+        },
+        Case {
+            more: &[(Some("PatientQuery"), "search", "E")],
+            ..c(
+                "search-two-patients",
+                "GET",
+                "/fhir/Observation?subject=Patient/a1,Patient/a2",
+                None,
+                Some("PatientQuery"),
+                "search",
+                "E",
+            )
+        },
+        Case {
             outcome: "8",
             undecidable: true,
             ..c(
@@ -223,7 +265,7 @@ fn cases() -> Vec<Case> {
             )
         },
         Case {
-            entries: &[
+            more: &[
                 (Some("PatientQuery"), "search", "E"),
                 (Some("PatientCreate"), "create", "C"),
                 (Some("PatientRead"), "read", "R"),
@@ -317,19 +359,19 @@ fn decide(config: &CompiledConfig, case: &Case) -> Vec<Value> {
     let all = audit_events(&facts, AuditRecord::All);
     assert_eq!(
         all.len(),
-        events.len() + usize::from(!case.entries.is_empty()),
+        events.len() + usize::from(case.name == "batch"),
         "{}",
         case.name
     );
     events
 }
 
-/// The expectations for event `i` of a case: the case itself, then its entries.
+/// The expectations for event `i` of a case: the case itself, then its more.
 fn expected(case: &Case, i: usize) -> Case {
     let (profile, subtype, action) = if i == 0 {
         (case.profile, case.subtype, case.action)
     } else {
-        case.entries[i - 1]
+        case.more[i - 1]
     };
     Case {
         name: case.name,
@@ -343,7 +385,7 @@ fn expected(case: &Case, i: usize) -> Case {
         action,
         outcome: case.outcome,
         undecidable: case.undecidable,
-        entries: &[],
+        more: &[],
     }
 }
 
@@ -547,7 +589,7 @@ fn audit_events_follow_balp_and_match_the_golden_files() {
     let mut failures = Vec::new();
     for case in cases() {
         let events = decide(&config, &case);
-        assert_eq!(events.len(), 1 + case.entries.len(), "{}", case.name);
+        assert_eq!(events.len(), 1 + case.more.len(), "{}", case.name);
         for (i, event) in events.iter().enumerate() {
             let want = expected(&case, i);
             let problems = balp_problems(event, &want);
@@ -556,7 +598,7 @@ fn audit_events_follow_balp_and_match_the_golden_files() {
             }
             let name = match i {
                 0 => format!("{}.json", case.name),
-                i => format!("{}.entry{i}.json", case.name),
+                i => format!("{}.{i}.json", case.name),
             };
             compare(&dir().join(name), event, bless, &mut failures);
         }
@@ -610,4 +652,215 @@ fn the_checker_rejects_events_missing_required_elements() {
             "removing {label} went unnoticed"
         );
     }
+}
+
+/// The patients an event names, for a request under a user-level grant (no launch context)
+/// or the token given: every spelling that names a patient, and none that does not.
+#[test]
+fn events_name_the_patients_the_request_names_in_every_spelling() {
+    let config = CompiledConfig {
+        version: FORMAT_VERSION,
+        generation: 1,
+        policies: vec![policy()],
+        connections: vec![],
+    };
+    let user = || Some(token("user/*.cruds", None));
+    let rows: &[(&str, &str, Option<TokenIdentity>, &[&str])] = &[
+        (
+            "GET",
+            "/fhir/Observation?subject:Patient=p3",
+            user(),
+            &["p3"],
+        ),
+        (
+            "GET",
+            "/fhir/Observation?patient:Patient=p11",
+            user(),
+            &["p11"],
+        ),
+        ("GET", "/fhir/Patient?_id=p4", user(), &["p4"]),
+        ("GET", "/fhir/Patient?_id=p4,p5", user(), &["p4", "p5"]),
+        (
+            "GET",
+            "/fhir/Observation?patient=Patient/p6",
+            user(),
+            &["p6"],
+        ),
+        ("GET", "/fhir/Observation?patient=p7", user(), &["p7"]),
+        (
+            "GET",
+            "/fhir/Observation?performer=Patient/p10",
+            user(),
+            &["p10"],
+        ),
+        ("GET", "/fhir/Patient/p9/Observation", user(), &["p9"]),
+        ("GET", "/fhir/Patient/p9/_history/2", user(), &["p9"]),
+        (
+            "GET",
+            "/fhir/Encounter?patient=p12&subject=Patient/p13",
+            user(),
+            &["p12", "p13"],
+        ),
+        // A bare id on a parameter that also targets Group, Device, ...: not a patient.
+        ("GET", "/fhir/Observation?subject=p8", user(), &[]),
+        // Chains and other parameters name no patient id.
+        ("GET", "/fhir/Observation?subject.name=Smith", user(), &[]),
+        ("GET", "/fhir/Observation?code=Patient-x", user(), &[]),
+        ("GET", "/fhir/Medication/m1", user(), &[]),
+        // A user-level grant: the launch context is not what was read.
+        (
+            "GET",
+            "/fhir/Observation?code=x",
+            Some(token("user/*.cruds", Some("p1"))),
+            &[],
+        ),
+        // Patient-context scopes only, and the decision confined the read to p1.
+        (
+            "GET",
+            "/fhir/Observation?patient=p1",
+            Some(token("patient/Observation.rs", Some("p1"))),
+            &["p1"],
+        ),
+        // Refused: the patient reached for.
+        (
+            "GET",
+            "/fhir/Patient/p2",
+            Some(token("patient/Observation.rs", Some("p1"))),
+            &["p2"],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (method, path, tok, want) in rows {
+        let case = Case {
+            name: "row",
+            method,
+            path,
+            body: None,
+            content_type: None,
+            token: tok.clone(),
+            profile: None,
+            subtype: "",
+            action: "",
+            outcome: "",
+            undecidable: false,
+            more: &[],
+        };
+        let events = run(&config, &case);
+        let named: Vec<String> = events
+            .iter()
+            .flat_map(|e| {
+                e["entity"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|x| x["role"]["code"] == "1")
+                    .map(|x| x["what"]["reference"].as_str().unwrap().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let want: Vec<String> = want.iter().map(|p| format!("Patient/{p}")).collect();
+        if named != want {
+            failures.push(format!("{method} {path}: {named:?}, want {want:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A client cannot make an AuditEvent as large as its request: the query (plain and base64)
+/// and conditional criteria are cut, however long the request, refused or not.
+#[test]
+fn events_stay_small_whatever_the_request() {
+    let config = CompiledConfig {
+        version: FORMAT_VERSION,
+        generation: 1,
+        policies: vec![policy()],
+        connections: vec![],
+    };
+    // Case holds 'static text; a test may leak these.
+    let long: &'static str = format!("/fhir/Observation?code={}", "x".repeat(60_000)).leak();
+    let form: &'static str = format!("code={}", "y".repeat(500_000)).leak();
+    for (method, path, body, tok) in [
+        ("GET", long, None, Some(token("user/*.cruds", None))),
+        (
+            "GET",
+            long,
+            None,
+            Some(token("patient/Patient.rs", Some("p1"))),
+        ),
+        (
+            "POST",
+            "/fhir/Observation/_search",
+            Some(form),
+            Some(token("user/*.cruds", None)),
+        ),
+        ("GET", long, None, None),
+    ] {
+        let case = Case {
+            name: "big",
+            method,
+            path,
+            body,
+            content_type: body.map(|_| "application/x-www-form-urlencoded"),
+            token: tok,
+            profile: None,
+            subtype: "",
+            action: "",
+            outcome: "",
+            undecidable: false,
+            more: &[],
+        };
+        for e in run(&config, &case) {
+            let size = e.to_string().len();
+            assert!(size < 16 * 1024, "{method} {}: {size} bytes", &path[..30]);
+        }
+    }
+}
+
+/// The events for a case, whatever the outcome.
+fn run(config: &CompiledConfig, case: &Case) -> Vec<Value> {
+    let auth = case.token.as_ref().map(|_| "Bearer opaque-test-token");
+    let headers: Vec<(&str, &str)> = case
+        .content_type
+        .map(|ct| vec![("content-type", ct)])
+        .unwrap_or_default();
+    let req = Request {
+        method: case.method,
+        host: "ehr.example.org",
+        path: case.path,
+        authorization: auth,
+        if_none_exist: None,
+        headers: &headers,
+        body: case.body.map(|b| Body {
+            bytes: b.as_bytes(),
+            content_type: case.content_type,
+        }),
+        policy_ref: None,
+    };
+    let mut check = Check::new(config, &req);
+    if let Next::Need(_) = check.next() {
+        match case.token.clone() {
+            Some(t) => check.token_verified(Ok(Arc::new(t))),
+            None => check.token_verified(Err(TokenFailure::Invalid(
+                fhirguard_authz::core::policy::DenyReason::InvalidToken,
+                "forged".into(),
+            ))),
+        }
+    }
+    let outcome = check.outcome().expect("a finished check");
+    audit_events(
+        &AuditFacts {
+            policy: &config.policies[0],
+            method: case.method,
+            host: "ehr.example.org",
+            path: case.path,
+            source_address: Some("10.1.2.3"),
+            request: check.request(),
+            identity: check.identity(),
+            outcome,
+            decision_id: DECISION_ID,
+            recorded_unix_ms: RECORDED,
+            observer: "fhirguard-authz-0",
+        },
+        AuditRecord::All,
+    )
 }

@@ -307,3 +307,70 @@ async fn undecided_checks_and_bundle_entries_are_recorded() {
     );
     assert!(!failed[0].to_string().contains(&bearer[7..]), "no token");
 }
+
+/// The queue is bounded in bytes as well as in events: with a destination that never
+/// answers, a flood of large events stops being queued at the byte bound (and is counted as
+/// dropped), whatever `queueSize` allows.
+#[tokio::test(flavor = "current_thread")]
+async fn the_queue_is_bounded_in_bytes() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let key = SigningKey::new("k1");
+    let jwks = jwks_doc(&[&key]);
+    let stalled = stalled_server().await;
+    let mut config = config(&jwks, Some(stalled));
+    if let Some(a) = config.policies[0].audit.as_mut() {
+        a.queue_size = 100_000;
+        a.batch_size = 1;
+    }
+    let metrics = Arc::new(Metrics::new());
+    let options = Options {
+        audit: fhirguard_authz::runtime::audit::AuditOptions {
+            max_queue_bytes: 200_000,
+            ..Default::default()
+        },
+        ..Options::default()
+    };
+    let ex = Arc::new(Executor::new(metrics.clone(), options));
+    let dir = ConfigDir::new();
+    dir.publish_config(&config, None);
+    reload::reload_now(&ex, dir.path()).unwrap();
+
+    let c = claims("app", "user/Observation.rs");
+    let bearer = format!("Bearer {}", key.sign(&c));
+    // Each event carries the (cut) query: about 6 KB.
+    let path = format!("/fhir/r4/Observation?code={}", "x".repeat(20_000));
+    let n = 200;
+    for _ in 0..n {
+        let o = ex
+            .check(&Request {
+                method: "GET",
+                host: "smart.test",
+                path: &path,
+                authorization: Some(&bearer),
+                if_none_exist: None,
+                headers: &[],
+                body: None,
+                policy_ref: None,
+            })
+            .await;
+        assert_eq!(summary(&o.outcome).1, 200, "{:?}", o.outcome);
+    }
+    let text = metrics.encode();
+    let series = |result: &str| {
+        metric(
+            &text,
+            &format!(
+                "fhirguard_audit_events_total{{sink=\"connection:clinical/audit\",result=\"{result}\"}}"
+            ),
+        )
+        .unwrap_or(0.0)
+    };
+    let (queued, dropped) = (series("queued"), series("dropped_queue_full"));
+    assert_eq!(queued + dropped, n as f64, "{text}");
+    // 200 000 bytes hold about 30 such events (one more may be with the writer).
+    assert!(
+        queued < 50.0,
+        "queued {queued}: the byte bound did not hold"
+    );
+    assert!(dropped > 100.0, "dropped {dropped}");
+}

@@ -22,6 +22,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use crate::config::{AuditRecord, PolicyConfig};
+use crate::core::compartment;
 use crate::core::definitions;
 use crate::core::driver::Outcome;
 use crate::core::fhir::{FhirRequest, Interaction};
@@ -155,56 +156,118 @@ fn coding(system: &str, code: &str, display: &str) -> Value {
     json!({"system": system, "code": code, "display": display})
 }
 
-/// The patient the event is about, when fhirguard knows it: the token's context patient,
-/// the compartment searched, the Patient read or written, or a `patient`/`subject`
-/// parameter naming exactly one Patient.
-pub fn patient_of(f: &AuditFacts<'_>) -> Option<String> {
-    if let Outcome::Decided(Decision::Allow(a)) = f.outcome
+/// At most this many events per request for the patients it names; a request naming more
+/// is recorded once, without patient entities (its query says whom it named).
+pub const MAX_PATIENT_EVENTS: usize = 32;
+/// Bounds on what a client's request can put into an event: the query (plain and base64)
+/// and conditional criteria, and any other text taken from the request.
+pub const MAX_QUERY_TEXT: usize = 4096;
+const MAX_TEXT: usize = 1024;
+
+/// The patients the event is about: those the request itself names (the compartment, the
+/// Patient read or written, patient-linking search parameters in every spelling, the
+/// patients a written resource links to, the pin a narrowed search was given). Only when the
+/// request names none, and the allow rests on patient-context scopes alone (so the decision
+/// proved the access stays in that patient's compartment), the token's context patient.
+/// Never the context patient for a refusal or a user-level grant: that would name the
+/// wrong person whenever the request reached for someone else.
+pub fn patients_of(f: &AuditFacts<'_>) -> Vec<String> {
+    let mut out = Vec::new();
+    let allow = match f.outcome {
+        Outcome::Decided(Decision::Allow(a)) => Some(a),
+        _ => None,
+    };
+    if let Some(r) = f.request {
+        named_patients(r, &mut out);
+        if let Some(a) = allow {
+            for (k, v) in &a.set_query {
+                param_patients(r.resource_type.as_deref(), k, v, &mut out);
+            }
+        }
+    }
+    if out.is_empty()
+        && let Some(a) = allow
         && let Some(p) = &a.patient
+        && let Some(t) = &f.identity.token
+        && !t.scopes.scopes.is_empty()
+        && t.scopes
+            .scopes
+            .iter()
+            .all(|s| s.context == crate::core::smart::Context::Patient)
+        && f.request.is_some_and(touches_patient_data)
     {
-        return Some(p.clone());
+        out.push(p.clone());
     }
-    if let Some(p) = f.identity.token.as_ref().and_then(|t| t.patient.clone()) {
-        return Some(p);
+    out
+}
+
+fn push_patient(id: &str, out: &mut Vec<String>) {
+    if compartment::is_id(id) && !out.iter().any(|o| o == id) {
+        out.push(id.to_string());
     }
-    let r = f.request?;
+}
+
+fn named_patients(r: &FhirRequest, out: &mut Vec<String>) {
     if let Some((t, id)) = &r.compartment
         && t == "Patient"
     {
-        return Some(id.clone());
+        push_patient(id, out);
     }
     if r.resource_type.as_deref() == Some("Patient")
         && let Some(id) = &r.id
     {
-        return Some(id.clone());
+        push_patient(id, out);
     }
-    let mut named = r.params.iter().filter_map(|(k, v)| {
-        let base = k.split(':').next().unwrap_or(k);
-        match base {
-            "patient" => Some(v.strip_prefix("Patient/").unwrap_or(v)),
-            "subject" => v.strip_prefix("Patient/"),
-            _ => None,
-        }
-    });
-    if let (Some(one), None) = (named.next(), named.next())
-        && !one.is_empty()
-        && !one.contains([',', '/'])
-    {
-        return Some(one.to_string());
+    for (k, v) in &r.params {
+        param_patients(r.resource_type.as_deref(), k, v, out);
     }
     if let Some(res) = &r.resource {
-        for field in ["subject", "patient"] {
-            if let Some(p) = res
-                .get(field)
-                .and_then(|s| s.get("reference"))
-                .and_then(Value::as_str)
-                .and_then(|s| s.strip_prefix("Patient/"))
-            {
-                return Some(p.to_string());
-            }
+        for p in compartment::patients_of(res) {
+            push_patient(&p, out);
         }
     }
-    None
+}
+
+/// The patients one search parameter names: `Patient/<id>` values of any parameter, and bare
+/// ids where they can only mean a Patient (`patient=`, a `:Patient` modifier, `Patient?_id=`).
+/// Chained parameters name no id.
+fn param_patients(resource_type: Option<&str>, key: &str, value: &str, out: &mut Vec<String>) {
+    let (base, modifier) = match key.split_once(':') {
+        Some((b, m)) => (b, Some(m)),
+        None => (key, None),
+    };
+    if base.contains('.') || modifier.is_some_and(|m| m.contains('.')) {
+        return;
+    }
+    let by_id = resource_type == Some("Patient") && base == "_id";
+    if base.starts_with('_') && !by_id {
+        return;
+    }
+    let bare = by_id
+        || modifier == Some("Patient")
+        || match resource_type {
+            Some(t) => compartment::bare_id_means_patient(t, base),
+            None => base == "patient",
+        };
+    for part in value.split(',') {
+        if let Some(id) = compartment::patient_id_of_reference(part) {
+            push_patient(id, out);
+        } else if bare {
+            push_patient(part, out);
+        }
+    }
+}
+
+/// `s`, at most `max` bytes of it (cut at a character boundary), saying how long it was.
+fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…[truncated: {} bytes]", &s[..end], s.len())
 }
 
 /// The request line with every `access_token` parameter removed (a token must never be
@@ -249,10 +312,10 @@ fn user_agent(f: &AuditFacts<'_>, writes: bool) -> Option<Value> {
     };
     if let Some(t) = &f.identity.token {
         let mut codings = vec![role];
-        let mut who = json!({"identifier": {"value": t.subject}});
+        let mut who = json!({"identifier": {"value": clip(&t.subject, MAX_TEXT)}});
         if let Some(u) = &t.fhir_user {
             // fhirUser may be absolute; a relative `Type/id` is a reference as it stands.
-            who["reference"] = json!(u);
+            who["reference"] = json!(clip(u, MAX_TEXT));
             if u.starts_with("Patient/") || u.contains("/Patient/") {
                 codings.push(coding(ROLE_CLASS, "PAT", "patient"));
             }
@@ -266,7 +329,7 @@ fn user_agent(f: &AuditFacts<'_>, writes: bool) -> Option<Value> {
     f.identity.basic_user.as_ref().map(|u| {
         json!({
             "type": {"coding": [role]},
-            "who": {"identifier": {"value": u}},
+            "who": {"identifier": {"value": clip(u, MAX_TEXT)}},
             "requestor": true,
         })
     })
@@ -296,8 +359,8 @@ pub fn rfc3339(unix_ms: u64) -> String {
     )
 }
 
-/// The AuditEvent for one decision.
-pub fn audit_event(f: &AuditFacts<'_>) -> Value {
+/// The AuditEvent for one decision about one patient (or none).
+pub fn audit_event(f: &AuditFacts<'_>, patient: Option<&str>) -> Value {
     let k = f.request.map(|r| kind(r.interaction)).unwrap_or(Kind {
         // Refused before it could be classified (malformed, no credentials on an unknown
         // path): recorded by method.
@@ -317,15 +380,22 @@ pub fn audit_event(f: &AuditFacts<'_>) -> Value {
         profile: None,
         writes: !matches!(f.method, "GET" | "HEAD"),
     });
-    let patient = patient_of(f);
     let (outcome, outcome_desc) = match f.outcome {
-        Outcome::Decided(Decision::Deny(d)) => {
-            ("4", Some(format!("HTTP {}: {}", d.status, d.diagnostics)))
-        }
+        Outcome::Decided(Decision::Deny(d)) => (
+            "4",
+            Some(format!(
+                "HTTP {}: {}",
+                d.status,
+                clip(&d.diagnostics, MAX_TEXT)
+            )),
+        ),
         Outcome::Decided(_) => ("0", None),
         Outcome::Unavailable(why) => (
             "8",
-            Some(format!("HTTP 503: no decision could be made: {why}")),
+            Some(format!(
+                "HTTP 503: no decision could be made: {}",
+                clip(why, MAX_TEXT)
+            )),
         ),
     };
     let policy_id = format!("{}/{}", f.policy.namespace, f.policy.name);
@@ -337,18 +407,19 @@ pub fn audit_event(f: &AuditFacts<'_>) -> Value {
     });
     let client_id = f.identity.token.as_ref().and_then(|t| t.client_id.clone());
     client["who"] = match (&client_id, f.source_address) {
-        (Some(id), _) => json!({"identifier": {"value": id}}),
+        (Some(id), _) => json!({"identifier": {"value": clip(id, MAX_TEXT)}}),
         (None, Some(a)) => json!({"display": a}),
         (None, None) => json!({"display": "unknown client"}),
     };
     if let Some(a) = f.source_address {
         client["network"] = json!({"address": a, "type": "2"});
     }
+    let host = clip(f.host, MAX_TEXT);
     let server = json!({
         "type": {"coding": [coding(DICOM, "110152", "Destination Role ID")]},
-        "who": {"display": f.host},
+        "who": {"display": host},
         "requestor": false,
-        "network": {"address": format!("{}{base}", f.host), "type": "5"},
+        "network": {"address": format!("{host}{base}"), "type": "5"},
     });
     let mut agents = vec![client, server];
     if let Some(u) = user_agent(f, k.writes) {
@@ -359,9 +430,11 @@ pub fn audit_event(f: &AuditFacts<'_>) -> Value {
     if let Some(r) = f.request {
         let what = match (&r.resource_type, &r.id, &r.version_id) {
             (Some(t), Some(id), Some(v)) => {
-                Some(json!({"reference": format!("{t}/{id}/_history/{v}")}))
+                Some(json!({"reference": clip(&format!("{t}/{id}/_history/{v}"), MAX_TEXT)}))
             }
-            (Some(t), Some(id), None) => Some(json!({"reference": format!("{t}/{id}")})),
+            (Some(t), Some(id), None) => {
+                Some(json!({"reference": clip(&format!("{t}/{id}"), MAX_TEXT)}))
+            }
             (Some(t), None, None) if k.subtype != "search" => Some(json!({"type": t})),
             _ => None,
         };
@@ -372,15 +445,20 @@ pub fn audit_event(f: &AuditFacts<'_>) -> Value {
                 "role": coding(OBJECT_ROLE, "4", "Domain Resource"),
             });
             if let Some(op) = &r.operation {
-                e["description"] = json!(format!("${op}"));
+                e["description"] = json!(clip(&format!("${op}"), MAX_TEXT));
             } else if conditional(r.interaction) {
                 // Which resources the server picks is unknown here; the criteria say how.
-                e["description"] = json!(format!("conditional: {}", params_text(&r.params)));
+                e["description"] = json!(format!(
+                    "conditional: {}",
+                    clip(&params_text(&r.params), MAX_QUERY_TEXT)
+                ));
             }
             entities.push(e);
         }
         if k.subtype == "search" {
-            let text = raw_query_text(f);
+            // Bounded: a client (even one whose token is refused) must not be able to make
+            // events as large as its query or search body.
+            let text = clip(&raw_query_text(f), MAX_QUERY_TEXT);
             entities.push(json!({
                 "type": coding(ENTITY_TYPE, "2", "System Object"),
                 "role": coding(OBJECT_ROLE, "24", "Query"),
@@ -389,7 +467,7 @@ pub fn audit_event(f: &AuditFacts<'_>) -> Value {
             }));
         }
     }
-    if let Some(p) = &patient {
+    if let Some(p) = patient {
         entities.push(json!({
             "what": {"reference": format!("Patient/{p}")},
             "type": coding(ENTITY_TYPE, "1", "Person"),
@@ -440,7 +518,7 @@ pub fn audit_event(f: &AuditFacts<'_>) -> Value {
 /// one event per entry that `record` asks for (every entry under `All`, entries that touch
 /// patient data otherwise).
 pub fn audit_events(f: &AuditFacts<'_>, record: AuditRecord) -> Vec<Value> {
-    let mut out = vec![audit_event(f)];
+    let mut out = per_patient(f);
     let Some(r) = f.request else {
         return out;
     };
@@ -468,7 +546,7 @@ pub fn audit_events(f: &AuditFacts<'_>, record: AuditRecord) -> Vec<Value> {
             f.policy.base_path.trim_end_matches('/'),
             entry_path(entry)
         );
-        out.push(audit_event(&AuditFacts {
+        out.extend(per_patient(&AuditFacts {
             method: entry_method(entry),
             path: &path,
             request: Some(entry),
@@ -476,6 +554,19 @@ pub fn audit_events(f: &AuditFacts<'_>, record: AuditRecord) -> Vec<Value> {
         }));
     }
     out
+}
+
+/// One event per patient the request is about (BALP's Patient* profiles hold exactly one), or
+/// one without a patient.
+fn per_patient(f: &AuditFacts<'_>) -> Vec<Value> {
+    let patients = patients_of(f);
+    if patients.is_empty() || patients.len() > MAX_PATIENT_EVENTS {
+        return vec![audit_event(f, None)];
+    }
+    patients
+        .iter()
+        .map(|p| audit_event(f, Some(p.as_str())))
+        .collect()
 }
 
 /// The HTTP method an entry's `request.method` carried, from its classification.
@@ -544,21 +635,39 @@ fn params_text(params: &[(String, String)]) -> String {
         .finish()
 }
 
-/// A FHIR `batch` Bundle that creates each event (for POSTing to a FHIR server's base).
-pub fn bundle(events: &[Value]) -> Value {
-    json!({
-        "resourceType": "Bundle",
-        "type": "batch",
-        "entry": events.iter().map(|e| json!({
-            "resource": e,
-            "request": {"method": "POST", "url": "AuditEvent"},
-        })).collect::<Vec<_>>(),
-    })
+/// A FHIR `batch` Bundle that creates each event (serialized AuditEvents, as queued), for
+/// POSTing to a FHIR server's base.
+pub fn bundle_text(events: &[String]) -> String {
+    let mut out = String::from(r#"{"resourceType":"Bundle","type":"batch","entry":["#);
+    for (i, e) in events.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(r#"{"resource":"#);
+        out.push_str(e);
+        out.push_str(r#","request":{"method":"POST","url":"AuditEvent"}}"#);
+    }
+    out.push_str("]}");
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bundles_are_valid_json_holding_each_event() {
+        let events = vec![
+            json!({"resourceType": "AuditEvent", "id": "a"}).to_string(),
+            json!({"resourceType": "AuditEvent", "id": "b"}).to_string(),
+        ];
+        let b: Value = serde_json::from_str(&bundle_text(&events)).unwrap();
+        assert_eq!(b["type"], "batch");
+        assert_eq!(b["entry"][1]["resource"]["id"], "b");
+        assert_eq!(b["entry"][0]["request"]["url"], "AuditEvent");
+        let empty: Value = serde_json::from_str(&bundle_text(&[])).unwrap();
+        assert_eq!(empty["entry"], json!([]));
+    }
 
     #[test]
     fn timestamps_are_rfc3339_utc() {

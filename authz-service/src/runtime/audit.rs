@@ -1,6 +1,8 @@
 //! Ships AuditEvents (built by `core::audit`) without ever holding a decision up.
 //!
-//! A policy's events go into its sink's bounded queue with `try_send`: a full queue drops the
+//! A policy's events go into its sink's bounded queue with `try_send`, serialized: the queue
+//! is bounded both in events (`queueSize`) and in bytes ([`MAX_QUEUE_BYTES`], so that a slow
+//! destination costs bounded memory however large the events). A full queue drops the
 //! event, counts it (`fhirguard_audit_events_total{result="dropped_queue_full"}`) and logs a
 //! warning at most every ten seconds, never with the event's content (it names patients). A
 //! background writer takes up to `batchSize` events at a time and writes them as NDJSON (a
@@ -13,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -25,14 +27,18 @@ use crate::observe::{AuditObserver, AuditResult, Observer};
 use crate::runtime::backoff::{Backoff, BackoffPolicy};
 use crate::runtime::oauth::TokenSource;
 
+/// The bytes of serialized events one sink may hold waiting for its writer (by default).
+pub const MAX_QUEUE_BYTES: usize = 64 << 20;
+
 /// Attempts per batch before it is dropped.
 const DELIVERY_ATTEMPTS: u32 = 5;
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
-/// Retry delays for a failing FHIR destination.
+/// Retry delays for a failing FHIR destination, and the byte bound of each sink's queue.
 #[derive(Debug, Clone, Copy)]
 pub struct AuditOptions {
     pub retry: BackoffPolicy,
+    pub max_queue_bytes: usize,
 }
 
 impl Default for AuditOptions {
@@ -42,6 +48,7 @@ impl Default for AuditOptions {
                 min: Duration::from_millis(500),
                 max: Duration::from_secs(10),
             },
+            max_queue_bytes: MAX_QUEUE_BYTES,
         }
     }
 }
@@ -66,7 +73,10 @@ enum Destination {
 
 pub struct AuditSink {
     label: String,
-    tx: mpsc::Sender<serde_json::Value>,
+    tx: mpsc::Sender<String>,
+    /// Bytes queued and not yet taken by the writer, at most `max_queue_bytes`.
+    queued_bytes: Arc<AtomicUsize>,
+    max_queue_bytes: usize,
     counts: Arc<dyn AuditObserver>,
     dropped_since_warning: AtomicU64,
     last_warning: Mutex<Option<Instant>>,
@@ -76,9 +86,25 @@ impl AuditSink {
     /// Queues an event; never waits. A full queue drops it (counted, and logged without its
     /// content).
     pub fn record(&self, event: serde_json::Value) {
-        match self.tx.try_send(event) {
-            Ok(()) => self.counts.events(AuditResult::Queued, 1),
-            Err(_) => {
+        let text = event.to_string();
+        let len = text.len();
+        let within = self
+            .queued_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q + len <= self.max_queue_bytes).then_some(q + len)
+            })
+            .is_ok();
+        let sent = within
+            && match self.tx.try_send(text) {
+                Ok(()) => true,
+                Err(_) => {
+                    self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+                    false
+                }
+            };
+        match sent {
+            true => self.counts.events(AuditResult::Queued, 1),
+            false => {
                 self.counts.events(AuditResult::DroppedQueueFull, 1);
                 let dropped = self.dropped_since_warning.fetch_add(1, Ordering::Relaxed) + 1;
                 let Ok(mut last) = self.last_warning.lock() else {
@@ -103,6 +129,7 @@ impl AuditSink {
 
 struct Writer {
     label: String,
+    queued_bytes: Arc<AtomicUsize>,
     destination: Destination,
     batch_size: usize,
     options: AuditOptions,
@@ -110,7 +137,7 @@ struct Writer {
 }
 
 impl Writer {
-    async fn run(self, mut rx: mpsc::Receiver<serde_json::Value>) {
+    async fn run(self, mut rx: mpsc::Receiver<String>) {
         let mut batch = Vec::with_capacity(self.batch_size);
         while let Some(first) = rx.recv().await {
             batch.push(first);
@@ -120,12 +147,14 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            let taken: usize = batch.iter().map(String::len).sum();
+            self.queued_bytes.fetch_sub(taken, Ordering::AcqRel);
             self.deliver(&batch).await;
             batch.clear();
         }
     }
 
-    async fn deliver(&self, batch: &[serde_json::Value]) {
+    async fn deliver(&self, batch: &[String]) {
         let n = batch.len() as u64;
         let mut backoff = Backoff::default();
         for attempt in 1..=DELIVERY_ATTEMPTS {
@@ -150,12 +179,12 @@ impl Writer {
         tracing::error!(sink = %self.label, events = n, "AuditEvents dropped after {DELIVERY_ATTEMPTS} attempts");
     }
 
-    async fn write(&self, batch: &[serde_json::Value]) -> Result<(), String> {
+    async fn write(&self, batch: &[String]) -> Result<(), String> {
         match &self.destination {
             Destination::Stdout | Destination::File(_) => {
                 let mut text = String::new();
                 for e in batch {
-                    text.push_str(&e.to_string());
+                    text.push_str(e);
                     text.push('\n');
                 }
                 match &self.destination {
@@ -186,7 +215,7 @@ impl Writer {
                 }
             }
             Destination::Fhir { url, client, auth } => {
-                let body = crate::core::audit::bundle(batch).to_string();
+                let body = crate::core::audit::bundle_text(batch);
                 let mut req = client
                     .post(url)
                     .header("content-type", "application/fhir+json")
@@ -269,15 +298,19 @@ impl AuditRegistry {
         };
         let (tx, rx) = mpsc::channel(a.queue_size.max(1));
         let counts = self.observer.audit_sink(&label);
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
         let sink = Arc::new(AuditSink {
             label: label.clone(),
             tx,
+            queued_bytes: queued_bytes.clone(),
+            max_queue_bytes: self.options.max_queue_bytes,
             counts: counts.clone(),
             dropped_since_warning: AtomicU64::new(0),
             last_warning: Mutex::new(None),
         });
         let writer = Writer {
             label,
+            queued_bytes,
             destination,
             batch_size: a.batch_size.max(1),
             options: self.options,
