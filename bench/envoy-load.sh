@@ -270,6 +270,9 @@ if [ "$inprocess_only" != 1 ]; then
   run token "$fhirguard_pid" http://127.0.0.1:18000/fhir/Observation/1 -H "Host: ehr.test" -H "Authorization: Bearer $token"
 fi
 run module -           http://127.0.0.1:18002/fhir/Observation/1 -H "Host: ehr.test" -H "Authorization: Bearer $token"
+# How many of the module's decisions were made inline on Envoy's worker, and how many had to
+# wait on the module's runtime (a cached token should never park).
+curl -s "http://127.0.0.1:19901/stats?filter=fhirguard_(decisions|parked|check_duration)" | sed 's/^/         module stat: /'
 run jwt    -           http://127.0.0.1:18003/fhir/Observation/1 -H "Authorization: Bearer $token"
 run jwt-nc -           http://127.0.0.1:18004/fhir/Observation/1 -H "Authorization: Bearer $token"
 echo "against no auth: throughput ratio and Envoy CPU added per request (module goal: ≥ jwt)"

@@ -70,6 +70,8 @@ pub fn program_init() {
 struct Stats {
     decisions: Option<usize>,
     duration_us: Option<usize>,
+    /// Decisions that could not be made inline and waited on the module's runtime.
+    parked: Option<usize>,
 }
 
 /// One `dynamic_module_config`/`filter_config` instance: which config directory, and limits.
@@ -86,6 +88,7 @@ impl FilterConfig {
         let stats = Stats {
             decisions: envoy.define_counter("fhirguard_decisions", &["policy", "result", "reason"]),
             duration_us: envoy.define_histogram("fhirguard_check_duration_us", &[]),
+            parked: envoy.define_counter("fhirguard_parked", &[]),
         };
         Ok(FilterConfig {
             host,
@@ -406,6 +409,9 @@ impl Filter {
             drop(future);
             send_unavailable(e, "too many requests are waiting for a decision");
             return HeadersStatus::StopIteration;
+        }
+        if let Some(id) = self.stats.parked {
+            e.increment_counter(id, &[], 1);
         }
         let Some(scheduler) = e.scheduler() else {
             PARKED.fetch_sub(1, Ordering::Relaxed);
