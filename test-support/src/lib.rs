@@ -12,6 +12,7 @@
 pub mod bins;
 pub mod config_dir;
 pub mod envoy;
+pub mod fhir_stub;
 pub mod http;
 pub mod jwt;
 pub mod pki;

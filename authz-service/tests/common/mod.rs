@@ -25,6 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 pub use test_support::config_dir::ConfigDir;
+pub use test_support::fhir_stub::{FhirStub, start_fhir_stub};
 pub use test_support::http::metric;
 pub use test_support::jwt::{SigningKey, jwks_doc};
 pub use test_support::pki::TestPki;
@@ -280,111 +281,6 @@ pub async fn start_service(dir: &Path, poll: Duration) -> RunningService {
 /// An HTTP/1.1 upstream that answers 200 with a JSON echo of what it received.
 pub async fn start_echo_upstream() -> SocketAddr {
     start_fhir_stub(FhirStub::default()).await
-}
-
-/// What a FHIR stub holds: path → (status, body) for GETs, and what it saw.
-#[derive(Clone, Default)]
-pub struct FhirStub {
-    pub resources: Arc<Mutex<std::collections::HashMap<String, (u16, String)>>>,
-    /// Authorization headers of the GETs that hit a stored path.
-    pub lookups: Arc<Mutex<Vec<String>>>,
-    /// Every request that arrived, as `{method, path, headers}` (lookups included).
-    pub seen: Arc<Mutex<Vec<serde_json::Value>>>,
-}
-
-impl FhirStub {
-    pub fn put(&self, path: &str, status: u16, body: &str) {
-        self.resources
-            .lock()
-            .unwrap()
-            .insert(path.to_string(), (status, body.to_string()));
-    }
-}
-
-/// An HTTP/1.1 server: GETs of stored paths get the stored answer (a stand-in for a FHIR
-/// server's read), every other request a 200 JSON echo of what arrived.
-pub async fn start_fhir_stub(stub: FhirStub) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let stub = stub.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = vec![0u8; 8192];
-                loop {
-                    // Read one request head (and body by content-length), answer, repeat.
-                    let head_end = loop {
-                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break i + 4;
-                        }
-                        match tcp.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    };
-                    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-                    let mut lines = head.split("\r\n");
-                    let request_line = lines.next().unwrap_or("").to_string();
-                    let mut headers = serde_json::Map::new();
-                    let mut len = 0usize;
-                    for l in lines {
-                        if let Some((k, v)) = l.split_once(':') {
-                            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_string());
-                            if k == "content-length" {
-                                len = v.parse().unwrap_or(0);
-                            }
-                            headers.insert(k, serde_json::Value::String(v));
-                        }
-                    }
-                    while buf.len() < head_end + len {
-                        match tcp.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let body_json: serde_json::Value =
-                        serde_json::from_slice(&buf[head_end..head_end + len]).unwrap_or_default();
-                    buf.drain(..head_end + len);
-                    let mut parts = request_line.split(' ');
-                    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-                    stub.seen.lock().unwrap().push(
-                        serde_json::json!({"method": method, "path": path, "headers": headers.clone(), "body": body_json}),
-                    );
-                    let stored = (method == "GET")
-                        .then(|| stub.resources.lock().unwrap().get(path).cloned())
-                        .flatten();
-                    let (status, body) = match stored {
-                        Some(answer) => {
-                            let auth = headers
-                                .get("authorization")
-                                .and_then(|v| v.as_str())
-                                .unwrap_or("")
-                                .to_string();
-                            stub.lookups.lock().unwrap().push(auth);
-                            answer
-                        }
-                        None => (
-                            200,
-                            serde_json::json!({"method": method, "path": path, "headers": headers})
-                                .to_string(),
-                        ),
-                    };
-                    let resp = format!(
-                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    if tcp.write_all(resp.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
 }
 
 pub fn basic(user: &str, pw: &str) -> String {

@@ -13,8 +13,9 @@ use fhirguard_authz::observe::Ignore;
 use fhirguard_authz::runtime::executor::{Executor, Options};
 use fhirguard_authz::runtime::reload;
 use fhirguard_authz::server::envoy::EnvoyAuthz;
+use test_support::fhir_stub::{FhirStub, start_fhir_stub};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -304,75 +305,18 @@ pub fn request(
     out.into_bytes()
 }
 
-/// An HTTP/1.1 upstream answering 200 with a JSON echo `{method, path, headers}`.
+/// An HTTP/1.1 upstream answering 200 with a JSON echo `{method, path, headers, body}`.
 pub async fn start_echo() -> SocketAddr {
     start_stub(HashMap::new()).await
 }
 
 /// [`start_echo`], except that GETs of a path in `resources` get that body (a FHIR read).
 pub async fn start_stub(resources: HashMap<String, String>) -> SocketAddr {
-    let resources = Arc::new(resources);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let resources = resources.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = vec![0u8; 8192];
-                loop {
-                    let head_end = loop {
-                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break i + 4;
-                        }
-                        match tcp.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    };
-                    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-                    let mut lines = head.split("\r\n");
-                    let request_line = lines.next().unwrap_or("").to_string();
-                    let mut headers = serde_json::Map::new();
-                    let mut len = 0usize;
-                    for l in lines {
-                        if let Some((k, v)) = l.split_once(':') {
-                            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_string());
-                            if k == "content-length" {
-                                len = v.parse().unwrap_or(0);
-                            }
-                            headers.insert(k, serde_json::Value::String(v));
-                        }
-                    }
-                    while buf.len() < head_end + len {
-                        match tcp.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let body = String::from_utf8_lossy(&buf[head_end..head_end + len]).to_string();
-                    buf.drain(..head_end + len);
-                    let mut parts = request_line.split(' ');
-                    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-                    let answer = match resources.get(path) {
-                        Some(stored) if method == "GET" => stored.clone(),
-                        _ => serde_json::json!({"method": method, "path": path, "headers": headers, "body": body}).to_string(),
-                    };
-                    let resp = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
-                        answer.len()
-                    );
-                    if tcp.write_all(resp.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
+    let stub = FhirStub::default();
+    for (path, body) in resources {
+        stub.put(&path, 200, &body);
+    }
+    start_fhir_stub(stub).await
 }
 
 /// The ext_authz gRPC service on a free port, reading `dir`.
