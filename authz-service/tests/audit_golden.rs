@@ -293,6 +293,40 @@ fn cases() -> Vec<Case> {
 }
 
 fn decide(config: &CompiledConfig, case: &Case) -> Vec<Value> {
+    let (events, all) = run_with(config, case, |outcome, request| {
+        assert!(
+            wanted(AuditRecord::PatientDataAndRefusals, outcome, request)
+                || case.name == "read-no-patient"
+                || case.name == "search-no-patient",
+            "{}",
+            case.name
+        );
+        match (case.outcome, outcome) {
+            ("0", Outcome::Decided(Decision::Allow(_)))
+            | ("4", Outcome::Decided(Decision::Deny(_)))
+            | ("8", Outcome::Unavailable(_)) => {}
+            _ => panic!("{}: unexpected outcome {outcome:?}", case.name),
+        }
+    });
+    // Under `All` every entry has its event; under the default only those touching patient
+    // data (the Medication read is left out).
+    assert_eq!(
+        all.len(),
+        events.len() + usize::from(case.name == "batch"),
+        "{}",
+        case.name
+    );
+    events
+}
+
+/// A case through the driver (the verifier answered by the test: the case's token, a forged
+/// one when it has none, or no keys when undecidable), `inspect`ed, then its events under
+/// the default `record` and under `All`.
+fn run_with(
+    config: &CompiledConfig,
+    case: &Case,
+    inspect: impl FnOnce(&Outcome, Option<&fhirguard_authz::core::fhir::FhirRequest>),
+) -> (Vec<Value>, Vec<Value>) {
     let auth = case.token.as_ref().map(|_| "Bearer opaque-test-token");
     let headers: Vec<(&str, &str)> = case
         .content_type
@@ -313,35 +347,22 @@ fn decide(config: &CompiledConfig, case: &Case) -> Vec<Value> {
     };
     let mut check = Check::new(config, &req);
     if let Next::Need(_) = check.next() {
-        if case.undecidable {
-            check.token_verified(Err(TokenFailure::Undecidable(
+        let answer = match (&case.token, case.undecidable) {
+            (_, true) => Err(TokenFailure::Undecidable(
                 "no signing keys could be obtained".into(),
-            )));
-        } else {
-            let t = case.token.clone().expect("a token case");
-            check.token_verified(Ok(Arc::new(t)));
-        }
+            )),
+            (Some(t), false) => Ok(Arc::new(t.clone())),
+            (None, false) => Err(TokenFailure::Invalid(
+                fhirguard_authz::core::policy::DenyReason::InvalidToken,
+                "forged".into(),
+            )),
+        };
+        check.token_verified(answer);
     }
     let outcome = check.outcome().expect("a finished check");
-    let policy = &config.policies[0];
-    assert!(
-        wanted(
-            AuditRecord::PatientDataAndRefusals,
-            outcome,
-            check.request()
-        ) || case.name == "read-no-patient"
-            || case.name == "search-no-patient",
-        "{}",
-        case.name
-    );
-    match (case.outcome, outcome) {
-        ("0", Outcome::Decided(Decision::Allow(_)))
-        | ("4", Outcome::Decided(Decision::Deny(_)))
-        | ("8", Outcome::Unavailable(_)) => {}
-        _ => panic!("{}: unexpected outcome {outcome:?}", case.name),
-    }
+    inspect(outcome, check.request());
     let facts = AuditFacts {
-        policy,
+        policy: &config.policies[0],
         method: case.method,
         host: "ehr.example.org",
         path: case.path,
@@ -353,17 +374,10 @@ fn decide(config: &CompiledConfig, case: &Case) -> Vec<Value> {
         recorded_unix_ms: RECORDED,
         observer: "fhirguard-authz-0",
     };
-    let events = audit_events(&facts, AuditRecord::PatientDataAndRefusals);
-    // Under `All` every entry has its event; under the default only those touching patient
-    // data (the Medication read is left out).
-    let all = audit_events(&facts, AuditRecord::All);
-    assert_eq!(
-        all.len(),
-        events.len() + usize::from(case.name == "batch"),
-        "{}",
-        case.name
-    );
-    events
+    (
+        audit_events(&facts, AuditRecord::PatientDataAndRefusals),
+        audit_events(&facts, AuditRecord::All),
+    )
 }
 
 /// The expectations for event `i` of a case: the case itself, then its more.
@@ -816,51 +830,7 @@ fn events_stay_small_whatever_the_request() {
     }
 }
 
-/// The events for a case, whatever the outcome.
+/// The events for a case under `All`, whatever the outcome.
 fn run(config: &CompiledConfig, case: &Case) -> Vec<Value> {
-    let auth = case.token.as_ref().map(|_| "Bearer opaque-test-token");
-    let headers: Vec<(&str, &str)> = case
-        .content_type
-        .map(|ct| vec![("content-type", ct)])
-        .unwrap_or_default();
-    let req = Request {
-        method: case.method,
-        host: "ehr.example.org",
-        path: case.path,
-        authorization: auth,
-        if_none_exist: None,
-        headers: &headers,
-        body: case.body.map(|b| Body {
-            bytes: b.as_bytes(),
-            content_type: case.content_type,
-        }),
-        policy_ref: None,
-    };
-    let mut check = Check::new(config, &req);
-    if let Next::Need(_) = check.next() {
-        match case.token.clone() {
-            Some(t) => check.token_verified(Ok(Arc::new(t))),
-            None => check.token_verified(Err(TokenFailure::Invalid(
-                fhirguard_authz::core::policy::DenyReason::InvalidToken,
-                "forged".into(),
-            ))),
-        }
-    }
-    let outcome = check.outcome().expect("a finished check");
-    audit_events(
-        &AuditFacts {
-            policy: &config.policies[0],
-            method: case.method,
-            host: "ehr.example.org",
-            path: case.path,
-            source_address: Some("10.1.2.3"),
-            request: check.request(),
-            identity: check.identity(),
-            outcome,
-            decision_id: DECISION_ID,
-            recorded_unix_ms: RECORDED,
-            observer: "fhirguard-authz-0",
-        },
-        AuditRecord::All,
-    )
+    run_with(config, case, |_, _| {}).1
 }
