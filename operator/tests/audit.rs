@@ -6,28 +6,14 @@
 // here a failed unwrap in a helper is a failed test as well.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::BTreeMap;
+mod compile_support;
 
+use compile_support::*;
 use fhirguard_authz::config::{AuditRecord, TlsMode};
-use fhirguard_operator::compile::{self, Compiled, Reason};
-use fhirguard_operator::render::{self, Inputs};
-
-const CA: &str = include_str!("fixtures/ca.crt");
-
-fn inputs(yaml: &str) -> Inputs {
-    let mut inputs = Inputs::default();
-    render::load_text("test.yaml", yaml, &mut inputs, &mut BTreeMap::new());
-    assert!(inputs.problems.is_empty(), "{:?}", inputs.problems);
-    inputs
-}
-
-fn compile_yaml(yaml: &str) -> Compiled {
-    let i = inputs(yaml);
-    compile::compile(&i.policies, &i.connections, &i.secrets)
-}
+use fhirguard_operator::compile::{self, Reason};
 
 fn secrets() -> String {
-    let ca: String = CA.lines().map(|l| format!("    {l}\n")).collect();
+    let ca = ca_block();
     format!(
         "apiVersion: v1\nkind: Secret\nmetadata: {{name: idp-ca, namespace: clinical}}\nstringData:\n  ca.crt: |\n{ca}---\n"
     )
@@ -119,18 +105,6 @@ fn every_problem_is_reported_on_the_field_the_user_wrote() {
     ];
     for (name, extra, field, reason, message) in cases {
         let c = compile_yaml(&format!("{}{}", secrets(), policy(extra)));
-        let o = c.objects.values().next().unwrap();
-        assert!(!o.accepted(), "{name}: accepted");
-        assert!(
-            c.config.policies.is_empty(),
-            "{name}: a rejected policy is not published"
-        );
-        assert!(
-            o.issues
-                .iter()
-                .any(|i| i.field == *field && i.reason == *reason && i.message.contains(message)),
-            "{name}: expected {field} {reason:?} {message:?}, got {:#?}",
-            o.issues
-        );
+        assert_rejected_on(&c, name, field, *reason, message);
     }
 }

@@ -6,23 +6,14 @@
 // here a failed unwrap in a helper is a failed test as well.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::BTreeMap;
+mod compile_support;
 
+use compile_support::*;
 use fhirguard_authz::config::{ClientAuthMethod, TlsMode};
-use fhirguard_operator::compile::{self, Compiled, Reason};
-use fhirguard_operator::render::{self, Inputs};
-
-const CA: &str = include_str!("fixtures/ca.crt");
-
-fn compile_yaml(yaml: &str) -> Compiled {
-    let mut inputs = Inputs::default();
-    render::load_text("test.yaml", yaml, &mut inputs, &mut BTreeMap::new());
-    assert!(inputs.problems.is_empty(), "{:?}", inputs.problems);
-    compile::compile(&inputs.policies, &inputs.connections, &inputs.secrets)
-}
+use fhirguard_operator::compile::{self, Reason};
 
 fn secrets() -> String {
-    let ca: String = CA.lines().map(|l| format!("    {l}\n")).collect();
+    let ca = ca_block();
     format!(
         "apiVersion: v1\nkind: Secret\nmetadata: {{name: as-client, namespace: clinical}}\nstringData:\n  client-id: \"fhirguard-rs\\n\"\n  client-secret: \"s3cret-value\\n\"\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: as-ca, namespace: clinical}}\nstringData:\n  ca.crt: |\n{ca}---\n"
     )
@@ -68,16 +59,7 @@ fn the_crd_compiles_with_its_secrets_resolved() {
     assert_eq!(i.tls.ca_file.as_deref(), Some(file));
     assert_eq!(c.ca_files[file], CA.as_bytes());
     // The Secrets count as referenced (the controller watches and reads them).
-    let i = {
-        let mut inputs = Inputs::default();
-        render::load_text(
-            "t.yaml",
-            &format!("{}{}", secrets(), policy(FULL)),
-            &mut inputs,
-            &mut BTreeMap::new(),
-        );
-        inputs
-    };
+    let i = inputs(&format!("{}{}", secrets(), policy(FULL)));
     let refs = compile::referenced_secrets(&i.policies, &i.connections);
     assert!(refs.contains(&("clinical".into(), "as-client".into())));
     assert!(refs.contains(&("clinical".into(), "as-ca".into())));
@@ -179,19 +161,8 @@ fn every_problem_is_reported_on_its_field() {
     ];
     for (name, auth, field, reason, message) in cases {
         let c = compile_yaml(&format!("{}{}", secrets(), policy(auth)));
+        assert_rejected_on(&c, name, field, *reason, message);
         let o = c.objects.values().next().unwrap();
-        assert!(!o.accepted(), "{name}: accepted");
-        assert!(
-            c.config.policies.is_empty(),
-            "{name}: a rejected policy is not published"
-        );
-        assert!(
-            o.issues
-                .iter()
-                .any(|i| i.field == *field && i.reason == *reason && i.message.contains(message)),
-            "{name}: expected {field} {reason:?} {message:?}, got {:#?}",
-            o.issues
-        );
         // The secret value never appears in a problem message.
         assert!(
             o.issues.iter().all(|i| !i.message.contains("s3cret-value")),
@@ -203,17 +174,15 @@ fn every_problem_is_reported_on_its_field() {
 #[test]
 fn the_example_compiles() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let mut inputs = Inputs::default();
-    for f in [
+    let text: String = [
         "examples/smart/10-secrets.yaml",
         "examples/introspection/10-secrets.yaml",
         "examples/introspection/20-policy.yaml",
-    ] {
-        let text = std::fs::read_to_string(root.join(f)).unwrap();
-        render::load_text(f, &text, &mut inputs, &mut BTreeMap::new());
-    }
-    assert!(inputs.problems.is_empty(), "{:?}", inputs.problems);
-    let c = compile::compile(&inputs.policies, &inputs.connections, &inputs.secrets);
+    ]
+    .iter()
+    .map(|f| std::fs::read_to_string(root.join(f)).unwrap() + "\n---\n")
+    .collect();
+    let c = compile_yaml(&text);
     for o in c.objects.values() {
         assert!(o.accepted(), "{}: {:?}", o.key, o.issues);
     }
