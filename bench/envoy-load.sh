@@ -59,138 +59,83 @@ cfg = {"version": 1, "generation": 1, "policies": [
 open(path, "w").write(json.dumps(cfg))
 PY
 
-cat > "$work/envoy.yaml" <<YAML
-admin: {address: {socket_address: {address: 127.0.0.1, port_value: 19901}}}
-static_resources:
-  listeners:
-  - name: l
-    address: {socket_address: {address: 127.0.0.1, port_value: 18000}}
+# One listener: name (also its stat prefix), port, virtual hosts and HTTP filters before the
+# router, as YAML already indented for their places.
+listener() {
+  cat <<YAML
+  - name: $1
+    address: {socket_address: {address: 127.0.0.1, port_value: $2}}
     filter_chains:
     - filters:
       - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: l
+          stat_prefix: $1
           route_config:
             virtual_hosts:
-            - name: none
-              domains: ["none.test"]
-              routes: [{match: {prefix: "/"}, direct_response: {status: 200, body: {inline_string: "ok"}}}]
-              typed_per_filter_config:
-                envoy.filters.http.ext_authz:
-                  "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
-                  disabled: true
-            - name: authz
-              domains: ["*"]
-              routes: [{match: {prefix: "/"}, direct_response: {status: 200, body: {inline_string: "ok"}}}]
+$3
           http_filters:
+$4
+          - name: envoy.filters.http.router
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+YAML
+}
+# A virtual host answering 200 "ok" itself (direct_response: only the auth path differs).
+ok_host() {
+  printf '            - name: %s\n              domains: [%s]\n              routes: [{match: {prefix: "/"}, direct_response: {status: 200, body: {inline_string: "ok"}}}]\n' "$1" "$2"
+}
+ext_authz() {
+  cat <<YAML
           - name: envoy.filters.http.ext_authz
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
               transport_api_version: V3
               failure_mode_allow: false
               status_on_error: {code: 503}
-              grpc_service: {envoy_grpc: {cluster_name: authz}, timeout: 2s}
-          - name: envoy.filters.http.router
-            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
-  - name: yard
-    address: {socket_address: {address: 127.0.0.1, port_value: 18001}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: yard
-          route_config:
-            virtual_hosts:
-            - name: yardstick
-              domains: ["*"]
-              routes: [{match: {prefix: "/"}, direct_response: {status: 200, body: {inline_string: "ok"}}}]
-          http_filters:
-          - name: envoy.filters.http.ext_authz
+              grpc_service: {envoy_grpc: {cluster_name: $1}, timeout: 2s}
+YAML
+}
+# Envoy's own jwt_authn for the token's issuer; $1 adds provider settings (the cache).
+jwt_authn() {
+  cat <<YAML
+          - name: envoy.filters.http.jwt_authn
             typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
-              transport_api_version: V3
-              failure_mode_allow: false
-              status_on_error: {code: 503}
-              grpc_service: {envoy_grpc: {cluster_name: null_authz}, timeout: 2s}
-          - name: envoy.filters.http.router
-            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
-  - name: module
-    address: {socket_address: {address: 127.0.0.1, port_value: 18002}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: module
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes: [{match: {prefix: "/"}, direct_response: {status: 200, body: {inline_string: "ok"}}}]
-          http_filters:
-          - name: envoy.filters.http.dynamic_modules
+              "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
+              providers:
+                idp:
+                  issuer: https://idp.bench
+                  audiences: [fhir]
+                  local_jwks: {inline_string: '$jwks'}$1
+              rules: [{match: {prefix: "/"}, requires: {provider_name: idp}}]
+YAML
+}
+module_filter='          - name: envoy.filters.http.dynamic_modules
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
               dynamic_module_config: {name: fhirguard_envoy_module}
               filter_name: fhirguard
               filter_config:
                 "@type": type.googleapis.com/google.protobuf.StringValue
-                value: '{"config_dir": "$work/config"}'
-          - name: envoy.filters.http.router
-            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
-  - name: jwt
-    address: {socket_address: {address: 127.0.0.1, port_value: 18003}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: jwt
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes: [{match: {prefix: "/"}, direct_response: {status: 200, body: {inline_string: "ok"}}}]
-          http_filters:
-          - name: envoy.filters.http.jwt_authn
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
-              providers:
-                idp:
-                  issuer: https://idp.bench
-                  audiences: [fhir]
-                  local_jwks: {inline_string: '$jwks'}
-                  jwt_cache_config: {jwt_cache_size: 1000}
-              rules: [{match: {prefix: "/"}, requires: {provider_name: idp}}]
-          - name: envoy.filters.http.router
-            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
-  - name: jwtnc
-    address: {socket_address: {address: 127.0.0.1, port_value: 18004}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: jwtnc
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes: [{match: {prefix: "/"}, direct_response: {status: 200, body: {inline_string: "ok"}}}]
-          http_filters:
-          - name: envoy.filters.http.jwt_authn
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
-              providers:
-                idp:
-                  issuer: https://idp.bench
-                  audiences: [fhir]
-                  local_jwks: {inline_string: '$jwks'}
-              rules: [{match: {prefix: "/"}, requires: {provider_name: idp}}]
-          - name: envoy.filters.http.router
-            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+                value: '"'"'{"config_dir": "'"$work"'/config"}'"'"
+no_authz_host="$(ok_host none '"none.test"')
+              typed_per_filter_config:
+                envoy.filters.http.ext_authz:
+                  \"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
+                  disabled: true
+$(ok_host authz '"*"')"
+
+{
+cat <<YAML
+admin: {address: {socket_address: {address: 127.0.0.1, port_value: 19901}}}
+static_resources:
+  listeners:
+YAML
+listener l 18000 "$no_authz_host" "$(ext_authz authz)"
+listener yard 18001 "$(ok_host yardstick '"*"')" "$(ext_authz null_authz)"
+listener module 18002 "$(ok_host all '"*"')" "$module_filter"
+listener jwt 18003 "$(ok_host all '"*"')" "$(jwt_authn $'\n                  jwt_cache_config: {jwt_cache_size: 1000}')"
+listener jwtnc 18004 "$(ok_host all '"*"')" "$(jwt_authn '')"
+cat <<YAML
   clusters:
   - name: null_authz
     type: STATIC
@@ -213,6 +158,7 @@ static_resources:
       cluster_name: authz
       endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 19001}}}}]}]
 YAML
+} > "$work/envoy.yaml"
 
 if [ "$inprocess_only" != 1 ]; then
   RUST_LOG=warn target/release/fhirguard-authz serve --config-dir "$work/config" --grpc-addr 127.0.0.1:19001 --http-addr 127.0.0.1:19090 2>"$work/authz.log" & pids+=($!)
