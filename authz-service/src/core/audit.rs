@@ -335,30 +335,6 @@ fn user_agent(f: &AuditFacts<'_>, writes: bool) -> Option<Value> {
     })
 }
 
-/// Seconds since the epoch as RFC 3339 UTC with milliseconds (`2026-12-01T19:53:23.123Z`).
-pub fn rfc3339(unix_ms: u64) -> String {
-    let secs = unix_ms / 1000;
-    let ms = unix_ms % 1000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
-}
-
 /// The AuditEvent for one decision about one patient (or none).
 pub fn audit_event(f: &AuditFacts<'_>, patient: Option<&str>) -> Value {
     let k = f.request.map(|r| kind(r.interaction)).unwrap_or(Kind {
@@ -484,7 +460,7 @@ pub fn audit_event(f: &AuditFacts<'_>, patient: Option<&str>) -> Value {
         "type": coding(AUDIT_EVENT_TYPE, "rest", "Restful Operation"),
         "subtype": [coding(RESTFUL_INTERACTION, k.subtype, k.subtype)],
         "action": k.action,
-        "recorded": rfc3339(f.recorded_unix_ms),
+        "recorded": crate::core::time::rfc3339_millis(f.recorded_unix_ms),
         "outcome": outcome,
         "agent": agents,
         "source": {
@@ -667,12 +643,5 @@ mod tests {
         assert_eq!(b["entry"][0]["request"]["url"], "AuditEvent");
         let empty: Value = serde_json::from_str(&bundle_text(&[])).unwrap();
         assert_eq!(empty["entry"], json!([]));
-    }
-
-    #[test]
-    fn timestamps_are_rfc3339_utc() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
-        assert_eq!(rfc3339(1_796_154_803_007), "2026-12-01T19:53:23.007Z");
     }
 }

@@ -14,3 +14,4 @@ pub mod json;
 pub mod operations;
 pub mod policy;
 pub mod smart;
+pub mod time;
