@@ -13,10 +13,9 @@
 //! Sinks are shared by destination through [`AuditRegistry`], so a config reload keeps the
 //! queue (and what is in it) when the destination stays the same.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
@@ -248,7 +247,7 @@ impl Writer {
 
 /// Shares sinks between config generations, by destination and queue shape.
 pub struct AuditRegistry {
-    sinks: Mutex<HashMap<String, Weak<AuditSink>>>,
+    sinks: crate::runtime::shared::Shared<AuditSink>,
     options: AuditOptions,
     observer: Arc<dyn Observer>,
 }
@@ -256,7 +255,7 @@ pub struct AuditRegistry {
 impl AuditRegistry {
     pub fn new(options: AuditOptions, observer: Arc<dyn Observer>) -> Self {
         AuditRegistry {
-            sinks: Mutex::new(HashMap::new()),
+            sinks: Default::default(),
             options,
             observer,
         }
@@ -280,44 +279,47 @@ impl AuditRegistry {
             ),
             (None, None) => ("stdout".to_string(), String::new()),
         };
-        let key = format!("{label}\0{}\0{}\0{key_extra}", a.queue_size, a.batch_size);
-        let mut sinks = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
-        sinks.retain(|_, w| w.strong_count() > 0);
-        if let Some(existing) = sinks.get(&key).and_then(Weak::upgrade) {
-            return Ok(existing);
-        }
-        let destination = match (&a.file, connection) {
-            (Some(f), _) => Destination::File(PathBuf::from(f)),
-            (None, Some((c, auth))) => Destination::Fhir {
-                url: c.url.trim_end_matches('/').to_string(),
-                client: crate::runtime::tls::http_client(&c.tls, dir).map_err(|e| e.to_string())?,
-                auth,
-            },
-            (None, None) if a.stdout => Destination::Stdout,
-            (None, None) => return Err("the audit setting names no destination".into()),
-        };
-        let (tx, rx) = mpsc::channel(a.queue_size.max(1));
-        let counts = self.observer.audit_sink(&label);
-        let queued_bytes = Arc::new(AtomicUsize::new(0));
-        let sink = Arc::new(AuditSink {
-            label: label.clone(),
-            tx,
-            queued_bytes: queued_bytes.clone(),
-            max_queue_bytes: self.options.max_queue_bytes,
-            counts: counts.clone(),
-            dropped_since_warning: AtomicU64::new(0),
-            last_warning: Mutex::new(None),
-        });
-        let writer = Writer {
-            label,
-            queued_bytes,
-            destination,
-            batch_size: a.batch_size.max(1),
-            options: self.options,
-            counts,
-        };
-        tokio::spawn(writer.run(rx));
-        sinks.insert(key, Arc::downgrade(&sink));
+        let id = crate::runtime::shared::definition_id(&[
+            label.as_bytes(),
+            &a.queue_size.to_be_bytes(),
+            &a.batch_size.to_be_bytes(),
+            key_extra.as_bytes(),
+        ]);
+        let (sink, _) = self.sinks.get_or_make(id, || {
+            let destination = match (&a.file, connection) {
+                (Some(f), _) => Destination::File(PathBuf::from(f)),
+                (None, Some((c, auth))) => Destination::Fhir {
+                    url: c.url.trim_end_matches('/').to_string(),
+                    client: crate::runtime::tls::http_client(&c.tls, dir)
+                        .map_err(|e| e.to_string())?,
+                    auth,
+                },
+                (None, None) if a.stdout => Destination::Stdout,
+                (None, None) => return Err("the audit setting names no destination".to_string()),
+            };
+            let (tx, rx) = mpsc::channel(a.queue_size.max(1));
+            let counts = self.observer.audit_sink(&label);
+            let queued_bytes = Arc::new(AtomicUsize::new(0));
+            let sink = Arc::new(AuditSink {
+                label: label.clone(),
+                tx,
+                queued_bytes: queued_bytes.clone(),
+                max_queue_bytes: self.options.max_queue_bytes,
+                counts: counts.clone(),
+                dropped_since_warning: AtomicU64::new(0),
+                last_warning: Mutex::new(None),
+            });
+            let writer = Writer {
+                label: label.clone(),
+                queued_bytes,
+                destination,
+                batch_size: a.batch_size.max(1),
+                options: self.options,
+                counts,
+            };
+            tokio::spawn(writer.run(rx));
+            Ok(sink)
+        })?;
         Ok(sink)
     }
 }

@@ -7,15 +7,13 @@
 //! refused (OpenID Connect Discovery 1.0 §4.3), so a misconfigured or hostile metadata host
 //! cannot send apps elsewhere. Sources are shared between config generations by definition.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use sha2::{Digest, Sha256};
 
-use crate::config::{OpenIdDiscovery, TlsMode};
+use crate::config::OpenIdDiscovery;
 use crate::observe::Observer;
 use crate::runtime::backoff::{Backoff, BackoffPolicy};
 
@@ -186,7 +184,7 @@ fn spawn_refresher(weak: Weak<OpenIdSource>) {
 
 /// Shares sources between config generations.
 pub struct DiscoveryRegistry {
-    sources: Mutex<HashMap<[u8; 32], Weak<OpenIdSource>>>,
+    sources: crate::runtime::shared::Shared<OpenIdSource>,
     options: DiscoveryOptions,
     observer: Arc<dyn Observer>,
 }
@@ -194,7 +192,7 @@ pub struct DiscoveryRegistry {
 impl DiscoveryRegistry {
     pub fn new(options: DiscoveryOptions, observer: Arc<dyn Observer>) -> Self {
         DiscoveryRegistry {
-            sources: Mutex::new(HashMap::new()),
+            sources: Default::default(),
             options,
             observer,
         }
@@ -211,38 +209,31 @@ impl DiscoveryRegistry {
             "{}/.well-known/openid-configuration",
             issuer.trim_end_matches('/')
         );
-        let ca = match (&d.tls.ca_file, d.tls.mode) {
-            (Some(f), TlsMode::CustomBundle) => std::fs::read(dir.join(f)).unwrap_or_default(),
-            _ => Vec::new(),
-        };
-        let mut h = Sha256::new();
-        h.update(url.as_bytes());
-        h.update([0]);
-        h.update(format!("{:?}", d.tls.mode).as_bytes());
-        h.update([0]);
-        h.update(&ca);
-        h.update(d.refresh_interval_seconds.to_be_bytes());
-        let id: [u8; 32] = h.finalize().into();
-        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
-        sources.retain(|_, w| w.strong_count() > 0);
-        if let Some(existing) = sources.get(&id).and_then(Weak::upgrade) {
-            return Ok(existing);
+        let ca = crate::runtime::shared::ca_bytes(&d.tls, dir);
+        let id = crate::runtime::shared::definition_id(&[
+            url.as_bytes(),
+            format!("{:?}", d.tls.mode).as_bytes(),
+            &ca,
+            &d.refresh_interval_seconds.to_be_bytes(),
+        ]);
+        let (source, new) = self.sources.get_or_make(id, || {
+            let client = crate::runtime::tls::http_client(&d.tls, dir)?;
+            Ok::<_, crate::runtime::tls::TlsError>(Arc::new(OpenIdSource {
+                label: label.to_string(),
+                issuer: issuer.to_string(),
+                url,
+                client,
+                refresh: Duration::from_secs(d.refresh_interval_seconds.max(1)),
+                doc: ArcSwapOption::empty(),
+                fetch_lock: tokio::sync::Mutex::new(()),
+                backoff: Mutex::new((Backoff::default(), None)),
+                options: self.options,
+                observer: self.observer.clone(),
+            }))
+        })?;
+        if new {
+            spawn_refresher(Arc::downgrade(&source));
         }
-        let client = crate::runtime::tls::http_client(&d.tls, dir)?;
-        let source = Arc::new(OpenIdSource {
-            label: label.to_string(),
-            issuer: issuer.to_string(),
-            url,
-            client,
-            refresh: Duration::from_secs(d.refresh_interval_seconds.max(1)),
-            doc: ArcSwapOption::empty(),
-            fetch_lock: tokio::sync::Mutex::new(()),
-            backoff: Mutex::new((Backoff::default(), None)),
-            options: self.options,
-            observer: self.observer.clone(),
-        });
-        sources.insert(id, Arc::downgrade(&source));
-        spawn_refresher(Arc::downgrade(&source));
         Ok(source)
     }
 }

@@ -17,14 +17,11 @@
 //! reload that keeps a provider keeps its keys instead of refetching (and failing closed when
 //! the IdP happens to be down during the reload).
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
-
-use crate::config::{JwksConfig, TlsConfig};
+use crate::config::JwksConfig;
 use crate::observe::Observer;
 use crate::runtime::backoff::{Backoff, BackoffPolicy};
 use crate::runtime::http::{BodyError, error_chain, read_bounded};
@@ -266,7 +263,7 @@ async fn fetch(client: &reqwest::Client, uri: &str) -> Result<KeySet, JwksError>
 
 /// Shares sources between config generations.
 pub struct JwksRegistry {
-    sources: Mutex<HashMap<[u8; 32], Weak<JwksSource>>>,
+    sources: crate::runtime::shared::Shared<JwksSource>,
     options: JwksOptions,
     observer: Arc<dyn Observer>,
 }
@@ -274,7 +271,7 @@ pub struct JwksRegistry {
 impl JwksRegistry {
     pub fn new(options: JwksOptions, observer: Arc<dyn Observer>) -> Self {
         JwksRegistry {
-            sources: Mutex::new(HashMap::new()),
+            sources: Default::default(),
             options,
             observer,
         }
@@ -302,51 +299,35 @@ impl JwksRegistry {
             }));
         }
         let uri = jwks.uri.clone().unwrap_or_default();
-        let ca = match (&jwks.tls.ca_file, jwks.tls.mode) {
-            (Some(f), crate::config::TlsMode::CustomBundle) => {
-                std::fs::read(dir.join(f)).unwrap_or_default()
-            }
-            _ => Vec::new(),
-        };
-        let id = source_id(&uri, &jwks.tls, &ca, jwks.refresh_interval_seconds);
-        let mut sources = self
-            .sources
-            .lock()
-            .map_err(|_| JwksError::Fetch("registry lock poisoned".into()))?;
-        sources.retain(|_, w| w.strong_count() > 0);
-        if let Some(existing) = sources.get(&id).and_then(Weak::upgrade) {
-            return Ok(existing);
+        let ca = crate::runtime::shared::ca_bytes(&jwks.tls, dir);
+        let id = crate::runtime::shared::definition_id(&[
+            uri.as_bytes(),
+            format!("{:?}", jwks.tls.mode).as_bytes(),
+            &ca,
+            &jwks.refresh_interval_seconds.to_be_bytes(),
+        ]);
+        let (source, new) = self.sources.get_or_make(id, || {
+            let client = crate::runtime::tls::http_client(&jwks.tls, dir)?;
+            Ok::<_, JwksError>(Arc::new(JwksSource {
+                label: label.to_string(),
+                origin: Origin::Remote {
+                    uri,
+                    client,
+                    refresh: Duration::from_secs(jwks.refresh_interval_seconds.max(1)),
+                },
+                keys: Arc::new(KeySlot::default()),
+                fetch_lock: tokio::sync::Mutex::new(()),
+                fetch_state: Mutex::default(),
+                last_refetch: Mutex::new(None),
+                options: self.options,
+                observer: self.observer.clone(),
+            }))
+        })?;
+        if new {
+            spawn_refresher(Arc::downgrade(&source));
         }
-        let client = crate::runtime::tls::http_client(&jwks.tls, dir)?;
-        let source = Arc::new(JwksSource {
-            label: label.to_string(),
-            origin: Origin::Remote {
-                uri,
-                client,
-                refresh: Duration::from_secs(jwks.refresh_interval_seconds.max(1)),
-            },
-            keys: Arc::new(KeySlot::default()),
-            fetch_lock: tokio::sync::Mutex::new(()),
-            fetch_state: Mutex::default(),
-            last_refetch: Mutex::new(None),
-            options: self.options,
-            observer: self.observer.clone(),
-        });
-        sources.insert(id, Arc::downgrade(&source));
-        spawn_refresher(Arc::downgrade(&source));
         Ok(source)
     }
-}
-
-fn source_id(uri: &str, tls: &TlsConfig, ca: &[u8], refresh: u64) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(uri.as_bytes());
-    h.update([0]);
-    h.update(format!("{:?}", tls.mode).as_bytes());
-    h.update([0]);
-    h.update(ca);
-    h.update(refresh.to_be_bytes());
-    h.finalize().into()
 }
 
 /// Fetches at once, then every refresh interval; after a failure it retries when the backoff
@@ -392,6 +373,7 @@ fn spawn_refresher(weak: Weak<JwksSource>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::TlsConfig;
 
     /// An IdP that accepts connections and never answers: token requests do not wait for
     /// the fetch's own timeouts, and they never start a fetch of their own meanwhile.

@@ -11,5 +11,6 @@ pub mod jwks;
 pub mod lookup;
 pub mod oauth;
 pub mod reload;
+pub mod shared;
 pub mod state;
 pub mod tls;

@@ -10,14 +10,12 @@
 //! Sources survive config reloads when the connection's OAuth and TLS settings are unchanged,
 //! so a reload does not cost a token request.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::config::{ClientAuthMethod, ConnectionConfig, OAuthConfig};
 use crate::observe::Observer;
@@ -467,7 +465,7 @@ fn spawn_refresher(weak: Weak<TokenSource>) {
 
 /// Shares token sources between config generations.
 pub struct OAuthRegistry {
-    sources: Mutex<HashMap<[u8; 32], Weak<TokenSource>>>,
+    sources: crate::runtime::shared::Shared<TokenSource>,
     options: OAuthOptions,
     observer: Arc<dyn Observer>,
 }
@@ -475,7 +473,7 @@ pub struct OAuthRegistry {
 impl OAuthRegistry {
     pub fn new(options: OAuthOptions, observer: Arc<dyn Observer>) -> Self {
         OAuthRegistry {
-            sources: Mutex::new(HashMap::new()),
+            sources: Default::default(),
             options,
             observer,
         }
@@ -489,41 +487,27 @@ impl OAuthRegistry {
         dir: &Path,
     ) -> Result<Arc<TokenSource>, crate::runtime::tls::TlsError> {
         let label = format!("{}/{}", conn.namespace, conn.name);
-        let ca = conn
-            .tls
-            .ca_file
-            .as_ref()
-            .map(|f| std::fs::read(dir.join(f)).unwrap_or_default())
-            .unwrap_or_default();
-        let mut h = Sha256::new();
-        h.update(label.as_bytes());
-        h.update([0]);
-        h.update(serde_json::to_vec(oauth).unwrap_or_default());
-        h.update(format!("{:?}", conn.tls.mode).as_bytes());
-        h.update([0]);
-        h.update(&ca);
-        let id: [u8; 32] = h.finalize().into();
-        let mut sources =
-            self.sources
-                .lock()
-                .map_err(|_| crate::runtime::tls::TlsError::Invalid {
-                    file: "-".into(),
-                    message: "token registry lock poisoned".into(),
-                })?;
-        sources.retain(|_, w| w.strong_count() > 0);
-        if let Some(existing) = sources.get(&id).and_then(Weak::upgrade) {
-            return Ok(existing);
+        let ca = crate::runtime::shared::ca_bytes(&conn.tls, dir);
+        // The whole definition (the credentials included): a rotated secret makes a new source.
+        let id = crate::runtime::shared::definition_id(&[
+            label.as_bytes(),
+            &serde_json::to_vec(oauth).unwrap_or_default(),
+            format!("{:?}", conn.tls.mode).as_bytes(),
+            &ca,
+        ]);
+        let (source, new) = self.sources.get_or_make(id, || {
+            let client = crate::runtime::tls::http_client(&conn.tls, dir)?;
+            Ok::<_, crate::runtime::tls::TlsError>(Arc::new(TokenSource::new(
+                label,
+                oauth,
+                client,
+                self.options,
+                self.observer.clone(),
+            )))
+        })?;
+        if new {
+            spawn_refresher(Arc::downgrade(&source));
         }
-        let client = crate::runtime::tls::http_client(&conn.tls, dir)?;
-        let source = Arc::new(TokenSource::new(
-            label,
-            oauth,
-            client,
-            self.options,
-            self.observer.clone(),
-        ));
-        sources.insert(id, Arc::downgrade(&source));
-        spawn_refresher(Arc::downgrade(&source));
         Ok(source)
     }
 }
