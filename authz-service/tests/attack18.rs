@@ -171,7 +171,10 @@ fn decide_and_audit(
         observer: "fhirguard-0",
     };
     // Every patient named gets an event of its own: all of them, comma-joined.
-    let named = patients_of(&facts);
+    let named: Vec<String> = patients_of(&facts)
+        .iter()
+        .map(|r| r.strip_prefix("Patient/").unwrap_or(r).to_string())
+        .collect();
     let patient = (!named.is_empty()).then(|| named.join(","));
     let event = audit_events(&facts, AuditRecord::All).into_iter().next();
     (label, event, patient)

@@ -428,8 +428,11 @@ impl EnvoyFilter {
         let found = unsafe {
             (self.cb.http_filter_get_attribute_string)(self.ptr, ATTRIBUTE_SOURCE_ADDRESS, &mut out)
         };
+        if !found || out.ptr.is_null() {
+            return None;
+        }
         // SAFETY: on success `out` points into the stream's info, alive during this hook.
-        (found && !out.ptr.is_null()).then(|| without_port(&lossy(unsafe { copy(out) })))
+        without_port(&lossy(unsafe { copy(out) }))
     }
 
     /// A scheduler that wakes this stream on its worker thread from any thread.
@@ -469,15 +472,18 @@ impl Drop for Scheduler {
 }
 
 /// Envoy 1.40 gives `source.address` as `ip:port` (`[v6]:port`); ext_authz's CheckRequest
-/// carries the IP alone, and so do AuditEvents from either host.
-fn without_port(addr: &str) -> String {
-    if let Some(rest) = addr.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest).to_string();
-    }
-    match addr.split_once(':') {
-        Some((ip, port)) if !port.contains(':') => ip.to_string(),
-        _ => addr.to_string(),
-    }
+/// carries the IP alone, and so do AuditEvents from either host. Anything that is not an IP
+/// address (a Unix socket's path) is no client address, as ext_authz has none for it.
+fn without_port(addr: &str) -> Option<String> {
+    let ip = if let Some(rest) = addr.strip_prefix('[') {
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        match addr.rsplit_once(':') {
+            Some((ip, port)) if !ip.contains(':') && port.parse::<u16>().is_ok() => ip,
+            _ => addr,
+        }
+    };
+    ip.parse::<std::net::IpAddr>().ok().map(|a| a.to_string())
 }
 
 fn envoy(ptr: FilterPtr) -> Option<EnvoyFilter> {
@@ -895,13 +901,17 @@ mod tests {
     #[test]
     fn client_addresses_lose_their_port() {
         for (given, want) in [
-            ("127.0.0.1:49824", "127.0.0.1"),
-            ("[::1]:8080", "::1"),
-            ("[2001:db8::7]:1", "2001:db8::7"),
-            ("10.0.0.1", "10.0.0.1"),
-            ("::1", "::1"),
+            ("127.0.0.1:49824", Some("127.0.0.1")),
+            ("[::1]:8080", Some("::1")),
+            ("[2001:db8::7]:1", Some("2001:db8::7")),
+            ("10.0.0.1", Some("10.0.0.1")),
+            ("::1", Some("::1")),
+            ("/run/envoy.sock", None),
+            ("@abstract:1", None),
+            ("host.example:80", None),
+            ("", None),
         ] {
-            assert_eq!(without_port(given), want, "{given}");
+            assert_eq!(without_port(given).as_deref(), want, "{given}");
         }
     }
 

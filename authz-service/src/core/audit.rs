@@ -156,36 +156,44 @@ fn coding(system: &str, code: &str, display: &str) -> Value {
     json!({"system": system, "code": code, "display": display})
 }
 
-/// At most this many events per request for the patients it names; a request naming more
-/// is recorded once, without patient entities (its query says whom it named).
+/// At most this many patients are named for one request (as events of their own when it
+/// was allowed, as entities of its one event when it was refused).
 pub const MAX_PATIENT_EVENTS: usize = 32;
+/// At most this many events for one request, its Bundle entries included.
+pub const MAX_EVENTS_PER_REQUEST: usize = 64;
 /// Bounds on what a client's request can put into an event: the query (plain and base64)
 /// and conditional criteria, and any other text taken from the request.
 pub const MAX_QUERY_TEXT: usize = 4096;
 const MAX_TEXT: usize = 1024;
 
-/// The patients the event is about: those the request itself names (the compartment, the
-/// Patient read or written, patient-linking search parameters in every spelling, the
-/// patients a written resource links to, the pin a narrowed search was given). Only when the
-/// request names none, and the allow rests on patient-context scopes alone (so the decision
-/// proved the access stays in that patient's compartment), the token's context patient.
-/// Never the context patient for a refusal or a user-level grant: that would name the
-/// wrong person whenever the request reached for someone else.
+/// The patients the event is about, as references (`Patient/<id>` on this server, or the
+/// absolute URL of a Patient elsewhere): those the request itself names (the compartment, the
+/// Patient read or written, patient-linking search parameters in every spelling that means
+/// "this patient", the patients a written resource links to, the pin a narrowed search was
+/// given). Only when the request names none, and the allow rests on patient-context scopes
+/// alone (so the decision proved the access stays in that patient's compartment), the token's
+/// context patient. Never the context patient for a refusal or a user-level grant: that would
+/// name the wrong person whenever a request reached for someone else.
 pub fn patients_of(f: &AuditFacts<'_>) -> Vec<String> {
-    let mut out = Vec::new();
+    let mut names = Names {
+        resource_type: f.request.and_then(|r| r.resource_type.as_deref()),
+        host: f.host,
+        base: f.policy.base_path.trim_end_matches('/'),
+        out: Vec::new(),
+    };
     let allow = match f.outcome {
         Outcome::Decided(Decision::Allow(a)) => Some(a),
         _ => None,
     };
     if let Some(r) = f.request {
-        named_patients(r, &mut out);
+        names.request(r);
         if let Some(a) = allow {
             for (k, v) in &a.set_query {
-                param_patients(r.resource_type.as_deref(), k, v, &mut out);
+                names.param(k, v);
             }
         }
     }
-    if out.is_empty()
+    if names.out.is_empty()
         && let Some(a) = allow
         && let Some(p) = &a.patient
         && let Some(t) = &f.identity.token
@@ -196,65 +204,118 @@ pub fn patients_of(f: &AuditFacts<'_>) -> Vec<String> {
             .all(|s| s.context == crate::core::smart::Context::Patient)
         && f.request.is_some_and(touches_patient_data)
     {
-        out.push(p.clone());
+        names.id(p);
     }
-    out
+    names.out
 }
 
-fn push_patient(id: &str, out: &mut Vec<String>) {
-    if compartment::is_id(id) && !out.iter().any(|o| o == id) {
-        out.push(id.to_string());
-    }
+/// Collects the patients a request names.
+struct Names<'a> {
+    resource_type: Option<&'a str>,
+    /// `:authority` and the policy's basePath: an absolute reference to this server's own
+    /// Patient is that Patient.
+    host: &'a str,
+    base: &'a str,
+    out: Vec<String>,
 }
 
-fn named_patients(r: &FhirRequest, out: &mut Vec<String>) {
-    if let Some((t, id)) = &r.compartment
-        && t == "Patient"
-    {
-        push_patient(id, out);
-    }
-    if r.resource_type.as_deref() == Some("Patient")
-        && let Some(id) = &r.id
-    {
-        push_patient(id, out);
-    }
-    for (k, v) in &r.params {
-        param_patients(r.resource_type.as_deref(), k, v, out);
-    }
-    if let Some(res) = &r.resource {
-        for p in compartment::patients_of(res) {
-            push_patient(&p, out);
+impl Names<'_> {
+    fn push(&mut self, reference: String) {
+        if !self.out.contains(&reference) {
+            self.out.push(reference);
         }
     }
-}
 
-/// The patients one search parameter names: `Patient/<id>` values of any parameter, and bare
-/// ids where they can only mean a Patient (`patient=`, a `:Patient` modifier, `Patient?_id=`).
-/// Chained parameters name no id.
-fn param_patients(resource_type: Option<&str>, key: &str, value: &str, out: &mut Vec<String>) {
-    let (base, modifier) = match key.split_once(':') {
-        Some((b, m)) => (b, Some(m)),
-        None => (key, None),
-    };
-    if base.contains('.') || modifier.is_some_and(|m| m.contains('.')) {
-        return;
+    fn id(&mut self, id: &str) {
+        if compartment::is_id(id) {
+            self.push(format!("Patient/{id}"));
+        }
     }
-    let by_id = resource_type == Some("Patient") && base == "_id";
-    if base.starts_with('_') && !by_id {
-        return;
+
+    fn request(&mut self, r: &FhirRequest) {
+        if let Some((t, id)) = &r.compartment
+            && t == "Patient"
+        {
+            self.id(id);
+        }
+        if r.resource_type.as_deref() == Some("Patient")
+            && let Some(id) = &r.id
+        {
+            self.id(id);
+        }
+        for (k, v) in &r.params {
+            self.param(k, v);
+        }
+        if let Some(res) = &r.resource {
+            for p in compartment::patients_of(res) {
+                self.id(&p);
+            }
+        }
     }
-    let bare = by_id
-        || modifier == Some("Patient")
-        || match resource_type {
-            Some(t) => compartment::bare_id_means_patient(t, base),
-            None => base == "patient",
+
+    /// The patients one search parameter names. Only the spellings that mean "resources of
+    /// this patient" count: no modifier, or the type modifier `:Patient`, and the `._id` chain
+    /// (`subject:Patient._id=x` is `subject:Patient=x`). Every other modifier changes what the
+    /// value means (`:not` is everyone else, `:missing` a boolean, `:identifier` and `:text`
+    /// no id at all), so it names nobody; the query entity still says what was asked.
+    fn param(&mut self, key: &str, value: &str) {
+        let (head, chain) = match key.split_once('.') {
+            Some((h, c)) => (h, Some(c)),
+            None => (key, None),
         };
-    for part in value.split(',') {
-        if let Some(id) = compartment::patient_id_of_reference(part) {
-            push_patient(id, out);
-        } else if bare {
-            push_patient(part, out);
+        let (code, modifier) = match head.split_once(':') {
+            Some((c, m)) => (c, Some(m)),
+            None => (head, None),
+        };
+        if !matches!(modifier, None | Some("Patient")) || !matches!(chain, None | Some("_id")) {
+            return;
         }
+        let by_id = self.resource_type == Some("Patient") && code == "_id" && chain.is_none();
+        if code.starts_with('_') && !by_id {
+            return;
+        }
+        let only_patient = modifier == Some("Patient")
+            || match self.resource_type {
+                Some(t) => compartment::bare_id_means_patient(t, code),
+                None => code == "patient",
+            };
+        for part in value.split(',') {
+            if chain.is_some() {
+                // `<param>._id=x`: an id of whatever the parameter targets.
+                if only_patient {
+                    self.id(part);
+                }
+            } else if let Some(id) = compartment::patient_id_of_reference(part) {
+                self.id(id);
+            } else if let Some(reference) = self.absolute(part) {
+                self.push(reference);
+            } else if by_id || only_patient {
+                self.id(part);
+            }
+        }
+    }
+
+    /// An absolute reference to a Patient: this server's (under its basePath) as
+    /// `Patient/<id>`, another server's as its URL (without a version).
+    fn absolute(&self, value: &str) -> Option<String> {
+        let rest = value
+            .strip_prefix("https://")
+            .or_else(|| value.strip_prefix("http://"))?;
+        let (authority, path) = rest.split_once('/')?;
+        let path = format!("/{path}");
+        let local = crate::config::host_name(authority)
+            .eq_ignore_ascii_case(crate::config::host_name(self.host));
+        if local
+            && let Some(relative) = path
+                .strip_prefix(self.base)
+                .and_then(|p| p.strip_prefix('/'))
+        {
+            return compartment::patient_id_of_reference(relative)
+                .map(|id| format!("Patient/{id}"));
+        }
+        let (server, tail) = value.rsplit_once("/Patient/")?;
+        let id = tail.split('/').next()?;
+        (compartment::is_id(id) && server.len() <= 256).then(|| format!("{server}/Patient/{id}"))
     }
 }
 
@@ -336,7 +397,7 @@ fn user_agent(f: &AuditFacts<'_>, writes: bool) -> Option<Value> {
 }
 
 /// The AuditEvent for one decision about one patient (or none).
-pub fn audit_event(f: &AuditFacts<'_>, patient: Option<&str>) -> Value {
+pub fn audit_event(f: &AuditFacts<'_>, patients: &[String]) -> Value {
     let k = f.request.map(|r| kind(r.interaction)).unwrap_or(Kind {
         // Refused before it could be classified (malformed, no credentials on an unknown
         // path): recorded by method.
@@ -443,9 +504,9 @@ pub fn audit_event(f: &AuditFacts<'_>, patient: Option<&str>) -> Value {
             }));
         }
     }
-    if let Some(p) = patient {
+    for p in patients {
         entities.push(json!({
-            "what": {"reference": format!("Patient/{p}")},
+            "what": {"reference": p},
             "type": coding(ENTITY_TYPE, "1", "Person"),
             "role": coding(OBJECT_ROLE, "1", "Patient"),
         }));
@@ -480,7 +541,7 @@ pub fn audit_event(f: &AuditFacts<'_>, patient: Option<&str>) -> Value {
         && let Some((plain, with_patient)) = k.profile
         && (names_resource || !matches!(plain, "Read" | "Update" | "Delete"))
     {
-        let name = if patient.is_some() {
+        let name = if patients.len() == 1 {
             with_patient
         } else {
             plain
@@ -494,7 +555,7 @@ pub fn audit_event(f: &AuditFacts<'_>, patient: Option<&str>) -> Value {
 /// one event per entry that `record` asks for (every entry under `All`, entries that touch
 /// patient data otherwise).
 pub fn audit_events(f: &AuditFacts<'_>, record: AuditRecord) -> Vec<Value> {
-    let mut out = per_patient(f);
+    let mut out = per_patient(f, MAX_EVENTS_PER_REQUEST);
     let Some(r) = f.request else {
         return out;
     };
@@ -507,6 +568,7 @@ pub fn audit_events(f: &AuditFacts<'_>, record: AuditRecord) -> Vec<Value> {
     {
         return out;
     }
+    let mut unrecorded = 0usize;
     for entry in &r.entries {
         let wanted = match record {
             AuditRecord::All => true,
@@ -516,33 +578,56 @@ pub fn audit_events(f: &AuditFacts<'_>, record: AuditRecord) -> Vec<Value> {
         if !wanted {
             continue;
         }
+        let room = MAX_EVENTS_PER_REQUEST.saturating_sub(out.len());
+        if room == 0 {
+            unrecorded += 1;
+            continue;
+        }
         // As the server sees it: the entry's URL under the policy's base.
         let path = format!(
             "{}/{}",
             f.policy.base_path.trim_end_matches('/'),
             entry_path(entry)
         );
-        out.extend(per_patient(&AuditFacts {
-            method: entry_method(entry),
-            path: &path,
-            request: Some(entry),
-            ..*f
+        out.extend(per_patient(
+            &AuditFacts {
+                method: entry_method(entry),
+                path: &path,
+                request: Some(entry),
+                ..*f
+            },
+            room,
+        ));
+    }
+    // What one request may cost the audit trail is bounded; the Bundle's event says what was
+    // left out, so the gap is visible.
+    if unrecorded > 0
+        && let Some(Value::Array(entities)) = out.first_mut().and_then(|e| e.get_mut("entity"))
+    {
+        entities.push(json!({
+            "type": coding(ENTITY_TYPE, "2", "System Object"),
+            "role": coding(OBJECT_ROLE, "4", "Domain Resource"),
+            "description": format!(
+                "{unrecorded} further entries were not recorded one by one \
+                 (at most {MAX_EVENTS_PER_REQUEST} events per request)"
+            ),
         }));
     }
     out
 }
 
-/// One event per patient the request is about (BALP's Patient* profiles hold exactly one), or
-/// one without a patient.
-fn per_patient(f: &AuditFacts<'_>) -> Vec<Value> {
-    let patients = patients_of(f);
-    if patients.is_empty() || patients.len() > MAX_PATIENT_EVENTS {
-        return vec![audit_event(f, None)];
+/// The events for one request about its patients: an allowed one gets an event per patient
+/// (BALP's Patient* profiles hold exactly one), at most `room`; a refusal (or a request naming
+/// more patients than fit) gets one event listing them, so that a client whose credentials
+/// were refused cannot multiply what its request costs the audit trail.
+fn per_patient(f: &AuditFacts<'_>, room: usize) -> Vec<Value> {
+    let mut patients = patients_of(f);
+    patients.truncate(MAX_PATIENT_EVENTS);
+    let allowed = matches!(f.outcome, Outcome::Decided(Decision::Allow(_)));
+    if !allowed || patients.len() <= 1 || patients.len() > room {
+        return vec![audit_event(f, &patients)];
     }
-    patients
-        .iter()
-        .map(|p| audit_event(f, Some(p.as_str())))
-        .collect()
+    patients.chunks(1).map(|one| audit_event(f, one)).collect()
 }
 
 /// The HTTP method an entry's `request.method` carried, from its classification.

@@ -146,9 +146,10 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            // Counted until delivered (or given up): a batch being retried is still memory.
             let taken: usize = batch.iter().map(String::len).sum();
-            self.queued_bytes.fetch_sub(taken, Ordering::AcqRel);
             self.deliver(&batch).await;
+            self.queued_bytes.fetch_sub(taken, Ordering::AcqRel);
             batch.clear();
         }
     }
