@@ -165,6 +165,7 @@ fn decide_and_audit(
         source_address: Some("10.0.0.9"),
         request: check.request(),
         identity: check.identity(),
+        lookups: check.lookups(),
         outcome,
         decision_id: "0123456789abcdef0123456789abcdef",
         recorded_unix_ms: 1_796_154_803_007,

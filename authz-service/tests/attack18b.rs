@@ -113,6 +113,7 @@ fn events(
         source_address: Some("10.0.0.9"),
         request: check.request(),
         identity: check.identity(),
+        lookups: check.lookups(),
         outcome,
         decision_id: "0123456789abcdef0123456789abcdef",
         recorded_unix_ms: 1_796_154_803_007,

@@ -369,6 +369,7 @@ fn run_with(
         source_address: Some("10.1.2.3"),
         request: check.request(),
         identity: check.identity(),
+        lookups: check.lookups(),
         outcome,
         decision_id: DECISION_ID,
         recorded_unix_ms: RECORDED,
@@ -833,4 +834,97 @@ fn events_stay_small_whatever_the_request() {
 /// The events for a case under `All`, whatever the outcome.
 fn run(config: &CompiledConfig, case: &Case) -> Vec<Value> {
     run_with(config, case, |_, _| {}).1
+}
+
+/// A read by id decided on the stored resource names the patients the resource belongs to,
+/// for an allow and for a refusal alike (the patient whose data was reached for), not only
+/// the token's context patient.
+#[test]
+fn reads_decided_by_lookups_name_the_stored_resources_patients() {
+    use fhirguard_authz::core::driver::Need;
+    use fhirguard_authz::core::smart::Stored;
+    let mut p = policy();
+    p.authorization.smart.compartment_lookup = Some(CompartmentLookup {
+        connection: "clinical/ehr-internal".into(),
+    });
+    let config = CompiledConfig {
+        version: FORMAT_VERSION,
+        generation: 1,
+        policies: vec![p],
+        connections: vec![ConnectionConfig {
+            namespace: "clinical".into(),
+            name: "ehr-internal".into(),
+            url: "https://ehr.example.org/fhir".into(),
+            auth: ConnectionAuth::default(),
+            tls: TlsConfig::default(),
+        }],
+    };
+    assert!(config.validate().is_empty(), "{:?}", config.validate());
+    for (stored, want_status, want) in [
+        (
+            json!({"resourceType": "Observation", "id": "o1",
+                "subject": {"reference": "Patient/p1"}, "performer": [{"reference": "Patient/p3"}]}),
+            200,
+            vec!["Patient/p1", "Patient/p3"],
+        ),
+        (
+            json!({"resourceType": "Observation", "id": "o1",
+                "subject": {"reference": "Patient/p2"}}),
+            403,
+            vec!["Patient/p2"],
+        ),
+    ] {
+        let req = Request {
+            method: "GET",
+            host: "ehr.example.org",
+            path: "/fhir/Observation/o1",
+            authorization: Some("Bearer opaque-test-token"),
+            if_none_exist: None,
+            headers: &[],
+            body: None,
+            policy_ref: None,
+        };
+        let mut check = Check::new(&config, &req);
+        check.token_verified(Ok(Arc::new(token("patient/Observation.rs", Some("p1")))));
+        let Next::Need(Need::Lookups { keys, .. }) = check.next() else {
+            panic!("{:?}", check.next());
+        };
+        let keys: Vec<_> = keys.to_vec();
+        let answers = keys
+            .into_iter()
+            .map(|k| (k, Ok(Stored::Found(Arc::new(stored.clone())))))
+            .collect();
+        check.lookups_done(answers);
+        let outcome = check.outcome().expect("decided");
+        let status = match outcome {
+            Outcome::Decided(Decision::Allow(_)) => 200,
+            Outcome::Decided(Decision::Deny(d)) => d.status,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(status, want_status, "{stored}");
+        let events = audit_events(
+            &AuditFacts {
+                policy: &config.policies[0],
+                method: "GET",
+                host: "ehr.example.org",
+                path: "/fhir/Observation/o1",
+                source_address: None,
+                request: check.request(),
+                identity: check.identity(),
+                lookups: check.lookups(),
+                outcome,
+                decision_id: DECISION_ID,
+                recorded_unix_ms: RECORDED,
+                observer: "fhirguard-authz-0",
+            },
+            AuditRecord::All,
+        );
+        let named: Vec<&str> = events
+            .iter()
+            .flat_map(|e| e["entity"].as_array().unwrap().iter())
+            .filter(|x| x["role"]["code"] == "1")
+            .filter_map(|x| x["what"]["reference"].as_str())
+            .collect();
+        assert_eq!(named, want, "{stored}");
+    }
 }

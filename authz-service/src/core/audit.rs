@@ -27,6 +27,7 @@ use crate::core::definitions;
 use crate::core::driver::Outcome;
 use crate::core::fhir::{FhirRequest, Interaction};
 use crate::core::policy::{AllowReason, Decision, Identity};
+use crate::core::smart::{Lookups, Stored};
 
 pub const PROFILE_BASE: &str =
     "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.";
@@ -54,6 +55,8 @@ pub struct AuditFacts<'a> {
     /// The classified request (absent when it was refused before classification).
     pub request: Option<&'a FhirRequest>,
     pub identity: &'a Identity,
+    /// What compartment lookups fetched for the decision (empty when none were needed).
+    pub lookups: &'a Lookups,
     pub outcome: &'a Outcome,
     pub decision_id: &'a str,
     /// When the decision was made, in milliseconds since the Unix epoch.
@@ -190,6 +193,18 @@ pub fn patients_of(f: &AuditFacts<'_>) -> Vec<String> {
         if let Some(a) = allow {
             for (k, v) in &a.set_query {
                 names.param(k, v);
+            }
+        }
+        // A read, write or delete by id decided on the stored resource: its compartments are
+        // whose data it is (for a refusal too: the patient reached for). Bundles' lookups
+        // belong to several entries, so they are not spread over each.
+        if names.out.is_empty() && r.entries.is_empty() {
+            for stored in f.lookups.values() {
+                if let Stored::Found(res) = stored {
+                    for p in compartment::patients_of(res) {
+                        names.id(&p);
+                    }
+                }
             }
         }
     }

@@ -221,6 +221,12 @@ impl<'c> Check<'c> {
         self.pending.as_ref().map(|p| &p.request)
     }
 
+    /// The stored resources compartment lookups fetched for this check (what a decision by id
+    /// rested on).
+    pub fn lookups(&self) -> &crate::core::smart::Lookups {
+        &self.lookups
+    }
+
     /// Who the caller proved to be so far (empty before verification or after a failure).
     pub fn identity(&self) -> &Identity {
         &self.identity

@@ -329,6 +329,7 @@ impl Executor {
             source_address,
             request: check.request(),
             identity: check.identity(),
+            lookups: check.lookups(),
             outcome,
             decision_id: decision_id.as_str(),
             recorded_unix_ms,
