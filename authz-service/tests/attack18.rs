@@ -24,7 +24,6 @@ use fhirguard_authz::core::driver::{
 };
 use fhirguard_authz::core::fhir::Body;
 use fhirguard_authz::core::policy::{Decision, DenyReason, Request, TokenIdentity};
-use fhirguard_authz::core::smart::parse_scopes;
 use fhirguard_authz::runtime::discovery::{DiscoveryOptions, DiscoveryRegistry};
 use fhirguard_authz::runtime::executor::{Executor, Options};
 use fhirguard_authz::runtime::introspect::IntrospectionOptions;
@@ -99,15 +98,7 @@ fn compiled(p: PolicyConfig) -> CompiledConfig {
 }
 
 fn tok(scopes: &str, patient: Option<&str>) -> TokenIdentity {
-    TokenIdentity {
-        provider: "idp".into(),
-        subject: "dr-who".into(),
-        scopes: parse_scopes(scopes.split(' ')),
-        scope_text: scopes.into(),
-        patient: patient.map(str::to_string),
-        fhir_user: Some("Practitioner/pr1".into()),
-        client_id: Some("chart-app".into()),
-    }
+    common::verified_token(scopes, patient)
 }
 
 /// Runs a request through the driver (token answered with `token` when asked; lookups are

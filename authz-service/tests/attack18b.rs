@@ -19,7 +19,6 @@ use fhirguard_authz::core::audit::{AuditFacts, audit_events};
 use fhirguard_authz::core::driver::{Check, Need, Next, Outcome, TokenFailure};
 use fhirguard_authz::core::fhir::Body;
 use fhirguard_authz::core::policy::{Decision, DenyReason, Request, TokenIdentity};
-use fhirguard_authz::core::smart::parse_scopes;
 use fhirguard_authz::verify::cache::ByteCache;
 use fhirguard_authz::verify::introspection::Introspector;
 use serde_json::{Value, json};
@@ -49,15 +48,7 @@ fn config() -> CompiledConfig {
 }
 
 fn tok(scopes: &str, patient: Option<&str>) -> TokenIdentity {
-    TokenIdentity {
-        provider: "idp".into(),
-        subject: "dr-who".into(),
-        scopes: parse_scopes(scopes.split(' ')),
-        scope_text: scopes.into(),
-        patient: patient.map(str::to_string),
-        fhir_user: Some("Practitioner/pr1".into()),
-        client_id: Some("chart-app".into()),
-    }
+    common::verified_token(scopes, patient)
 }
 
 /// The status and every AuditEvent (`record: All`) of one request. `token: None` with a

@@ -12,6 +12,8 @@
 //! files; review the diff like code.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -21,7 +23,6 @@ use fhirguard_authz::core::audit::{AuditFacts, PROFILE_BASE, audit_events, wante
 use fhirguard_authz::core::driver::{Check, Next, Outcome, TokenFailure};
 use fhirguard_authz::core::fhir::Body;
 use fhirguard_authz::core::policy::{Decision, Request, TokenIdentity};
-use fhirguard_authz::core::smart::parse_scopes;
 use serde_json::{Value, json};
 
 const DECISION_ID: &str = "0123456789abcdef0123456789abcdef";
@@ -43,15 +44,7 @@ fn policy() -> PolicyConfig {
 }
 
 fn token(scopes: &str, patient: Option<&str>) -> TokenIdentity {
-    TokenIdentity {
-        provider: "idp".into(),
-        subject: "dr-who".into(),
-        scopes: parse_scopes(scopes.split(' ')),
-        scope_text: scopes.into(),
-        patient: patient.map(str::to_string),
-        fhir_user: Some("Practitioner/pr1".into()),
-        client_id: Some("chart-app".into()),
-    }
+    common::verified_token(scopes, patient)
 }
 
 struct Case {

@@ -283,6 +283,23 @@ pub async fn start_echo_upstream() -> SocketAddr {
     start_fhir_stub(FhirStub::default()).await
 }
 
+/// A verified token's identity as the core receives it (subject `dr-who`, `fhirUser`
+/// `Practitioner/pr1`, client `chart-app`), for tests that answer the driver themselves.
+pub fn verified_token(
+    scopes: &str,
+    patient: Option<&str>,
+) -> fhirguard_authz::core::policy::TokenIdentity {
+    fhirguard_authz::core::policy::TokenIdentity {
+        provider: "idp".into(),
+        subject: "dr-who".into(),
+        scopes: fhirguard_authz::core::smart::parse_scopes(scopes.split(' ')),
+        scope_text: scopes.into(),
+        patient: patient.map(str::to_string),
+        fhir_user: Some("Practitioner/pr1".into()),
+        client_id: Some("chart-app".into()),
+    }
+}
+
 pub fn basic(user: &str, pw: &str) -> String {
     format!(
         "Basic {}",
