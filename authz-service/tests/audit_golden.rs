@@ -921,3 +921,86 @@ fn reads_decided_by_lookups_name_the_stored_resources_patients() {
         assert_eq!(named, want, "{stored}");
     }
 }
+
+/// An update by id names the patients of the body and of the stored resource it replaces:
+/// refused when the stored one is another patient's, and that patient is named.
+#[test]
+fn updates_decided_by_lookups_name_the_stored_and_the_written_patients() {
+    use fhirguard_authz::core::driver::Need;
+    use fhirguard_authz::core::smart::Stored;
+    let mut p = policy();
+    p.authorization.smart.compartment_lookup = Some(CompartmentLookup {
+        connection: "clinical/ehr-internal".into(),
+    });
+    let config = CompiledConfig {
+        version: FORMAT_VERSION,
+        generation: 1,
+        policies: vec![p],
+        connections: vec![ConnectionConfig {
+            namespace: "clinical".into(),
+            name: "ehr-internal".into(),
+            url: "https://ehr.example.org/fhir".into(),
+            auth: ConnectionAuth::default(),
+            tls: TlsConfig::default(),
+        }],
+    };
+    let body = r#"{"resourceType":"Observation","id":"o1","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/p1"}}"#;
+    let headers = [("content-type", "application/fhir+json")];
+    let req = Request {
+        method: "PUT",
+        host: "ehr.example.org",
+        path: "/fhir/Observation/o1",
+        authorization: Some("Bearer opaque-test-token"),
+        if_none_exist: None,
+        headers: &headers,
+        body: Some(Body {
+            bytes: body.as_bytes(),
+            content_type: Some("application/fhir+json"),
+        }),
+        policy_ref: None,
+    };
+    let mut check = Check::new(&config, &req);
+    check.token_verified(Ok(Arc::new(token("patient/Observation.cruds", Some("p1")))));
+    let Next::Need(Need::Lookups { keys, .. }) = check.next() else {
+        panic!("{:?}", check.next());
+    };
+    let stored = json!({"resourceType": "Observation", "id": "o1",
+        "subject": {"reference": "Patient/p2"}});
+    let answers = keys
+        .to_vec()
+        .into_iter()
+        .map(|k| (k, Ok(Stored::Found(Arc::new(stored.clone())))))
+        .collect();
+    check.lookups_done(answers);
+    let outcome = check.outcome().expect("decided");
+    assert!(
+        matches!(outcome, Outcome::Decided(Decision::Deny(d)) if d.status == 403),
+        "{outcome:?}"
+    );
+    let events = audit_events(
+        &AuditFacts {
+            policy: &config.policies[0],
+            method: "PUT",
+            host: "ehr.example.org",
+            path: "/fhir/Observation/o1",
+            source_address: None,
+            request: check.request(),
+            identity: check.identity(),
+            lookups: check.lookups(),
+            outcome,
+            decision_id: DECISION_ID,
+            recorded_unix_ms: RECORDED,
+            observer: "fhirguard-authz-0",
+        },
+        AuditRecord::All,
+    );
+    assert_eq!(events.len(), 1, "a refusal is one event");
+    let named: Vec<&str> = events[0]["entity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["role"]["code"] == "1")
+        .filter_map(|x| x["what"]["reference"].as_str())
+        .collect();
+    assert_eq!(named, ["Patient/p1", "Patient/p2"]);
+}

@@ -196,9 +196,10 @@ pub fn patients_of(f: &AuditFacts<'_>) -> Vec<String> {
             }
         }
         // A read, write or delete by id decided on the stored resource: its compartments are
-        // whose data it is (for a refusal too: the patient reached for). Bundles' lookups
-        // belong to several entries, so they are not spread over each.
-        if names.out.is_empty() && r.entries.is_empty() {
+        // whose data it is (for a refusal too: the patient reached for), as well as whoever a
+        // written body names. Bundles' lookups belong to several entries, so they are not
+        // spread over each.
+        if r.entries.is_empty() {
             for stored in f.lookups.values() {
                 if let Stored::Found(res) = stored {
                     for p in compartment::patients_of(res) {
