@@ -967,8 +967,8 @@ fn updates_decided_by_lookups_name_the_stored_and_the_written_patients() {
     let stored = json!({"resourceType": "Observation", "id": "o1",
         "subject": {"reference": "Patient/p2"}});
     let answers = keys
-        .to_vec()
-        .into_iter()
+        .iter()
+        .cloned()
         .map(|k| (k, Ok(Stored::Found(Arc::new(stored.clone())))))
         .collect();
     check.lookups_done(answers);
