@@ -159,9 +159,11 @@ fn coding(system: &str, code: &str, display: &str) -> Value {
     json!({"system": system, "code": code, "display": display})
 }
 
-/// At most this many patients are named for one request (as events of their own when it
-/// was allowed, as entities of its one event when it was refused).
+/// An allowed request naming at most this many patients gets an event per patient; a
+/// refusal, or a request naming more, gets one event listing them.
 pub const MAX_PATIENT_EVENTS: usize = 32;
+/// At most this many patients listed in one event; more are counted in the event.
+pub const MAX_LISTED_PATIENTS: usize = 256;
 /// At most this many events for one request, its Bundle entries included.
 pub const MAX_EVENTS_PER_REQUEST: usize = 64;
 /// Bounds on what a client's request can put into an event: the query (plain and base64)
@@ -194,6 +196,14 @@ pub fn patients_of(f: &AuditFacts<'_>) -> Vec<String> {
             for (k, v) in &a.set_query {
                 names.param(k, v);
             }
+        } else {
+            // A refused Bundle is one event: it names whom its entries reached for (an
+            // allowed one gets an event per entry instead).
+            for e in &r.entries {
+                names.resource_type = e.resource_type.as_deref();
+                names.request(e);
+            }
+            names.resource_type = r.resource_type.as_deref();
         }
         // A read, write or delete by id decided on the stored resource: its compartments are
         // whose data it is (for a refusal too: the patient reached for), as well as whoever a
@@ -314,14 +324,28 @@ impl Names<'_> {
     /// An absolute reference to a Patient: this server's (under its basePath) as
     /// `Patient/<id>`, another server's as its URL (without a version).
     fn absolute(&self, value: &str) -> Option<String> {
-        let rest = value
-            .strip_prefix("https://")
-            .or_else(|| value.strip_prefix("http://"))?;
+        let (scheme, rest) = value.split_once("://")?;
+        if !scheme.eq_ignore_ascii_case("https") && !scheme.eq_ignore_ascii_case("http") {
+            return None;
+        }
+        // What a server resolving the reference would read: no query or fragment, dot
+        // segments resolved. Naming a patient the request may reach is the safe side.
+        let rest = rest.split(['?', '#']).next().unwrap_or(rest);
         let (authority, path) = rest.split_once('/')?;
-        let path = format!("/{path}");
-        let local = crate::config::host_name(authority)
-            .eq_ignore_ascii_case(crate::config::host_name(self.host));
-        if local
+        // Userinfo names no server: `https://x@ehr.test/...` is ehr.test.
+        let host = authority.rsplit('@').next().unwrap_or(authority);
+        let mut segments: Vec<&str> = Vec::new();
+        for seg in path.split('/') {
+            match seg {
+                "." => {}
+                ".." => {
+                    segments.pop();
+                }
+                s => segments.push(s),
+            }
+        }
+        let path = format!("/{}", segments.join("/"));
+        if crate::config::host_name(host).eq_ignore_ascii_case(crate::config::host_name(self.host))
             && let Some(relative) = path
                 .strip_prefix(self.base)
                 .and_then(|p| p.strip_prefix('/'))
@@ -329,9 +353,16 @@ impl Names<'_> {
             return compartment::patient_id_of_reference(relative)
                 .map(|id| format!("Patient/{id}"));
         }
-        let (server, tail) = value.rsplit_once("/Patient/")?;
-        let id = tail.split('/').next()?;
-        (compartment::is_id(id) && server.len() <= 256).then(|| format!("{server}/Patient/{id}"))
+        // Another server's Patient: the path must end in `Patient/<id>` (or its
+        // `/_history/<v>`), not merely pass through a Patient.
+        let (server_path, tail) = path.rsplit_once("/Patient/")?;
+        let mut parts = tail.split('/');
+        let id = parts.next()?;
+        let rest: Vec<&str> = parts.collect();
+        let versioned = matches!(rest.as_slice(), [] | ["_history", _]);
+        let server = format!("{}://{}{server_path}", scheme.to_ascii_lowercase(), host);
+        (versioned && compartment::is_id(id))
+            .then(|| format!("{}/Patient/{id}", clip(&server, 256)))
     }
 }
 
@@ -605,11 +636,22 @@ pub fn audit_events(f: &AuditFacts<'_>, record: AuditRecord) -> Vec<Value> {
             f.policy.base_path.trim_end_matches('/'),
             entry_path(entry)
         );
+        // An entry's patients come from its own stored resource, not its neighbours'.
+        let own: Lookups = f
+            .lookups
+            .iter()
+            .filter(|(k, _)| {
+                entry.resource_type.as_deref() == Some(k.resource_type.as_str())
+                    && entry.id.as_deref() == Some(k.id.as_str())
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         out.extend(per_patient(
             &AuditFacts {
                 method: entry_method(entry),
                 path: &path,
                 request: Some(entry),
+                lookups: &own,
                 ..*f
             },
             room,
@@ -638,10 +680,27 @@ pub fn audit_events(f: &AuditFacts<'_>, record: AuditRecord) -> Vec<Value> {
 /// were refused cannot multiply what its request costs the audit trail.
 fn per_patient(f: &AuditFacts<'_>, room: usize) -> Vec<Value> {
     let mut patients = patients_of(f);
-    patients.truncate(MAX_PATIENT_EVENTS);
     let allowed = matches!(f.outcome, Outcome::Decided(Decision::Allow(_)));
-    if !allowed || patients.len() <= 1 || patients.len() > room {
-        return vec![audit_event(f, &patients)];
+    if !allowed || patients.len() <= 1 || patients.len() > room.min(MAX_PATIENT_EVENTS) {
+        // One event listing them; a request naming more than fit says how many it named, so
+        // that padding a request with made-up ids cannot hide a real one without a trace.
+        let named = patients.len();
+        patients.truncate(MAX_LISTED_PATIENTS);
+        let mut event = audit_event(f, &patients);
+        if named > patients.len()
+            && let Some(Value::Array(entities)) = event.get_mut("entity")
+        {
+            entities.push(json!({
+                "type": coding(ENTITY_TYPE, "1", "Person"),
+                "role": coding(OBJECT_ROLE, "1", "Patient"),
+                "description": format!(
+                    "{} further patients named by the request are not listed \
+                     (at most {MAX_LISTED_PATIENTS} per event)",
+                    named - patients.len()
+                ),
+            }));
+        }
+        return vec![event];
     }
     patients.chunks(1).map(|one| audit_event(f, one)).collect()
 }

@@ -366,6 +366,16 @@ impl<'c> Check<'c> {
         }
         for (key, answer) in answers {
             match answer {
+                // The host's answer must be the resource asked for: a decision on another
+                // resource (another type, id or version, from a confused or poisoned server
+                // or cache) would be a decision about someone else's data.
+                Ok(Stored::Found(res)) if !answers_key(&res, &key) => {
+                    self.state = State::Done(Outcome::Unavailable(format!(
+                        "compartment lookup of {} answered with another resource",
+                        key.resource_type
+                    )));
+                    return;
+                }
                 Ok(stored) => {
                     self.lookups.insert(key, stored);
                 }
@@ -520,6 +530,17 @@ pub enum TokenRoute {
 /// of any other issuer, something that does not parse) goes to introspection when the policy
 /// has it. Reading `iss` unverified is safe here: it only chooses who checks the token, and
 /// a token routed to a provider must still carry that provider's signature.
+/// Whether a stored resource is the one `key` names (type, id, and version when one was asked).
+fn answers_key(res: &serde_json::Value, key: &LookupKey) -> bool {
+    res.get("resourceType").and_then(serde_json::Value::as_str) == Some(key.resource_type.as_str())
+        && res.get("id").and_then(serde_json::Value::as_str) == Some(key.id.as_str())
+        && key.version.as_deref().is_none_or(|v| {
+            res.pointer("/meta/versionId")
+                .and_then(serde_json::Value::as_str)
+                == Some(v)
+        })
+}
+
 pub fn route_token(policy: &crate::config::PolicyConfig, token: &str) -> TokenRoute {
     if policy.authentication.introspection.is_none() {
         return TokenRoute::Jwt;
