@@ -829,13 +829,8 @@ fn run(config: &CompiledConfig, case: &Case) -> Vec<Value> {
     run_with(config, case, |_, _| {}).1
 }
 
-/// A read by id decided on the stored resource names the patients the resource belongs to,
-/// for an allow and for a refusal alike (the patient whose data was reached for), not only
-/// the token's context patient.
-#[test]
-fn reads_decided_by_lookups_name_the_stored_resources_patients() {
-    use fhirguard_authz::core::driver::Need;
-    use fhirguard_authz::core::smart::Stored;
+/// The golden policy with compartment lookups through a connection.
+fn lookup_config() -> CompiledConfig {
     let mut p = policy();
     p.authorization.smart.compartment_lookup = Some(CompartmentLookup {
         connection: "clinical/ehr-internal".into(),
@@ -853,119 +848,40 @@ fn reads_decided_by_lookups_name_the_stored_resources_patients() {
         }],
     };
     assert!(config.validate().is_empty(), "{:?}", config.validate());
-    for (stored, want_status, want) in [
-        (
-            json!({"resourceType": "Observation", "id": "o1",
-                "subject": {"reference": "Patient/p1"}, "performer": [{"reference": "Patient/p3"}]}),
-            200,
-            vec!["Patient/p1", "Patient/p3"],
-        ),
-        (
-            json!({"resourceType": "Observation", "id": "o1",
-                "subject": {"reference": "Patient/p2"}}),
-            403,
-            vec!["Patient/p2"],
-        ),
-    ] {
-        let req = Request {
-            method: "GET",
-            host: "ehr.example.org",
-            path: "/fhir/Observation/o1",
-            authorization: Some("Bearer opaque-test-token"),
-            if_none_exist: None,
-            headers: &[],
-            body: None,
-            policy_ref: None,
-        };
-        let mut check = Check::new(&config, &req);
-        check.token_verified(Ok(Arc::new(token("patient/Observation.rs", Some("p1")))));
-        let Next::Need(Need::Lookups { keys, .. }) = check.next() else {
-            panic!("{:?}", check.next());
-        };
-        let keys: Vec<_> = keys.to_vec();
-        let answers = keys
-            .into_iter()
-            .map(|k| (k, Ok(Stored::Found(Arc::new(stored.clone())))))
-            .collect();
-        check.lookups_done(answers);
-        let outcome = check.outcome().expect("decided");
-        let status = match outcome {
-            Outcome::Decided(Decision::Allow(_)) => 200,
-            Outcome::Decided(Decision::Deny(d)) => d.status,
-            other => panic!("{other:?}"),
-        };
-        assert_eq!(status, want_status, "{stored}");
-        let events = audit_events(
-            &AuditFacts {
-                policy: &config.policies[0],
-                method: "GET",
-                host: "ehr.example.org",
-                path: "/fhir/Observation/o1",
-                source_address: None,
-                request: check.request(),
-                identity: check.identity(),
-                lookups: check.lookups(),
-                outcome,
-                decision_id: DECISION_ID,
-                recorded_unix_ms: RECORDED,
-                observer: "fhirguard-authz-0",
-            },
-            AuditRecord::All,
-        );
-        let named: Vec<&str> = events
-            .iter()
-            .flat_map(|e| e["entity"].as_array().unwrap().iter())
-            .filter(|x| x["role"]["code"] == "1")
-            .filter_map(|x| x["what"]["reference"].as_str())
-            .collect();
-        assert_eq!(named, want, "{stored}");
-    }
+    config
 }
 
-/// An update by id names the patients of the body and of the stored resource it replaces:
-/// refused when the stored one is another patient's, and that patient is named.
-#[test]
-fn updates_decided_by_lookups_name_the_stored_and_the_written_patients() {
+/// A request under a `patient/` token for p1 whose lookups are answered with `stored`: the
+/// status it gets, and the patient references each of its events names.
+fn decided_by_lookup(
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    scopes: &str,
+    stored: &Value,
+) -> (u16, Vec<Vec<String>>) {
     use fhirguard_authz::core::driver::Need;
     use fhirguard_authz::core::smart::Stored;
-    let mut p = policy();
-    p.authorization.smart.compartment_lookup = Some(CompartmentLookup {
-        connection: "clinical/ehr-internal".into(),
-    });
-    let config = CompiledConfig {
-        version: FORMAT_VERSION,
-        generation: 1,
-        policies: vec![p],
-        connections: vec![ConnectionConfig {
-            namespace: "clinical".into(),
-            name: "ehr-internal".into(),
-            url: "https://ehr.example.org/fhir".into(),
-            auth: ConnectionAuth::default(),
-            tls: TlsConfig::default(),
-        }],
-    };
-    let body = r#"{"resourceType":"Observation","id":"o1","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/p1"}}"#;
+    let config = lookup_config();
     let headers = [("content-type", "application/fhir+json")];
     let req = Request {
-        method: "PUT",
+        method,
         host: "ehr.example.org",
-        path: "/fhir/Observation/o1",
+        path,
         authorization: Some("Bearer opaque-test-token"),
         if_none_exist: None,
-        headers: &headers,
-        body: Some(Body {
-            bytes: body.as_bytes(),
+        headers: if body.is_some() { &headers } else { &[] },
+        body: body.map(|b| Body {
+            bytes: b.as_bytes(),
             content_type: Some("application/fhir+json"),
         }),
         policy_ref: None,
     };
     let mut check = Check::new(&config, &req);
-    check.token_verified(Ok(Arc::new(token("patient/Observation.cruds", Some("p1")))));
+    check.token_verified(Ok(Arc::new(token(scopes, Some("p1")))));
     let Next::Need(Need::Lookups { keys, .. }) = check.next() else {
         panic!("{:?}", check.next());
     };
-    let stored = json!({"resourceType": "Observation", "id": "o1",
-        "subject": {"reference": "Patient/p2"}});
     let answers = keys
         .iter()
         .cloned()
@@ -973,16 +889,17 @@ fn updates_decided_by_lookups_name_the_stored_and_the_written_patients() {
         .collect();
     check.lookups_done(answers);
     let outcome = check.outcome().expect("decided");
-    assert!(
-        matches!(outcome, Outcome::Decided(Decision::Deny(d)) if d.status == 403),
-        "{outcome:?}"
-    );
+    let status = match outcome {
+        Outcome::Decided(Decision::Allow(_)) => 200,
+        Outcome::Decided(Decision::Deny(d)) => d.status,
+        other => panic!("{other:?}"),
+    };
     let events = audit_events(
         &AuditFacts {
             policy: &config.policies[0],
-            method: "PUT",
+            method,
             host: "ehr.example.org",
-            path: "/fhir/Observation/o1",
+            path,
             source_address: None,
             request: check.request(),
             identity: check.identity(),
@@ -994,13 +911,66 @@ fn updates_decided_by_lookups_name_the_stored_and_the_written_patients() {
         },
         AuditRecord::All,
     );
-    assert_eq!(events.len(), 1, "a refusal is one event");
-    let named: Vec<&str> = events[0]["entity"]
-        .as_array()
-        .unwrap()
+    let named = events
         .iter()
-        .filter(|x| x["role"]["code"] == "1")
-        .filter_map(|x| x["what"]["reference"].as_str())
+        .map(|e| {
+            e["entity"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|x| x["role"]["code"] == "1")
+                .filter_map(|x| x["what"]["reference"].as_str().map(str::to_string))
+                .collect()
+        })
         .collect();
-    assert_eq!(named, ["Patient/p1", "Patient/p2"]);
+    (status, named)
+}
+
+/// A read by id decided on the stored resource names the patients the resource belongs to,
+/// for an allow and for a refusal alike (the patient whose data was reached for), not only
+/// the token's context patient.
+#[test]
+fn reads_decided_by_lookups_name_the_stored_resources_patients() {
+    let mine = json!({"resourceType": "Observation", "id": "o1",
+        "subject": {"reference": "Patient/p1"}, "performer": [{"reference": "Patient/p3"}]});
+    let theirs = json!({"resourceType": "Observation", "id": "o1",
+        "subject": {"reference": "Patient/p2"}});
+    let read = |stored| {
+        decided_by_lookup(
+            "GET",
+            "/fhir/Observation/o1",
+            None,
+            "patient/Observation.rs",
+            stored,
+        )
+    };
+    // Allowed: an event per patient.
+    assert_eq!(
+        read(&mine),
+        (
+            200,
+            vec![vec!["Patient/p1".into()], vec!["Patient/p3".into()]]
+        )
+    );
+    // Refused: one event, the patient reached for.
+    assert_eq!(read(&theirs), (403, vec![vec!["Patient/p2".into()]]));
+}
+
+/// An update by id names the patients of the body and of the stored resource it replaces:
+/// refused when the stored one is another patient's, and that patient is named.
+#[test]
+fn updates_decided_by_lookups_name_the_stored_and_the_written_patients() {
+    let body = r#"{"resourceType":"Observation","id":"o1","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/p1"}}"#;
+    let stored = json!({"resourceType": "Observation", "id": "o1",
+        "subject": {"reference": "Patient/p2"}});
+    assert_eq!(
+        decided_by_lookup(
+            "PUT",
+            "/fhir/Observation/o1",
+            Some(body),
+            "patient/Observation.cruds",
+            &stored
+        ),
+        (403, vec![vec!["Patient/p1".into(), "Patient/p2".into()]])
+    );
 }
