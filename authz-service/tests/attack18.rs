@@ -18,7 +18,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use common::{ConfigDir, TestPki, init, now};
 use fhirguard_authz::config::*;
-use fhirguard_authz::core::audit::{AuditFacts, audit_events, patients_of};
+use fhirguard_authz::core::audit::{audit_events, patients_of};
 use fhirguard_authz::core::driver::{
     Check, Need, Next, Outcome, TokenFailure, TokenRoute, route_token,
 };
@@ -140,7 +140,7 @@ fn decide_and_audit(
         }
         _ => {}
     }
-    let Some(outcome @ Outcome::Decided(decision)) = check.outcome() else {
+    let Some(Outcome::Decided(decision)) = check.outcome() else {
         return (format!("{:?}", check.next()), None, None);
     };
     let label = match decision {
@@ -148,20 +148,7 @@ fn decide_and_audit(
         Decision::Deny(d) => d.status.to_string(),
         Decision::Respond(r) => format!("respond {}", r.status),
     };
-    let facts = AuditFacts {
-        policy: &config.policies[0],
-        method,
-        host: "ehr.test",
-        path,
-        source_address: Some("10.0.0.9"),
-        request: check.request(),
-        identity: check.identity(),
-        lookups: check.lookups(),
-        outcome,
-        decision_id: "0123456789abcdef0123456789abcdef",
-        recorded_unix_ms: 1_796_154_803_007,
-        observer: "fhirguard-0",
-    };
+    let facts = common::audit_facts(config, &check, method, "ehr.test", path, Some("10.0.0.9"));
     // Every patient named gets an event of its own: all of them, comma-joined.
     let named: Vec<String> = patients_of(&facts)
         .iter()

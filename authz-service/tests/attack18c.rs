@@ -15,7 +15,7 @@ mod common;
 use std::sync::Arc;
 
 use fhirguard_authz::config::*;
-use fhirguard_authz::core::audit::{AuditFacts, audit_events};
+use fhirguard_authz::core::audit::audit_events;
 use fhirguard_authz::core::driver::{Check, Need, Next, Outcome, TokenFailure};
 use fhirguard_authz::core::fhir::Body;
 use fhirguard_authz::core::policy::{Decision, DenyReason, Request, TokenIdentity};
@@ -122,20 +122,7 @@ fn run(
         Outcome::Decided(Decision::Respond(r)) => format!("respond {}", r.status),
         Outcome::Unavailable(_) => "503".into(),
     };
-    let facts = AuditFacts {
-        policy: &config.policies[0],
-        method,
-        host: "ehr.test",
-        path,
-        source_address: Some("10.0.0.9"),
-        request: check.request(),
-        identity: check.identity(),
-        lookups: check.lookups(),
-        outcome,
-        decision_id: "0123456789abcdef0123456789abcdef",
-        recorded_unix_ms: 1_796_154_803_007,
-        observer: "fhirguard-0",
-    };
+    let facts = common::audit_facts(&config, &check, method, "ehr.test", path, Some("10.0.0.9"));
     (label, audit_events(&facts, AuditRecord::All))
 }
 

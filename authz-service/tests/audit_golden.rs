@@ -19,15 +19,14 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use fhirguard_authz::config::*;
-use fhirguard_authz::core::audit::{AuditFacts, PROFILE_BASE, audit_events, wanted};
+use fhirguard_authz::core::audit::{PROFILE_BASE, audit_events, wanted};
 use fhirguard_authz::core::driver::{Check, Next, Outcome, TokenFailure};
 use fhirguard_authz::core::fhir::Body;
 use fhirguard_authz::core::policy::{Decision, Request, TokenIdentity};
 use serde_json::{Value, json};
 
+/// The decision id `common::audit_facts` gives every event.
 const DECISION_ID: &str = "0123456789abcdef0123456789abcdef";
-/// 2026-12-01T19:53:23.007Z
-const RECORDED: u64 = 1_796_154_803_007;
 
 fn policy() -> PolicyConfig {
     let mut p: PolicyConfig = serde_json::from_value(json!({
@@ -354,20 +353,14 @@ fn run_with(
     }
     let outcome = check.outcome().expect("a finished check");
     inspect(outcome, check.request());
-    let facts = AuditFacts {
-        policy: &config.policies[0],
-        method: case.method,
-        host: "ehr.example.org",
-        path: case.path,
-        source_address: Some("10.1.2.3"),
-        request: check.request(),
-        identity: check.identity(),
-        lookups: check.lookups(),
-        outcome,
-        decision_id: DECISION_ID,
-        recorded_unix_ms: RECORDED,
-        observer: "fhirguard-authz-0",
-    };
+    let facts = common::audit_facts(
+        config,
+        &check,
+        case.method,
+        "ehr.example.org",
+        case.path,
+        Some("10.1.2.3"),
+    );
     (
         audit_events(&facts, AuditRecord::PatientDataAndRefusals),
         audit_events(&facts, AuditRecord::All),
@@ -895,20 +888,7 @@ fn decided_by_lookup(
         other => panic!("{other:?}"),
     };
     let events = audit_events(
-        &AuditFacts {
-            policy: &config.policies[0],
-            method,
-            host: "ehr.example.org",
-            path,
-            source_address: None,
-            request: check.request(),
-            identity: check.identity(),
-            lookups: check.lookups(),
-            outcome,
-            decision_id: DECISION_ID,
-            recorded_unix_ms: RECORDED,
-            observer: "fhirguard-authz-0",
-        },
+        &common::audit_facts(&config, &check, method, "ehr.example.org", path, None),
         AuditRecord::All,
     );
     let named = events

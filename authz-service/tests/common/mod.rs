@@ -283,6 +283,33 @@ pub async fn start_echo_upstream() -> SocketAddr {
     start_fhir_stub(FhirStub::default()).await
 }
 
+/// The facts of a finished check for `core::audit`, with the decision id, time and observer
+/// the golden AuditEvents were written with.
+pub fn audit_facts<'a>(
+    config: &'a fhirguard_authz::config::CompiledConfig,
+    check: &'a fhirguard_authz::core::driver::Check<'_>,
+    method: &'a str,
+    host: &'a str,
+    path: &'a str,
+    source_address: Option<&'a str>,
+) -> fhirguard_authz::core::audit::AuditFacts<'a> {
+    fhirguard_authz::core::audit::AuditFacts {
+        policy: &config.policies[check.policy_index().unwrap_or(0)],
+        method,
+        host,
+        path,
+        source_address,
+        request: check.request(),
+        identity: check.identity(),
+        lookups: check.lookups(),
+        outcome: check.outcome().expect("a finished check"),
+        decision_id: "0123456789abcdef0123456789abcdef",
+        // 2026-12-01T19:53:23.007Z
+        recorded_unix_ms: 1_796_154_803_007,
+        observer: "fhirguard-authz-0",
+    }
+}
+
 /// A verified token's identity as the core receives it (subject `dr-who`, `fhirUser`
 /// `Practitioner/pr1`, client `chart-app`), for tests that answer the driver themselves.
 pub fn verified_token(
