@@ -252,7 +252,12 @@ impl Filter {
         self.headers = Arc::new(normalise(e.request_headers()));
         self.connection = e.route_metadata(METADATA_NAMESPACE, CONNECTION_KEY);
         self.policy = e.route_metadata(METADATA_NAMESPACE, POLICY_KEY);
-        self.source = e.source_address();
+        // Only AuditEvents use the client's address: no ABI call and no copy otherwise.
+        self.source = if self.host.executor.audits() {
+            e.source_address()
+        } else {
+            None
+        };
         // An outbound request is decided by its connection alone; an inbound one with a body
         // waits for it (the decision may read it, as ext_authz's with_request_body).
         if end_of_stream || self.connection.is_some() {

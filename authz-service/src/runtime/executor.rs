@@ -210,6 +210,11 @@ impl Executor {
         self.update_serving();
     }
 
+    /// Whether the loaded config records AuditEvents for any policy.
+    pub fn audits(&self) -> bool {
+        self.runtime.load().as_ref().is_some_and(|rt| rt.audits)
+    }
+
     /// Ready to decide: a config is loaded and the process is not draining.
     pub fn is_ready(&self) -> bool {
         self.runtime.load().is_some() && !self.draining.load(Ordering::Relaxed)

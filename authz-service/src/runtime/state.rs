@@ -116,6 +116,9 @@ pub struct Runtime {
     pub unmatched: Arc<dyn DecisionObserver>,
     /// Digest of every file the config was built from; a reload with the same digest is skipped.
     pub digest: [u8; 32],
+    /// Whether any policy records AuditEvents (a host gathers what only they need, such as the
+    /// client's address, only then).
+    pub audits: bool,
 }
 
 /// Reads and validates a config directory without building verifiers (for `validate` and
@@ -404,6 +407,7 @@ impl Runtime {
             return Err(ConfigError::Invalid(problems));
         }
         Ok(Runtime {
+            audits: config.policies.iter().any(|p| p.audit.is_some()),
             config,
             policies,
             connections,
