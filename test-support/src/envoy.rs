@@ -55,3 +55,27 @@ pub async fn run_envoy(bin: &Path, yaml: String, port: u16, admin: u16) -> Envoy
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A STATIC cluster on 127.0.0.1 (YAML for `static_resources.clusters`), HTTP/2 when `http2`
+/// (a gRPC service).
+pub fn static_cluster(name: &str, addr: std::net::SocketAddr, http2: bool) -> String {
+    let proto = if http2 {
+        r#"
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {http2_protocol_options: {}}"#
+    } else {
+        ""
+    };
+    format!(
+        r#"
+  - name: {name}
+    type: STATIC
+    connect_timeout: 1s{proto}
+    load_assignment:
+      cluster_name: {name}
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]"#,
+        port = addr.port()
+    )
+}

@@ -9,27 +9,7 @@ pub use test_support::bins::envoy as envoy_bin;
 pub use test_support::envoy::{Envoy, run_envoy};
 pub use test_support::ports::free_port;
 
-fn cluster(name: &str, addr: SocketAddr, http2: bool) -> String {
-    let proto = if http2 {
-        r#"
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {http2_protocol_options: {}}"#
-    } else {
-        ""
-    };
-    format!(
-        r#"
-  - name: {name}
-    type: STATIC
-    connect_timeout: 1s{proto}
-    load_assignment:
-      cluster_name: {name}
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]"#,
-        port = addr.port()
-    )
-}
+use test_support::envoy::static_cluster as cluster;
 
 pub async fn start_envoy(bin: &Path, grpc: SocketAddr, upstream: SocketAddr) -> Envoy {
     start_envoy_with(bin, grpc, upstream, "").await

@@ -156,27 +156,7 @@ async fn get_status(port: u16, path: &str) -> std::io::Result<u16> {
     Ok(r.status)
 }
 
-pub fn cluster(name: &str, addr: SocketAddr, http2: bool) -> String {
-    let proto = if http2 {
-        r#"
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {http2_protocol_options: {}}"#
-    } else {
-        ""
-    };
-    format!(
-        r#"
-  - name: {name}
-    type: STATIC
-    connect_timeout: 1s{proto}
-    load_assignment:
-      cluster_name: {name}
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]"#,
-        port = addr.port()
-    )
-}
+pub use test_support::envoy::static_cluster as cluster;
 
 /// The module's HTTP filter entry for `config_dir`.
 pub fn module_filter(config_dir: &Path, extra: &str) -> String {
