@@ -15,89 +15,15 @@ use std::sync::Arc;
 
 use common::now;
 use fhirguard_authz::config::*;
-use fhirguard_authz::core::audit::audit_events;
-use fhirguard_authz::core::driver::{Check, Need, Next, Outcome, TokenFailure};
-use fhirguard_authz::core::fhir::Body;
-use fhirguard_authz::core::policy::{Decision, DenyReason, Request, TokenIdentity};
+use fhirguard_authz::core::policy::TokenIdentity;
 use fhirguard_authz::verify::cache::ByteCache;
 use fhirguard_authz::verify::introspection::Introspector;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-const AUD: &str = "https://ehr.test/fhir";
-
-fn policy() -> PolicyConfig {
-    serde_json::from_value(json!({
-        "namespace": "clinical", "name": "ehr", "hosts": ["ehr.test"], "basePath": "/fhir",
-        "authentication": {
-            "jwt": {"tokenSources": ["Header"], "providers": [{
-                "name": "idp", "issuer": "https://idp.test", "audiences": [AUD],
-                "algorithms": ["ES256"], "jwks": {"uri": "https://idp.test/jwks"}}]},
-        },
-        "audit": {"record": "PatientDataAndRefusals", "stdout": true},
-    }))
-    .unwrap()
-}
-
-fn config() -> CompiledConfig {
-    let c = CompiledConfig {
-        policies: vec![policy()],
-        ..CompiledConfig::empty(1)
-    };
-    assert_eq!(c.validate(), vec![]);
-    c
-}
+use common::probe::{AUD, events};
 
 fn tok(scopes: &str, patient: Option<&str>) -> TokenIdentity {
     common::verified_token(scopes, patient)
-}
-
-/// The status and every AuditEvent (`record: All`) of one request. `token: None` with a
-/// bearer header: the token is forged (401). A check that needs lookups is reported as
-/// "lookup" with no events.
-fn events(
-    method: &str,
-    path: &str,
-    body: Option<(&[u8], &str)>,
-    token: Option<TokenIdentity>,
-) -> (String, Vec<Value>) {
-    let headers: Vec<(&str, &str)> = body
-        .map(|(_, ct)| vec![("content-type", ct)])
-        .unwrap_or_default();
-    let req = Request {
-        method,
-        host: "ehr.test",
-        path,
-        authorization: Some("Bearer opaque-or-forged"),
-        if_none_exist: None,
-        headers: &headers,
-        body: body.map(|(bytes, ct)| Body {
-            bytes,
-            content_type: Some(ct),
-        }),
-        policy_ref: None,
-    };
-    let config = config();
-    let mut check = Check::new(&config, &req);
-    if let Next::Need(Need::Token { .. }) = check.next() {
-        let t = token.map(Arc::new).ok_or_else(|| {
-            TokenFailure::Invalid(DenyReason::InvalidToken, "signature invalid".into())
-        });
-        check.token_verified(t);
-    }
-    if let Next::Need(Need::Lookups { .. }) = check.next() {
-        return ("lookup".into(), Vec::new());
-    }
-    let Some(outcome) = check.outcome() else {
-        return (format!("{:?}", check.next()), Vec::new());
-    };
-    let label = match outcome {
-        Outcome::Decided(Decision::Allow(_)) => "200".to_string(),
-        Outcome::Decided(Decision::Deny(d)) => d.status.to_string(),
-        Outcome::Decided(Decision::Respond(r)) => format!("respond {}", r.status),
-        Outcome::Unavailable(_) => "503".into(),
-    };
-    let facts = common::audit_facts(&config, &check, method, "ehr.test", path, Some("10.0.0.9"));
-    (label, audit_events(&facts, AuditRecord::All))
 }
 
 /// The patients the events name (entity role 1), in order, without repeats.

@@ -7,6 +7,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod https;
+pub mod probe;
 pub mod real_envoy;
 
 use std::net::SocketAddr;
